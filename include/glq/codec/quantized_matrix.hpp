@@ -1,0 +1,88 @@
+// A weight matrix compressed by GLQ, and the reference operations on it.
+//
+// Packed layout, version 1 (kGlqPackVersion). For W of shape (rows, cols) = (out, in), both
+// multiples of 8, the matrix is held in the Hadamard domain (see glq/transform/hadamard.hpp):
+//   W̃ = T_out · diag(sign_out) · W · diag(sign_in) · T_in^T  ≈  Σ_s diag(scale_s) · C_s
+// where stage s has a codebook (E8P16 or E8R8) and a code for every group of 8 consecutive
+// columns of every row:
+//   stage.codes   (rows, cols/8) codes, row-major, each code_bytes(codebook) bytes little-endian
+//                 (uint16 for E8P16, uint8 for E8R8), so one row's codes are contiguous and a
+//                 warp or SIMD lane reads consecutive groups with wide coalesced loads.
+//   stage.scales  (rows) float32: weight = scale · decoded lattice coordinate.
+// Bits per weight: 2 → [E8P16]; 3 → [E8P16, E8R8]; 4 → [E8P16, E8P16].
+// y = W x is computed without materialising W:
+//   x̃ = T_in (sign_in ∘ x);  ỹ_r = Σ_s scale_s[r] · Σ_g ⟨decode(C_s[r, g]), x̃[8g .. 8g+8)⟩;
+//   y = sign_out ∘ (T_out^T ỹ).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "glq/codec/codebook.hpp"
+#include "glq/transform/hadamard.hpp"
+
+namespace glq::codec {
+
+inline constexpr int kGlqPackVersion = 1;
+
+struct CodeStage {
+  Codebook codebook = Codebook::E8P16;
+  std::vector<uint8_t> codes;  // (rows, cols/8) codes of code_bytes(codebook) bytes, row-major
+  std::vector<float> scales;   // (rows)
+
+  const uint16_t* codes16() const { return reinterpret_cast<const uint16_t*>(codes.data()); }
+  const uint8_t* codes8() const { return codes.data(); }
+};
+
+struct QuantizedMatrix {
+  int rows = 0;  // out features
+  int cols = 0;  // in features
+  int bits = 0;  // 2, 3 or 4
+  std::vector<CodeStage> stages;
+  std::vector<float> sign_in;   // (cols) ±1
+  std::vector<float> sign_out;  // (rows) ±1
+  transform::HadamardPlan plan_in;   // order cols
+  transform::HadamardPlan plan_out;  // order rows
+
+  int groups_per_row() const { return cols / 8; }
+  // Bytes of every stored bit: codes, scales, sign vectors (bit-packed on disk).
+  size_t storage_bytes() const;
+};
+
+// The stage codebooks of a bit width; throws InvalidArgument unless bits ∈ {2, 3, 4}.
+std::vector<Codebook> stages_for_bits(int bits);
+
+struct QuantizeOptions {
+  int bits = 2;
+  uint64_t seed = 0x5eed;        // seeds the sign vectors
+  bool use_rht = true;           // randomized Hadamard transform (off: plain codec on W)
+  bool use_ldlq = true;          // block LDLQ error feedback (off: nearest rounding)
+  double damp = 0.01;            // relative diagonal damping of H: H + damp·mean(diag H)·I
+};
+
+struct QuantizeReport {
+  double proxy_loss = 0;          // tr((W−Q) H (W−Q)^T) / tr(W H W^T)
+  double relative_weight_error = 0;  // ‖W−Q‖_F / ‖W‖_F
+  double damp_used = 0;           // damping actually applied (raised if H was not PD)
+  std::string warnings;           // e.g. "Hessian not positive definite; damping raised to ..."
+};
+
+// W: (rows, cols) row-major float32. H: (cols, cols) row-major, symmetric, or empty for the
+// identity. Throws glq::Error for bad shapes, NaN/Inf in W, or a Hessian that stays unusable.
+QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
+                                std::span<const float> H, const QuantizeOptions& options,
+                                QuantizeReport* report = nullptr);
+
+// Dense W (rows, cols) row-major, for tests and small layers.
+std::vector<float> dequantize(const QuantizedMatrix& q);
+
+// Reference product y (batch, rows) = x (batch, cols) · W^T, never materialising W.
+void matvec_reference(const QuantizedMatrix& q, const float* x, float* y, int batch = 1);
+
+// Versioned, bit-exact serialization of the packed layout (used inside checkpoints).
+std::vector<uint8_t> pack(const QuantizedMatrix& q);
+QuantizedMatrix unpack(std::span<const uint8_t> bytes);
+
+}  // namespace glq::codec
