@@ -11,7 +11,7 @@ TEST(ThreadPool, CoversEveryIndexOnceWithAlignedChunks) {
     for (int64_t grain : {1, 8, 64}) {
       std::vector<std::atomic<int>> hits(n);
       pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
-        if (e < n) EXPECT_EQ(e % grain, 0) << "n=" << n << " grain=" << grain;
+        if (e < n) { EXPECT_EQ(e % grain, 0) << "n=" << n << " grain=" << grain; }
         for (int64_t i = b; i < e; ++i) hits[i]++;
       }, grain);
       for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
