@@ -4,6 +4,11 @@
 // run time by CPU feature checks (GLQ_CPU_ISA=scalar|avx2|avx512 forces one, for tests). All
 // take raw pointers, allocate nothing on the hot path beyond a per-thread scratch that is grown
 // once, and split rows over the shared ThreadPool.
+//
+// Numerics (docs/cpu-kernels.md): the transformed activations x̃ = T_in(sign_in ∘ x) are rounded
+// to 16-bit fixed point with one scale per batch row (relative error ≤ 2^-16 of max|x̃|); the
+// code products are then exact integers, identical in every ISA. Results differ from
+// codec::matvec_reference only by that rounding and by float summation order in the transforms.
 #pragma once
 
 #include <cstdint>
@@ -14,16 +19,29 @@
 
 namespace glq::cpu {
 
+// Avx512 needs F, BW, VL, DQ, VNNI, VBMI and GFNI (Ice Lake, Sapphire Rapids, Zen 4 or later);
+// Avx2 needs AVX2 and FMA.
 enum class Isa { Scalar, Avx2, Avx512 };
 Isa detect_isa();             // best ISA this CPU supports (and GLQ_CPU_ISA allows)
 const char* isa_name(Isa isa);
+bool isa_supported(Isa isa);  // can this CPU run it?
+// "scalar" | "avx2" | "avx512"; throws glq::Error(InvalidArgument) for anything else.
+Isa parse_isa(const std::string& name);
 
-// y (batch, rows) = x (batch, cols) · W^T for a quantized W, transforms included.
+// y (batch, rows) = x (batch, cols) · W^T for a quantized W, transforms included. Throws
+// glq::Error(InvalidArgument) for a malformed QuantizedMatrix, (Unsupported) for an ISA this CPU
+// lacks. x and y must not overlap.
 void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batch,
              ThreadPool& pool, Isa isa);
 inline void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batch,
                     ThreadPool& pool) {
   qmatmul(q, x, y, batch, pool, detect_isa());
 }
+
+// The pieces of qmatmul, for tests and benchmarks.
+// x ← T_in (sign_in ∘ x) for each of `batch` rows of length q.cols (in place).
+void transform_input(const codec::QuantizedMatrix& q, float* x, int batch, Isa isa);
+// y ← sign_out ∘ (T_out^T y) for each of `batch` rows of length q.rows (in place).
+void transform_output(const codec::QuantizedMatrix& q, float* y, int batch, Isa isa);
 
 }  // namespace glq::cpu

@@ -1,0 +1,222 @@
+// AVX-512 kernel (F, BW, VL, DQ + VNNI, VBMI, GFNI: Ice Lake, Sapphire Rapids, Zen 4 and later).
+//
+// Why this shape. At batch 1 every code is used once, so the kernel must decode faster than
+// memory delivers codes; an fp32 decode-then-FMA needs 8 FMAs per code and is compute-bound at
+// about the speed of the dense fp32 product. Instead the weights stay integers (quarter lattice
+// units, + kWeightOffset so they are u8) and meet the 16-bit activations split into two s8 planes
+// in vpdpbusd (64 byte products per instruction). Decoding works on 64 consecutive groups of one
+// row at a time, in byte planes rather than per code:
+//   codes (64 × u16)  --vpermt2b-->  idx (64 pattern bytes), S (64 sign/shift bytes)
+//   B_k = plane_k[idx] ^ gf2p8affine(S, M_k)      k = 0..3, byte k of the merged entry:
+//         plane_k is byte k of the 1 KiB abs table, held in 4 registers and looked up with two
+//         vpermi2b + one blend on idx bit 7; M_k moves sign bits 2k, 2k+1 (the parity of all
+//         seven for coordinate 7) to nibble bit 3 and flips nibble bit 0 for the −¼ shift.
+//   w_2k = vpermb(lut, B_k), w_2k+1 = vpermb(lut, B_k >> 4)   64 u8 weights of coordinate 2k,
+//         resp. 2k+1, of the 64 groups; dword lane l holds groups 4l .. 4l+3 of that coordinate.
+// The activations are stored coordinate-major ([coordinate][group], see pack_act_avx512), so the
+// matching bytes are one contiguous 64-byte load per coordinate, and dword lane l of vpdpbusd
+// sums exactly the four products of lane l. About 0.8 instructions per code at batch 1; at
+// batch > 1 the decoded registers feed up to kBatchTile rows of the batch before the next chunk.
+// GCC 12 reports its own intrinsics (_mm512_undefined_* inside masked loads and reductions) as
+// uninitialised; the values are never read.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu/kernel_common.hpp"
+#include "kernels/cpu/transform_impl.hpp"
+
+namespace glq::cpu::detail {
+
+namespace {
+
+constexpr int kChunk = 64;                 // groups per decoded chunk (one zmm of bytes)
+constexpr int kBatchTile = 4;              // batch rows sharing one decoded chunk
+// Column block (in chunks). Batch 1: 16 chunks = 1024 groups bounds the int32 lane sums
+// (≤ 16 · 4 · 8 · 22 · 128 per lane). Batch > 1: 4 chunks, so a tile's activations
+// (4 rows · 2 planes · 8 · 256 bytes = 16 KiB) stay in L1 while every row of the thread passes.
+constexpr int kBlockChunksGemv = 16;
+constexpr int kBlockChunksGemm = 4;
+
+struct alignas(64) Selectors {
+  uint8_t lo[64];  // byte 2p of (c0 ‖ c1): the pattern byte of code p
+  uint8_t hi[64];  // byte 2p + 1: the sign/shift byte
+};
+const Selectors& selectors() {
+  static const Selectors s = [] {
+    Selectors t{};
+    for (int p = 0; p < 64; ++p) {
+      t.lo[p] = static_cast<uint8_t>(2 * p);
+      t.hi[p] = static_cast<uint8_t>(2 * p + 1);
+    }
+    return t;
+  }();
+  return s;
+}
+
+inline int64_t hsum(__m512i v) { return _mm512_reduce_add_epi32(v); }
+
+// Σ over groups [g0, g1) of one row (g0 a multiple of kChunk) for NB batch rows, with offsets.
+// codes: the row's codes; xh[b], xl[b]: plane bases of batch row b ([8][gpad] bytes each).
+template <codec::Codebook CB, int NB>
+void dot_range(const uint8_t* codes, int g0, int g1, const int8_t* const* xh,
+               const int8_t* const* xl, int64_t gpad, int64_t* out) {
+  const KernelTables& T = kernel_tables();
+  constexpr bool kE8P = CB == codec::Codebook::E8P16;
+  const uint8_t(*planes)[256] = kE8P ? T.e8p_plane : T.e8r8_plane;
+  __m512i tab[4][4];
+  for (int k = 0; k < 4; ++k)
+    for (int j = 0; j < 4; ++j) tab[k][j] = _mm512_load_si512(planes[k] + 64 * j);
+  const __m512i lut = _mm512_load_si512(kE8P ? T.e8p_lut : T.e8r8_lut);
+  __m512i gf[4];
+  for (int k = 0; k < 4; ++k) gf[k] = _mm512_set1_epi64(static_cast<long long>(T.e8p_gf[k]));
+  const __m512i sel_lo = _mm512_load_si512(selectors().lo);
+  const __m512i sel_hi = _mm512_load_si512(selectors().hi);
+
+  // Independent accumulators per batch row and plane so that vpdpbusd latency is hidden.
+  constexpr int A = NB == 1 ? 4 : (NB == 2 ? 2 : 1);
+  __m512i acc_h[NB][A], acc_l[NB][A];
+  for (int b = 0; b < NB; ++b)
+    for (int j = 0; j < A; ++j) acc_h[b][j] = acc_l[b][j] = _mm512_setzero_si512();
+
+  for (int g = g0; g < g1; g += kChunk) {
+    const int n = std::min(kChunk, g1 - g);
+    __m512i idx, sgn = _mm512_setzero_si512();
+    if constexpr (kE8P) {
+      const uint16_t* c16 = reinterpret_cast<const uint16_t*>(codes) + g;
+      __m512i c0, c1;
+      if (n == kChunk) {
+        c0 = _mm512_loadu_si512(c16);
+        c1 = _mm512_loadu_si512(c16 + 32);
+      } else {
+        const __mmask32 m0 = n >= 32 ? ~__mmask32{0} : ((__mmask32{1} << n) - 1);
+        const __mmask32 m1 = n > 32 ? ((__mmask32{1} << (n - 32)) - 1) : 0;
+        c0 = _mm512_maskz_loadu_epi16(m0, c16);
+        c1 = _mm512_maskz_loadu_epi16(m1, c16 + 32);
+      }
+      idx = _mm512_permutex2var_epi8(c0, sel_lo, c1);
+      sgn = _mm512_permutex2var_epi8(c0, sel_hi, c1);
+    } else {
+      const __mmask64 m = n == kChunk ? ~__mmask64{0} : ((__mmask64{1} << n) - 1);
+      idx = _mm512_maskz_loadu_epi8(m, codes + g);
+    }
+    const __mmask64 top = _mm512_movepi8_mask(idx);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m512i r1 = _mm512_permutex2var_epi8(tab[k][0], idx, tab[k][1]);
+      const __m512i r2 = _mm512_permutex2var_epi8(tab[k][2], idx, tab[k][3]);
+      __m512i e = _mm512_mask_blend_epi8(top, r1, r2);
+      if constexpr (kE8P) e = _mm512_xor_si512(e, _mm512_gf2p8affine_epi64_epi8(sgn, gf[k], 0));
+      const __m512i w_even = _mm512_permutexvar_epi8(e, lut);
+      const __m512i w_odd = _mm512_permutexvar_epi8(_mm512_srli_epi16(e, 4), lut);
+      const int64_t off_even = (2 * k) * gpad + g, off_odd = (2 * k + 1) * gpad + g;
+#pragma GCC unroll 4
+      for (int b = 0; b < NB; ++b) {
+        __m512i& h = acc_h[b][k % A];
+        __m512i& l = acc_l[b][k % A];
+        h = _mm512_dpbusd_epi32(h, w_even, _mm512_loadu_si512(xh[b] + off_even));
+        l = _mm512_dpbusd_epi32(l, w_even, _mm512_loadu_si512(xl[b] + off_even));
+        h = _mm512_dpbusd_epi32(h, w_odd, _mm512_loadu_si512(xh[b] + off_odd));
+        l = _mm512_dpbusd_epi32(l, w_odd, _mm512_loadu_si512(xl[b] + off_odd));
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    __m512i h = acc_h[b][0], l = acc_l[b][0];
+    for (int j = 1; j < A; ++j) {
+      h = _mm512_add_epi32(h, acc_h[b][j]);
+      l = _mm512_add_epi32(l, acc_l[b][j]);
+    }
+    out[b] += 256 * hsum(h) + hsum(l);
+  }
+}
+
+template <int NB>
+void dot_range_cb(codec::Codebook cb, const uint8_t* codes, int g0, int g1,
+                  const int8_t* const* xh, const int8_t* const* xl, int64_t gpad, int64_t* out) {
+  if (cb == codec::Codebook::E8P16)
+    dot_range<codec::Codebook::E8P16, NB>(codes, g0, g1, xh, xl, gpad, out);
+  else
+    dot_range<codec::Codebook::E8R8, NB>(codes, g0, g1, xh, xl, gpad, out);
+}
+
+// Batch rows [b0, b0 + nb) of row r, stage s, groups [g0, g1).
+void dot_tile(const DotArgs& a, int s, int r, int b0, int nb, int g0, int g1) {
+  const StageView& st = a.stages[s];
+  const int64_t row_bytes = static_cast<int64_t>(a.groups) * codec::code_bytes(st.codebook);
+  const uint8_t* codes = st.codes + r * row_bytes;
+  const int8_t* xh[kBatchTile];
+  const int8_t* xl[kBatchTile];
+  int64_t out[kBatchTile] = {};
+  for (int j = 0; j < nb; ++j) {
+    xh[j] = a.act.planes + (2 * static_cast<int64_t>(b0 + j)) * a.act.plane_bytes;
+    xl[j] = xh[j] + a.act.plane_bytes;
+  }
+  const int64_t gpad = a.act.groups_padded;
+  switch (nb) {
+    case 1: dot_range_cb<1>(st.codebook, codes, g0, g1, xh, xl, gpad, out); break;
+    case 2: dot_range_cb<2>(st.codebook, codes, g0, g1, xh, xl, gpad, out); break;
+    case 3: dot_range_cb<3>(st.codebook, codes, g0, g1, xh, xl, gpad, out); break;
+    default: dot_range_cb<4>(st.codebook, codes, g0, g1, xh, xl, gpad, out); break;
+  }
+  for (int j = 0; j < nb; ++j)
+    a.dots[(static_cast<int64_t>(s) * a.act.batch + b0 + j) * a.rows + r] += out[j];
+}
+
+}  // namespace
+
+int avx512_chunk_groups() { return kChunk; }
+
+// Plane layout of one batch row: [coordinate i (8)][group (groups_padded)] bytes.
+void pack_act_avx512(const int16_t* X, int groups, int groups_padded, int8_t* hi, int8_t* lo) {
+  std::memset(hi, 0, static_cast<size_t>(8) * groups_padded);
+  std::memset(lo, 0, static_cast<size_t>(8) * groups_padded);
+  for (int g = 0; g < groups; ++g) {
+    for (int i = 0; i < 8; ++i) {
+      const int x = X[8 * g + i];
+      const int h = (x + 128) >> 8;
+      hi[static_cast<int64_t>(i) * groups_padded + g] = static_cast<int8_t>(h);
+      lo[static_cast<int64_t>(i) * groups_padded + g] = static_cast<int8_t>(x - 256 * h);
+    }
+  }
+}
+
+void dots_avx512(const DotArgs& a, int r0, int r1) {
+  const int batch = a.act.batch;
+  for (int s = 0; s < a.n_stages; ++s)
+    for (int b = 0; b < batch; ++b)
+      std::fill_n(a.dots + (static_cast<int64_t>(s) * batch + b) * a.rows + r0, r1 - r0, 0);
+  if (batch == 1) {
+    const int block = kBlockChunksGemv * kChunk;
+    for (int r = r0; r < r1; ++r)
+      for (int s = 0; s < a.n_stages; ++s)
+        for (int g0 = 0; g0 < a.groups; g0 += block)
+          dot_tile(a, s, r, 0, 1, g0, std::min(a.groups, g0 + block));
+  } else {
+    const int block = kBlockChunksGemm * kChunk;
+    for (int g0 = 0; g0 < a.groups; g0 += block) {
+      const int g1 = std::min(a.groups, g0 + block);
+      for (int b0 = 0; b0 < batch; b0 += kBatchTile) {
+        const int nb = std::min(kBatchTile, batch - b0);
+        for (int r = r0; r < r1; ++r)
+          for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r, b0, nb, g0, g1);
+      }
+    }
+  }
+  // Remove the u8 offset: Σ (v + off)·X = Σ v·X + off·Σ X.
+  for (int s = 0; s < a.n_stages; ++s)
+    for (int b = 0; b < batch; ++b) {
+      int64_t* d = a.dots + (static_cast<int64_t>(s) * batch + b) * a.rows;
+      const int64_t corr = static_cast<int64_t>(kWeightOffset) * a.act.xsum[b];
+      for (int r = r0; r < r1; ++r) d[r] -= corr;
+    }
+}
+
+void hadamard_avx512(const transform::HadamardPlan& plan, bool transpose, float* x, float* tmp) {
+  hadamard_apply(plan, transpose, x, tmp);
+}
+
+}  // namespace glq::cpu::detail

@@ -1,0 +1,98 @@
+// Shared pieces of the CPU kernels: the integer model of the product, the derived tables and the
+// per-ISA entry points. Internal to glq_cpu.
+//
+// Integer model (identical in every ISA, so the SIMD kernels agree with the scalar one exactly
+// up to the float transforms):
+//   1. x̃ = T_in (sign_in ∘ x) in float (per batch row b).
+//   2. x̃ is quantized to 16-bit fixed point with one scale per batch row:
+//        X = round(x̃ / xs_b),  xs_b = max|x̃_b| / kActMax,  |X| ≤ kActMax = 32639,
+//      and split into two signed bytes X = 256·Xh + Xl (Xh, Xl ∈ [−128, 127]) so that the
+//      SIMD kernels can use u8×s8 dot-product instructions (vpdpbusd, vpmaddubsw).
+//   3. Every decoded weight is an integer in quarter lattice units: E8P16 coordinates are
+//      4·(σ·p + t) ∈ [−11, 11], E8R8 coordinates are 4·c ∈ [−8, 8]. The SIMD kernels feed them
+//      as unsigned bytes v + kWeightOffset and remove the offset with Σ X afterwards.
+//   4. dot_s[b][r] = Σ_g ⟨v(C_s[r, g]), X_b[8g .. 8g+8)⟩ exactly, in 64-bit integers.
+//   5. ỹ[b][r] = Σ_s scale_s[r] · xs_b / 4 · dot_s[b][r], then y = sign_out ∘ (T_out^T ỹ).
+// The only approximation against the float reference is step 2: a relative error of about
+// 2^-15 of max|x̃| per element, far below the quantization error of the weights.
+#pragma once
+
+#include <cstdint>
+
+#include "glq/codec/codebook.hpp"
+#include "glq/transform/hadamard.hpp"
+
+namespace glq::cpu::detail {
+
+inline constexpr int kActMax = 32639;       // 127·256 + 127: Xh and Xl both fit int8
+inline constexpr int kWeightOffset = 11;    // makes every quarter-unit weight a u8 in [0, 22]
+inline constexpr int kMaxStages = 2;        // 4 bpw = two E8P16 stages
+
+// Byte-planar and nibble tables derived once from the codec's tables (see tables.cpp).
+struct KernelTables {
+  // E8P16: abs-table entries with only the documented bits kept (nibble i = 2·p_i, bit 31 = q).
+  alignas(64) uint32_t e8p_entry[256];
+  // E8R8: codeword entries (nibble i = 2·c_i, signed).
+  alignas(64) uint32_t e8r8_entry[256];
+  // Byte k of every entry, as four 256-byte planes (AVX-512 looks them up with vpermi2b).
+  alignas(64) uint8_t e8p_plane[4][256];
+  alignas(64) uint8_t e8r8_plane[4][256];
+  // Nibble → v + kWeightOffset. E8P16 nibble (after the sign/shift merge): bit 3 sign, bits 1-2
+  // (2p−1)/2, bit 0 shift (1 → +¼). E8R8 nibble: signed 2·c. 64 entries = 16 repeated 4 times,
+  // so vpermb (6 index bits) ignores bits 4-5 of its index.
+  alignas(64) uint8_t e8p_lut[64];
+  alignas(64) uint8_t e8r8_lut[64];
+  // GF(2) affine matrices (vgf2p8affineqb) mapping the code's high byte S (bits 0-6 signs of
+  // coordinates 0-6, bit 7 shift) to the bits XORed into byte k of the entry: sign of 2k → bit 3,
+  // sign of 2k+1 → bit 7 (for k = 3: parity of the seven signs), shift → bits 0 and 4.
+  uint64_t e8p_gf[4];
+  // The same merge for dword lanes (AVX2, vpermd on 3-bit slices of S):
+  //   entry ^ sign_lo[S & 7] ^ sign_mid[(S >> 3) & 7] ^ sign_hi[(S >> 6) & 3].
+  alignas(32) uint32_t sign_lo[8];
+  alignas(32) uint32_t sign_mid[8];
+  alignas(32) uint32_t sign_hi[8];
+};
+const KernelTables& kernel_tables();
+
+// One stage of a matrix as the kernels see it.
+struct StageView {
+  codec::Codebook codebook;
+  const uint8_t* codes;  // (rows, groups) codes of code_bytes(codebook) bytes, row-major
+};
+
+// Quantized activations of the whole batch, in the layout of one ISA (see each kernel file).
+struct ActView {
+  const int16_t* x16 = nullptr;  // (batch, cols) X, natural order (scalar kernel)
+  const int8_t* planes = nullptr;  // (batch, 2 planes (Xh, Xl), plane_bytes) SIMD layouts
+  int64_t plane_bytes = 0;
+  const int64_t* xsum = nullptr;  // (batch) Σ X
+  int batch = 0;
+  int groups_padded = 0;  // groups rounded up to the SIMD chunk, padding holds X = 0
+};
+
+// dots (stages, batch, rows) int64: exact Σ v·X for rows [r0, r1).
+struct DotArgs {
+  int rows = 0, cols = 0, groups = 0;
+  int n_stages = 0;
+  StageView stages[kMaxStages];
+  ActView act;
+  int64_t* dots = nullptr;
+};
+
+void dots_scalar(const DotArgs& a, int r0, int r1);
+void dots_avx2(const DotArgs& a, int r0, int r1);
+void dots_avx512(const DotArgs& a, int r0, int r1);
+
+// Activation layouts: fill planes for batch row b from X (cols int16).
+int avx2_chunk_groups();    // groups per SIMD chunk (padding unit)
+int avx512_chunk_groups();
+void pack_act_avx2(const int16_t* X, int groups, int groups_padded, int8_t* hi, int8_t* lo);
+void pack_act_avx512(const int16_t* X, int groups, int groups_padded, int8_t* hi, int8_t* lo);
+
+// Float transforms (see transform_impl.hpp), compiled once per ISA. tmp: (plan.n) floats.
+// transpose = false: x ← T x; true: x ← T^T x.
+void hadamard_scalar(const transform::HadamardPlan& plan, bool transpose, float* x, float* tmp);
+void hadamard_avx2(const transform::HadamardPlan& plan, bool transpose, float* x, float* tmp);
+void hadamard_avx512(const transform::HadamardPlan& plan, bool transpose, float* x, float* tmp);
+
+}  // namespace glq::cpu::detail

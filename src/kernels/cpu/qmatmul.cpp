@@ -1,0 +1,277 @@
+// Run-time dispatch and the driver of qmatmul: input transform, activation rounding, code
+// products over rows on the shared pool, scales, output transform.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "glq/error.hpp"
+#include "glq/kernels/cpu.hpp"
+#include "kernels/cpu/kernel_common.hpp"
+
+namespace glq::cpu {
+
+namespace {
+
+using detail::DotArgs;
+
+Isa hardware_isa() {
+  static const Isa best = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") &&
+        __builtin_cpu_supports("gfni"))
+      return Isa::Avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+    return Isa::Scalar;
+  }();
+  return best;
+}
+
+// Scratch of the calling thread, grown once to the largest shape seen.
+struct Workspace {
+  std::vector<float> xt;       // (batch, cols) transformed inputs
+  std::vector<float> tmp;      // (threads, max(rows, cols)) transform scratch
+  std::vector<int16_t> x16;    // (batch, cols) rounded activations
+  std::vector<int8_t> planes;  // (batch, 2, plane_bytes) ISA layout
+  std::vector<int64_t> xsum;   // (batch)
+  std::vector<double> xscale;  // (batch)
+  std::vector<int64_t> dots;   // (stages, batch, rows)
+};
+
+template <class T>
+T* grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+void validate(const codec::QuantizedMatrix& q) {
+  auto bad = [&](const std::string& what, const std::string& expected, const std::string& got) {
+    throw_mismatch("QuantizedMatrix " + std::to_string(q.rows) + "x" + std::to_string(q.cols) +
+                       " " + what,
+                   expected, got);
+  };
+  if (q.rows <= 0 || q.cols <= 0 || q.rows % 8 || q.cols % 8)
+    bad("shape", "positive multiples of 8",
+        std::to_string(q.rows) + "x" + std::to_string(q.cols));
+  const auto expected = codec::stages_for_bits(q.bits);
+  if (q.stages.size() != expected.size())
+    bad("stages", std::to_string(expected.size()), std::to_string(q.stages.size()));
+  const size_t groups = static_cast<size_t>(q.rows) * (q.cols / 8);
+  for (size_t s = 0; s < q.stages.size(); ++s) {
+    const auto& st = q.stages[s];
+    if (st.codebook != expected[s])
+      bad("stage " + std::to_string(s) + " codebook", codec::codebook_id(expected[s]),
+          codec::codebook_id(st.codebook));
+    if (st.codes.size() != groups * codec::code_bytes(st.codebook))
+      bad("stage " + std::to_string(s) + " code bytes",
+          std::to_string(groups * codec::code_bytes(st.codebook)),
+          std::to_string(st.codes.size()));
+    if (st.scales.size() != static_cast<size_t>(q.rows))
+      bad("stage " + std::to_string(s) + " scales", std::to_string(q.rows),
+          std::to_string(st.scales.size()));
+  }
+  if (q.sign_in.size() != static_cast<size_t>(q.cols))
+    bad("sign_in", std::to_string(q.cols), std::to_string(q.sign_in.size()));
+  if (q.sign_out.size() != static_cast<size_t>(q.rows))
+    bad("sign_out", std::to_string(q.rows), std::to_string(q.sign_out.size()));
+  if (q.plan_in.n != q.cols || q.plan_in.a * q.plan_in.b != q.cols)
+    bad("plan_in", "n = a·b = " + std::to_string(q.cols),
+        std::to_string(q.plan_in.n) + " = " + std::to_string(q.plan_in.a) + "·" +
+            std::to_string(q.plan_in.b));
+  if (q.plan_out.n != q.rows || q.plan_out.a * q.plan_out.b != q.rows)
+    bad("plan_out", "n = a·b = " + std::to_string(q.rows),
+        std::to_string(q.plan_out.n) + " = " + std::to_string(q.plan_out.a) + "·" +
+            std::to_string(q.plan_out.b));
+}
+
+void hadamard(Isa isa, const transform::HadamardPlan& plan, bool transpose, float* x,
+              float* tmp) {
+  switch (isa) {
+    case Isa::Avx512: detail::hadamard_avx512(plan, transpose, x, tmp); break;
+    case Isa::Avx2: detail::hadamard_avx2(plan, transpose, x, tmp); break;
+    default: detail::hadamard_scalar(plan, transpose, x, tmp); break;
+  }
+}
+
+void require_supported(Isa isa) {
+  if (!isa_supported(isa))
+    throw_unsupported(std::string("CPU kernels: this CPU cannot run ISA '") + isa_name(isa) +
+                      "' (best available: " + isa_name(hardware_isa()) + ")");
+}
+
+// Rounds one transformed row to 16-bit fixed point: X = round(x̃ / xs), |X| ≤ kActMax.
+void round_activations(const float* xt, int n, int16_t* X, int64_t* sum, double* scale) {
+  float maxabs = 0.0f;
+  bool finite = true;
+  for (int i = 0; i < n; ++i) {
+    const float a = std::fabs(xt[i]);
+    finite &= a <= std::numeric_limits<float>::max();  // false for NaN and Inf
+    maxabs = std::max(maxabs, a);
+  }
+  if (!finite) throw_numerical("qmatmul: input contains NaN or Inf");
+  if (maxabs == 0.0f) {
+    std::fill_n(X, n, int16_t{0});
+    *sum = 0;
+    *scale = 0.0;
+    return;
+  }
+  const float inv = static_cast<float>(detail::kActMax) / maxabs;
+  int64_t s = 0;
+  for (int i = 0; i < n; ++i) {
+    const float v = xt[i] * inv;
+    int r = static_cast<int>(v + (v >= 0.0f ? 0.5f : -0.5f));
+    r = std::clamp(r, -detail::kActMax, detail::kActMax);
+    X[i] = static_cast<int16_t>(r);
+    s += r;
+  }
+  *sum = s;
+  *scale = static_cast<double>(maxabs) / detail::kActMax;
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "unknown";
+}
+
+Isa parse_isa(const std::string& name) {
+  if (name == "scalar") return Isa::Scalar;
+  if (name == "avx2") return Isa::Avx2;
+  if (name == "avx512") return Isa::Avx512;
+  throw_invalid("unknown CPU ISA '" + name + "' (expected scalar, avx2 or avx512)");
+}
+
+bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(hardware_isa()); }
+
+Isa detect_isa() {
+  if (const char* env = std::getenv("GLQ_CPU_ISA"); env && *env) {
+    const Isa forced = parse_isa(env);
+    require_supported(forced);
+    return forced;
+  }
+  return hardware_isa();
+}
+
+void transform_input(const codec::QuantizedMatrix& q, float* x, int batch, Isa isa) {
+  require_supported(isa);
+  std::vector<float> tmp(static_cast<size_t>(q.cols));
+  for (int b = 0; b < batch; ++b) {
+    float* row = x + static_cast<int64_t>(b) * q.cols;
+    for (int i = 0; i < q.cols; ++i) row[i] *= q.sign_in[i];
+    hadamard(isa, q.plan_in, false, row, tmp.data());
+  }
+}
+
+void transform_output(const codec::QuantizedMatrix& q, float* y, int batch, Isa isa) {
+  require_supported(isa);
+  std::vector<float> tmp(static_cast<size_t>(q.rows));
+  for (int b = 0; b < batch; ++b) {
+    float* row = y + static_cast<int64_t>(b) * q.rows;
+    hadamard(isa, q.plan_out, true, row, tmp.data());
+    for (int i = 0; i < q.rows; ++i) row[i] *= q.sign_out[i];
+  }
+}
+
+void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batch,
+             ThreadPool& pool, Isa isa) {
+  if (batch < 0) throw_invalid("qmatmul: batch must be >= 0, got " + std::to_string(batch));
+  if (batch == 0) return;
+  validate(q);
+  require_supported(isa);
+  thread_local Workspace ws;
+
+  const int rows = q.rows, cols = q.cols, groups = cols / 8;
+  const int n_stages = static_cast<int>(q.stages.size());
+  const int chunk = isa == Isa::Avx512 ? detail::avx512_chunk_groups()
+                    : isa == Isa::Avx2 ? detail::avx2_chunk_groups()
+                                       : 1;
+  const int groups_padded = (groups + chunk - 1) / chunk * chunk;
+  const int64_t plane_bytes = 8 * static_cast<int64_t>(groups_padded);
+  const size_t tmp_len = static_cast<size_t>(std::max(rows, cols));
+
+  float* xt = grow(ws.xt, static_cast<size_t>(batch) * cols);
+  float* tmp = grow(ws.tmp, tmp_len * pool.size());
+  int16_t* x16 = grow(ws.x16, static_cast<size_t>(batch) * cols);
+  int8_t* planes = isa == Isa::Scalar ? nullptr : grow(ws.planes, 2 * batch * plane_bytes);
+  int64_t* xsum = grow(ws.xsum, batch);
+  double* xscale = grow(ws.xscale, batch);
+  int64_t* dots = grow(ws.dots, static_cast<size_t>(n_stages) * batch * rows);
+
+  // 1. x̃ = T_in (sign_in ∘ x), rounded to 16 bits, laid out for the ISA (over batch rows).
+  pool.parallel_for(batch, [&](int64_t b0, int64_t b1, int t) {
+    float* scratch = tmp + tmp_len * t;
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xb = x + b * cols;
+      float* xtb = xt + b * cols;
+      for (int i = 0; i < cols; ++i) xtb[i] = xb[i] * q.sign_in[i];
+      hadamard(isa, q.plan_in, false, xtb, scratch);
+      int16_t* X = x16 + b * cols;
+      round_activations(xtb, cols, X, &xsum[b], &xscale[b]);
+      if (isa == Isa::Avx512)
+        detail::pack_act_avx512(X, groups, groups_padded, planes + 2 * b * plane_bytes,
+                                planes + (2 * b + 1) * plane_bytes);
+      else if (isa == Isa::Avx2)
+        detail::pack_act_avx2(X, groups, groups_padded, planes + 2 * b * plane_bytes,
+                              planes + (2 * b + 1) * plane_bytes);
+    }
+  });
+
+  // 2. Exact integer code products, then ỹ = Σ_s scale_s · xs / 4 · dot_s (over rows).
+  DotArgs args;
+  args.rows = rows;
+  args.cols = cols;
+  args.groups = groups;
+  args.n_stages = n_stages;
+  for (int s = 0; s < n_stages; ++s)
+    args.stages[s] = {q.stages[s].codebook, q.stages[s].codes.data()};
+  args.act.x16 = x16;
+  args.act.planes = planes;
+  args.act.plane_bytes = plane_bytes;
+  args.act.xsum = xsum;
+  args.act.batch = batch;
+  args.act.groups_padded = groups_padded;
+  args.dots = dots;
+  constexpr int kRowGrain = 8;
+  pool.parallel_for(
+      rows,
+      [&](int64_t r0, int64_t r1, int) {
+        switch (isa) {
+          case Isa::Avx512: detail::dots_avx512(args, int(r0), int(r1)); break;
+          case Isa::Avx2: detail::dots_avx2(args, int(r0), int(r1)); break;
+          default: detail::dots_scalar(args, int(r0), int(r1)); break;
+        }
+        for (int b = 0; b < batch; ++b) {
+          const double unit = xscale[b] * 0.25;  // quarter lattice units
+          float* yb = y + static_cast<int64_t>(b) * rows;
+          for (int64_t r = r0; r < r1; ++r) {
+            double acc = 0.0;
+            for (int s = 0; s < n_stages; ++s)
+              acc += static_cast<double>(q.stages[s].scales[r]) * unit *
+                     static_cast<double>(dots[(static_cast<int64_t>(s) * batch + b) * rows + r]);
+            yb[r] = static_cast<float>(acc);
+          }
+        }
+      },
+      kRowGrain);
+
+  // 3. y = sign_out ∘ (T_out^T ỹ) (over batch rows).
+  pool.parallel_for(batch, [&](int64_t b0, int64_t b1, int t) {
+    float* scratch = tmp + tmp_len * t;
+    for (int64_t b = b0; b < b1; ++b) {
+      float* yb = y + b * rows;
+      hadamard(isa, q.plan_out, true, yb, scratch);
+      for (int i = 0; i < rows; ++i) yb[i] *= q.sign_out[i];
+    }
+  });
+}
+
+}  // namespace glq::cpu
