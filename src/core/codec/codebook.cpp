@@ -36,6 +36,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -105,9 +106,21 @@ std::vector<Doubled> make_e8p_patterns() {
   return all;
 }
 
+// A multiset of pattern magnitudes, sorted descending (see e8p_structured_search).
+struct TypeInfo {
+  double p[8];
+  int digit[8];  // (2·p_j − 1)/2
+  double half_norm;
+  double parity;
+};
+constexpr int kNumTypes = 7;  // multisets of {½,3/2,5/2}^8 with Σp² ≤ 10
+
 struct E8PTables {
+  TypeInfo types[kNumTypes];
+  int norm12[29];            // indices of the 29 norm-12 patterns
+  double norm12_p[29][8];    // their magnitudes, contiguous
   std::array<uint32_t, 256> abs_table{};
-  // Structured search data, struct-of-arrays so the loop over patterns vectorises.
+  // Per-pattern data for scoring the norm-12 patterns one by one.
   alignas(64) double p[8][256];    // p_i of pattern k
   alignas(64) double half_norm[256];  // Σp²/2
   alignas(64) double parity[256];  // q as 0.0 / 1.0
@@ -121,6 +134,7 @@ const E8PTables& e8p_tables() {
     E8PTables t;
     t.index_of.fill(-1);
     const std::vector<Doubled> pats = make_e8p_patterns();
+    int n12 = 0;
     for (int k = 0; k < 256; ++k) {
       const Doubled& v = pats[k];
       uint32_t entry = 0;
@@ -137,6 +151,33 @@ const E8PTables& e8p_tables() {
       t.half_norm[k] = norm2(v) / 8.0;
       t.parity[k] = q;
       t.index_of[key] = static_cast<int16_t>(k);
+      if (norm2(v) == 48) {
+        if (n12 == 29) throw Error(ErrorKind::Internal, "E8P tables: more than 29 norm-12 patterns");
+        t.norm12[n12] = k;
+        for (int i = 0; i < 8; ++i) t.norm12_p[n12][i] = 0.5 * v[i];
+        ++n12;
+      }
+    }
+    // The types: the distinct sorted patterns of norm ≤ 10. Every permutation of each is in
+    // the table (the ball is permutation invariant), which the structured search relies on.
+    std::vector<Doubled> types;
+    for (Doubled v : pats) {
+      if (norm2(v) > 40) continue;
+      std::sort(v.begin(), v.end(), std::greater<int>());
+      if (std::find(types.begin(), types.end(), v) == types.end()) types.push_back(v);
+    }
+    if (types.size() != kNumTypes || n12 != 29) {
+      throw Error(ErrorKind::Internal, "E8P tables: expected 7 pattern types and 29 norm-12 patterns");
+    }
+    for (int ty = 0; ty < kNumTypes; ++ty) {
+      int sum = 0;
+      for (int j = 0; j < 8; ++j) {
+        t.types[ty].p[j] = 0.5 * types[ty][j];
+        t.types[ty].digit[j] = (types[ty][j] - 1) / 2;
+        sum += types[ty][j];
+      }
+      t.types[ty].half_norm = norm2(types[ty]) / 8.0;
+      t.types[ty].parity = (sum / 2) & 1;
     }
     return t;
   }();
@@ -216,76 +257,102 @@ const E8R8Tables& e8r8_tables() {
   return tables;
 }
 
-// Nearest point of D8 to y (coordinates as doubles), written to r.
-inline void nearest_d8(const double y[8], double r[8]) {
-  double sum = 0;
-  int worst = 0;
-  double worst_err = -1;
-  for (int i = 0; i < 8; ++i) {
-    r[i] = std::nearbyint(y[i]);
-    sum += r[i];
-    const double err = std::fabs(y[i] - r[i]);
-    if (err > worst_err) {
-      worst_err = err;
-      worst = i;
-    }
-  }
-  if (std::fmod(sum, 2.0) != 0.0) r[worst] += (y[worst] >= r[worst]) ? 1.0 : -1.0;
-}
-
 // The structured search over 2 shifts × 256 patterns (exact; see the opening comment).
+//
+// The 227 patterns of norm ≤ 10 are all the permutations of 7 "types" (multisets of
+// {½, 3/2, 5/2}), so they are not scored one by one: for a type with sorted magnitudes
+// p_(1) ≥ … ≥ p_(8) and y's sorted magnitudes a_(1) ≥ … ≥ a_(8), the best permutation and signs
+// score Σ p_(j) a_(j) (rearrangement inequality), less 2·p_(8)·a_(8) when the signs of y have
+// the wrong parity: the optimum has exactly one sign against y, and by rearrangement on
+// (a_1, …, −a_j, …) the smallest magnitude goes there; removing the smallest a_j leaves the
+// largest remaining sum. The 29 norm-12 patterns are scored individually.
 uint16_t e8p_structured_search(const float x[8]) {
   const E8PTables& t = e8p_tables();
   double best_dist = std::numeric_limits<double>::infinity();
   uint16_t best_code = 0;
+  double xsum = 0;
+  for (int i = 0; i < 8; ++i) xsum += static_cast<double>(x[i]);
   for (int shift = 0; shift < 2; ++shift) {
     const double tv = shift ? -0.25 : 0.25;
-    double a[8], xsum = 0;
+    double a[8];
     unsigned neg = 0;
     for (int i = 0; i < 8; ++i) {
       const double y = static_cast<double>(x[i]) - tv;
       a[i] = std::fabs(y);
-      xsum += static_cast<double>(x[i]);
       if (y < 0) neg |= 1u << i;
     }
     const double negpar = __builtin_popcount(neg) & 1;
-    // score_k = Σ p_i a_i − Σp²/2 − [parity wrong]·2·min_i p_i a_i;  dist = y² − 2·score.
-    alignas(64) double score[256];
-    for (int k = 0; k < 256; ++k) {
+    // order: coordinates by a descending, ties by index (insertion sort of 8).
+    int order[8];
+    double as[8];
+    for (int i = 0; i < 8; ++i) {
+      int j = i;
+      while (j > 0 && a[i] > as[j - 1]) {
+        as[j] = as[j - 1];
+        order[j] = order[j - 1];
+        --j;
+      }
+      as[j] = a[i];
+      order[j] = i;
+    }
+    double best_score = -std::numeric_limits<double>::infinity();
+    int best_type = -1, best_k = -1;
+    for (int ty = 0; ty < kNumTypes; ++ty) {
+      const TypeInfo& T = t.types[ty];
+      double s = 0;
+      for (int j = 0; j < 8; ++j) s += T.p[j] * as[j];
+      if (T.parity != negpar) s -= 2.0 * T.p[7] * as[7];
+      s -= T.half_norm;
+      if (s > best_score) {
+        best_score = s;
+        best_type = ty;
+      }
+    }
+    for (int j = 0; j < 29; ++j) {
+      const int k = t.norm12[j];
       double s = 0, m = std::numeric_limits<double>::infinity();
       for (int i = 0; i < 8; ++i) {
-        const double pa = t.p[i][k] * a[i];
+        const double pa = t.norm12_p[j][i] * a[i];
         s += pa;
         m = std::min(m, pa);
       }
-      const double wrong = (t.parity[k] != negpar) ? 1.0 : 0.0;
-      score[k] = s - t.half_norm[k] - wrong * 2.0 * m;
+      s -= t.half_norm[k] + ((t.parity[k] != negpar) ? 2.0 * m : 0.0);
+      if (s > best_score) {
+        best_score = s;
+        best_type = -1;
+        best_k = k;
+      }
     }
-    int bk = 0;
-    for (int k = 1; k < 256; ++k) {
-      if (score[k] > score[bk]) bk = k;
-    }
+    if (best_type < 0 && best_k < 0) continue;  // NaN input
     // |x − c|² = |x|² − 2t·Σx + 8t² − 2·score; |x|² and 8t² are the same for both shifts and
     // are left out so that huge inputs keep the precision that tells the shifts apart.
-    const double dist = -2.0 * tv * xsum - 2.0 * score[bk];
-    if (dist < best_dist) {
-      best_dist = dist;
-      // Signs: those of y, with the least p_i·a_i flipped when the parity is wrong.
-      unsigned signs = neg;
-      if (t.parity[bk] != negpar) {
-        int mi = 0;
-        double mv = std::numeric_limits<double>::infinity();
-        for (int i = 0; i < 8; ++i) {
-          const double pa = t.p[i][bk] * a[i];
-          if (pa < mv) {
-            mv = pa;
-            mi = i;
-          }
+    const double dist = -2.0 * tv * xsum - 2.0 * best_score;
+    if (!(dist < best_dist)) continue;
+    best_dist = dist;
+    unsigned signs = neg;
+    int k = best_k;
+    if (best_type >= 0) {
+      const TypeInfo& T = t.types[best_type];
+      int key_digits[8];
+      for (int j = 0; j < 8; ++j) key_digits[order[j]] = T.digit[j];
+      int key = 0;
+      for (int i = 0; i < 8; ++i) key = key * 3 + key_digits[i];
+      k = t.index_of[key];
+      if (T.parity != negpar) signs ^= 1u << order[7];
+    } else if (t.parity[k] != negpar) {
+      // Flip the least p_i·a_i.
+      int mi = 0;
+      double mv = std::numeric_limits<double>::infinity();
+      for (int i = 0; i < 8; ++i) {
+        const double pa = t.p[i][k] * a[i];
+        if (pa < mv) {
+          mv = pa;
+          mi = i;
         }
-        signs ^= 1u << mi;
       }
-      best_code = static_cast<uint16_t>(bk | ((signs & 0x7F) << 8) | (shift << 15));
+      signs ^= 1u << mi;
     }
+    best_code = static_cast<uint16_t>(k | ((signs & 0x7F) << 8) | (shift << 15));
   }
   return best_code;
 }
@@ -297,37 +364,54 @@ const std::array<uint32_t, 256>& e8r8_table() { return e8r8_tables().table; }
 
 uint16_t encode_e8p(const float x[8]) {
   const E8PTables& t = e8p_tables();
-  // Nearest point of E8 + ¼·1: decode y = x − ¼·1 in E8 = D8 ∪ (D8 + ½·1).
-  double y[8], yh[8], r0[8], r1[8];
+  // Nearest point of E8 + ¼·1: decode y = x − ¼·1 in E8 = D8 ∪ (D8 + ½·1). No codeword has a
+  // coordinate beyond 11/4, so inputs with |x_i| ≥ 8 (or NaN) go straight to the search, and
+  // below that rounding by the 1.5·2^52 trick is exact round-half-even.
+  constexpr double kRound = 6755399441055744.0;  // 1.5·2^52
+  double y[8];
   for (int i = 0; i < 8; ++i) {
+    if (!(std::fabs(x[i]) < 8.0f)) return e8p_structured_search(x);
     y[i] = static_cast<double>(x[i]) - 0.25;
-    yh[i] = y[i] - 0.5;
   }
-  nearest_d8(y, r0);
-  nearest_d8(yh, r1);
-  double d0 = 0, d1 = 0;
+  // D8 candidate (r0) and D8 + ½·1 candidate (r1 − ½), as integers.
+  int r0[8], r1[8];
+  int sum0 = 0, sum1 = 0, w0 = 0, w1 = 0;
+  double e0max = -1, e1max = -1, d0 = 0, d1 = 0;
   for (int i = 0; i < 8; ++i) {
-    r1[i] += 0.5;
-    d0 += (y[i] - r0[i]) * (y[i] - r0[i]);
-    d1 += (y[i] - r1[i]) * (y[i] - r1[i]);
+    const double f0 = (y[i] + kRound) - kRound;
+    const double f1 = ((y[i] - 0.5) + kRound) - kRound;
+    r0[i] = static_cast<int>(f0);
+    r1[i] = static_cast<int>(f1);
+    sum0 += r0[i];
+    sum1 += r1[i];
+    const double e0 = std::fabs(y[i] - f0), e1 = std::fabs(y[i] - 0.5 - f1);
+    if (e0 > e0max) { e0max = e0; w0 = i; }
+    if (e1 > e1max) { e1max = e1; w1 = i; }
   }
-  // e ∈ D8+½·1 → c = e + ¼·1: v = e, shift +¼.   e ∈ D8 → c = (e + ½·1) − ¼·1: v = e + ½·1.
+  if (sum0 & 1) r0[w0] += (y[w0] >= r0[w0]) ? 1 : -1;
+  if (sum1 & 1) r1[w1] += (y[w1] - 0.5 >= r1[w1]) ? 1 : -1;
+  for (int i = 0; i < 8; ++i) {
+    const double a = y[i] - r0[i], b = y[i] - 0.5 - r1[i];
+    d0 += a * a;
+    d1 += b * b;
+  }
+  // e ∈ D8+½·1 → c = e + ¼·1: v = e = r1 + ½, shift +¼.
+  // e ∈ D8 → c = (e + ½·1) − ¼·1: v = r0 + ½, shift −¼.
   const bool half = d1 < d0;
+  const int* r = half ? r1 : r0;
   int key = 0;
   unsigned signs = 0;
-  bool ok = true;
   for (int i = 0; i < 8; ++i) {
-    const double v = half ? r1[i] : r0[i] + 0.5;
-    const double av = std::fabs(v);
-    ok = ok && (av == 0.5 || av == 1.5 || av == 2.5);
-    key = key * 3 + (av == 0.5 ? 0 : av == 1.5 ? 1 : 2);
-    if (v < 0) signs |= 1u << i;
+    // v_i = r_i + ½: |v_i| ∈ {½, 3/2, 5/2} ⇔ r_i ∈ {−3, …, 2}; digit (|2v_i| − 1)/2.
+    const int ri = r[i];
+    if (ri < -3 || ri > 2) return e8p_structured_search(x);
+    const int digit = ri >= 0 ? ri : -ri - 1;
+    key = key * 3 + digit;
+    if (ri < 0) signs |= 1u << i;
   }
-  if (ok) {
-    const int k = t.index_of[key];
-    if (k >= 0) return static_cast<uint16_t>(k | ((signs & 0x7F) << 8) | (half ? 0 : 0x8000));
-  }
-  return e8p_structured_search(x);
+  const int k = t.index_of[key];
+  if (k < 0) return e8p_structured_search(x);
+  return static_cast<uint16_t>(k | ((signs & 0x7F) << 8) | (half ? 0 : 0x8000));
 }
 
 uint8_t encode_e8r8(const float x[8]) {
