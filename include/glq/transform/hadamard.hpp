@@ -36,6 +36,10 @@ HadamardPlan make_hadamard_plan(int n);
 void hadamard_forward(const HadamardPlan& plan, float* x);    // x ← T x
 void hadamard_transpose(const HadamardPlan& plan, float* x);  // x ← T^T x
 
+// The same on `count` contiguous vectors x (count, plan.n).
+void hadamard_forward_batch(const HadamardPlan& plan, float* x, int64_t count);
+void hadamard_transpose_batch(const HadamardPlan& plan, float* x, int64_t count);
+
 // Random ±1 sign vector of length n from a seed (splitmix64, documented in docs/codec.md).
 std::vector<float> random_signs(int n, uint64_t seed);
 
