@@ -35,10 +35,8 @@ namespace {
 
 constexpr int kChunk = 64;                 // groups per decoded chunk (one zmm of bytes)
 constexpr int kBatchTile = 4;              // batch rows sharing one decoded chunk
-// Column block (in chunks). Batch 1: 16 chunks = 1024 groups bounds the int32 lane sums
-// (≤ 16 · 4 · 8 · 22 · 128 per lane). Batch > 1: 4 chunks, so a tile's activations
-// (4 rows · 2 planes · 8 · 256 bytes = 16 KiB) stay in L1 while every row of the thread passes.
-constexpr int kBlockChunksGemv = 16;
+// Column block (in chunks) at batch > 1: 4 chunks, so a tile's activations (4 rows · 2 planes ·
+// 8 · 256 bytes = 16 KiB) stay in L1 while every row of the thread passes.
 constexpr int kBlockChunksGemm = 4;
 
 struct alignas(64) Selectors {
@@ -59,13 +57,21 @@ const Selectors& selectors() {
 
 inline int64_t hsum(__m512i v) { return _mm512_reduce_add_epi32(v); }
 
-// Σ over groups [g0, g1) of one row (g0 a multiple of kChunk) for NB batch rows, with offsets.
-// codes: the row's codes; xh[b], xl[b]: plane bases of batch row b ([8][gpad] bytes each).
+// Software prefetch distance in bytes of codes. The hardware prefetcher alone left the kernel
+// at about half of the sgemv bandwidth on Zen 4 (decode and loads did not overlap); 2 KiB ahead
+// is about 16 chunks of E8P16 work (measured: docs/cpu-kernels.md).
+constexpr int kPrefetchBytes = 2048;
+
+// For rows [r0, r1) of one stage: Σ over groups [g0, g1) (g0 a multiple of kChunk) of NB
+// batch rows, accumulated into dots[b · rows_stride + r]. codes: the stage's codes (row-major,
+// `groups` per row); xh[b], xl[b]: plane bases of batch row b ([8][gpad] bytes each).
 template <codec::Codebook CB, int NB>
-void dot_range(const uint8_t* codes, int g0, int g1, const int8_t* const* xh,
-               const int8_t* const* xl, int64_t gpad, int64_t* out) {
+void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
+              const int8_t* const* xh, const int8_t* const* xl, int64_t gpad, int64_t* dots,
+              int64_t rows_stride) {
   const KernelTables& T = kernel_tables();
   constexpr bool kE8P = CB == codec::Codebook::E8P16;
+  constexpr int kCodeBytes = kE8P ? 2 : 1;
   const uint8_t(*planes)[256] = kE8P ? T.e8p_plane : T.e8r8_plane;
   __m512i tab[4][4];
   for (int k = 0; k < 4; ++k)
@@ -75,95 +81,105 @@ void dot_range(const uint8_t* codes, int g0, int g1, const int8_t* const* xh,
   for (int k = 0; k < 4; ++k) gf[k] = _mm512_set1_epi64(static_cast<long long>(T.e8p_gf[k]));
   const __m512i sel_lo = _mm512_load_si512(selectors().lo);
   const __m512i sel_hi = _mm512_load_si512(selectors().hi);
-
   // Independent accumulators per batch row and plane so that vpdpbusd latency is hidden.
+  // Lane bound: each accumulator gains at most 8/A · 4 · 22 · 128 per chunk, so int32 holds
+  // well over a million groups per row.
   constexpr int A = NB == 1 ? 4 : (NB == 2 ? 2 : 1);
-  __m512i acc_h[NB][A], acc_l[NB][A];
-  for (int b = 0; b < NB; ++b)
-    for (int j = 0; j < A; ++j) acc_h[b][j] = acc_l[b][j] = _mm512_setzero_si512();
 
-  for (int g = g0; g < g1; g += kChunk) {
-    const int n = std::min(kChunk, g1 - g);
-    __m512i idx, sgn = _mm512_setzero_si512();
-    if constexpr (kE8P) {
-      const uint16_t* c16 = reinterpret_cast<const uint16_t*>(codes) + g;
-      __m512i c0, c1;
-      if (n == kChunk) {
-        c0 = _mm512_loadu_si512(c16);
-        c1 = _mm512_loadu_si512(c16 + 32);
+  for (int r = r0; r < r1; ++r) {
+    const uint8_t* row = codes + static_cast<int64_t>(r) * groups * kCodeBytes;
+    __m512i acc_h[NB][A], acc_l[NB][A];
+    for (int b = 0; b < NB; ++b)
+      for (int j = 0; j < A; ++j) acc_h[b][j] = acc_l[b][j] = _mm512_setzero_si512();
+
+    for (int g = g0; g < g1; g += kChunk) {
+      const int n = std::min(kChunk, g1 - g);
+      const uint8_t* at = row + g * kCodeBytes;
+      // Codes are contiguous across rows, so a fixed distance ahead also covers the next row.
+      _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetchBytes, _MM_HINT_T0);
+      if constexpr (kE8P)
+        _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetchBytes + 64, _MM_HINT_T0);
+      __m512i idx, sgn = _mm512_setzero_si512();
+      if constexpr (kE8P) {
+        const uint16_t* c16 = reinterpret_cast<const uint16_t*>(at);
+        __m512i c0, c1;
+        if (n == kChunk) {
+          c0 = _mm512_loadu_si512(c16);
+          c1 = _mm512_loadu_si512(c16 + 32);
+        } else {
+          const __mmask32 m0 = n >= 32 ? ~__mmask32{0} : ((__mmask32{1} << n) - 1);
+          const __mmask32 m1 = n > 32 ? ((__mmask32{1} << (n - 32)) - 1) : 0;
+          c0 = _mm512_maskz_loadu_epi16(m0, c16);
+          c1 = _mm512_maskz_loadu_epi16(m1, c16 + 32);
+        }
+        idx = _mm512_permutex2var_epi8(c0, sel_lo, c1);
+        sgn = _mm512_permutex2var_epi8(c0, sel_hi, c1);
       } else {
-        const __mmask32 m0 = n >= 32 ? ~__mmask32{0} : ((__mmask32{1} << n) - 1);
-        const __mmask32 m1 = n > 32 ? ((__mmask32{1} << (n - 32)) - 1) : 0;
-        c0 = _mm512_maskz_loadu_epi16(m0, c16);
-        c1 = _mm512_maskz_loadu_epi16(m1, c16 + 32);
+        idx = n == kChunk ? _mm512_loadu_si512(at)
+                          : _mm512_maskz_loadu_epi8((__mmask64{1} << n) - 1, at);
       }
-      idx = _mm512_permutex2var_epi8(c0, sel_lo, c1);
-      sgn = _mm512_permutex2var_epi8(c0, sel_hi, c1);
-    } else {
-      const __mmask64 m = n == kChunk ? ~__mmask64{0} : ((__mmask64{1} << n) - 1);
-      idx = _mm512_maskz_loadu_epi8(m, codes + g);
-    }
-    const __mmask64 top = _mm512_movepi8_mask(idx);
+      const __mmask64 top = _mm512_movepi8_mask(idx);
 #pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k) {
-      const __m512i r1 = _mm512_permutex2var_epi8(tab[k][0], idx, tab[k][1]);
-      const __m512i r2 = _mm512_permutex2var_epi8(tab[k][2], idx, tab[k][3]);
-      __m512i e = _mm512_mask_blend_epi8(top, r1, r2);
-      if constexpr (kE8P) e = _mm512_xor_si512(e, _mm512_gf2p8affine_epi64_epi8(sgn, gf[k], 0));
-      const __m512i w_even = _mm512_permutexvar_epi8(e, lut);
-      const __m512i w_odd = _mm512_permutexvar_epi8(_mm512_srli_epi16(e, 4), lut);
-      const int64_t off_even = (2 * k) * gpad + g, off_odd = (2 * k + 1) * gpad + g;
+      for (int k = 0; k < 4; ++k) {
+        const __m512i r1 = _mm512_permutex2var_epi8(tab[k][0], idx, tab[k][1]);
+        const __m512i r2 = _mm512_permutex2var_epi8(tab[k][2], idx, tab[k][3]);
+        __m512i e = _mm512_mask_blend_epi8(top, r1, r2);
+        if constexpr (kE8P)
+          e = _mm512_xor_si512(e, _mm512_gf2p8affine_epi64_epi8(sgn, gf[k], 0));
+        const __m512i w_even = _mm512_permutexvar_epi8(e, lut);
+        const __m512i w_odd = _mm512_permutexvar_epi8(_mm512_srli_epi16(e, 4), lut);
+        const int64_t off_even = (2 * k) * gpad + g, off_odd = (2 * k + 1) * gpad + g;
 #pragma GCC unroll 4
-      for (int b = 0; b < NB; ++b) {
-        __m512i& h = acc_h[b][k % A];
-        __m512i& l = acc_l[b][k % A];
-        h = _mm512_dpbusd_epi32(h, w_even, _mm512_loadu_si512(xh[b] + off_even));
-        l = _mm512_dpbusd_epi32(l, w_even, _mm512_loadu_si512(xl[b] + off_even));
-        h = _mm512_dpbusd_epi32(h, w_odd, _mm512_loadu_si512(xh[b] + off_odd));
-        l = _mm512_dpbusd_epi32(l, w_odd, _mm512_loadu_si512(xl[b] + off_odd));
+        for (int b = 0; b < NB; ++b) {
+          __m512i& h = acc_h[b][k % A];
+          __m512i& l = acc_l[b][k % A];
+          h = _mm512_dpbusd_epi32(h, w_even, _mm512_loadu_si512(xh[b] + off_even));
+          l = _mm512_dpbusd_epi32(l, w_even, _mm512_loadu_si512(xl[b] + off_even));
+          h = _mm512_dpbusd_epi32(h, w_odd, _mm512_loadu_si512(xh[b] + off_odd));
+          l = _mm512_dpbusd_epi32(l, w_odd, _mm512_loadu_si512(xl[b] + off_odd));
+        }
       }
     }
-  }
-  for (int b = 0; b < NB; ++b) {
-    __m512i h = acc_h[b][0], l = acc_l[b][0];
-    for (int j = 1; j < A; ++j) {
-      h = _mm512_add_epi32(h, acc_h[b][j]);
-      l = _mm512_add_epi32(l, acc_l[b][j]);
+    for (int b = 0; b < NB; ++b) {
+      __m512i h = acc_h[b][0], l = acc_l[b][0];
+      for (int j = 1; j < A; ++j) {
+        h = _mm512_add_epi32(h, acc_h[b][j]);
+        l = _mm512_add_epi32(l, acc_l[b][j]);
+      }
+      dots[b * rows_stride + r] += 256 * hsum(h) + hsum(l);
     }
-    out[b] += 256 * hsum(h) + hsum(l);
   }
 }
 
 template <int NB>
-void dot_range_cb(codec::Codebook cb, const uint8_t* codes, int g0, int g1,
-                  const int8_t* const* xh, const int8_t* const* xl, int64_t gpad, int64_t* out) {
+void dot_rows_cb(codec::Codebook cb, const uint8_t* codes, int groups, int r0, int r1, int g0,
+                 int g1, const int8_t* const* xh, const int8_t* const* xl, int64_t gpad,
+                 int64_t* dots, int64_t rows_stride) {
   if (cb == codec::Codebook::E8P16)
-    dot_range<codec::Codebook::E8P16, NB>(codes, g0, g1, xh, xl, gpad, out);
+    dot_rows<codec::Codebook::E8P16, NB>(codes, groups, r0, r1, g0, g1, xh, xl, gpad, dots,
+                                         rows_stride);
   else
-    dot_range<codec::Codebook::E8R8, NB>(codes, g0, g1, xh, xl, gpad, out);
+    dot_rows<codec::Codebook::E8R8, NB>(codes, groups, r0, r1, g0, g1, xh, xl, gpad, dots,
+                                        rows_stride);
 }
 
-// Batch rows [b0, b0 + nb) of row r, stage s, groups [g0, g1).
-void dot_tile(const DotArgs& a, int s, int r, int b0, int nb, int g0, int g1) {
+// Rows [r0, r1) of stage s for batch rows [b0, b0 + nb), groups [g0, g1).
+void dot_tile(const DotArgs& a, int s, int r0, int r1, int b0, int nb, int g0, int g1) {
   const StageView& st = a.stages[s];
-  const int64_t row_bytes = static_cast<int64_t>(a.groups) * codec::code_bytes(st.codebook);
-  const uint8_t* codes = st.codes + r * row_bytes;
   const int8_t* xh[kBatchTile];
   const int8_t* xl[kBatchTile];
-  int64_t out[kBatchTile] = {};
   for (int j = 0; j < nb; ++j) {
     xh[j] = a.act.planes + (2 * static_cast<int64_t>(b0 + j)) * a.act.plane_bytes;
     xl[j] = xh[j] + a.act.plane_bytes;
   }
   const int64_t gpad = a.act.groups_padded;
+  int64_t* dots = a.dots + (static_cast<int64_t>(s) * a.act.batch + b0) * a.rows;
   switch (nb) {
-    case 1: dot_range_cb<1>(st.codebook, codes, g0, g1, xh, xl, gpad, out); break;
-    case 2: dot_range_cb<2>(st.codebook, codes, g0, g1, xh, xl, gpad, out); break;
-    case 3: dot_range_cb<3>(st.codebook, codes, g0, g1, xh, xl, gpad, out); break;
-    default: dot_range_cb<4>(st.codebook, codes, g0, g1, xh, xl, gpad, out); break;
+    case 1: dot_rows_cb<1>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows); break;
+    case 2: dot_rows_cb<2>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows); break;
+    case 3: dot_rows_cb<3>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows); break;
+    default: dot_rows_cb<4>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows); break;
   }
-  for (int j = 0; j < nb; ++j)
-    a.dots[(static_cast<int64_t>(s) * a.act.batch + b0 + j) * a.rows + r] += out[j];
 }
 
 }  // namespace
@@ -190,19 +206,16 @@ void dots_avx512(const DotArgs& a, int r0, int r1) {
     for (int b = 0; b < batch; ++b)
       std::fill_n(a.dots + (static_cast<int64_t>(s) * batch + b) * a.rows + r0, r1 - r0, 0);
   if (batch == 1) {
-    const int block = kBlockChunksGemv * kChunk;
-    for (int r = r0; r < r1; ++r)
-      for (int s = 0; s < a.n_stages; ++s)
-        for (int g0 = 0; g0 < a.groups; g0 += block)
-          dot_tile(a, s, r, 0, 1, g0, std::min(a.groups, g0 + block));
+    // Whole rows, one stage after the other: the codes stream through once.
+    for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r0, r1, 0, 1, 0, a.groups);
   } else {
+    // Column blocks outermost so that a tile's activations stay in L1 while the rows pass.
     const int block = kBlockChunksGemm * kChunk;
     for (int g0 = 0; g0 < a.groups; g0 += block) {
       const int g1 = std::min(a.groups, g0 + block);
       for (int b0 = 0; b0 < batch; b0 += kBatchTile) {
         const int nb = std::min(kBatchTile, batch - b0);
-        for (int r = r0; r < r1; ++r)
-          for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r, b0, nb, g0, g1);
+        for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r0, r1, b0, nb, g0, g1);
       }
     }
   }
