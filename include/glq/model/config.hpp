@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace glq::model {
 
@@ -25,6 +26,9 @@ struct RopeScaling {
   float low_freq_factor = 1.0f;
   float high_freq_factor = 4.0f;
   int original_max_position = 8192;
+  // Per-frequency divisors of the inverse frequencies (head_dim/2 values), as GGUF files store
+  // Llama 3 scaling (tensor rope_freqs.weight). Applied instead of `type` when non-empty.
+  std::vector<float> freq_factors;
 };
 
 struct ModelConfig {

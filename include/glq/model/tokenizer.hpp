@@ -56,9 +56,10 @@ class Tokenizer {
   TokenizerKind kind() const;
   int vocab_size() const;
 
-  // Token ids of `text`. add_bos prepends bos_id() when the tokenizer has one and the model
-  // asks for it (add_bos_default()). With parse_special, special-token strings in the text
-  // become their ids; otherwise they are tokenized as ordinary text.
+  // Token ids of `text` (invalid UTF-8 bytes are read as U+FFFD). add_bos prepends bos_id()
+  // when the tokenizer has one (callers usually pass add_bos_default()). With parse_special,
+  // special-token strings in the text become their ids; otherwise they are tokenized as
+  // ordinary text (added tokens that are not special are always matched).
   std::vector<int32_t> encode(std::string_view text, bool add_bos = false,
                               bool parse_special = true) const;
   // Concatenated bytes of the tokens (SentencePiece: U+2581 → space, leading space of the first

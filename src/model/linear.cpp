@@ -1,0 +1,83 @@
+// Linear layers: dense through OpenBLAS, quantized through the GLQ CPU kernels.
+#include "glq/model/linear.hpp"
+
+#include <cblas.h>
+
+#include <fmt/format.h>
+
+#include "glq/error.hpp"
+#include "glq/kernels/cpu.hpp"
+
+namespace glq::model {
+
+Linear Linear::dense(std::vector<float> weight, int rows, int cols, std::vector<float> bias) {
+  return dense_shared(std::make_shared<const std::vector<float>>(std::move(weight)), rows, cols, std::move(bias));
+}
+
+Linear Linear::dense_shared(std::shared_ptr<const std::vector<float>> weight, int rows, int cols,
+                            std::vector<float> bias) {
+  if (rows <= 0 || cols <= 0) throw_invalid(fmt::format("Linear::dense: shape {}x{}", rows, cols));
+  if (!weight || weight->size() != static_cast<size_t>(rows) * static_cast<size_t>(cols))
+    throw_mismatch("Linear::dense weight", fmt::format("{} values ({}x{})", static_cast<size_t>(rows) * cols, rows, cols),
+                   fmt::format("{} values", weight ? weight->size() : 0));
+  if (!bias.empty() && bias.size() != static_cast<size_t>(rows))
+    throw_mismatch("Linear::dense bias", fmt::format("{} values", rows), fmt::format("{} values", bias.size()));
+  Linear l;
+  l.rows_ = rows;
+  l.cols_ = cols;
+  l.dense_ = std::move(weight);
+  l.bias_ = std::move(bias);
+  return l;
+}
+
+Linear Linear::quantized(codec::QuantizedMatrix q, std::vector<float> bias) {
+  if (q.rows <= 0 || q.cols <= 0) throw_invalid(fmt::format("Linear::quantized: shape {}x{}", q.rows, q.cols));
+  if (!bias.empty() && bias.size() != static_cast<size_t>(q.rows))
+    throw_mismatch("Linear::quantized bias", fmt::format("{} values", q.rows), fmt::format("{} values", bias.size()));
+  Linear l;
+  l.rows_ = q.rows;
+  l.cols_ = q.cols;
+  l.quantized_ = std::make_shared<const codec::QuantizedMatrix>(std::move(q));
+  l.bias_ = std::move(bias);
+  return l;
+}
+
+void Linear::forward(const float* x, float* y, int batch, ThreadPool& pool) const {
+  if (empty()) throw_invalid("Linear::forward on an empty linear");
+  if (batch <= 0) return;
+  if (quantized_) {
+    cpu::qmatmul(*quantized_, x, y, batch, pool);
+  } else if (batch == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, rows_, cols_, 1.0f, dense_->data(), cols_, x, 1, 0.0f, y, 1);
+  } else {
+    // y (batch, rows) = x (batch, cols) · W^T, W (rows, cols)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, rows_, cols_, 1.0f, x, cols_, dense_->data(), cols_,
+                0.0f, y, rows_);
+  }
+  if (!bias_.empty())
+    for (int b = 0; b < batch; ++b) {
+      float* row = y + static_cast<size_t>(b) * rows_;
+      for (int r = 0; r < rows_; ++r) row[r] += bias_[r];
+    }
+}
+
+std::vector<float> Linear::to_dense() const {
+  if (dense_) return *dense_;
+  if (quantized_) return codec::dequantize(*quantized_);
+  return {};
+}
+
+size_t Linear::weight_bytes() const {
+  size_t n = bias_.size() * sizeof(float);
+  if (dense_) n += dense_->size() * sizeof(float);
+  if (quantized_) n += quantized_->storage_bytes();
+  return n;
+}
+
+std::string Linear::describe() const {
+  if (quantized_) return fmt::format("glq-{}bit {}x{}", quantized_->bits, rows_, cols_);
+  if (dense_) return fmt::format("fp32 {}x{}", rows_, cols_);
+  return "empty";
+}
+
+}  // namespace glq::model
