@@ -23,9 +23,13 @@ namespace {
 
 constexpr int kStep = 8;        // groups per ymm step (one dword lane each)
 constexpr int kBatchTile = 4;   // batch rows sharing one decoded step
-// Column block (in groups): bounds the int32 lane sums (≤ 128 steps · 2 · 11264 · 257 < 2^31)
-// and, for batch > 1, keeps a tile's activations (4 · 2 · 8 · 1024 bytes = 64 KiB) in L2.
+// Column block (in groups) at batch 1: bounds the int32 lane sums (≤ 128 steps · 2 · 11264 ·
+// 257 < 2^31).
 constexpr int kBlockGroups = 1024;
+// Batch > 1: 256 groups × 64 rows of codes (32 KiB) are reused by every batch tile, and a tile's
+// activations (4 · 2 · 8 · 256 bytes = 16 KiB) stay in L1.
+constexpr int kBlockGroupsGemm = 256;
+constexpr int kRowBlockGemm = 64;
 
 inline int64_t hsum(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -141,19 +145,40 @@ int avx2_chunk_groups() { return kStep; }
 
 // Plane layout of one batch row: [even coordinates: group g → bytes 4g .. 4g+3 = X[8g + 0, 2,
 // 4, 6]][odd coordinates: X[8g + 1, 3, 5, 7]], each half 4 · groups_padded bytes.
-void pack_act_avx2(const int16_t* X, int groups, int groups_padded, int8_t* hi, int8_t* lo) {
-  std::memset(hi, 0, static_cast<size_t>(8) * groups_padded);
-  std::memset(lo, 0, static_cast<size_t>(8) * groups_padded);
-  const int64_t odd = 4 * static_cast<int64_t>(groups_padded);
-  for (int g = 0; g < groups; ++g) {
-    for (int i = 0; i < 8; ++i) {
-      const int x = X[8 * g + i];
-      const int h = (x + 128) >> 8;
-      const int64_t at = (i & 1 ? odd : 0) + 4 * static_cast<int64_t>(g) + (i >> 1);
-      hi[at] = static_cast<int8_t>(h);
-      lo[at] = static_cast<int8_t>(x - 256 * h);
-    }
+void prepare_input_avx2(const InputRow& in) {
+  const float inv = transform_and_scale(in);
+  const int64_t odd = 4 * static_cast<int64_t>(in.groups_padded);
+  const size_t pad = 4 * static_cast<size_t>(in.groups_padded - in.groups);
+  for (int8_t* p : {in.hi, in.lo}) {
+    std::memset(p + 4 * static_cast<int64_t>(in.groups), 0, pad);
+    std::memset(p + odd + 4 * static_cast<int64_t>(in.groups), 0, pad);
   }
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256i lim = _mm256_set1_epi32(kActMax), nlim = _mm256_set1_epi32(-kActMax);
+  const __m256i c128 = _mm256_set1_epi32(128);
+  const __m256i even_odd = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  // Byte 0 of each dword to the front of its 128-bit lane.
+  const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                             -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                             -1, -1, -1, -1);
+  __m256i vsum = _mm256_setzero_si256();  // lanes gain ≤ 32639 per group
+  auto store = [&](int8_t* plane, int64_t g, __m256i v) {
+    v = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(v, even_odd), low_bytes);
+    const int32_t e = _mm_cvtsi128_si32(_mm256_castsi256_si128(v));
+    const int32_t o = _mm_cvtsi128_si32(_mm256_extracti128_si256(v, 1));
+    std::memcpy(plane + 4 * g, &e, 4);
+    std::memcpy(plane + odd + 4 * g, &o, 4);
+  };
+  for (int g = 0; g < in.groups; ++g) {
+    __m256i X = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(in.xt + 8 * static_cast<int64_t>(g)), vinv));
+    X = _mm256_min_epi32(_mm256_max_epi32(X, nlim), lim);
+    vsum = _mm256_add_epi32(vsum, X);
+    const __m256i h = _mm256_srai_epi32(_mm256_add_epi32(X, c128), 8);
+    const __m256i l = _mm256_sub_epi32(X, _mm256_slli_epi32(h, 8));
+    store(in.hi, g, h);
+    store(in.lo, g, l);
+  }
+  *in.sum = hsum(vsum);
 }
 
 void dots_avx2(const DotArgs& a, int r0, int r1) {
@@ -167,12 +192,16 @@ void dots_avx2(const DotArgs& a, int r0, int r1) {
         for (int g0 = 0; g0 < a.groups; g0 += kBlockGroups)
           dot_tile(a, s, r, 0, 1, g0, std::min(a.groups, g0 + kBlockGroups));
   } else {
-    for (int g0 = 0; g0 < a.groups; g0 += kBlockGroups) {
-      const int g1 = std::min(a.groups, g0 + kBlockGroups);
-      for (int b0 = 0; b0 < batch; b0 += kBatchTile) {
-        const int nb = std::min(kBatchTile, batch - b0);
-        for (int r = r0; r < r1; ++r)
-          for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r, b0, nb, g0, g1);
+    // A block of rows × a block of columns: its codes stay in L2 across every batch tile.
+    for (int rb = r0; rb < r1; rb += kRowBlockGemm) {
+      const int re = std::min(r1, rb + kRowBlockGemm);
+      for (int g0 = 0; g0 < a.groups; g0 += kBlockGroupsGemm) {
+        const int g1 = std::min(a.groups, g0 + kBlockGroupsGemm);
+        for (int b0 = 0; b0 < batch; b0 += kBatchTile) {
+          const int nb = std::min(kBatchTile, batch - b0);
+          for (int r = rb; r < re; ++r)
+            for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r, b0, nb, g0, g1);
+        }
       }
     }
   }

@@ -38,6 +38,7 @@ constexpr int kBatchTile = 4;              // batch rows sharing one decoded chu
 // Column block (in chunks) at batch > 1: 4 chunks, so a tile's activations (4 rows · 2 planes ·
 // 8 · 256 bytes = 16 KiB) stay in L1 while every row of the thread passes.
 constexpr int kBlockChunksGemm = 4;
+constexpr int kRowBlockGemm = 64;
 
 struct alignas(64) Selectors {
   uint8_t lo[64];  // byte 2p of (c0 ‖ c1): the pattern byte of code p
@@ -65,10 +66,12 @@ constexpr int kPrefetchBytes = 2048;
 // For rows [r0, r1) of one stage: Σ over groups [g0, g1) (g0 a multiple of kChunk) of NB
 // batch rows, accumulated into dots[b · rows_stride + r]. codes: the stage's codes (row-major,
 // `groups` per row); xh[b], xl[b]: plane bases of batch row b ([8][gpad] bytes each).
+// prefetch: byte distance of the software prefetch (kPrefetchBytes when whole rows stream
+// through; one row's bytes when the caller walks a column block down the rows).
 template <codec::Codebook CB, int NB>
 void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
               const int8_t* const* xh, const int8_t* const* xl, int64_t gpad, int64_t* dots,
-              int64_t rows_stride) {
+              int64_t rows_stride, int64_t prefetch) {
   const KernelTables& T = kernel_tables();
   constexpr bool kE8P = CB == codec::Codebook::E8P16;
   constexpr int kCodeBytes = kE8P ? 2 : 1;
@@ -96,9 +99,8 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
       const int n = std::min(kChunk, g1 - g);
       const uint8_t* at = row + g * kCodeBytes;
       // Codes are contiguous across rows, so a fixed distance ahead also covers the next row.
-      _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetchBytes, _MM_HINT_T0);
-      if constexpr (kE8P)
-        _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetchBytes + 64, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(at) + prefetch, _MM_HINT_T0);
+      if constexpr (kE8P) _mm_prefetch(reinterpret_cast<const char*>(at) + prefetch + 64, _MM_HINT_T0);
       __m512i idx, sgn = _mm512_setzero_si512();
       if constexpr (kE8P) {
         const uint16_t* c16 = reinterpret_cast<const uint16_t*>(at);
@@ -154,13 +156,13 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
 template <int NB>
 void dot_rows_cb(codec::Codebook cb, const uint8_t* codes, int groups, int r0, int r1, int g0,
                  int g1, const int8_t* const* xh, const int8_t* const* xl, int64_t gpad,
-                 int64_t* dots, int64_t rows_stride) {
+                 int64_t* dots, int64_t rows_stride, int64_t prefetch) {
   if (cb == codec::Codebook::E8P16)
     dot_rows<codec::Codebook::E8P16, NB>(codes, groups, r0, r1, g0, g1, xh, xl, gpad, dots,
-                                         rows_stride);
+                                         rows_stride, prefetch);
   else
     dot_rows<codec::Codebook::E8R8, NB>(codes, groups, r0, r1, g0, g1, xh, xl, gpad, dots,
-                                        rows_stride);
+                                        rows_stride, prefetch);
 }
 
 // Rows [r0, r1) of stage s for batch rows [b0, b0 + nb), groups [g0, g1).
@@ -174,11 +176,14 @@ void dot_tile(const DotArgs& a, int s, int r0, int r1, int b0, int nb, int g0, i
   }
   const int64_t gpad = a.act.groups_padded;
   int64_t* dots = a.dots + (static_cast<int64_t>(s) * a.act.batch + b0) * a.rows;
+  const bool whole_rows = g0 == 0 && g1 == a.groups;
+  const int64_t pf = whole_rows ? kPrefetchBytes
+                                : static_cast<int64_t>(a.groups) * codec::code_bytes(st.codebook);
   switch (nb) {
-    case 1: dot_rows_cb<1>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows); break;
-    case 2: dot_rows_cb<2>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows); break;
-    case 3: dot_rows_cb<3>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows); break;
-    default: dot_rows_cb<4>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows); break;
+    case 1: dot_rows_cb<1>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows, pf); break;
+    case 2: dot_rows_cb<2>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows, pf); break;
+    case 3: dot_rows_cb<3>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows, pf); break;
+    default: dot_rows_cb<4>(st.codebook, st.codes, a.groups, r0, r1, g0, g1, xh, xl, gpad, dots, a.rows, pf); break;
   }
 }
 
@@ -186,18 +191,42 @@ void dot_tile(const DotArgs& a, int s, int r0, int r1, int b0, int nb, int g0, i
 
 int avx512_chunk_groups() { return kChunk; }
 
-// Plane layout of one batch row: [coordinate i (8)][group (groups_padded)] bytes.
-void pack_act_avx512(const int16_t* X, int groups, int groups_padded, int8_t* hi, int8_t* lo) {
-  std::memset(hi, 0, static_cast<size_t>(8) * groups_padded);
-  std::memset(lo, 0, static_cast<size_t>(8) * groups_padded);
-  for (int g = 0; g < groups; ++g) {
+// Plane layout of one batch row: [coordinate i (8)][group (groups_padded)] bytes. Each
+// coordinate's 16 groups are one stride-8 gather of xt.
+void prepare_input_avx512(const InputRow& in) {
+  const float inv = transform_and_scale(in);
+  const int gp = in.groups_padded;
+  for (int i = 0; i < 8; ++i) {
+    std::memset(in.hi + static_cast<int64_t>(i) * gp + in.groups, 0, gp - in.groups);
+    std::memset(in.lo + static_cast<int64_t>(i) * gp + in.groups, 0, gp - in.groups);
+  }
+  const __m512 vinv = _mm512_set1_ps(inv);
+  const __m512i stride8 = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96,
+                                            104, 112, 120);
+  const __m512i lim = _mm512_set1_epi32(kActMax), nlim = _mm512_set1_epi32(-kActMax);
+  const __m512i c128 = _mm512_set1_epi32(128);
+  int64_t sum = 0;
+  __m512i vsum = _mm512_setzero_si512();
+  for (int g0 = 0, blocks = 0; g0 < in.groups; g0 += 16, ++blocks) {
+    const int n = std::min(16, in.groups - g0);
+    const __mmask16 m = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
     for (int i = 0; i < 8; ++i) {
-      const int x = X[8 * g + i];
-      const int h = (x + 128) >> 8;
-      hi[static_cast<int64_t>(i) * groups_padded + g] = static_cast<int8_t>(h);
-      lo[static_cast<int64_t>(i) * groups_padded + g] = static_cast<int8_t>(x - 256 * h);
+      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, stride8,
+                                                in.xt + 8 * static_cast<int64_t>(g0) + i, 4);
+      __m512i X = _mm512_cvtps_epi32(_mm512_mul_ps(v, vinv));  // round half to even
+      X = _mm512_min_epi32(_mm512_max_epi32(X, nlim), lim);
+      vsum = _mm512_add_epi32(vsum, X);
+      const __m512i h = _mm512_srai_epi32(_mm512_add_epi32(X, c128), 8);
+      const __m512i l = _mm512_sub_epi32(X, _mm512_slli_epi32(h, 8));
+      _mm512_mask_cvtepi32_storeu_epi8(in.hi + static_cast<int64_t>(i) * gp + g0, m, h);
+      _mm512_mask_cvtepi32_storeu_epi8(in.lo + static_cast<int64_t>(i) * gp + g0, m, l);
+    }
+    if ((blocks & 1023) == 1023) {  // lanes gain ≤ 8 · 32639 per block: flush long before 2^31
+      sum += _mm512_reduce_add_epi32(vsum);
+      vsum = _mm512_setzero_si512();
     }
   }
+  *in.sum = sum + _mm512_reduce_add_epi32(vsum);
 }
 
 void dots_avx512(const DotArgs& a, int r0, int r1) {
@@ -209,13 +238,18 @@ void dots_avx512(const DotArgs& a, int r0, int r1) {
     // Whole rows, one stage after the other: the codes stream through once.
     for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r0, r1, 0, 1, 0, a.groups);
   } else {
-    // Column blocks outermost so that a tile's activations stay in L1 while the rows pass.
+    // A block of rows × a block of columns: its codes (64 · 256 · 2 bytes = 32 KiB) stay in L2
+    // across every batch tile, and one tile's activations (16 KiB) stay in L1 while the rows
+    // of the block pass.
     const int block = kBlockChunksGemm * kChunk;
-    for (int g0 = 0; g0 < a.groups; g0 += block) {
-      const int g1 = std::min(a.groups, g0 + block);
-      for (int b0 = 0; b0 < batch; b0 += kBatchTile) {
-        const int nb = std::min(kBatchTile, batch - b0);
-        for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r0, r1, b0, nb, g0, g1);
+    for (int rb = r0; rb < r1; rb += kRowBlockGemm) {
+      const int re = std::min(r1, rb + kRowBlockGemm);
+      for (int g0 = 0; g0 < a.groups; g0 += block) {
+        const int g1 = std::min(a.groups, g0 + block);
+        for (int b0 = 0; b0 < batch; b0 += kBatchTile) {
+          const int nb = std::min(kBatchTile, batch - b0);
+          for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, rb, re, b0, nb, g0, g1);
+        }
       }
     }
   }

@@ -83,11 +83,28 @@ void dots_scalar(const DotArgs& a, int r0, int r1);
 void dots_avx2(const DotArgs& a, int r0, int r1);
 void dots_avx512(const DotArgs& a, int r0, int r1);
 
-// Activation layouts: fill planes for batch row b from X (cols int16).
+// Step 1 of the model for one batch row: xt = T_in (sign_in ∘ x), then X = round-half-even(xt ·
+// kActMax / max|xt|) written in the ISA's layout (x16 for the scalar kernel, Xh/Xl planes for
+// the SIMD ones; padding groups are zero). Throws Numerical for NaN/Inf. The rounding is the
+// same in every ISA (one float multiply, then round to nearest even), so X is too.
+struct InputRow {
+  const float* x = nullptr;        // (cols)
+  const float* sign_in = nullptr;  // (cols)
+  const transform::HadamardPlan* plan = nullptr;
+  int cols = 0, groups = 0, groups_padded = 0;
+  float* xt = nullptr;   // (cols) scratch
+  float* tmp = nullptr;  // (cols) scratch
+  int16_t* x16 = nullptr;  // (cols) scalar layout
+  int8_t* hi = nullptr;    // (8 · groups_padded) SIMD layout
+  int8_t* lo = nullptr;
+  int64_t* sum = nullptr;  // Σ X
+  double* scale = nullptr;  // xs = max|xt| / kActMax (0 for a zero row)
+};
 int avx2_chunk_groups();    // groups per SIMD chunk (padding unit)
 int avx512_chunk_groups();
-void pack_act_avx2(const int16_t* X, int groups, int groups_padded, int8_t* hi, int8_t* lo);
-void pack_act_avx512(const int16_t* X, int groups, int groups_padded, int8_t* hi, int8_t* lo);
+void prepare_input_scalar(const InputRow& in);
+void prepare_input_avx2(const InputRow& in);
+void prepare_input_avx512(const InputRow& in);
 
 // Float transforms (see transform_impl.hpp), compiled once per ISA. tmp: (plan.n) floats.
 // transpose = false: x ← T x; true: x ← T^T x.

@@ -44,6 +44,18 @@ void dots_scalar(const DotArgs& a, int r0, int r1) {
   }
 }
 
+void prepare_input_scalar(const InputRow& in) {
+  const float inv = transform_and_scale(in);
+  int64_t sum = 0;
+  for (int i = 0; i < in.cols; ++i) {
+    int v = static_cast<int>(std::nearbyint(in.xt[i] * inv));  // round half to even
+    v = v > kActMax ? kActMax : (v < -kActMax ? -kActMax : v);
+    in.x16[i] = static_cast<int16_t>(v);
+    sum += v;
+  }
+  *in.sum = sum;
+}
+
 void hadamard_scalar(const transform::HadamardPlan& plan, bool transpose, float* x, float* tmp) {
   hadamard_apply(plan, transpose, x, tmp);
 }

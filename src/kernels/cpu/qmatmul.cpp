@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
+#include <mutex>
 #include <limits>
 #include <string>
 #include <vector>
@@ -103,35 +105,6 @@ void require_supported(Isa isa) {
                       "' (best available: " + isa_name(hardware_isa()) + ")");
 }
 
-// Rounds one transformed row to 16-bit fixed point: X = round(x̃ / xs), |X| ≤ kActMax.
-void round_activations(const float* xt, int n, int16_t* X, int64_t* sum, double* scale) {
-  float maxabs = 0.0f;
-  bool finite = true;
-  for (int i = 0; i < n; ++i) {
-    const float a = std::fabs(xt[i]);
-    finite &= a <= std::numeric_limits<float>::max();  // false for NaN and Inf
-    maxabs = std::max(maxabs, a);
-  }
-  if (!finite) throw_numerical("qmatmul: input contains NaN or Inf");
-  if (maxabs == 0.0f) {
-    std::fill_n(X, n, int16_t{0});
-    *sum = 0;
-    *scale = 0.0;
-    return;
-  }
-  const float inv = static_cast<float>(detail::kActMax) / maxabs;
-  int64_t s = 0;
-  for (int i = 0; i < n; ++i) {
-    const float v = xt[i] * inv;
-    int r = static_cast<int>(v + (v >= 0.0f ? 0.5f : -0.5f));
-    r = std::clamp(r, -detail::kActMax, detail::kActMax);
-    X[i] = static_cast<int16_t>(r);
-    s += r;
-  }
-  *sum = s;
-  *scale = static_cast<double>(maxabs) / detail::kActMax;
-}
-
 }  // namespace
 
 const char* isa_name(Isa isa) {
@@ -200,30 +173,45 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
 
   float* xt = grow(ws.xt, static_cast<size_t>(batch) * cols);
   float* tmp = grow(ws.tmp, tmp_len * pool.size());
-  int16_t* x16 = grow(ws.x16, static_cast<size_t>(batch) * cols);
+  int16_t* x16 = isa == Isa::Scalar ? grow(ws.x16, static_cast<size_t>(batch) * cols) : nullptr;
   int8_t* planes = isa == Isa::Scalar ? nullptr : grow(ws.planes, 2 * batch * plane_bytes);
   int64_t* xsum = grow(ws.xsum, batch);
   double* xscale = grow(ws.xscale, batch);
   int64_t* dots = grow(ws.dots, static_cast<size_t>(n_stages) * batch * rows);
 
   // 1. x̃ = T_in (sign_in ∘ x), rounded to 16 bits, laid out for the ISA (over batch rows).
+  // The pool's workers must not throw: the first error of any row is rethrown here.
+  std::exception_ptr error;
+  std::mutex error_mutex;
   pool.parallel_for(batch, [&](int64_t b0, int64_t b1, int t) {
-    float* scratch = tmp + tmp_len * t;
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* xb = x + b * cols;
-      float* xtb = xt + b * cols;
-      for (int i = 0; i < cols; ++i) xtb[i] = xb[i] * q.sign_in[i];
-      hadamard(isa, q.plan_in, false, xtb, scratch);
-      int16_t* X = x16 + b * cols;
-      round_activations(xtb, cols, X, &xsum[b], &xscale[b]);
-      if (isa == Isa::Avx512)
-        detail::pack_act_avx512(X, groups, groups_padded, planes + 2 * b * plane_bytes,
-                                planes + (2 * b + 1) * plane_bytes);
-      else if (isa == Isa::Avx2)
-        detail::pack_act_avx2(X, groups, groups_padded, planes + 2 * b * plane_bytes,
-                              planes + (2 * b + 1) * plane_bytes);
+    for (int64_t b = b0; b < b1; ++b) try {
+      detail::InputRow in;
+      in.x = x + b * cols;
+      in.sign_in = q.sign_in.data();
+      in.plan = &q.plan_in;
+      in.cols = cols;
+      in.groups = groups;
+      in.groups_padded = groups_padded;
+      in.xt = xt + b * cols;
+      in.tmp = tmp + tmp_len * t;
+      in.x16 = x16 + b * cols;
+      if (planes) {
+        in.hi = planes + 2 * b * plane_bytes;
+        in.lo = in.hi + plane_bytes;
+      }
+      in.sum = &xsum[b];
+      in.scale = &xscale[b];
+      switch (isa) {
+        case Isa::Avx512: detail::prepare_input_avx512(in); break;
+        case Isa::Avx2: detail::prepare_input_avx2(in); break;
+        default: detail::prepare_input_scalar(in); break;
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
     }
   });
+  if (error) std::rethrow_exception(error);
 
   // 2. Exact integer code products, then ỹ = Σ_s scale_s · xs / 4 · dot_s (over rows).
   DotArgs args;
