@@ -1,0 +1,109 @@
+// A Llama-family decoder on the GPU: embeddings, RMSNorm, RoPE, grouped-query attention over a
+// KV cache (prefill and decode), SwiGLU, residuals and greedy sampling, with every linear either
+// GLQ-quantized (decode kernels) or dense bf16 (cuBLAS). One sequence at a time; the decode
+// step is captured once in a CUDA graph and replayed, reading the token and its position from
+// device memory, so a generated token never returns to the host between steps.
+//
+// Activations are fp32 in device memory; the inputs of linears are fp16 (quantized) or bf16
+// (dense); the KV cache is fp16. The layer (as glq/model/model.hpp):
+//   a = rmsnorm(h) ∘ attn_norm;  [q | k | v] = a · Wqkv^T;  RoPE(q, k) at the token's position
+//   h += attention(q, K, V) · Wo^T;  m = rmsnorm(h) ∘ mlp_norm;  h += (silu(m Wg^T) ∘ m Wu^T) Wd^T
+// RMSNorm, SwiGLU, the merge of attention partials and the residual adds run inside the
+// Hadamard transform kernels of the neighbouring linears (see docs/cuda.md).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "glq/kernels/cuda.hpp"
+
+namespace glq::cuda {
+
+struct EngineConfig {
+  int vocab = 0, hidden = 0, intermediate = 0, layers = 0;
+  int heads = 0, kv_heads = 0, head_dim = 0;
+  int max_context = 0;               // KV cache capacity in tokens
+  float norm_eps = 1e-5f;
+  std::vector<float> rope_inv_freq;  // (head_dim / 2), any frequency scaling already applied
+};
+
+// A linear layer on the GPU: GLQ-quantized or dense bf16 (exactly one of the two is set).
+struct EngineLinear {
+  int rows = 0, cols = 0;
+  std::unique_ptr<DeviceQuantizedMatrix> q;
+  std::unique_ptr<DeviceDenseMatrix> dense;
+  size_t weight_bytes() const;
+  static EngineLinear from(DeviceQuantizedMatrix m);
+  static EngineLinear from(DeviceDenseMatrix m);
+};
+
+struct EngineLayer {
+  DeviceMemory attn_norm;             // (hidden) fp32
+  std::vector<EngineLinear> qkv;      // outputs concatenated to [q | k | v]: one fused matrix or parts
+  EngineLinear o;                     // (hidden, q_dim)
+  DeviceMemory mlp_norm;              // (hidden) fp32
+  std::vector<EngineLinear> gate_up;  // outputs concatenated to [gate | up]
+  EngineLinear down;                  // (hidden, intermediate)
+};
+
+struct EngineWeights {
+  DeviceMemory embedding;   // (vocab, hidden) bf16
+  std::vector<EngineLayer> layers;
+  DeviceMemory final_norm;  // (hidden) fp32
+  EngineLinear lm_head;     // (vocab, hidden)
+};
+
+class Engine {
+ public:
+  Engine(Context& ctx, EngineConfig config, EngineWeights weights);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const EngineConfig& config() const { return config_; }
+  int position() const { return position_; }  // tokens in the KV cache
+  void reset();                               // empties the KV cache
+
+  // Appends tokens to the cache; writes the logits of the last token, or of every token with
+  // all_logits, to logits() ((n or 1, vocab) fp32 on the device). Asynchronous.
+  void forward(const int32_t* tokens, int n, bool all_logits = false);
+  const float* logits() const;
+  // Copies `rows` rows of logits to the host (synchronises).
+  std::vector<float> logits_host(int rows = 1);
+
+  // Greedy decoding after forward(): returns n tokens, the first chosen from the current
+  // logits; each later one costs one replay of the decode graph. If graph_seconds is given it
+  // receives the time (CUDA events) of the graph replays, n - 2 steps, the first step being run
+  // outside the graph as warm-up.
+  std::vector<int32_t> generate_greedy(int n, double* graph_seconds = nullptr);
+
+  // Bytes a decode step reads from device memory: weights, embedding row, KV cache at `context`.
+  size_t bytes_per_token(int context) const;
+  size_t weight_bytes() const;
+
+ private:
+  struct Buffers;
+  void enqueue_tokens(int n, bool all_logits);  // the forward pass on d_tokens / d_pos
+  void run_linear(const EngineLinear& l, const void* prepare_params, float* y, int ld_y,
+                  bool accumulate, int n);
+
+  Context& ctx_;
+  EngineConfig config_;
+  EngineWeights w_;
+  std::unique_ptr<Buffers> b_;
+  int position_ = 0;
+  cudaGraphExec_t decode_graph_ = nullptr;
+};
+
+// A QuantizedMatrix-shaped product with random codes drawn on the device (every code of both
+// codebooks is valid) and scales that keep activations O(1): for benchmarks at real sizes.
+DeviceQuantizedMatrix random_device_qmatrix(int rows, int cols, int bits, uint64_t seed);
+// Random weights of a given shape; bits 16 gives dense bf16 linears. q/k/v and gate/up are
+// fused into one matrix each (sharing the input transform), as deployments do.
+EngineWeights random_engine_weights(const EngineConfig& config, int bits, uint64_t seed);
+
+// Device-to-device copy bandwidth in GB/s (bytes read plus written), measured now.
+double measure_copy_bandwidth(Context& ctx);
+
+}  // namespace glq::cuda

@@ -1,0 +1,96 @@
+// Decoding E8P16 and E8R8 codes to fp16 in registers, shared by host (tests) and device.
+//
+// Why this shape. At 2 bpw a batch-1 product must decode ~6 codes per clock per SM to keep up
+// with HBM, i.e. a budget of ~20 instructions per code of 8 weights. Building each fp16 from
+// its bits costs too much, and a 16 B-per-code table in shared memory costs too much shared
+// bandwidth. Instead every decoded coordinate is one byte-permute (PRMT, __byte_perm) away:
+//
+//   All magnitudes of a codebook have an fp16 pattern whose low byte is 0x00
+//   (E8P16: ±0.5 = 0x?800, ±1.5 = 0x?E00, ±2.5 = 0x?100; E8R8: 0, ±0.5, ±1, ±2). The high bytes
+//   of the three magnitudes, their negatives and 0x00 fit in the 8 bytes of two registers
+//   (kE8pBytesLo/Hi). A 3-bit selector m | neg<<2 picks one of them, and one PRMT with the
+//   16-bit selector [0, sel_a, 0, sel_b] yields the half2 (c_a, c_b).
+//
+// A per-code 32-bit "selector word" E holds the 8 selectors (one nibble each, bit 3 zero). Its
+// nibble order is chosen so that four shift-and-mask operations give the four PRMT selectors
+// for the coordinate pairs (0,1), (2,3), (4,5), (6,7) (kNibbleOfCoord below).
+//
+// E8P16: E = sel_table[code & 0xFF] ^ sign_table[code >> 8]. sel_table holds the magnitudes of
+// the abs pattern plus its parity bit q as the sign of coordinate 7; sign_table holds the 7
+// explicit sign bits spread to their nibbles plus their parity as the sign of coordinate 7, so
+// the XOR yields coordinate 7's sign = parity(signs) ^ q, as glq/codec/codebook.hpp defines it.
+// The ±¼ shift is not decoded: ⟨c, x⟩ = ⟨σ∘p, x⟩ ± ¼·Σx, and Σx of a group is shared by all
+// rows, so it is computed once per group (see qgemv.cu).
+// E8R8: E = r8_table[code].
+#pragma once
+
+#include <cuda_runtime_api.h>  // __host__ / __device__ for host compilers too
+
+#include <cstdint>
+
+namespace glq::cuda::detail {
+
+// Coordinate c of a group lives in nibble kNibbleOfCoord[c] of a selector word.
+//   PRMT pair k:   0: (c0,c1) = E & 0xF0F0            → nibbles 1, 3
+//                  1: (c2,c3) = (E << 4) & 0xF0F0     → nibbles 0, 2
+//                  2: (c4,c5) = (E >> 16) & 0xF0F0    → nibbles 5, 7
+//                  3: (c6,c7) = (E >> 12) & 0xF0F0    → nibbles 4, 6
+inline constexpr int kNibbleOfCoord[8] = {1, 3, 0, 2, 5, 7, 4, 6};
+
+// High bytes of fp16 values, bytes 0..3 positive (0, m1, m2, m3), bytes 4..7 negative.
+// E8P16 magnitudes 0.5, 1.5, 2.5 (selector m = 1, 2, 3).
+inline constexpr uint32_t kE8pBytesLo = 0x413E3800u;
+inline constexpr uint32_t kE8pBytesHi = 0xC1BEB800u;
+// E8R8 magnitudes 0.5, 1, 2 (m = 1, 2, 3; m = 0 is zero).
+inline constexpr uint32_t kE8rBytesLo = 0x403C3800u;
+inline constexpr uint32_t kE8rBytesHi = 0xC0BCB800u;
+
+// The three 256-entry tables, in this order, in one array of kTableWords words.
+inline constexpr int kTableE8pSel = 0;
+inline constexpr int kTableE8pSign = 256;
+inline constexpr int kTableE8r8Sel = 512;
+inline constexpr int kTableWords = 768;
+
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ uint32_t byte_perm(uint32_t lo, uint32_t hi, uint32_t sel) {
+  return __byte_perm(lo, hi, sel);
+}
+#else
+inline uint32_t byte_perm(uint32_t lo, uint32_t hi, uint32_t sel) {
+  const uint64_t bytes = (uint64_t(hi) << 32) | lo;
+  uint32_t out = 0;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t s = (sel >> (4 * i)) & 7u;
+    out |= uint32_t((bytes >> (8 * s)) & 0xFF) << (8 * i);
+  }
+  return out;
+}
+#endif
+
+// The four PRMT selectors of a selector word.
+__host__ __device__ __forceinline__ void pair_selectors(uint32_t e, uint32_t sel[4]) {
+  sel[0] = e & 0xF0F0u;
+  sel[1] = (e << 4) & 0xF0F0u;
+  sel[2] = (e >> 16) & 0xF0F0u;
+  sel[3] = (e >> 12) & 0xF0F0u;
+}
+
+// Decoded coordinates as 4 half2 bit patterns: (c0,c1), (c2,c3), (c4,c5), (c6,c7).
+__host__ __device__ __forceinline__ void decode_pairs(uint32_t e, uint32_t bytes_lo,
+                                                      uint32_t bytes_hi, uint32_t out[4]) {
+  uint32_t sel[4];
+  pair_selectors(e, sel);
+  for (int k = 0; k < 4; ++k) out[k] = byte_perm(bytes_lo, bytes_hi, sel[k]);
+}
+
+// Selector word of an E8P16 code from the tables (sel_table, sign_table point at 256 words).
+__host__ __device__ __forceinline__ uint32_t e8p_selector_word(uint32_t code,
+                                                               const uint32_t* sel_table,
+                                                               const uint32_t* sign_table) {
+  return sel_table[code & 0xFFu] ^ sign_table[(code >> 8) & 0xFFu];
+}
+
+// Builds the kTableWords-word table array from the codec's tables (abs patterns, E8R8).
+void build_decode_tables(uint32_t out[kTableWords]);
+
+}  // namespace glq::cuda::detail

@@ -1,0 +1,626 @@
+// The GPU decoder engine (see glq/kernels/cuda_engine.hpp): its own kernels (embedding, RoPE
+// with the KV-cache write, chunked attention, greedy sampling) and the orchestration.
+//
+// Attention is split over chunks of kAttnChunk keys (flash-decoding): at batch 1 a single block
+// per head would read a whole head's cache alone and leave most SMs idle. Each (token, head,
+// chunk) block writes its partial max m, sum l and unnormalised output; the merge runs inside
+// the next kernel (the input transform of o_proj, PreOp::Combine). The grid covers the cache's
+// capacity, so the decode graph stays valid as the context grows; chunks past the current
+// length exit at once.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "glq/error.hpp"
+#include "glq/kernels/cuda_engine.hpp"
+#include "glq/transform/hadamard.hpp"
+#include "kernels/cuda/launch.hpp"
+
+namespace glq::cuda {
+
+namespace {
+
+constexpr int kAttnChunk = 64;        // keys per attention block
+constexpr int kAttnThreads = 128;
+constexpr int kMaxStepTokens = 512;   // longer inputs are run in pieces of this many tokens
+
+void check_cublas(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS)
+    throw Error(ErrorKind::Cuda, std::string(what) + ": " + cublasGetStatusString(st));
+}
+
+// ---- kernels --------------------------------------------------------------------------------
+
+__global__ void embed_kernel(const int32_t* __restrict__ tokens, const __nv_bfloat16* __restrict__ emb,
+                             int hidden, int vocab, float* __restrict__ h) {
+  const int t = blockIdx.x;
+  int tok = tokens[t];
+  tok = min(max(tok, 0), vocab - 1);  // ids are checked on the host; sampled ids are in range
+  const __nv_bfloat16* row = emb + size_t(tok) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) h[size_t(t) * hidden + i] = __bfloat162float(row[i]);
+}
+
+// RoPE (rotate-half pairs (i, i + head_dim/2)) on q and k of each token, in place, and the
+// write of k and v into the cache at the token's position.
+__global__ void rope_cache_kernel(float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
+                                  const float* __restrict__ inv_freq, const int* __restrict__ pos_ptr,
+                                  __half* __restrict__ k_cache, __half* __restrict__ v_cache) {
+  const int t = blockIdx.x;
+  const int pos = *pos_ptr + t;
+  const int half_d = head_dim / 2;
+  float* row = qkv + size_t(t) * ld;
+  const int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+  for (int p = threadIdx.x; p < (heads + kv_heads) * half_d; p += blockDim.x) {
+    const int hh = p / half_d, i = p - hh * half_d;
+    float s, c;
+    sincosf(float(pos) * inv_freq[i], &s, &c);
+    float* base = row + hh * head_dim;  // q heads, then k heads (k starts at q_dim)
+    const float x0 = base[i], x1 = base[i + half_d];
+    const float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
+    if (hh < heads) {
+      base[i] = y0;
+      base[i + half_d] = y1;
+    } else {
+      const size_t at = size_t(pos) * kv_dim + size_t(hh - heads) * head_dim;
+      k_cache[at + i] = __float2half_rn(y0);
+      k_cache[at + i + half_d] = __float2half_rn(y1);
+    }
+  }
+  for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
+    v_cache[size_t(pos) * kv_dim + i] = __float2half_rn(row[q_dim + kv_dim + i]);
+}
+
+// One block per (chunk, head, token): partial softmax-weighted sum over the chunk's keys.
+__global__ void __launch_bounds__(kAttnThreads)
+attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
+                 const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
+                 const int* __restrict__ pos_ptr, float scale, int chunks,
+                 float* __restrict__ part_m, float* __restrict__ part_l, float* __restrict__ part_acc) {
+  extern __shared__ float sm[];
+  float* qs = sm;               // (head_dim)
+  float* ps = sm + head_dim;    // (kAttnChunk)
+  const int c = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
+  const int kv_len = *pos_ptr + t + 1;
+  const int j0 = c * kAttnChunk, j1 = min(j0 + kAttnChunk, kv_len);
+  const size_t idx = (size_t(t) * heads + h) * chunks + c;
+  if (j0 >= j1) {
+    if (threadIdx.x == 0) {
+      part_m[idx] = -INFINITY;
+      part_l[idx] = 0.0f;
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) part_acc[idx * head_dim + d] = 0.0f;
+    return;
+  }
+  const int kvh = h / (heads / kv_heads);
+  const int kv_dim = kv_heads * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = qkv[size_t(t) * ld + h * head_dim + d] * scale;
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  for (int j = j0 + warp; j < j1; j += nwarps) {
+    const __half* kr = k_cache + size_t(j) * kv_dim + size_t(kvh) * head_dim;
+    float s = 0.0f;
+    for (int d = lane; d < head_dim; d += 32) s = fmaf(qs[d], __half2float(kr[d]), s);
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xFFFFFFFFu, s, off);
+    if (lane == 0) ps[j - j0] = s;
+  }
+  __syncthreads();
+  const int n = j1 - j0;
+  float m = -INFINITY;
+  for (int j = 0; j < n; ++j) m = fmaxf(m, ps[j]);
+  __syncthreads();
+  for (int j = threadIdx.x; j < n; j += blockDim.x) ps[j] = __expf(ps[j] - m);
+  __syncthreads();
+  float l = 0.0f;
+  for (int j = 0; j < n; ++j) l += ps[j];
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float acc = 0.0f;
+    const __half* vr = v_cache + size_t(j0) * kv_dim + size_t(kvh) * head_dim + d;
+    for (int j = 0; j < n; ++j) acc = fmaf(ps[j], __half2float(vr[size_t(j) * kv_dim]), acc);
+    part_acc[idx * head_dim + d] = acc;
+  }
+  if (threadIdx.x == 0) {
+    part_m[idx] = m;
+    part_l[idx] = l;
+  }
+}
+
+// Greedy sampling: token = argmax(logits) (lowest id on ties); appends it to out[*step] and
+// advances the position by `advance`.
+__global__ void argmax_kernel(const float* __restrict__ logits, int vocab, int32_t* __restrict__ token,
+                              int32_t* __restrict__ out, int* __restrict__ step, int* __restrict__ pos,
+                              int advance) {
+  __shared__ float best_v[32];
+  __shared__ int best_i[32];
+  float bv = -INFINITY;
+  int bi = 0x7FFFFFFF;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float v = logits[i];
+    if (v > bv) { bv = v; bi = i; }
+  }
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xFFFFFFFFu, bv, off);
+    const int oi = __shfl_xor_sync(0xFFFFFFFFu, bi, off);
+    if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) { best_v[warp] = bv; best_i[warp] = bi; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < int(blockDim.x >> 5); ++w)
+      if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) { bv = best_v[w]; bi = best_i[w]; }
+    if (bi == 0x7FFFFFFF) bi = 0;  // all NaN: keep a valid id
+    *token = bi;
+    out[*step] = bi;
+    *step += 1;
+    *pos += advance;
+  }
+}
+
+__global__ void advance_kernel(int* pos, int n) { *pos += n; }
+
+__device__ __forceinline__ uint32_t hash32(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return uint32_t((x ^ (x >> 31)) >> 16);
+}
+
+__global__ void fill_random_words(uint32_t* p, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = hash32(seed * 0x100000001B3ull + i);
+}
+
+// Uniform in [-amp, amp) as bf16.
+__global__ void fill_random_bf16(__nv_bfloat16* p, size_t n, uint64_t seed, float amp) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const float u = float(hash32(seed * 0x100000001B3ull + i) & 0xFFFFFF) / 16777216.0f;
+    p[i] = __float2bfloat16_rn((2.0f * u - 1.0f) * amp);
+  }
+}
+
+void launch_fill_words(void* p, size_t bytes, uint64_t seed) {
+  const size_t n = bytes / 4;
+  if (n == 0) return;
+  fill_random_words<<<int(std::min<size_t>((n + 255) / 256, 8192)), 256>>>(static_cast<uint32_t*>(p), n, seed);
+  GLQ_CUDA_CHECK_LAUNCH("fill_random_words");
+}
+
+void launch_fill_bf16(void* p, size_t n, uint64_t seed, float amp) {
+  fill_random_bf16<<<int(std::min<size_t>((n + 255) / 256, 8192)), 256>>>(static_cast<__nv_bfloat16*>(p), n, seed, amp);
+  GLQ_CUDA_CHECK_LAUNCH("fill_random_bf16");
+}
+
+DeviceHadamard device_plan(int n) {
+  const auto p = transform::make_hadamard_plan(n);
+  DeviceHadamard d;
+  d.n = p.n;
+  d.a = p.a;
+  d.b = p.b;
+  if (p.a > 1) d.q = to_device(p.q);
+  return d;
+}
+
+}  // namespace
+
+// ---- weights --------------------------------------------------------------------------------
+
+size_t EngineLinear::weight_bytes() const {
+  return q ? q->weight_bytes() : dense ? dense->weight_bytes() : 0;
+}
+EngineLinear EngineLinear::from(DeviceQuantizedMatrix m) {
+  EngineLinear l;
+  l.rows = m.rows;
+  l.cols = m.cols;
+  l.q = std::make_unique<DeviceQuantizedMatrix>(std::move(m));
+  return l;
+}
+EngineLinear EngineLinear::from(DeviceDenseMatrix m) {
+  EngineLinear l;
+  l.rows = m.rows;
+  l.cols = m.cols;
+  l.dense = std::make_unique<DeviceDenseMatrix>(std::move(m));
+  return l;
+}
+
+DeviceQuantizedMatrix random_device_qmatrix(int rows, int cols, int bits, uint64_t seed) {
+  if (rows % 8 || cols % 8 || rows <= 0 || cols <= 0) throw_invalid("random_device_qmatrix: rows and cols must be positive multiples of 8");
+  DeviceQuantizedMatrix d;
+  d.rows = rows;
+  d.cols = cols;
+  d.bits = bits;
+  d.groups = cols / 8;
+  // E[c²] of a random E8P16 codeword is about 1.3 per coordinate: a first-stage scale of
+  // 0.8/sqrt(cols) keeps |y| ≈ |x|; residual stages are a tenth of that.
+  float scale = 0.8f / std::sqrt(float(cols));
+  int s = 0;
+  for (auto cb : codec::stages_for_bits(bits)) {
+    DeviceMemory codes(size_t(rows) * d.groups * codec::code_bytes(cb));
+    launch_fill_words(codes.data(), codes.bytes(), seed * 31 + s);
+    d.codebooks.push_back(cb);
+    d.codes.push_back(std::move(codes));
+    d.scales.push_back(to_device(std::vector<float>(rows, scale)));
+    scale *= 0.1f;
+    ++s;
+  }
+  d.sign_in = to_device(transform::random_signs(cols, seed + 101));
+  d.sign_out = to_device(transform::random_signs(rows, seed + 102));
+  d.plan_in = device_plan(cols);
+  d.plan_out = device_plan(rows);
+  return d;
+}
+
+namespace {
+
+EngineLinear random_linear(int rows, int cols, int bits, uint64_t seed) {
+  if (bits == 16) {
+    DeviceDenseMatrix m;
+    m.rows = rows;
+    m.cols = cols;
+    m.w = DeviceMemory(size_t(rows) * cols * 2);
+    launch_fill_bf16(m.w.data(), size_t(rows) * cols, seed, std::sqrt(3.0f / float(cols)));
+    return EngineLinear::from(std::move(m));
+  }
+  return EngineLinear::from(random_device_qmatrix(rows, cols, bits, seed));
+}
+
+}  // namespace
+
+EngineWeights random_engine_weights(const EngineConfig& c, int bits, uint64_t seed) {
+  if (bits != 2 && bits != 3 && bits != 4 && bits != 16)
+    throw_invalid("random_engine_weights: bits must be 2, 3, 4 or 16, got " + std::to_string(bits));
+  EngineWeights w;
+  w.embedding = DeviceMemory(size_t(c.vocab) * c.hidden * 2);
+  launch_fill_bf16(w.embedding.data(), size_t(c.vocab) * c.hidden, seed, 1.0f);
+  const int q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
+  for (int l = 0; l < c.layers; ++l) {
+    EngineLayer L;
+    const uint64_t s = seed + 1000 * (l + 1);
+    L.attn_norm = to_device(std::vector<float>(c.hidden, 1.0f));
+    L.mlp_norm = to_device(std::vector<float>(c.hidden, 1.0f));
+    L.qkv.push_back(random_linear(q_dim + 2 * kv_dim, c.hidden, bits, s + 1));
+    L.o = random_linear(c.hidden, q_dim, bits, s + 2);
+    L.gate_up.push_back(random_linear(2 * c.intermediate, c.hidden, bits, s + 3));
+    L.down = random_linear(c.hidden, c.intermediate, bits, s + 4);
+    w.layers.push_back(std::move(L));
+  }
+  w.final_norm = to_device(std::vector<float>(c.hidden, 1.0f));
+  // The output head stays dense bf16 (as QuIP# and llama.cpp's low-bit formats keep it at a
+  // higher precision); its output transform over a 128K vocabulary would not fit one block.
+  w.lm_head = random_linear(c.vocab, c.hidden, 16, seed + 7);
+  GLQ_CUDA_CHECK(cudaDeviceSynchronize());
+  return w;
+}
+
+double measure_copy_bandwidth(Context& ctx) {
+  const size_t bytes = size_t(1) << 30;
+  DeviceMemory a(bytes), b(bytes);
+  GLQ_CUDA_CHECK(cudaMemsetAsync(a.data(), 1, bytes, ctx.stream()));
+  GLQ_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, ctx.stream()));
+  cudaEvent_t e0, e1;
+  GLQ_CUDA_CHECK(cudaEventCreate(&e0));
+  GLQ_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int i = 0; i < 5; ++i) {
+    GLQ_CUDA_CHECK(cudaEventRecord(e0, ctx.stream()));
+    GLQ_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, ctx.stream()));
+    GLQ_CUDA_CHECK(cudaEventRecord(e1, ctx.stream()));
+    GLQ_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    GLQ_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * bytes / (ms[ms.size() / 2] * 1e6);
+}
+
+// ---- engine ---------------------------------------------------------------------------------
+
+struct Engine::Buffers {
+  int chunks = 0;       // attention chunks covering the cache capacity
+  int max_tokens = 0;   // tokens per step
+  DeviceMemory tokens;  // (max_tokens) int32
+  DeviceMemory pos;     // int: tokens in the cache
+  DeviceMemory step;    // int: tokens generated
+  DeviceMemory generated;  // (capacity) int32
+  DeviceMemory h;       // (max_tokens, hidden) residual stream
+  DeviceMemory qkv;     // (max_tokens, q_dim + 2 kv_dim)
+  DeviceMemory gu;      // (max_tokens, 2 intermediate)
+  DeviceMemory part_m, part_l, part_acc;  // attention partials
+  DeviceMemory k_cache, v_cache;          // (layers, capacity, kv_dim) fp16
+  DeviceMemory logits;  // (max_tokens, vocab)
+  DeviceMemory inv_freq;
+};
+
+Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
+    : ctx_(ctx), config_(std::move(config)), w_(std::move(weights)), b_(std::make_unique<Buffers>()) {
+  const auto& c = config_;
+  if (c.hidden <= 0 || c.layers <= 0 || c.heads <= 0 || c.kv_heads <= 0 || c.heads % c.kv_heads ||
+      c.head_dim <= 0 || c.head_dim % 2 || c.max_context <= 0 || c.vocab <= 0)
+    throw_invalid("Engine: inconsistent configuration");
+  if (int(c.rope_inv_freq.size()) != c.head_dim / 2)
+    throw_mismatch("Engine: rope_inv_freq size", std::to_string(c.head_dim / 2), std::to_string(c.rope_inv_freq.size()));
+  if (int(w_.layers.size()) != c.layers)
+    throw_mismatch("Engine: layers", std::to_string(c.layers), std::to_string(w_.layers.size()));
+  const int q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
+  auto& b = *b_;
+  b.chunks = (c.max_context + kAttnChunk - 1) / kAttnChunk;
+  b.max_tokens = std::min(kMaxStepTokens, c.max_context);
+  const size_t T = b.max_tokens;
+  b.tokens = DeviceMemory(T * 4);
+  b.pos = DeviceMemory(4);
+  b.step = DeviceMemory(4);
+  b.generated = DeviceMemory(size_t(c.max_context + 1) * 4);
+  b.h = DeviceMemory(T * c.hidden * 4);
+  b.qkv = DeviceMemory(T * (q_dim + 2 * kv_dim) * 4);
+  b.gu = DeviceMemory(T * 2 * c.intermediate * 4);
+  b.part_m = DeviceMemory(T * c.heads * b.chunks * 4);
+  b.part_l = DeviceMemory(T * c.heads * b.chunks * 4);
+  b.part_acc = DeviceMemory(T * c.heads * b.chunks * c.head_dim * 4);
+  b.k_cache = DeviceMemory(size_t(c.layers) * c.max_context * kv_dim * 2);
+  b.v_cache = DeviceMemory(size_t(c.layers) * c.max_context * kv_dim * 2);
+  b.logits = DeviceMemory(T * c.vocab * 4);
+  b.inv_freq = to_device(c.rope_inv_freq);
+  reset();
+}
+
+Engine::~Engine() {
+  if (decode_graph_) cudaGraphExecDestroy(decode_graph_);
+}
+
+void Engine::reset() {
+  GLQ_CUDA_CHECK(cudaMemsetAsync(b_->pos.data(), 0, 4, ctx_.stream()));
+  GLQ_CUDA_CHECK(cudaMemsetAsync(b_->step.data(), 0, 4, ctx_.stream()));
+  position_ = 0;
+}
+
+const float* Engine::logits() const { return b_->logits.as<const float>(); }
+
+std::vector<float> Engine::logits_host(int rows) {
+  std::vector<float> out(size_t(rows) * config_.vocab);
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream()));
+  b_->logits.download(out.data(), out.size() * 4);
+  return out;
+}
+
+size_t Engine::weight_bytes() const {
+  size_t total = w_.lm_head.weight_bytes();
+  for (const auto& L : w_.layers) {
+    for (const auto& l : L.qkv) total += l.weight_bytes();
+    for (const auto& l : L.gate_up) total += l.weight_bytes();
+    total += L.o.weight_bytes() + L.down.weight_bytes() + L.attn_norm.bytes() + L.mlp_norm.bytes();
+  }
+  return total + w_.final_norm.bytes();
+}
+
+size_t Engine::bytes_per_token(int context) const {
+  const size_t kv = size_t(2) * config_.layers * context * config_.kv_heads * config_.head_dim * 2;
+  return weight_bytes() + size_t(config_.hidden) * 2 + kv;
+}
+
+void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float* y, int ld_y,
+                        bool accumulate, int n) {
+  detail::PrepareParams p = *static_cast<const detail::PrepareParams*>(prepare_params);
+  const auto& info = ctx_.info();
+  cudaStream_t stream = ctx_.stream();
+  auto handle = static_cast<cublasHandle_t>(ctx_.cublas_handle());
+  const float alpha = 1.0f, beta_acc = 1.0f, beta_zero = 0.0f;
+  if (l.q) {
+    const auto& w = *l.q;
+    auto* xt = static_cast<uint16_t*>(ctx_.scratch(0, size_t(b_->max_tokens) * w.cols * 2));
+    auto* yt = static_cast<float*>(ctx_.scratch(1, size_t(b_->max_tokens) * w.rows * 4));
+    const bool gemv = n <= 2 * kGemvMaxBatch;
+    bool zero = false;
+    if (gemv)
+      for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
+        zero = zero || detail::qgemv_needs_zeroed_output(info, w, std::min(kGemvMaxBatch, n - c0));
+    p.t = detail::transform_shape(w.plan_in, w.sign_in.as<const float>());
+    p.out_type = detail::OutType::Half;
+    p.out = xt;
+    p.ld_out = w.cols;
+    p.zero_ptr = zero ? yt : nullptr;
+    p.zero_count = zero ? w.rows : 0;
+    detail::launch_prepare(info, p, n, stream);
+    if (gemv) {
+      for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
+        detail::launch_qgemv(info, w, ctx_.tables(), xt + size_t(c0) * w.cols, w.cols, yt + size_t(c0) * w.rows,
+                             w.rows, std::min(kGemvMaxBatch, n - c0), stream);
+    } else {
+      auto* wt = static_cast<uint16_t*>(ctx_.scratch(2, size_t(w.rows) * w.cols * 2));
+      detail::launch_dequantize(w, ctx_.tables(), wt, stream);
+      check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, n, w.cols, &alpha, wt, CUDA_R_16F,
+                                w.cols, xt, CUDA_R_16F, w.cols, &beta_zero, yt, CUDA_R_32F, w.rows,
+                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                   "cublasGemmEx (dequantized fp16)");
+    }
+    detail::FinishParams f;
+    f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+    f.yt = yt;
+    f.ld_in = w.rows;
+    f.y = y;
+    f.ld_out = ld_y;
+    f.accumulate = accumulate;
+    detail::launch_finish(info, f, n, stream);
+  } else if (l.dense) {
+    const auto& w = *l.dense;
+    auto* xb = static_cast<uint16_t*>(ctx_.scratch(3, size_t(b_->max_tokens) * w.cols * 2));
+    p.t = detail::TransformShape{};
+    p.t.n = w.cols;
+    p.out_type = detail::OutType::BFloat16;
+    p.out = xb;
+    p.ld_out = w.cols;
+    p.zero_ptr = nullptr;
+    p.zero_count = 0;
+    detail::launch_prepare(info, p, n, stream);
+    check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, n, w.cols, &alpha, w.w.data(), CUDA_R_16BF,
+                              w.cols, xb, CUDA_R_16BF, w.cols, accumulate ? &beta_acc : &beta_zero, y, CUDA_R_32F,
+                              ld_y, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx (dense bf16)");
+  } else {
+    throw_invalid("Engine: a linear layer has no weights");
+  }
+}
+
+void Engine::enqueue_tokens(int n, bool all_logits) {
+  const auto& c = config_;
+  auto& b = *b_;
+  const auto& info = ctx_.info();
+  cudaStream_t stream = ctx_.stream();
+  const int q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
+  const int ld_qkv = q_dim + 2 * kv_dim;
+  float* h = b.h.as<float>();
+  float* qkv = b.qkv.as<float>();
+  float* gu = b.gu.as<float>();
+  const int* pos = b.pos.as<const int>();
+
+  embed_kernel<<<n, 256, 0, stream>>>(b.tokens.as<const int32_t>(), w_.embedding.as<const __nv_bfloat16>(),
+                                      c.hidden, c.vocab, h);
+  GLQ_CUDA_CHECK_LAUNCH("embed_kernel");
+  for (int li = 0; li < c.layers; ++li) {
+    const auto& L = w_.layers[li];
+    __half* kc = b.k_cache.as<__half>() + size_t(li) * c.max_context * kv_dim;
+    __half* vc = b.v_cache.as<__half>() + size_t(li) * c.max_context * kv_dim;
+    // [q | k | v] = rmsnorm(h) · Wqkv^T
+    detail::PrepareParams pn;
+    pn.pre = detail::PreOp::RmsNorm;
+    pn.x = h;
+    pn.ld_x = c.hidden;
+    pn.norm_w = L.attn_norm.as<const float>();
+    pn.eps = c.norm_eps;
+    int off = 0;
+    for (const auto& part : L.qkv) {
+      run_linear(part, &pn, qkv + off, ld_qkv, false, n);
+      off += part.rows;
+    }
+    if (off != ld_qkv) throw_mismatch("Engine: q/k/v rows of layer " + std::to_string(li), std::to_string(ld_qkv), std::to_string(off));
+    rope_cache_kernel<<<n, 256, 0, stream>>>(qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, b.inv_freq.as<const float>(),
+                                             pos, kc, vc);
+    GLQ_CUDA_CHECK_LAUNCH("rope_cache_kernel");
+    const size_t attn_smem = size_t(c.head_dim + kAttnChunk) * 4;
+    attention_kernel<<<dim3(b.chunks, c.heads, n), kAttnThreads, attn_smem, stream>>>(
+        qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, kc, vc, pos, 1.0f / std::sqrt(float(c.head_dim)), b.chunks,
+        b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>());
+    GLQ_CUDA_CHECK_LAUNCH("attention_kernel");
+    // h += attention · Wo^T (the merge of the partials runs in o_proj's input transform)
+    detail::PrepareParams pc;
+    pc.pre = detail::PreOp::Combine;
+    pc.part_m = b.part_m.as<const float>();
+    pc.part_l = b.part_l.as<const float>();
+    pc.part_acc = b.part_acc.as<const float>();
+    pc.heads = c.heads;
+    pc.chunks = b.chunks;
+    pc.head_dim = c.head_dim;
+    run_linear(L.o, &pc, h, c.hidden, true, n);
+    // [gate | up] = rmsnorm(h) · Wgu^T
+    detail::PrepareParams pm = pn;
+    pm.norm_w = L.mlp_norm.as<const float>();
+    off = 0;
+    for (const auto& part : L.gate_up) {
+      run_linear(part, &pm, gu + off, 2 * c.intermediate, false, n);
+      off += part.rows;
+    }
+    if (off != 2 * c.intermediate) throw_mismatch("Engine: gate/up rows of layer " + std::to_string(li), std::to_string(2 * c.intermediate), std::to_string(off));
+    // h += (silu(gate) ∘ up) · Wd^T
+    detail::PrepareParams ps;
+    ps.pre = detail::PreOp::SwiGlu;
+    ps.x = gu;
+    ps.ld_x = 2 * c.intermediate;
+    run_linear(L.down, &ps, h, c.hidden, true, n);
+  }
+  // logits = rmsnorm(h) · lm_head^T, for the last token or all of them
+  detail::PrepareParams pf;
+  pf.pre = detail::PreOp::RmsNorm;
+  pf.x = all_logits ? h : h + size_t(n - 1) * c.hidden;
+  pf.ld_x = c.hidden;
+  pf.norm_w = w_.final_norm.as<const float>();
+  pf.eps = c.norm_eps;
+  run_linear(w_.lm_head, &pf, b.logits.as<float>(), c.vocab, false, all_logits ? n : 1);
+  (void)info;
+}
+
+void Engine::forward(const int32_t* tokens, int n, bool all_logits) {
+  if (n <= 0) throw_invalid("Engine::forward: no tokens");
+  if (position_ + n > config_.max_context)
+    throw_invalid("Engine::forward: " + std::to_string(position_ + n) + " tokens exceed the cache capacity " +
+                  std::to_string(config_.max_context));
+  for (int i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab)
+      throw_invalid("Engine::forward: token id " + std::to_string(tokens[i]) + " outside [0, " +
+                    std::to_string(config_.vocab) + ")");
+  if (all_logits && n > b_->max_tokens)
+    throw_invalid("Engine::forward: all_logits for more than " + std::to_string(b_->max_tokens) + " tokens at once");
+  cudaStream_t stream = ctx_.stream();
+  for (int done = 0; done < n;) {
+    const int m = std::min(b_->max_tokens, n - done);
+    GLQ_CUDA_CHECK(cudaMemcpyAsync(b_->tokens.data(), tokens + done, size_t(m) * 4, cudaMemcpyHostToDevice, stream));
+    enqueue_tokens(m, all_logits);
+    advance_kernel<<<1, 1, 0, stream>>>(b_->pos.as<int>(), m);
+    GLQ_CUDA_CHECK_LAUNCH("advance_kernel");
+    GLQ_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host token buffer may be reused
+    done += m;
+    position_ += m;
+  }
+}
+
+std::vector<int32_t> Engine::generate_greedy(int n, double* graph_seconds) {
+  if (n <= 0) return {};
+  if (position_ + n > config_.max_context)
+    throw_invalid("Engine::generate_greedy: " + std::to_string(position_ + n) + " tokens exceed the cache capacity");
+  auto& b = *b_;
+  cudaStream_t stream = ctx_.stream();
+  GLQ_CUDA_CHECK(cudaMemsetAsync(b.step.data(), 0, 4, stream));
+  auto sample = [&](int advance) {
+    argmax_kernel<<<1, 1024, 0, stream>>>(b.logits.as<const float>(), config_.vocab, b.tokens.as<int32_t>(),
+                                          b.generated.as<int32_t>(), b.step.as<int>(), b.pos.as<int>(), advance);
+    GLQ_CUDA_CHECK_LAUNCH("argmax_kernel");
+  };
+  sample(0);  // the first token from the logits of the last forward()
+  auto step = [&] {
+    enqueue_tokens(1, false);
+    sample(1);
+  };
+  int done = 1;
+  if (done < n) {  // one step outside the graph: scratch and cuBLAS set up before capture
+    step();
+    ++done;
+    ++position_;
+  }
+  if (done < n && !decode_graph_) {
+    cudaGraph_t graph;
+    GLQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      step();
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      throw;
+    }
+    GLQ_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    GLQ_CUDA_CHECK(cudaGraphInstantiate(&decode_graph_, graph, 0));
+    cudaGraphDestroy(graph);
+  }
+  cudaEvent_t e0, e1;
+  GLQ_CUDA_CHECK(cudaEventCreate(&e0));
+  GLQ_CUDA_CHECK(cudaEventCreate(&e1));
+  GLQ_CUDA_CHECK(cudaEventRecord(e0, stream));
+  const int graph_steps = n - done;
+  for (int i = 0; i < graph_steps; ++i) GLQ_CUDA_CHECK(cudaGraphLaunch(decode_graph_, stream));
+  GLQ_CUDA_CHECK(cudaEventRecord(e1, stream));
+  GLQ_CUDA_CHECK(cudaEventSynchronize(e1));
+  float ms = 0;
+  GLQ_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  if (graph_seconds) *graph_seconds = ms / 1e3;
+  position_ += graph_steps;
+  std::vector<int32_t> out(n);
+  b.generated.download(out.data(), size_t(n) * 4);
+  return out;
+}
+
+}  // namespace glq::cuda

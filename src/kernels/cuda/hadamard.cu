@@ -1,0 +1,227 @@
+// Hadamard transforms T_n = Q_a ⊗ H_b / sqrt(b) on the GPU (see glq/transform/hadamard.hpp).
+//
+// One block per vector: the vector (n floats) sits in shared memory, the fast Walsh-Hadamard
+// transform runs over each of its a rows of length b (log2 b butterfly passes), and the small
+// mixing product across rows (Q_a, or Q_a^T for the transpose) is applied while writing the
+// result to global memory, so no second buffer is needed. A vector of n floats must fit in the
+// shared memory a block may opt into (56K floats on H100/H200); longer ones throw Unsupported.
+//
+// prepare_kernel (the input side) also applies a fused pre-operation (RMSNorm, SwiGLU, or the
+// merge of attention partials; see transform_kernels.cuh), writes fp16 (what the decode kernels
+// read) or bf16 (dense linears), and zeroes the output buffer of a following accumulating
+// product, which saves a memset node per product. finish_kernel (the output side) can add its
+// result into y, which fuses the residual add.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <mutex>
+#include <string>
+
+#include "glq/error.hpp"
+#include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/transform_kernels.cuh"
+
+namespace glq::cuda::detail {
+
+namespace {
+
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
+  __syncthreads();  // red may still be read by an earlier call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.0f;
+  for (int w = 0; w < nwarps; ++w) s += red[w];
+  return s;
+}
+
+// Fast Walsh-Hadamard transform of each of the a rows of buf (length 2^log2b), in place.
+__device__ __forceinline__ void fwht_rows(float* buf, int n, int log2b) {
+  const int half_b = (1 << log2b) >> 1;
+  for (int lh = 0; lh < log2b; ++lh) {
+    const int h = 1 << lh;
+    for (int p = threadIdx.x; p < n / 2; p += blockDim.x) {
+      const int row = p >> (log2b - 1);
+      const int k = p & (half_b - 1);
+      const int i = ((k >> lh) << (lh + 1)) | (k & (h - 1));
+      const int idx = (row << log2b) + i;
+      const float u = buf[idx], v = buf[idx + h];
+      buf[idx] = u + v;
+      buf[idx + h] = u - v;
+    }
+    __syncthreads();
+  }
+}
+
+// Element o of the mixed result: (Q ⊗ I) buf (transpose: Q^T ⊗ I), times 1/sqrt(b).
+__device__ __forceinline__ float mixed(const TransformShape& t, const float* buf, int o, bool transpose) {
+  if (t.a == 1) return buf[o] * t.inv_sqrt_b;
+  const int i = o >> t.log2b, j = o & ((1 << t.log2b) - 1);
+  float v = 0.0f;
+  if (!transpose) {
+    const float* qi = t.q + i * t.a;
+    for (int k = 0; k < t.a; ++k) v = fmaf(__ldg(qi + k), buf[(k << t.log2b) + j], v);
+  } else {
+    for (int k = 0; k < t.a; ++k) v = fmaf(__ldg(t.q + k * t.a + i), buf[(k << t.log2b) + j], v);
+  }
+  return v * t.inv_sqrt_b;
+}
+
+__global__ void prepare_kernel(const PrepareParams p) {
+  extern __shared__ float buf[];  // (n) one vector
+  __shared__ float red[32];
+  const int n = p.t.n;
+  const size_t vec = blockIdx.x;
+  const float* xv = p.x ? p.x + vec * p.ld_x : nullptr;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    float v;
+    if (p.pre == PreOp::SwiGlu) {
+      const float g = xv[i], u = xv[n + i];
+      v = g / (1.0f + __expf(-g)) * u;
+    } else if (p.pre == PreOp::Combine) {
+      const int h = i / p.head_dim, d = i - h * p.head_dim;
+      const size_t base = (vec * p.heads + h) * p.chunks;
+      float m = -INFINITY;
+      for (int c = 0; c < p.chunks; ++c) m = fmaxf(m, p.part_m[base + c]);
+      float l = 0.0f, acc = 0.0f;
+      for (int c = 0; c < p.chunks; ++c) {
+        const float w = p.part_l[base + c] > 0.0f ? __expf(p.part_m[base + c] - m) : 0.0f;
+        l += w * p.part_l[base + c];
+        acc += w * p.part_acc[(base + c) * p.head_dim + d];
+      }
+      v = acc / l;
+    } else {
+      v = xv[i];
+    }
+    ss += v * v;
+    buf[i] = v;
+  }
+  if (p.zero_ptr)
+    for (int i = threadIdx.x; i < p.zero_count; i += blockDim.x) p.zero_ptr[vec * p.zero_count + i] = 0.0f;
+  if (p.pre == PreOp::RmsNorm) {
+    const float r = rsqrtf(block_sum(ss, red) / float(n) + p.eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+      buf[i] *= r * __ldg(p.norm_w + i) * (p.t.sign ? __ldg(p.t.sign + i) : 1.0f);
+  } else if (p.t.sign) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] *= __ldg(p.t.sign + i);
+  }
+  __syncthreads();
+  fwht_rows(buf, n, p.t.log2b);
+  for (int o = threadIdx.x; o < n; o += blockDim.x) {
+    const float v = mixed(p.t, buf, o, false);
+    if (p.out_type == OutType::Half)
+      static_cast<__half*>(p.out)[vec * p.ld_out + o] = __float2half_rn(v);
+    else
+      static_cast<__nv_bfloat16*>(p.out)[vec * p.ld_out + o] = __float2bfloat16_rn(v);
+  }
+}
+
+__global__ void finish_kernel(const FinishParams p) {
+  extern __shared__ float buf[];
+  const int n = p.t.n;
+  const size_t vec = blockIdx.x;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = p.yt[vec * p.ld_in + i];
+  __syncthreads();
+  fwht_rows(buf, n, p.t.log2b);
+  float* yv = p.y + vec * p.ld_out;
+  for (int o = threadIdx.x; o < n; o += blockDim.x) {
+    float v = mixed(p.t, buf, o, true);
+    if (p.t.sign) v *= __ldg(p.t.sign + o);
+    yv[o] = p.accumulate ? yv[o] + v : v;
+  }
+}
+
+__global__ void f32_to_bf16_kernel(const float* __restrict__ x, uint16_t* __restrict__ y, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const __nv_bfloat16 b = __float2bfloat16_rn(x[i]);
+    y[i] = *reinterpret_cast<const uint16_t*>(&b);
+  }
+}
+
+int threads_for(int n) { return std::min(1024, std::max(64, ((n / 2 + 31) / 32) * 32)); }
+
+size_t smem_for(const DeviceInfo& info, int n) {
+  const size_t smem = size_t(n) * sizeof(float);
+  if (smem > info.smem_optin)
+    throw_unsupported("Hadamard transform of length " + std::to_string(n) + " needs " +
+                      std::to_string(smem) + " bytes of shared memory; this device allows " +
+                      std::to_string(info.smem_optin));
+  return smem;
+}
+
+void allow_smem(const DeviceInfo& info) {
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(info.smem_optin)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(info.smem_optin)));
+  });
+}
+
+}  // namespace
+
+TransformShape transform_shape(const DeviceHadamard& plan, const float* sign) {
+  TransformShape t;
+  t.n = plan.n;
+  t.a = plan.a;
+  t.log2b = std::countr_zero(unsigned(plan.b));
+  t.q = plan.a > 1 ? plan.q.as<const float>() : nullptr;
+  t.sign = sign;
+  t.inv_sqrt_b = 1.0f / std::sqrt(float(plan.b));
+  return t;
+}
+
+void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
+  if (batch <= 0) return;
+  const size_t smem = smem_for(info, p.t.n);
+  allow_smem(info);
+  prepare_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
+  GLQ_CUDA_CHECK_LAUNCH("prepare_kernel");
+}
+
+void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
+  if (batch <= 0) return;
+  const size_t smem = smem_for(info, p.t.n);
+  allow_smem(info);
+  finish_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
+  GLQ_CUDA_CHECK_LAUNCH("finish_kernel");
+}
+
+void launch_hadamard(const DeviceInfo& info, const DeviceHadamard& plan, bool input,
+                     const float* sign, const float* x, void* out, int batch, float* zero_ptr,
+                     int zero_count, cudaStream_t stream) {
+  if (input) {
+    PrepareParams p;
+    p.t = transform_shape(plan, sign);
+    p.x = x;
+    p.ld_x = plan.n;
+    p.out = out;
+    p.ld_out = plan.n;
+    p.zero_ptr = zero_ptr;
+    p.zero_count = zero_count;
+    launch_prepare(info, p, batch, stream);
+  } else {
+    FinishParams p;
+    p.t = transform_shape(plan, sign);
+    p.yt = x;
+    p.ld_in = plan.n;
+    p.y = static_cast<float*>(out);
+    p.ld_out = plan.n;
+    launch_finish(info, p, batch, stream);
+  }
+}
+
+void launch_f32_to_bf16(const float* x, uint16_t* y, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  const int threads = 256;
+  const int blocks = int(std::min<size_t>((n + threads - 1) / threads, 4096));
+  f32_to_bf16_kernel<<<blocks, threads, 0, stream>>>(x, y, n);
+  GLQ_CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");
+}
+
+}  // namespace glq::cuda::detail

@@ -1,0 +1,40 @@
+// Kernel launchers shared by the .cu files and the host code of glq_cuda (internal).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "glq/kernels/cuda.hpp"
+#include "kernels/cuda/transform_kernels.cuh"
+
+namespace glq::cuda::detail {
+
+// The per-vector transform kernels with their fused pre- and post-operations (hadamard.cu).
+TransformShape transform_shape(const DeviceHadamard& plan, const float* sign);
+void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream);
+void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream);
+
+// Hadamard transform of `batch` vectors of length plan.n (one block each; see hadamard.cu).
+//   input:  out_half (batch, n) = T (sign ∘ x);  also zeroes zero_ptr (batch, zero_count).
+//   output: out_float (batch, n) = sign ∘ (T^T x).
+void launch_hadamard(const DeviceInfo& info, const DeviceHadamard& plan, bool input,
+                     const float* sign, const float* x, void* out, int batch, float* zero_ptr,
+                     int zero_count, cudaStream_t stream);
+
+// Decode kernel: yt (batch, rows) (+)= Σ_s scale_s ∘ (C_s xt), batch ≤ kGemvMaxBatch.
+// With accumulate, yt must be zero (or hold a partial sum) before the launch.
+// Returns whether the launch accumulates with atomics (yt must then be zeroed first).
+bool qgemv_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
+void launch_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                  const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,
+                  cudaStream_t stream);
+
+// wt (rows, cols) fp16 = Σ_s diag(scale_s) C_s.
+void launch_dequantize(const DeviceQuantizedMatrix& w, const uint32_t* tables, uint16_t* wt_half,
+                       cudaStream_t stream);
+
+// Element-wise conversions.
+void launch_f32_to_bf16(const float* x, uint16_t* y, size_t n, cudaStream_t stream);
+
+}  // namespace glq::cuda::detail

@@ -1,0 +1,330 @@
+// The decode kernel: ỹ (B, rows) = Σ_s scale_s ∘ (C_s x̃) for B ≤ 8 vectors (decode, batch 1..8).
+//
+// Work split. Rows come in tiles of 8 (the GPU layout stores the codes of one group of 8 columns
+// for 8 consecutive rows in one 16-byte word, see upload()). A warp owns one row tile at a time
+// and walks its groups: lane l reads the word of group g0 + l + 32·i, so each warp load is 512
+// contiguous bytes, and decodes 8 codes (8 rows × 8 columns) against the lane's 8 columns of
+// x̃, which it reads from shared memory once per word (16 bytes per vector). Partial sums of the
+// 8 rows stay in registers until the warp has covered its columns, then a shuffle reduction
+// writes them. Each block covers one range of groups (blockIdx.y) for several tiles; when the
+// columns are split over several ranges the partial sums are added with atomics into a zeroed ỹ.
+//
+// Why shared tables are "bank-private": table lookups by code are random, so a plain 1 KiB table
+// in shared memory serves a warp in ~4 passes (bank conflicts). Each table is stored 32 times,
+// entry e of lane l at word e·32 + l, so lane l only ever touches bank l: one pass per lookup,
+// at 32 KiB of shared memory per table (loaded once per block; blocks are persistent over tiles).
+//
+// Codes are read with the streaming cache hint (__ldcs): weights are used once per product, so
+// they should not push activations out of L2.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <mutex>
+#include <string>
+
+#include "glq/error.hpp"
+#include "kernels/cuda/e8_decode.cuh"
+#include "kernels/cuda/launch.hpp"
+
+namespace glq::cuda::detail {
+
+namespace {
+
+constexpr int kWarps = 8;              // warps per block
+constexpr int kThreads = kWarps * 32;
+constexpr int kTableSmemWords = 256 * 32;  // one bank-private table
+// Shared memory for x̃ and its group sums: at most this many bytes per block. With two tables
+// (64 KiB) this leaves room for two blocks per SM on Hopper/Ampere (228/164 KiB).
+constexpr int kXSmemBudget = 40 * 1024;
+
+struct QgemvParams {
+  const void* codes[4];     // per stage, tiled (tiles, groups, 8)
+  const float* scales[4];   // per stage (rows)
+  int codebook[4];          // codec::Codebook values
+  int stages;
+  int groups;               // cols / 8
+  int tiles;                // rows / 8
+  int kb_groups;            // groups per column range (blockIdx.y)
+  const __half* xt;         // (B, ld_x)
+  int ld_x;
+  float* yt;                // (B, ld_y)
+  int ld_y;
+  const uint32_t* tables;   // kTableWords words
+  int has_r8;               // an E8R8 stage is present: third table loaded
+  int atomic;               // accumulate with atomics (column ranges > 1)
+};
+
+__device__ __forceinline__ __half2 as_half2(uint32_t u) {
+  return *reinterpret_cast<const __half2*>(&u);
+}
+
+// Dot of one decoded group (4 half2 of weights) with one vector's 8 inputs, in fp32.
+__device__ __forceinline__ float dot8(const uint32_t w[4], const __half2 x[4]) {
+  __half2 h = __hmul2(as_half2(w[0]), x[0]);
+  h = __hfma2(as_half2(w[1]), x[1], h);
+  h = __hfma2(as_half2(w[2]), x[2], h);
+  h = __hfma2(as_half2(w[3]), x[3], h);
+  const float2 f = __half22float2(h);
+  return f.x + f.y;
+}
+
+template <int B>
+__device__ __forceinline__ void load_x(const uint4* xs, const float* sx, int kb_groups, int gl,
+                                       __half2 xv[B][4], float sxv[B]) {
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    const uint4 t = xs[b * kb_groups + gl];
+    xv[b][0] = as_half2(t.x);
+    xv[b][1] = as_half2(t.y);
+    xv[b][2] = as_half2(t.z);
+    xv[b][3] = as_half2(t.w);
+    sxv[b] = sx[b * kb_groups + gl];
+  }
+}
+
+// One E8P16 word: 8 rows × one group.
+template <int B>
+__device__ __forceinline__ void e8p_word(const uint4 c, const __half2 xv[B][4], const float sxv[B],
+                                         const uint32_t* tab_sel, const uint32_t* tab_sign,
+                                         const float sc[8], float acc[8][B]) {
+  const uint32_t words[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const uint32_t code = (r & 1) ? (words[r >> 1] >> 16) : (words[r >> 1] & 0xFFFFu);
+    const uint32_t e = tab_sel[(code & 0xFFu) * 32] ^ tab_sign[(code >> 8) * 32];
+    uint32_t w[4];
+    decode_pairs(e, kE8pBytesLo, kE8pBytesHi, w);
+    const uint32_t shift_sign = (code & 0x8000u) << 16;  // ±¼ shift: sign of ¼·Σx
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      const float shift = __int_as_float(__float_as_int(sxv[b]) ^ shift_sign);
+      acc[r][b] = fmaf(sc[r], dot8(w, xv[b]) + shift, acc[r][b]);
+    }
+  }
+}
+
+// One E8R8 word: 8 rows × one group, one byte each.
+template <int B>
+__device__ __forceinline__ void e8r_word(const uint2 c, const __half2 xv[B][4],
+                                         const uint32_t* tab_r8, const float sc[8],
+                                         float acc[8][B]) {
+  const uint32_t words[2] = {c.x, c.y};
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const uint32_t code = (words[r >> 2] >> (8 * (r & 3))) & 0xFFu;
+    uint32_t w[4];
+    decode_pairs(tab_r8[code * 32], kE8rBytesLo, kE8rBytesHi, w);
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[r][b] = fmaf(sc[r], dot8(w, xv[b]), acc[r][b]);
+  }
+}
+
+template <int B, int kUnroll>
+__global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
+  extern __shared__ uint4 smem4[];
+  uint32_t* smem = reinterpret_cast<uint32_t*>(smem4);
+  const int ntab = p.has_r8 ? 3 : 2;
+  uint32_t* tab_sel = smem;
+  uint32_t* tab_sign = smem + kTableSmemWords;
+  uint32_t* tab_r8 = smem + 2 * kTableSmemWords;
+  uint4* xs = reinterpret_cast<uint4*>(smem + ntab * kTableSmemWords);  // (B, kb_groups)
+  float* sx = reinterpret_cast<float*>(xs + B * p.kb_groups);           // (B, kb_groups)
+
+  for (int i = threadIdx.x; i < kTableSmemWords; i += kThreads) {
+    const int e = i >> 5;
+    tab_sel[i] = __ldg(p.tables + kTableE8pSel + e);
+    tab_sign[i] = __ldg(p.tables + kTableE8pSign + e);
+    if (p.has_r8) tab_r8[i] = __ldg(p.tables + kTableE8r8Sel + e);
+  }
+  const int g0 = blockIdx.y * p.kb_groups;
+  const int gn = min(p.kb_groups, p.groups - g0);
+  for (int i = threadIdx.x; i < B * gn; i += kThreads) {
+    const int b = i / gn, gl = i - b * gn;
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
+    xs[b * p.kb_groups + gl] = v;
+    const float2 f0 = __half22float2(as_half2(v.x)), f1 = __half22float2(as_half2(v.y));
+    const float2 f2 = __half22float2(as_half2(v.z)), f3 = __half22float2(as_half2(v.w));
+    sx[b * p.kb_groups + gl] = 0.25f * ((f0.x + f0.y) + (f1.x + f1.y) + (f2.x + f2.y) + (f3.x + f3.y));
+  }
+  __syncthreads();
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const uint32_t* my_sel = tab_sel + lane;
+  const uint32_t* my_sign = tab_sign + lane;
+  const uint32_t* my_r8 = tab_r8 + lane;
+  for (int tile = blockIdx.x * kWarps + warp; tile < p.tiles; tile += gridDim.x * kWarps) {
+    float acc[8][B];
+#pragma unroll
+    for (int r = 0; r < 8; ++r)
+#pragma unroll
+      for (int b = 0; b < B; ++b) acc[r][b] = 0.0f;
+
+    for (int s = 0; s < p.stages; ++s) {
+      float sc[8];
+      {
+        const float4* sp = reinterpret_cast<const float4*>(p.scales[s] + size_t(tile) * 8);
+        const float4 s0 = __ldg(sp), s1 = __ldg(sp + 1);
+        sc[0] = s0.x; sc[1] = s0.y; sc[2] = s0.z; sc[3] = s0.w;
+        sc[4] = s1.x; sc[5] = s1.y; sc[6] = s1.z; sc[7] = s1.w;
+      }
+      if (p.codebook[s] == 1) {  // E8P16
+        const uint4* cp = static_cast<const uint4*>(p.codes[s]) + size_t(tile) * p.groups + g0;
+        for (int base = 0; base < gn; base += 32 * kUnroll) {
+          uint4 c[kUnroll];
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int gl = base + u * 32 + lane;
+            c[u] = gl < gn ? __ldcs(cp + gl) : make_uint4(0, 0, 0, 0);
+          }
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int gl = base + u * 32 + lane;
+            if (gl < gn) {
+              __half2 xv[B][4];
+              float sxv[B];
+              load_x<B>(xs, sx, p.kb_groups, gl, xv, sxv);
+              e8p_word<B>(c[u], xv, sxv, my_sel, my_sign, sc, acc);
+            }
+          }
+        }
+      } else {  // E8R8
+        const uint2* cp = static_cast<const uint2*>(p.codes[s]) + size_t(tile) * p.groups + g0;
+        for (int base = 0; base < gn; base += 32 * kUnroll) {
+          uint2 c[kUnroll];
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int gl = base + u * 32 + lane;
+            c[u] = gl < gn ? __ldcs(cp + gl) : make_uint2(0, 0);
+          }
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int gl = base + u * 32 + lane;
+            if (gl < gn) {
+              __half2 xv[B][4];
+              float sxv[B];
+              load_x<B>(xs, sx, p.kb_groups, gl, xv, sxv);
+              e8r_word<B>(c[u], xv, my_r8, sc, acc);
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 8; ++r)
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        float v = acc[r][b];
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
+        if (lane == 0) {
+          float* dst = p.yt + size_t(b) * p.ld_y + size_t(tile) * 8 + r;
+          if (p.atomic) atomicAdd(dst, v); else *dst = v;
+        }
+      }
+  }
+}
+
+struct QgemvPlan {
+  int kb_groups = 0, n_kb = 0, blocks_x = 0;
+  size_t smem = 0;
+  bool has_r8 = false;
+};
+
+template <int B>
+constexpr int unroll_for() { return B <= 2 ? 4 : 2; }
+
+template <int B>
+void* kernel_ptr() { return reinterpret_cast<void*>(qgemv_kernel<B, unroll_for<B>()>); }
+
+void* kernel_for(int batch) {
+  switch (batch) {
+    case 1: return kernel_ptr<1>();
+    case 2: return kernel_ptr<2>();
+    case 3: return kernel_ptr<3>();
+    case 4: return kernel_ptr<4>();
+    case 5: return kernel_ptr<5>();
+    case 6: return kernel_ptr<6>();
+    case 7: return kernel_ptr<7>();
+    case 8: return kernel_ptr<8>();
+  }
+  throw_invalid("qgemv: batch " + std::to_string(batch) + " outside 1..8");
+}
+
+// Raises each instantiation's dynamic shared memory limit once.
+void allow_smem(const DeviceInfo& info, int batch) {
+  static std::once_flag flags[kGemvMaxBatch + 1];
+  std::call_once(flags[batch], [&] {
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(kernel_for(batch), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(info.smem_optin)));
+  });
+}
+
+QgemvPlan plan_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
+  QgemvPlan plan;
+  for (auto cb : w.codebooks) plan.has_r8 = plan.has_r8 || cb == codec::Codebook::E8R8;
+  const int tables_bytes = (plan.has_r8 ? 3 : 2) * kTableSmemWords * 4;
+  const int per_group = batch * (16 + 4);
+  int kb_max = std::max(32, (kXSmemBudget / per_group) / 32 * 32);
+  const int G = w.groups;
+  const int tiles = w.rows / 8;
+  const int blocks_x_full = (tiles + kWarps - 1) / kWarps;
+  // Blocks that fit on the device at once (two per SM when shared memory allows).
+  const size_t smem_max = size_t(tables_bytes) + size_t(std::min(kb_max, G + 31)) * per_group;
+  const int per_sm = std::max(1, std::min(2, int(228 * 1024 / (smem_max + 1024))));
+  const int target = per_sm * info.sm_count;
+  int n_kb = std::max((G + kb_max - 1) / kb_max, (target + blocks_x_full - 1) / blocks_x_full);
+  n_kb = std::min(n_kb, (G + 31) / 32);
+  n_kb = std::max(n_kb, 1);
+  plan.kb_groups = ((G + n_kb - 1) / n_kb + 31) / 32 * 32;
+  plan.kb_groups = std::min(plan.kb_groups, std::max(32, kb_max));
+  plan.n_kb = (G + plan.kb_groups - 1) / plan.kb_groups;
+  plan.blocks_x = std::min(blocks_x_full, std::max(1, (target + plan.n_kb - 1) / plan.n_kb));
+  plan.smem = size_t(tables_bytes) + size_t(plan.kb_groups) * per_group;
+  if (plan.smem > info.smem_optin)
+    throw_unsupported("qgemv: needs " + std::to_string(plan.smem) + " bytes of shared memory, device allows " +
+                      std::to_string(info.smem_optin));
+  return plan;
+}
+
+}  // namespace
+
+bool qgemv_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
+  return plan_qgemv(info, w, batch).n_kb > 1;
+}
+
+void launch_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                  const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,
+                  cudaStream_t stream) {
+  if (batch < 1 || batch > kGemvMaxBatch)
+    throw_invalid("qgemv: batch " + std::to_string(batch) + " outside 1.." + std::to_string(kGemvMaxBatch));
+  if (w.codes.empty() || w.codes.size() > 4) throw_invalid("qgemv: matrix has no stages");
+  if (w.codebooks[0] != codec::Codebook::E8P16 && w.codebooks[0] != codec::Codebook::E8R8)
+    throw_unsupported("qgemv: unknown codebook");
+  if ((reinterpret_cast<uintptr_t>(xt_half) & 15) || (ld_x % 8))
+    throw_invalid("qgemv: x̃ must be 16-byte aligned with a row stride that is a multiple of 8");
+  const QgemvPlan plan = plan_qgemv(info, w, batch);
+  QgemvParams p{};
+  for (size_t s = 0; s < w.codes.size(); ++s) {
+    p.codes[s] = w.codes[s].data();
+    p.scales[s] = w.scales[s].as<const float>();
+    p.codebook[s] = static_cast<int>(w.codebooks[s]);
+  }
+  p.stages = static_cast<int>(w.codes.size());
+  p.groups = w.groups;
+  p.tiles = w.rows / 8;
+  p.kb_groups = plan.kb_groups;
+  p.xt = reinterpret_cast<const __half*>(xt_half);
+  p.ld_x = ld_x;
+  p.yt = yt;
+  p.ld_y = ld_y;
+  p.tables = tables;
+  p.has_r8 = plan.has_r8;
+  p.atomic = plan.n_kb > 1;
+  allow_smem(info, batch);
+  const dim3 grid(plan.blocks_x, plan.n_kb);
+  void* args[] = {&p};
+  GLQ_CUDA_CHECK(cudaLaunchKernel(kernel_for(batch), grid, dim3(kThreads), args, plan.smem, stream));
+}
+
+}  // namespace glq::cuda::detail

@@ -1,0 +1,57 @@
+// Parameters of the per-vector transform kernels (hadamard.cu), shared with the engine.
+//
+// prepare: out (batch, n) = T (sign ∘ pre(x)), written as fp16 (quantized linears) or bf16
+//          (dense linears, where T is the identity: a = 1, b = 1, no sign). pre() is one of
+//            Plain    x
+//            RmsNorm  x · rsqrt(mean(x²) + eps) ∘ norm_w               (fused pre-norm)
+//            SwiGlu   silu(x[0..n)) ∘ x[n..2n)   (x = [gate | up] row)  (fused MLP activation)
+//            Combine  the attention output of one token, merged from the per-chunk partials
+//                     of attention.cu (flash-decoding style: m, l, acc per head and chunk)
+// finish:  y (batch, n) (+)= sign ∘ (T^T ỹ)    (accumulate: fused residual add)
+#pragma once
+
+#include <cstdint>
+
+namespace glq::cuda::detail {
+
+enum class PreOp : int { Plain = 0, RmsNorm = 1, SwiGlu = 2, Combine = 3 };
+enum class OutType : int { Half = 0, BFloat16 = 1 };
+
+struct TransformShape {
+  int n = 0;                  // vector length
+  int a = 1;                  // mixing order (1: none)
+  int log2b = 0;              // FWHT length 2^log2b (0: none)
+  const float* q = nullptr;   // (a, a) row-major
+  const float* sign = nullptr;  // (n) or null (no sign)
+  float inv_sqrt_b = 1.0f;
+};
+
+struct PrepareParams {
+  TransformShape t;
+  PreOp pre = PreOp::Plain;
+  const float* x = nullptr;   // (batch, ld_x)
+  int ld_x = 0;
+  const float* norm_w = nullptr;  // RmsNorm: (n)
+  float eps = 1e-5f;
+  // Combine: partials of attention, (batch, heads, chunks) and (batch, heads, chunks, head_dim).
+  const float* part_m = nullptr;
+  const float* part_l = nullptr;
+  const float* part_acc = nullptr;
+  int heads = 0, chunks = 0, head_dim = 0;
+  OutType out_type = OutType::Half;
+  void* out = nullptr;        // (batch, ld_out)
+  int ld_out = 0;
+  float* zero_ptr = nullptr;  // (batch, zero_count) zeroed for an accumulating product, or null
+  int zero_count = 0;
+};
+
+struct FinishParams {
+  TransformShape t;
+  const float* yt = nullptr;  // (batch, ld_in)
+  int ld_in = 0;
+  float* y = nullptr;         // (batch, ld_out)
+  int ld_out = 0;
+  int accumulate = 0;         // y += result
+};
+
+}  // namespace glq::cuda::detail

@@ -1,0 +1,268 @@
+// CUDA kernels against the CPU references (matvec_reference, hadamard_forward/transpose) on
+// random inputs of awkward shapes. The decode-table test runs without a GPU; every other test
+// skips cleanly when no CUDA device is present.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "glq/codec/codebook.hpp"
+#include "glq/codec/quantized_matrix.hpp"
+#include "glq/error.hpp"
+#include "glq/kernels/cuda.hpp"
+#include "glq/transform/hadamard.hpp"
+#include "kernels/cuda/e8_decode.cuh"
+
+namespace {
+
+using glq::codec::Codebook;
+using glq::codec::QuantizedMatrix;
+
+#define SKIP_WITHOUT_GPU()                                               \
+  do {                                                                   \
+    if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+float half_bits_to_float(uint16_t h) {
+  const int sign = h >> 15, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+  float v;
+  if (exp == 0) v = std::ldexp(float(man), -24);
+  else v = std::ldexp(float(man | 0x400), exp - 25);
+  return sign ? -v : v;
+}
+
+// Random codes, positive scales, random signs: every code of both codebooks is valid.
+QuantizedMatrix random_qmatrix(int rows, int cols, int bits, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  QuantizedMatrix q;
+  q.rows = rows;
+  q.cols = cols;
+  q.bits = bits;
+  std::uniform_real_distribution<float> scale(0.01f, 0.05f);
+  for (Codebook cb : glq::codec::stages_for_bits(bits)) {
+    glq::codec::CodeStage st;
+    st.codebook = cb;
+    st.codes.resize(size_t(rows) * (cols / 8) * glq::codec::code_bytes(cb));
+    for (auto& c : st.codes) c = static_cast<uint8_t>(rng());
+    st.scales.resize(rows);
+    for (auto& s : st.scales) s = scale(rng);
+    q.stages.push_back(std::move(st));
+  }
+  q.sign_in = glq::transform::random_signs(cols, seed + 1);
+  q.sign_out = glq::transform::random_signs(rows, seed + 2);
+  q.plan_in = glq::transform::make_hadamard_plan(cols);
+  q.plan_out = glq::transform::make_hadamard_plan(rows);
+  return q;
+}
+
+std::vector<float> random_vector(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double relative_error(const std::vector<float>& got, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
+    num += double(got[i] - ref[i]) * (got[i] - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+const std::vector<float> kPoison(1, std::numeric_limits<float>::quiet_NaN());
+
+std::vector<float> run_qmatmul(glq::cuda::Context& ctx, const glq::cuda::DeviceQuantizedMatrix& dq,
+                               const std::vector<float>& x, int batch, glq::cuda::QPath path) {
+  auto dx = glq::cuda::to_device(x);
+  std::vector<float> y(size_t(batch) * dq.rows, std::numeric_limits<float>::quiet_NaN());
+  auto dy = glq::cuda::to_device(y);  // poisoned: every element must be written
+  glq::cuda::qmatmul(ctx, dq, dx.as<const float>(), dy.as<float>(), batch, path);
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  dy.download(y.data(), y.size() * 4);
+  return y;
+}
+
+// ---- no GPU needed --------------------------------------------------------------------------
+
+TEST(CudaDecodeTables, E8P16MatchesReferenceDecoderForEveryCode) {
+  uint32_t tables[glq::cuda::detail::kTableWords];
+  glq::cuda::detail::build_decode_tables(tables);
+  const auto& abs = glq::codec::e8p_abs_table();
+  for (uint32_t code = 0; code < 65536; ++code) {
+    float ref[8];
+    glq::codec::decode_e8p(static_cast<uint16_t>(code), abs, ref);
+    const uint32_t e = glq::cuda::detail::e8p_selector_word(
+        code, tables + glq::cuda::detail::kTableE8pSel, tables + glq::cuda::detail::kTableE8pSign);
+    uint32_t pairs[4];
+    glq::cuda::detail::decode_pairs(e, glq::cuda::detail::kE8pBytesLo, glq::cuda::detail::kE8pBytesHi, pairs);
+    const float shift = (code & 0x8000) ? -0.25f : 0.25f;
+    for (int c = 0; c < 8; ++c) {
+      const uint16_t h = static_cast<uint16_t>(pairs[c / 2] >> (16 * (c % 2)));
+      ASSERT_EQ(half_bits_to_float(h) + shift, ref[c]) << "code " << code << " coordinate " << c;
+    }
+  }
+}
+
+TEST(CudaDecodeTables, E8R8MatchesReferenceDecoderForEveryCode) {
+  uint32_t tables[glq::cuda::detail::kTableWords];
+  glq::cuda::detail::build_decode_tables(tables);
+  const auto& table = glq::codec::e8r8_table();
+  for (uint32_t code = 0; code < 256; ++code) {
+    float ref[8];
+    glq::codec::decode_e8r8(static_cast<uint8_t>(code), table, ref);
+    uint32_t pairs[4];
+    glq::cuda::detail::decode_pairs(tables[glq::cuda::detail::kTableE8r8Sel + code],
+                                    glq::cuda::detail::kE8rBytesLo, glq::cuda::detail::kE8rBytesHi, pairs);
+    for (int c = 0; c < 8; ++c) {
+      const uint16_t h = static_cast<uint16_t>(pairs[c / 2] >> (16 * (c % 2)));
+      ASSERT_EQ(half_bits_to_float(h), ref[c]) << "code " << code << " coordinate " << c;
+    }
+  }
+}
+
+TEST(CudaDevice, CountNeverThrows) { EXPECT_GE(glq::cuda::device_count(), 0); }
+
+// ---- GPU ------------------------------------------------------------------------------------
+
+class CudaHadamard : public ::testing::TestWithParam<int> {};
+
+TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
+  SKIP_WITHOUT_GPU();
+  const int n = GetParam();
+  const int batch = 3;
+  glq::cuda::Context ctx;
+  const auto plan = glq::transform::make_hadamard_plan(n);
+  glq::cuda::DeviceHadamard dplan;
+  dplan.n = plan.n;
+  dplan.a = plan.a;
+  dplan.b = plan.b;
+  if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
+  const auto sign = glq::transform::random_signs(n, 7);
+  const auto x = random_vector(size_t(batch) * n, 11 + n);
+  auto dsign = glq::cuda::to_device(sign);
+  auto dx = glq::cuda::to_device(x);
+
+  // Output direction, fp32: y = sign ∘ T^T x.
+  std::vector<float> ref = x;
+  for (int b = 0; b < batch; ++b) {
+    glq::transform::hadamard_transpose(plan, ref.data() + size_t(b) * n);
+    for (int i = 0; i < n; ++i) ref[size_t(b) * n + i] *= sign[i];
+  }
+  std::vector<float> y(x.size(), std::numeric_limits<float>::quiet_NaN());
+  auto dy = glq::cuda::to_device(y);
+  glq::cuda::hadamard_output(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dy.as<float>(), batch);
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  dy.download(y.data(), y.size() * 4);
+  EXPECT_LT(relative_error(y, ref), 1e-5) << "n=" << n << " a=" << plan.a;
+
+  // Input direction, fp16 out: x̃ = T (sign ∘ x).
+  std::vector<float> ref_in = x;
+  for (int b = 0; b < batch; ++b) {
+    for (int i = 0; i < n; ++i) ref_in[size_t(b) * n + i] *= sign[i];
+    glq::transform::hadamard_forward(plan, ref_in.data() + size_t(b) * n);
+  }
+  glq::cuda::DeviceMemory dh(x.size() * 2);
+  glq::cuda::hadamard_input(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dh.as<uint16_t>(), batch);
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  std::vector<uint16_t> h(x.size());
+  dh.download(h.data(), h.size() * 2);
+  std::vector<float> got(x.size());
+  for (size_t i = 0; i < h.size(); ++i) got[i] = half_bits_to_float(h[i]);
+  EXPECT_LT(relative_error(got, ref_in), 1e-3) << "n=" << n;
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamard, ::testing::Values(8, 24, 152, 576, 1536, 4096, 7912, 14336),
+                         [](const auto& info) { return "n" + std::to_string(info.param); });
+
+struct QCase {
+  int rows, cols, bits, batch;
+  glq::cuda::QPath path;
+};
+
+std::string case_name(const QCase& c) {
+  const char* p = c.path == glq::cuda::QPath::Gemv ? "gemv" : c.path == glq::cuda::QPath::DequantGemm ? "dequant" : "auto";
+  return "r" + std::to_string(c.rows) + "_c" + std::to_string(c.cols) + "_b" + std::to_string(c.bits) +
+         "_n" + std::to_string(c.batch) + "_" + p;
+}
+
+class CudaQmatmul : public ::testing::TestWithParam<QCase> {};
+
+TEST_P(CudaQmatmul, MatchesMatvecReference) {
+  SKIP_WITHOUT_GPU();
+  const QCase c = GetParam();
+  glq::cuda::Context ctx;
+  const auto q = random_qmatrix(c.rows, c.cols, c.bits, 1000 + c.rows * 7 + c.cols + c.bits);
+  const auto dq = glq::cuda::upload(q);
+  const auto x = random_vector(size_t(c.batch) * c.cols, 77 + c.batch);
+  std::vector<float> ref(size_t(c.batch) * c.rows);
+  glq::codec::matvec_reference(q, x.data(), ref.data(), c.batch);
+  const auto y = run_qmatmul(ctx, dq, x, c.batch, c.path);
+  // fp16 activations and fp16 partial sums of 8 products: ~1e-3 expected.
+  EXPECT_LT(relative_error(y, ref), 5e-3) << case_name(c);
+  // Same inputs again: a race would move the result by more than rounding.
+  const auto y2 = run_qmatmul(ctx, dq, x, c.batch, c.path);
+  EXPECT_LT(relative_error(y2, y), 1e-5) << case_name(c);
+}
+
+using glq::cuda::QPath;
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaQmatmul,
+    ::testing::Values(QCase{8, 8, 2, 1, QPath::Gemv}, QCase{152, 88, 2, 1, QPath::Gemv},
+                      QCase{888, 152, 2, 1, QPath::Gemv}, QCase{888, 152, 3, 2, QPath::Gemv},
+                      QCase{888, 152, 4, 3, QPath::Gemv}, QCase{576, 1536, 2, 8, QPath::Gemv},
+                      QCase{1536, 576, 3, 5, QPath::Gemv}, QCase{1024, 7912, 2, 1, QPath::Gemv},
+                      QCase{1024, 7912, 4, 8, QPath::Gemv}, QCase{256, 14336, 3, 1, QPath::Gemv},
+                      QCase{4096, 4096, 2, 1, QPath::Gemv}, QCase{184, 4096, 2, 7, QPath::Gemv},
+                      QCase{888, 152, 2, 13, QPath::Auto}, QCase{152, 888, 3, 19, QPath::Auto},
+                      QCase{576, 1536, 4, 40, QPath::Auto}, QCase{888, 152, 2, 3, QPath::DequantGemm}),
+    [](const auto& info) { return case_name(info.param); });
+
+TEST(CudaDense, MatchesCpuProduct) {
+  SKIP_WITHOUT_GPU();
+  glq::cuda::Context ctx;
+  const int rows = 111 * 8, cols = 19 * 8, batch = 5;
+  const auto w = random_vector(size_t(rows) * cols, 3);
+  const auto x = random_vector(size_t(batch) * cols, 4);
+  const auto dw = glq::cuda::upload_dense_bf16(w.data(), rows, cols);
+  std::vector<float> ref(size_t(batch) * rows, 0.0f);
+  for (int b = 0; b < batch; ++b)
+    for (int r = 0; r < rows; ++r) {
+      double s = 0;
+      for (int k = 0; k < cols; ++k) s += double(w[size_t(r) * cols + k]) * x[size_t(b) * cols + k];
+      ref[size_t(b) * rows + r] = float(s);
+    }
+  auto dx = glq::cuda::to_device(x);
+  std::vector<float> y(ref.size(), std::numeric_limits<float>::quiet_NaN());
+  auto dy = glq::cuda::to_device(y);
+  glq::cuda::dense_matmul(ctx, dw, dx.as<const float>(), dy.as<float>(), batch);
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  dy.download(y.data(), y.size() * 4);
+  EXPECT_LT(relative_error(y, ref), 1e-2);  // bf16 operands
+}
+
+TEST(CudaErrors, BadArgumentsThrowTypedErrors) {
+  SKIP_WITHOUT_GPU();
+  glq::cuda::Context ctx;
+  const auto q = random_qmatrix(16, 16, 2, 5);
+  const auto dq = glq::cuda::upload(q);
+  glq::cuda::DeviceMemory x(64 * 4), y(64 * 4);
+  try {
+    glq::cuda::qmatmul(ctx, dq, x.as<const float>(), y.as<float>(), 0);
+    FAIL() << "batch 0 accepted";
+  } catch (const glq::Error& e) {
+    EXPECT_EQ(e.kind(), glq::ErrorKind::InvalidArgument);
+  }
+  auto bad = q;
+  bad.sign_in.pop_back();
+  EXPECT_THROW(glq::cuda::upload(bad), glq::Error);
+}
+
+}  // namespace
