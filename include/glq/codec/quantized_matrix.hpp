@@ -45,6 +45,9 @@ struct QuantizedMatrix {
   std::vector<float> sign_out;  // (rows) ±1
   transform::HadamardPlan plan_in;   // order cols
   transform::HadamardPlan plan_out;  // order rows
+  // false: no randomized Hadamard transform; the stages approximate W itself (sign vectors are
+  // all +1 and the plans unused). Only produced by QuantizeOptions::use_rht = false.
+  bool rht = true;
 
   int groups_per_row() const { return cols / 8; }
   // Bytes of every stored bit: codes, scales, sign vectors (bit-packed on disk).
@@ -53,6 +56,16 @@ struct QuantizedMatrix {
 
 // The stage codebooks of a bit width; throws InvalidArgument unless bits ∈ {2, 3, 4}.
 std::vector<Codebook> stages_for_bits(int bits);
+
+// Scale of each stage relative to the RMS of the row it quantizes: scale_s = factor_s · rms.
+// Derived by minimising the MSE on i.i.d. Gaussian data (docs/codec.md, `glq bench codec`).
+std::vector<float> stage_scale_factors(int bits);
+
+// One group of 8 values through the stages: stage s encodes (x − Σ_{t<s} scale_t·c_t)/scale_s.
+// codes[s] receives stage s's code (uint16 for E8P16, the low 8 bits for E8R8); out (optional)
+// the reconstruction Σ_s scale_s·c_s.
+void quantize_group(const float x[8], std::span<const Codebook> stages, const float* scales,
+                    uint16_t* codes, float* out);
 
 struct QuantizeOptions {
   int bits = 2;
@@ -67,6 +80,7 @@ struct QuantizeReport {
   double relative_weight_error = 0;  // ‖W−Q‖_F / ‖W‖_F
   double damp_used = 0;           // damping actually applied (raised if H was not PD)
   std::string warnings;           // e.g. "Hessian not positive definite; damping raised to ..."
+  double seconds = 0;             // wall time of quantize_matrix
 };
 
 // W: (rows, cols) row-major float32. H: (cols, cols) row-major, symmetric, or empty for the

@@ -1,0 +1,430 @@
+// quantize_matrix: randomized Hadamard transform, per-row stage scales, block LDLQ.
+//
+// 1. Incoherence. W̃ = T_out·S_out·W·S_in·T_inᵀ and H̃ = T_in·S_in·H·S_in·T_inᵀ (H is the
+//    Hessian of the inputs, so the proxy loss tr((W−Q)H(W−Q)ᵀ) = tr((W̃−Q̃)H̃(W̃−Q̃)ᵀ)).
+// 2. Scales. Stage s of row r has scale factor_s·rms(W̃_r), factor_s from stage_scale_factors().
+// 3. Block LDLQ (QuIP#'s BlockLDLQ, GPTQ's error feedback on 8-column blocks). Damp,
+//    H̃ + λI with λ = damp·mean(diag H̃), and factor it as L·D·Lᵀ with L unit lower block
+//    triangular (8×8 identity blocks on the diagonal) and D block diagonal: from the Cholesky
+//    factor C, L = C·blockdiag(C_kk)⁻¹ and D_k = C_kk·C_kkᵀ. Blocks are quantized from the last
+//    to the first; block k's target is
+//        W̃_k − Σ_{j>k} E_j·L_jk,        E_j = Q̃_j − W̃_j,
+//    so that the residuals η = E·L are what the codebook rounds, and the damped proxy loss is
+//    tr(E·(H̃+λI)·Eᵀ) = Σ_k tr(η_k·D_k·η_kᵀ). Updates are applied lazily: immediately inside
+//    a super-block of kSuperBlock blocks, and with one GEMM to all earlier columns after it.
+// 4. Bad Hessians. Non-finite entries are an error. A zero Hessian is replaced by the identity
+//    (reported). When the Cholesky factorisation fails the damping is multiplied by 10 and the
+//    failure reported, up to kMaxDamp; past that the Hessian is unusable and an error is thrown.
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "glq/codec/quantized_matrix.hpp"
+#include "glq/error.hpp"
+#include "glq/util/thread_pool.hpp"
+
+// LAPACK's Cholesky factorisation (Fortran interface, provided by the linked LAPACK/OpenBLAS).
+extern "C" void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info,
+                        size_t uplo_len);
+
+namespace glq::codec {
+namespace {
+
+// Cholesky A = L·Lᵀ of a row-major symmetric matrix, L in the lower triangle. A row-major
+// matrix is its transpose in column-major order, so this is LAPACK's upper factorisation.
+int cholesky_lower_row_major(double* a, int n) {
+  int info = 0;
+  dpotrf_("U", &n, a, &n, &info, 1);
+  return info;
+}
+
+constexpr int kSuperBlock = 16;    // 8-column blocks per lazy-update super-block (128 columns)
+constexpr double kMaxDamp = 1e4;   // relative damping beyond which a Hessian is unusable
+constexpr uint64_t kSignOutSalt = 0xD1B54A32D192ED03ull;  // seeds sign_out from options.seed
+
+std::string shape(int64_t r, int64_t c) {
+  return "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
+}
+
+// x ← T(s ∘ x) for every row of X (count, plan.n), in parallel.
+void transform_rows(const transform::HadamardPlan& plan, const std::vector<float>& signs,
+                    float* X, int64_t count) {
+  const int n = plan.n;
+  ThreadPool::global().parallel_for(count, [&](int64_t begin, int64_t end, int) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* row = X + r * n;
+      for (int i = 0; i < n; ++i) row[i] *= signs[i];
+      transform::hadamard_forward(plan, row);
+    }
+  });
+}
+
+// out (c, r) = in (r, c)ᵀ, blocked for the cache.
+void transpose(const float* in, int64_t r, int64_t c, float* out) {
+  constexpr int64_t B = 32;
+  for (int64_t i0 = 0; i0 < r; i0 += B) {
+    for (int64_t j0 = 0; j0 < c; j0 += B) {
+      const int64_t i1 = std::min(r, i0 + B), j1 = std::min(c, j0 + B);
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t j = j0; j < j1; ++j) out[j * r + i] = in[i * c + j];
+      }
+    }
+  }
+}
+
+// tr(A·H·Aᵀ) for A (rows, n) and H (n, n), both row-major float, in row chunks.
+double trace_quadratic(const float* A, int64_t rows, const float* H, int64_t n) {
+  constexpr int64_t kChunk = 256;
+  std::vector<float> P(static_cast<size_t>(std::min(rows, kChunk) * n));
+  double total = 0;
+  for (int64_t r0 = 0; r0 < rows; r0 += kChunk) {
+    const int64_t m = std::min(kChunk, rows - r0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+                static_cast<int>(n), static_cast<int>(n), 1.0f, A + r0 * n, static_cast<int>(n), H,
+                static_cast<int>(n), 0.0f, P.data(), static_cast<int>(n));
+    for (int64_t i = 0; i < m * n; ++i) total += static_cast<double>(P[i]) * A[r0 * n + i];
+  }
+  return total;
+}
+
+double frob2(const float* A, int64_t count) {
+  double s = 0;
+  for (int64_t i = 0; i < count; ++i) s += static_cast<double>(A[i]) * A[i];
+  return s;
+}
+
+void add_warning(QuantizeReport& rep, const std::string& w) {
+  if (!rep.warnings.empty()) rep.warnings += "; ";
+  rep.warnings += w;
+}
+
+// The damped block LDL factor of H̃ (n, n): Lf (n, n) float, holding L_jk for j > k block-wise
+// (zero elsewhere), and D (n/8 blocks of 8×8, row-major). Returns the absolute damping λ.
+struct BlockLdl {
+  std::vector<float> L;   // (n, n)
+  std::vector<double> D;  // (n/8, 8, 8)
+  double lambda = 0;
+};
+
+BlockLdl factor_hessian(const std::vector<float>& Ht, int n, double damp, QuantizeReport& rep) {
+  double mean_diag = 0, max_abs = 0;
+  for (int i = 0; i < n; ++i) mean_diag += Ht[static_cast<size_t>(i) * n + i];
+  mean_diag /= n;
+  for (float v : Ht) max_abs = std::max(max_abs, static_cast<double>(std::fabs(v)));
+  double base = mean_diag;
+  if (!(base > 0)) {
+    base = max_abs;
+    add_warning(rep, "Hessian has non-positive mean diagonal " + std::to_string(mean_diag) +
+                         "; damping relative to max |H| = " + std::to_string(max_abs));
+  }
+  std::vector<double> C(static_cast<size_t>(n) * n);
+  // Damping schedule: options.damp, then ×10 each failure (from kFirstRaise when it was 0).
+  constexpr double kFirstRaise = 1e-4;
+  for (double d = damp;; d = d > 0 ? d * 10 : kFirstRaise) {
+    if (d > kMaxDamp) {
+      throw_numerical("Hessian (" + std::to_string(n) + " x " + std::to_string(n) +
+                      ") is not positive definite even with relative damping " +
+                      std::to_string(kMaxDamp));
+    }
+    const double lambda = d * base;
+    for (size_t i = 0; i < C.size(); ++i) C[i] = Ht[i];
+    for (int i = 0; i < n; ++i) C[static_cast<size_t>(i) * n + i] += lambda;
+    const int info = cholesky_lower_row_major(C.data(), n);
+    if (info == 0) {
+      rep.damp_used = d;
+      BlockLdl f;
+      f.lambda = lambda;
+      const int G = n / 8;
+      f.D.assign(static_cast<size_t>(G) * 64, 0.0);
+      for (int k = 0; k < G; ++k) {
+        const double* Ckk = &C[static_cast<size_t>(8 * k) * n + 8 * k];
+        double* Dk = &f.D[static_cast<size_t>(k) * 64];
+        for (int i = 0; i < 8; ++i) {
+          for (int j = 0; j < 8; ++j) {
+            double s = 0;
+            for (int t = 0; t <= std::min(i, j); ++t) s += Ckk[i * n + t] * Ckk[j * n + t];
+            Dk[i * 8 + j] = s;
+          }
+        }
+        const int below = n - 8 * (k + 1);
+        if (below > 0) {
+          cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, below, 8,
+                      1.0, Ckk, n, &C[static_cast<size_t>(8 * (k + 1)) * n + 8 * k], n);
+        }
+      }
+      f.L.assign(static_cast<size_t>(n) * n, 0.0f);
+      for (int i = 0; i < n; ++i) {
+        const int row_block_start = (i / 8) * 8;
+        for (int j = 0; j < row_block_start; ++j) {
+          f.L[static_cast<size_t>(i) * n + j] = static_cast<float>(C[static_cast<size_t>(i) * n + j]);
+        }
+      }
+      return f;
+    }
+    add_warning(rep, "Hessian not positive definite with relative damping " + std::to_string(d) +
+                         " (LAPACK dpotrf info " + std::to_string(info) + "); damping raised to " +
+                         std::to_string(d > 0 ? d * 10 : kFirstRaise));
+  }
+}
+
+}  // namespace
+
+std::vector<Codebook> stages_for_bits(int bits) {
+  switch (bits) {
+    case 2: return {Codebook::E8P16};
+    case 3: return {Codebook::E8P16, Codebook::E8R8};
+    case 4: return {Codebook::E8P16, Codebook::E8P16};
+    default: throw_invalid("bits per weight must be 2, 3 or 4, got " + std::to_string(bits));
+  }
+}
+
+std::vector<float> stage_scale_factors(int bits) {
+  // Minimisers of the MSE per weight on 2^16 i.i.d. N(0,1) groups, found by a grid search over
+  // the factors (step 0.005-0.01); `glq bench codec` repeats the search and reports the MSE.
+  //   2 bpw: 0.96            → MSE 0.0910
+  //   3 bpw: 1.02, 0.495     → MSE 0.0294 (the first stage coarser than alone: the E8R8 residual
+  //                            stage then has more to work with)
+  //   4 bpw: 1.12, 0.29      → MSE 0.0083
+  switch (bits) {
+    case 2: return {0.96f};
+    case 3: return {1.02f, 0.495f};
+    case 4: return {1.12f, 0.29f};
+    default: throw_invalid("bits per weight must be 2, 3 or 4, got " + std::to_string(bits));
+  }
+}
+
+void quantize_group(const float x[8], std::span<const Codebook> stages, const float* scales,
+                    uint16_t* codes, float* out) {
+  const auto& e8p = e8p_abs_table();
+  const auto& e8r8 = e8r8_table();
+  float r[8], acc[8] = {};
+  for (int i = 0; i < 8; ++i) r[i] = x[i];
+  for (size_t s = 0; s < stages.size(); ++s) {
+    const float scale = scales[s];
+    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    float y[8], c[8];
+    for (int i = 0; i < 8; ++i) y[i] = r[i] * inv;
+    if (stages[s] == Codebook::E8P16) {
+      codes[s] = encode_e8p(y);
+      decode_e8p(codes[s], e8p, c);
+    } else {
+      codes[s] = encode_e8r8(y);
+      decode_e8r8(static_cast<uint8_t>(codes[s]), e8r8, c);
+    }
+    for (int i = 0; i < 8; ++i) {
+      const float v = scale * c[i];
+      acc[i] += v;
+      r[i] -= v;
+    }
+  }
+  if (out) {
+    for (int i = 0; i < 8; ++i) out[i] = acc[i];
+  }
+}
+
+QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
+                                std::span<const float> H, const QuantizeOptions& options,
+                                QuantizeReport* report) {
+  const auto t_start = std::chrono::steady_clock::now();
+  QuantizeReport rep;
+  // ---- argument checks ----
+  if (rows <= 0 || cols <= 0 || rows % 8 != 0 || cols % 8 != 0) {
+    throw_invalid("quantize_matrix: rows and cols must be positive multiples of 8, got shape " +
+                  shape(rows, cols));
+  }
+  const int64_t nW = static_cast<int64_t>(rows) * cols;
+  if (static_cast<int64_t>(W.size()) != nW) {
+    throw_mismatch("quantize_matrix: W", std::to_string(nW) + " values for shape " + shape(rows, cols),
+                   std::to_string(W.size()) + " values");
+  }
+  if (!H.empty() && static_cast<int64_t>(H.size()) != static_cast<int64_t>(cols) * cols) {
+    throw_mismatch("quantize_matrix: Hessian", shape(cols, cols) + " (" +
+                       std::to_string(static_cast<int64_t>(cols) * cols) + " values) or empty",
+                   std::to_string(H.size()) + " values");
+  }
+  const std::vector<Codebook> stages = stages_for_bits(options.bits);
+  const std::vector<float> factors = stage_scale_factors(options.bits);
+  if (!(options.damp >= 0) || !std::isfinite(options.damp)) {
+    throw_invalid("quantize_matrix: damping must be finite and >= 0, got " +
+                  std::to_string(options.damp));
+  }
+  for (int64_t i = 0; i < nW; ++i) {
+    if (!std::isfinite(W[i])) {
+      throw_numerical("quantize_matrix: W " + shape(rows, cols) + " has a non-finite value (" +
+                      std::to_string(W[i]) + ") at [" + std::to_string(i / cols) + ", " +
+                      std::to_string(i % cols) + "]");
+    }
+  }
+  bool have_h = !H.empty();
+  if (have_h) {
+    int64_t bad = 0, first = -1;
+    for (size_t i = 0; i < H.size(); ++i) {
+      if (!std::isfinite(H[i])) {
+        if (first < 0) first = static_cast<int64_t>(i);
+        ++bad;
+      }
+    }
+    if (bad > 0) {
+      throw_numerical("quantize_matrix: Hessian " + shape(cols, cols) + " has " +
+                      std::to_string(bad) + " non-finite values, the first at [" +
+                      std::to_string(first / cols) + ", " + std::to_string(first % cols) + "]");
+    }
+    bool all_zero = true;
+    for (float v : H) all_zero = all_zero && v == 0.0f;
+    if (all_zero) {
+      add_warning(rep, "Hessian is all zeros; using the identity (no error feedback)");
+      have_h = false;
+    }
+  }
+
+  QuantizedMatrix q;
+  q.rows = rows;
+  q.cols = cols;
+  q.bits = options.bits;
+  q.rht = options.use_rht;
+  q.plan_in = transform::make_hadamard_plan(cols);
+  q.plan_out = transform::make_hadamard_plan(rows);
+  if (options.use_rht) {
+    q.sign_in = transform::random_signs(cols, options.seed);
+    q.sign_out = transform::random_signs(rows, options.seed ^ kSignOutSalt);
+  } else {
+    q.sign_in.assign(cols, 1.0f);
+    q.sign_out.assign(rows, 1.0f);
+  }
+
+  // ---- 1. incoherence processing ----
+  std::vector<float> Wt(W.begin(), W.end());  // W̃ (rows, cols)
+  std::vector<float> Ht;                      // H̃ (cols, cols)
+  if (options.use_rht) {
+    std::vector<float> tmp(static_cast<size_t>(nW));
+    transform_rows(q.plan_in, q.sign_in, Wt.data(), rows);
+    transpose(Wt.data(), rows, cols, tmp.data());
+    transform_rows(q.plan_out, q.sign_out, tmp.data(), cols);
+    transpose(tmp.data(), cols, rows, Wt.data());
+  }
+  if (have_h) {
+    Ht.assign(H.begin(), H.end());
+    // Symmetrise (only the lower triangle would be read by the factorisation otherwise).
+    for (int i = 0; i < cols; ++i) {
+      for (int j = 0; j < i; ++j) {
+        const float v = 0.5f * (Ht[static_cast<size_t>(i) * cols + j] + Ht[static_cast<size_t>(j) * cols + i]);
+        Ht[static_cast<size_t>(i) * cols + j] = Ht[static_cast<size_t>(j) * cols + i] = v;
+      }
+    }
+    if (options.use_rht) {
+      std::vector<float> tmp(Ht.size());
+      transform_rows(q.plan_in, q.sign_in, Ht.data(), cols);  // H·S·Tᵀ, row by row
+      transpose(Ht.data(), cols, cols, tmp.data());
+      transform_rows(q.plan_in, q.sign_in, tmp.data(), cols);  // T·S·(H·S·Tᵀ)
+      Ht.swap(tmp);
+    }
+  }
+
+  // ---- 2. per-row stage scales ----
+  const int G = cols / 8;
+  const int S = static_cast<int>(stages.size());
+  q.stages.resize(S);
+  for (int s = 0; s < S; ++s) {
+    q.stages[s].codebook = stages[s];
+    q.stages[s].codes.assign(static_cast<size_t>(rows) * G * code_bytes(stages[s]), 0);
+    q.stages[s].scales.resize(rows);
+  }
+  for (int r = 0; r < rows; ++r) {
+    const double rms = std::sqrt(frob2(&Wt[static_cast<size_t>(r) * cols], cols) / cols);
+    for (int s = 0; s < S; ++s) q.stages[s].scales[r] = static_cast<float>(factors[s] * rms);
+  }
+
+  // Quantizes block k (columns 8k..8k+8) of every row from targets T, writing codes and E_k =
+  // Q̃_k − W̃_k; returns Σ_r η_rᵀ·D·η_r (η = Q̃_k − target) when D is given.
+  std::vector<float> E(static_cast<size_t>(nW), 0.0f);  // Q̃ − W̃ (rows, cols)
+  auto quantize_block = [&](const std::vector<float>& T, int k, const double* Dk) -> double {
+    ThreadPool& pool = ThreadPool::global();
+    std::vector<double> partial(pool.size(), 0.0);
+    pool.parallel_for(rows, [&](int64_t begin, int64_t end, int thread) {
+      float scales[4];
+      uint16_t codes[4];
+      double local = 0;
+      for (int64_t r = begin; r < end; ++r) {
+        const size_t off = static_cast<size_t>(r) * cols + 8 * k;
+        for (int s = 0; s < S; ++s) scales[s] = q.stages[s].scales[r];
+        float rec[8];
+        quantize_group(&T[off], stages, scales, codes, rec);
+        for (int s = 0; s < S; ++s) {
+          CodeStage& st = q.stages[s];
+          const size_t g = static_cast<size_t>(r) * G + k;
+          if (st.codebook == Codebook::E8P16) {
+            st.codes[2 * g] = static_cast<uint8_t>(codes[s] & 0xFF);
+            st.codes[2 * g + 1] = static_cast<uint8_t>(codes[s] >> 8);
+          } else {
+            st.codes[g] = static_cast<uint8_t>(codes[s]);
+          }
+        }
+        double eta[8];
+        for (int i = 0; i < 8; ++i) {
+          E[off + i] = rec[i] - Wt[off + i];
+          eta[i] = static_cast<double>(rec[i]) - T[off + i];
+        }
+        if (Dk) {
+          for (int i = 0; i < 8; ++i) {
+            double s = 0;
+            for (int j = 0; j < 8; ++j) s += Dk[i * 8 + j] * eta[j];
+            local += eta[i] * s;
+          }
+        }
+      }
+      partial[thread] += local;
+    });
+    double total = 0;
+    for (double v : partial) total += v;
+    return total;
+  };
+
+  // ---- 3. rounding: block LDLQ or nearest ----
+  const double w_energy = frob2(Wt.data(), nW);
+  double proxy_num = 0, proxy_den = 0;
+  if (have_h && options.use_ldlq) {
+    const BlockLdl f = factor_hessian(Ht, cols, options.damp, rep);
+    std::vector<float> T = Wt;  // targets with feedback applied
+    for (int k1 = G; k1 > 0; k1 -= kSuperBlock) {
+      const int k0 = std::max(0, k1 - kSuperBlock);
+      for (int k = k1 - 1; k >= k0; --k) {
+        proxy_num += quantize_block(T, k, &f.D[static_cast<size_t>(k) * 64]);
+        if (k > k0) {  // T[:, 8k0 : 8k] −= E_k · L[8k : 8k+8, 8k0 : 8k]
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, 8 * (k - k0), 8, -1.0f,
+                      &E[8 * k], cols, &f.L[static_cast<size_t>(8 * k) * cols + 8 * k0], cols, 1.0f,
+                      &T[8 * k0], cols);
+        }
+      }
+      if (k0 > 0) {  // T[:, 0 : 8k0] −= E[:, 8k0 : 8k1] · L[8k0 : 8k1, 0 : 8k0]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, 8 * k0, 8 * (k1 - k0), -1.0f,
+                    &E[8 * k0], cols, &f.L[static_cast<size_t>(8 * k0) * cols], cols, 1.0f, T.data(),
+                    cols);
+      }
+    }
+    // tr(E·H̃·Eᵀ) = tr(E·(H̃+λI)·Eᵀ) − λ‖E‖² = Σ_k tr(η_k·D_k·η_kᵀ) − λ‖E‖².
+    proxy_num = std::max(0.0, proxy_num - f.lambda * frob2(E.data(), nW));
+    proxy_den = trace_quadratic(Wt.data(), rows, Ht.data(), cols);
+  } else {
+    if (have_h && !options.use_ldlq) rep.damp_used = 0;
+    for (int k = 0; k < G; ++k) quantize_block(Wt, k, nullptr);
+    if (have_h) {
+      proxy_num = trace_quadratic(E.data(), rows, Ht.data(), cols);
+      proxy_den = trace_quadratic(Wt.data(), rows, Ht.data(), cols);
+    } else {
+      proxy_num = frob2(E.data(), nW);
+      proxy_den = w_energy;
+    }
+  }
+  rep.proxy_loss = proxy_den > 0 ? proxy_num / proxy_den : 0.0;
+  rep.relative_weight_error = w_energy > 0 ? std::sqrt(frob2(E.data(), nW) / w_energy) : 0.0;
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  if (report) *report = rep;
+  return q;
+}
+
+}  // namespace glq::codec
