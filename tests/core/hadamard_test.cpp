@@ -166,15 +166,17 @@ TEST(RandomSigns, DeterministicBalancedAndSeeded) {
 }
 
 TEST(HadamardBatch, SameAsOneByOne) {
-  const HadamardPlan plan = make_hadamard_plan(72);
-  auto x = gaussian(72 * 5, 9);
+  for (int n : {72, 4096, 1008, 14336}) {
+  const HadamardPlan plan = make_hadamard_plan(n);
+  auto x = gaussian(size_t(n) * 5, 9);
   auto y = x;
   hadamard_forward_batch(plan, x.data(), 5);
-  for (int v = 0; v < 5; ++v) hadamard_forward(plan, y.data() + 72 * v);
-  EXPECT_EQ(x, y);
+  for (int v = 0; v < 5; ++v) hadamard_forward(plan, y.data() + size_t(n) * v);
+  EXPECT_LE(dist(x, y) / norm(y), 1e-6);
   hadamard_transpose_batch(plan, x.data(), 5);
-  for (int v = 0; v < 5; ++v) hadamard_transpose(plan, y.data() + 72 * v);
-  EXPECT_EQ(x, y);
+  for (int v = 0; v < 5; ++v) hadamard_transpose(plan, y.data() + size_t(n) * v);
+  EXPECT_LE(dist(x, y) / norm(y), 1e-6);
+  }
 }
 
 }  // namespace

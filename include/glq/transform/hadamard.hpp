@@ -36,7 +36,8 @@ HadamardPlan make_hadamard_plan(int n);
 void hadamard_forward(const HadamardPlan& plan, float* x);    // x ← T x
 void hadamard_transpose(const HadamardPlan& plan, float* x);  // x ← T^T x
 
-// The same on `count` contiguous vectors x (count, plan.n).
+// The same on `count` contiguous vectors x (count, plan.n); faster, with float accumulation
+// (agrees with the single-vector functions to about 1e-7 relative).
 void hadamard_forward_batch(const HadamardPlan& plan, float* x, int64_t count);
 void hadamard_transpose_batch(const HadamardPlan& plan, float* x, int64_t count);
 

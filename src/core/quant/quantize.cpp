@@ -59,8 +59,8 @@ void transform_rows(const transform::HadamardPlan& plan, const std::vector<float
     for (int64_t r = begin; r < end; ++r) {
       float* row = X + r * n;
       for (int i = 0; i < n; ++i) row[i] *= signs[i];
-      transform::hadamard_forward(plan, row);
     }
+    transform::hadamard_forward_batch(plan, X + begin * n, end - begin);
   });
 }
 
