@@ -146,21 +146,29 @@ __global__ void f32_to_bf16_kernel(const float* __restrict__ x, uint16_t* __rest
 
 int threads_for(int n) { return std::min(1024, std::max(64, ((n / 2 + 31) / 32) * 32)); }
 
-size_t smem_for(const DeviceInfo& info, int n) {
-  const size_t smem = size_t(n) * sizeof(float);
-  if (smem > info.smem_optin)
-    throw_unsupported("Hadamard transform of length " + std::to_string(n) + " needs " +
-                      std::to_string(smem) + " bytes of shared memory; this device allows " +
-                      std::to_string(info.smem_optin));
-  return smem;
+// Dynamic shared memory a transform block may use: the opt-in limit less the kernels' static
+// shared memory (the reduction scratch).
+size_t dynamic_limit(const DeviceInfo& info) {
+  static size_t limit = [&] {
+    cudaFuncAttributes a{}, b{};
+    GLQ_CUDA_CHECK(cudaFuncGetAttributes(&a, prepare_kernel));
+    GLQ_CUDA_CHECK(cudaFuncGetAttributes(&b, finish_kernel));
+    const size_t lim = info.smem_optin - std::max(a.sharedSizeBytes, b.sharedSizeBytes);
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    return lim;
+  }();
+  return limit;
 }
 
-void allow_smem(const DeviceInfo& info) {
-  static std::once_flag once;
-  std::call_once(once, [&] {
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(info.smem_optin)));
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(info.smem_optin)));
-  });
+size_t smem_for(const DeviceInfo& info, int n) {
+  const size_t smem = size_t(n) * sizeof(float);
+  const size_t limit = dynamic_limit(info);
+  if (smem > limit)
+    throw_unsupported("Hadamard transform of length " + std::to_string(n) + " needs " +
+                      std::to_string(smem) + " bytes of shared memory; this device allows " +
+                      std::to_string(limit));
+  return smem;
 }
 
 }  // namespace
@@ -179,7 +187,6 @@ TransformShape transform_shape(const DeviceHadamard& plan, const float* sign) {
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
   const size_t smem = smem_for(info, p.t.n);
-  allow_smem(info);
   prepare_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
   GLQ_CUDA_CHECK_LAUNCH("prepare_kernel");
 }
@@ -187,7 +194,6 @@ void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, c
 void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
   const size_t smem = smem_for(info, p.t.n);
-  allow_smem(info);
   finish_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
   GLQ_CUDA_CHECK_LAUNCH("finish_kernel");
 }

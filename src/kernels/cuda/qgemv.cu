@@ -12,7 +12,7 @@
 // Why shared tables are "bank-private": table lookups by code are random, so a plain 1 KiB table
 // in shared memory serves a warp in ~4 passes (bank conflicts). Each table is stored 32 times,
 // entry e of lane l at word e·32 + l, so lane l only ever touches bank l: one pass per lookup,
-// at 32 KiB of shared memory per table (loaded once per block; blocks are persistent over tiles).
+// at 32 KiB of shared memory per table (filled with 16-byte stores at the start of each block).
 //
 // Codes are read with the streaming cache hint (__ldcs): weights are used once per product, so
 // they should not push activations out of L2.
@@ -131,11 +131,16 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
   uint4* xs = reinterpret_cast<uint4*>(smem + ntab * kTableSmemWords);  // (B, kb_groups)
   float* sx = reinterpret_cast<float*>(xs + B * p.kb_groups);           // (B, kb_groups)
 
-  for (int i = threadIdx.x; i < kTableSmemWords; i += kThreads) {
-    const int e = i >> 5;
-    tab_sel[i] = __ldg(p.tables + kTableE8pSel + e);
-    tab_sign[i] = __ldg(p.tables + kTableE8pSign + e);
-    if (p.has_r8) tab_r8[i] = __ldg(p.tables + kTableE8r8Sel + e);
+  // Entry e of every table is stored for all 32 lanes: 8 vector stores of 4 copies.
+  for (int i = threadIdx.x; i < kTableSmemWords / 4; i += kThreads) {
+    const int e = i >> 3;
+    const uint32_t a = __ldg(p.tables + kTableE8pSel + e), b = __ldg(p.tables + kTableE8pSign + e);
+    reinterpret_cast<uint4*>(tab_sel)[i] = make_uint4(a, a, a, a);
+    reinterpret_cast<uint4*>(tab_sign)[i] = make_uint4(b, b, b, b);
+    if (p.has_r8) {
+      const uint32_t c = __ldg(p.tables + kTableE8r8Sel + e);
+      reinterpret_cast<uint4*>(tab_r8)[i] = make_uint4(c, c, c, c);
+    }
   }
   const int g0 = blockIdx.y * p.kb_groups;
   const int gn = min(p.kb_groups, p.groups - g0);
@@ -260,26 +265,42 @@ void allow_smem(const DeviceInfo& info, int batch) {
   });
 }
 
+// Launch shape. Blocks are not persistent: block (x, y) covers row tiles 8x .. 8x+7 (one per
+// warp) over column range y. The number of column ranges is chosen so that the blocks fill
+// whole waves of the device (two blocks per SM) and each warp's range is a whole number of
+// 32-group steps, as far as both allow; x̃ of a range must fit kXSmemBudget.
 QgemvPlan plan_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
   QgemvPlan plan;
   for (auto cb : w.codebooks) plan.has_r8 = plan.has_r8 || cb == codec::Codebook::E8R8;
   const int tables_bytes = (plan.has_r8 ? 3 : 2) * kTableSmemWords * 4;
   const int per_group = batch * (16 + 4);
-  int kb_max = std::max(32, (kXSmemBudget / per_group) / 32 * 32);
+  const int kb_max = std::max(32, kXSmemBudget / per_group);
   const int G = w.groups;
   const int tiles = w.rows / 8;
-  const int blocks_x_full = (tiles + kWarps - 1) / kWarps;
-  // Blocks that fit on the device at once (two per SM when shared memory allows).
-  const size_t smem_max = size_t(tables_bytes) + size_t(std::min(kb_max, G + 31)) * per_group;
+  const int bx = (tiles + kWarps - 1) / kWarps;
+  const size_t smem_max = size_t(tables_bytes) + size_t(std::min(kb_max, G)) * per_group;
   const int per_sm = std::max(1, std::min(2, int(228 * 1024 / (smem_max + 1024))));
-  const int target = per_sm * info.sm_count;
-  int n_kb = std::max((G + kb_max - 1) / kb_max, (target + blocks_x_full - 1) / blocks_x_full);
-  n_kb = std::min(n_kb, (G + 31) / 32);
-  n_kb = std::max(n_kb, 1);
-  plan.kb_groups = ((G + n_kb - 1) / n_kb + 31) / 32 * 32;
-  plan.kb_groups = std::min(plan.kb_groups, std::max(32, kb_max));
-  plan.n_kb = (G + plan.kb_groups - 1) / plan.kb_groups;
-  plan.blocks_x = std::min(blocks_x_full, std::max(1, (target + plan.n_kb - 1) / plan.n_kb));
+  const int cap = per_sm * info.sm_count;
+  double best = -1;
+  for (int n = 1; n <= std::max(1, std::min(32, G / 32)); ++n) {
+    const int kb = (G + n - 1) / n;
+    if (kb > kb_max) continue;
+    const int n_kb = (G + kb - 1) / kb;
+    const long blocks = long(bx) * n_kb;
+    const double wave_eff = double(blocks) / (double((blocks + cap - 1) / cap) * cap);
+    const double lane_eff = double(kb) / (32.0 * ((kb + 31) / 32));
+    const double eff = wave_eff * lane_eff;
+    if (eff > best + 0.02) {
+      best = eff;
+      plan.kb_groups = kb;
+      plan.n_kb = n_kb;
+    }
+  }
+  if (plan.n_kb == 0) {  // only reached when even 32 ranges exceed kb_max: take the smallest fitting
+    plan.kb_groups = kb_max;
+    plan.n_kb = (G + kb_max - 1) / kb_max;
+  }
+  plan.blocks_x = bx;
   plan.smem = size_t(tables_bytes) + size_t(plan.kb_groups) * per_group;
   if (plan.smem > info.smem_optin)
     throw_unsupported("qgemv: needs " + std::to_string(plan.smem) + " bytes of shared memory, device allows " +
