@@ -114,6 +114,16 @@ TEST(Dispatch, EnvironmentForcesAnIsaAndRejectsUnknownNames) {
   if (old) setenv("GLQ_CPU_ISA", saved.c_str(), 1); else unsetenv("GLQ_CPU_ISA");
   EXPECT_TRUE(isa_supported(Isa::Scalar));
   EXPECT_EQ(parse_isa("avx512"), Isa::Avx512);
+  EXPECT_EQ(parse_isa("reference"), Isa::Reference);
+}
+
+TEST(Dispatch, ReferenceIsaIsTheCodecReference) {
+  const auto q = test::random_qmatrix(24, 72, 3, 21);
+  const auto x = test::random_input(3 * 72, 22);
+  std::vector<float> y(3 * 24), ref(3 * 24);
+  qmatmul(q, x.data(), y.data(), 3, ThreadPool::global(), Isa::Reference);
+  codec::matvec_reference(q, x.data(), ref.data(), 3);
+  EXPECT_EQ(y, ref);
 }
 
 }  // namespace

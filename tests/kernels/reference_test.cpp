@@ -71,6 +71,29 @@ TEST(QmatmulVsCodec, QuantizedMatricesMatchMatvecReference) {
   }
 }
 
+TEST(QmatmulVsCodec, MatricesWithoutTransformMatchMatvecReference) {
+  std::mt19937_64 rng(6);
+  std::normal_distribution<float> normal;
+  const int rows = 24, cols = 1000 + 8;
+  std::vector<float> w(static_cast<size_t>(rows) * cols);
+  for (auto& v : w) v = normal(rng);
+  codec::QuantizeOptions opt;
+  opt.bits = 3;
+  opt.use_rht = false;
+  opt.use_ldlq = false;
+  const auto q = codec::quantize_matrix(w, rows, cols, {}, opt);
+  ASSERT_FALSE(q.rht);
+  const auto x = test::random_input(17 * static_cast<size_t>(cols), 23);
+  std::vector<float> ref(17 * static_cast<size_t>(rows));
+  codec::matvec_reference(q, x.data(), ref.data(), 17);
+  for (Isa isa : kIsas) {
+    if (!isa_supported(isa)) continue;
+    std::vector<float> y(ref.size());
+    qmatmul(q, x.data(), y.data(), 17, ThreadPool::global(), isa);
+    EXPECT_LT(test::max_error_over_rms(y, ref), 2e-3) << isa_name(isa);
+  }
+}
+
 TEST(QmatmulVsCodec, TransformsMatchHadamardReference) {
   for (int n : {8, 24, 72, 576, 1008, 14336}) {
     codec::QuantizedMatrix q;

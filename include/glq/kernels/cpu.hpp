@@ -20,12 +20,14 @@
 namespace glq::cpu {
 
 // Avx512 needs F, BW, VL, DQ, VNNI, VBMI and GFNI (Ice Lake, Sapphire Rapids, Zen 4 or later);
-// Avx2 needs AVX2 and FMA.
-enum class Isa { Scalar, Avx2, Avx512 };
+// Avx2 needs AVX2 and FMA. Reference is not a kernel: it routes qmatmul to the codec's float
+// codec::matvec_reference (one thread, slow), so that whole-model results (perplexity) can be
+// compared against it with GLQ_CPU_ISA=reference; detect_isa() never picks it by itself.
+enum class Isa { Scalar, Avx2, Avx512, Reference };
 Isa detect_isa();             // best ISA this CPU supports (and GLQ_CPU_ISA allows)
 const char* isa_name(Isa isa);
 bool isa_supported(Isa isa);  // can this CPU run it?
-// "scalar" | "avx2" | "avx512"; throws glq::Error(InvalidArgument) for anything else.
+// "scalar" | "avx2" | "avx512" | "reference"; throws glq::Error(InvalidArgument) for anything else.
 Isa parse_isa(const std::string& name);
 
 // y (batch, rows) = x (batch, cols) · W^T for a quantized W, transforms included. Throws

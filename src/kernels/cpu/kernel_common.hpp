@@ -90,7 +90,7 @@ void dots_avx512(const DotArgs& a, int r0, int r1);
 struct InputRow {
   const float* x = nullptr;        // (cols)
   const float* sign_in = nullptr;  // (cols)
-  const transform::HadamardPlan* plan = nullptr;
+  const transform::HadamardPlan* plan = nullptr;  // nullptr: no transform (QuantizedMatrix::rht off)
   int cols = 0, groups = 0, groups_padded = 0;
   float* xt = nullptr;   // (cols) scratch
   float* tmp = nullptr;  // (cols) scratch

@@ -86,6 +86,7 @@ void validate(const codec::QuantizedMatrix& q) {
     bad("sign_in", std::to_string(q.cols), std::to_string(q.sign_in.size()));
   if (q.sign_out.size() != static_cast<size_t>(q.rows))
     bad("sign_out", std::to_string(q.rows), std::to_string(q.sign_out.size()));
+  if (!q.rht) return;  // no transform: the plans are unused
   if (q.plan_in.n != q.cols || q.plan_in.a * q.plan_in.b != q.cols)
     bad("plan_in", "n = a·b = " + std::to_string(q.cols),
         std::to_string(q.plan_in.n) + " = " + std::to_string(q.plan_in.a) + "·" +
@@ -101,6 +102,12 @@ void hadamard(Isa isa, const transform::HadamardPlan& plan, bool transpose, floa
   switch (isa) {
     case Isa::Avx512: detail::hadamard_avx512(plan, transpose, x, tmp); break;
     case Isa::Avx2: detail::hadamard_avx2(plan, transpose, x, tmp); break;
+    case Isa::Reference:
+      if (transpose)
+        transform::hadamard_transpose(plan, x);
+      else
+        transform::hadamard_forward(plan, x);
+      break;
     default: detail::hadamard_scalar(plan, transpose, x, tmp); break;
   }
 }
@@ -118,6 +125,7 @@ const char* isa_name(Isa isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Reference: return "reference";
   }
   return "unknown";
 }
@@ -126,10 +134,13 @@ Isa parse_isa(const std::string& name) {
   if (name == "scalar") return Isa::Scalar;
   if (name == "avx2") return Isa::Avx2;
   if (name == "avx512") return Isa::Avx512;
-  throw_invalid("unknown CPU ISA '" + name + "' (expected scalar, avx2 or avx512)");
+  if (name == "reference") return Isa::Reference;
+  throw_invalid("unknown CPU ISA '" + name + "' (expected scalar, avx2, avx512 or reference)");
 }
 
-bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(hardware_isa()); }
+bool isa_supported(Isa isa) {
+  return isa == Isa::Reference || static_cast<int>(isa) <= static_cast<int>(hardware_isa());
+}
 
 Isa detect_isa() {
   if (const char* env = std::getenv("GLQ_CPU_ISA"); env && *env) {
@@ -146,7 +157,7 @@ void transform_input(const codec::QuantizedMatrix& q, float* x, int batch, Isa i
   for (int b = 0; b < batch; ++b) {
     float* row = x + static_cast<int64_t>(b) * q.cols;
     for (int i = 0; i < q.cols; ++i) row[i] *= q.sign_in[i];
-    hadamard(isa, q.plan_in, false, row, tmp.data());
+    if (q.rht) hadamard(isa, q.plan_in, false, row, tmp.data());
   }
 }
 
@@ -155,7 +166,7 @@ void transform_output(const codec::QuantizedMatrix& q, float* y, int batch, Isa 
   std::vector<float> tmp(static_cast<size_t>(q.rows));
   for (int b = 0; b < batch; ++b) {
     float* row = y + static_cast<int64_t>(b) * q.rows;
-    hadamard(isa, q.plan_out, true, row, tmp.data());
+    if (q.rht) hadamard(isa, q.plan_out, true, row, tmp.data());
     for (int i = 0; i < q.rows; ++i) row[i] *= q.sign_out[i];
   }
 }
@@ -166,6 +177,10 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
   if (batch == 0) return;
   validate(q);
   require_supported(isa);
+  if (isa == Isa::Reference) {
+    codec::matvec_reference(q, x, y, batch);
+    return;
+  }
   thread_local Workspace ws;
 
   const int rows = q.rows, cols = q.cols, groups = cols / 8;
@@ -194,7 +209,7 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
       detail::InputRow in;
       in.x = x + b * cols;
       in.sign_in = q.sign_in.data();
-      in.plan = &q.plan_in;
+      in.plan = q.rht ? &q.plan_in : nullptr;
       in.cols = cols;
       in.groups = groups;
       in.groups_padded = groups_padded;
@@ -265,7 +280,7 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
     float* scratch = tmp + tmp_len * t;
     for (int64_t b = b0; b < b1; ++b) {
       float* yb = y + b * rows;
-      hadamard(isa, q.plan_out, true, yb, scratch);
+      if (q.rht) hadamard(isa, q.plan_out, true, yb, scratch);
       for (int i = 0; i < rows; ++i) yb[i] *= q.sign_out[i];
     }
   });

@@ -197,7 +197,7 @@ inline void hadamard_apply(const transform::HadamardPlan& plan, bool transpose, 
 inline float transform_and_scale(const InputRow& in) {
   float* xt = in.xt;
   for (int i = 0; i < in.cols; ++i) xt[i] = in.x[i] * in.sign_in[i];
-  hadamard_apply(*in.plan, false, xt, in.tmp);
+  if (in.plan) hadamard_apply(*in.plan, false, xt, in.tmp);
   float maxabs = 0.0f;
   bool finite = true;
   for (int i = 0; i < in.cols; ++i) {
