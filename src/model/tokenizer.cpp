@@ -193,10 +193,14 @@ struct Tokenizer::Impl {
   };
   std::shared_ptr<Cache> cache = std::make_shared<Cache>();
 
-  void finish() {
+  void index() {
     ids.clear();
     ids.reserve(tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) ids.emplace(tokens[i], static_cast<int32_t>(i));
+  }
+
+  void finish() {
+    index();
     special.resize(tokens.size(), 0);
     for (const auto& a : added)
       if (a.special && a.id >= 0 && a.id < static_cast<int32_t>(tokens.size())) special[a.id] = 1;
@@ -446,6 +450,7 @@ Tokenizer Tokenizer::from_hf_files(const std::string& json_path, const std::stri
         im.tokens[static_cast<size_t>(id)] = content;
         im.added.push_back({content, id, a.value("special", false)});
       }
+    im.index();
     int rank = 0;
     for (const auto& m : model.at("merges")) {
       std::string a, b;
