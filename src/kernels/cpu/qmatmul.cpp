@@ -50,6 +50,13 @@ struct Workspace {
   std::vector<int64_t> dots;   // (stages, batch, rows)
 };
 
+// parallel_for takes a std::function; a lambda that captures one pointer fits its small-object
+// buffer, so handing the pool a task allocates nothing (a lambda capturing many references would).
+template <class F>
+void run_parallel(ThreadPool& pool, int64_t n, const F& task, int64_t grain = 1) {
+  pool.parallel_for(n, [t = &task](int64_t b, int64_t e, int i) { (*t)(b, e, i); }, grain);
+}
+
 template <class T>
 T* grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
@@ -65,7 +72,11 @@ void validate(const codec::QuantizedMatrix& q) {
   if (q.rows <= 0 || q.cols <= 0 || q.rows % 8 || q.cols % 8)
     bad("shape", "positive multiples of 8",
         std::to_string(q.rows) + "x" + std::to_string(q.cols));
-  const auto expected = codec::stages_for_bits(q.bits);
+  if (q.bits < 2 || q.bits > 4) bad("bits", "2, 3 or 4", std::to_string(q.bits));
+  // The codec's stage lists, built once (validate runs on every call and must not allocate).
+  static const std::vector<codec::Codebook> kStages[3] = {
+      codec::stages_for_bits(2), codec::stages_for_bits(3), codec::stages_for_bits(4)};
+  const auto& expected = kStages[q.bits - 2];
   if (q.stages.size() != expected.size())
     bad("stages", std::to_string(expected.size()), std::to_string(q.stages.size()));
   const size_t groups = static_cast<size_t>(q.rows) * (q.cols / 8);
@@ -204,7 +215,7 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
   // The pool's workers must not throw: the first error of any row is rethrown here.
   std::exception_ptr error;
   std::mutex error_mutex;
-  pool.parallel_for(batch, [&](int64_t b0, int64_t b1, int t) {
+  const auto input_task = [&](int64_t b0, int64_t b1, int t) {
     for (int64_t b = b0; b < b1; ++b) try {
       detail::InputRow in;
       in.x = x + b * cols;
@@ -231,7 +242,8 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
     }
-  });
+  };
+  run_parallel(pool, batch, input_task);
   if (error) std::rethrow_exception(error);
 
   // 2. Exact integer code products, then ỹ = Σ_s scale_s · xs / 4 · dot_s (over rows).
@@ -273,17 +285,18 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
   if (work < kMinParallelCodes || pool.size() == 1)
     rows_task(0, rows, 0);
   else
-    pool.parallel_for(rows, rows_task, kRowGrain);
+    run_parallel(pool, rows, rows_task, kRowGrain);
 
   // 3. y = sign_out ∘ (T_out^T ỹ) (over batch rows).
-  pool.parallel_for(batch, [&](int64_t b0, int64_t b1, int t) {
+  const auto output_task = [&](int64_t b0, int64_t b1, int t) {
     float* scratch = tmp + tmp_len * t;
     for (int64_t b = b0; b < b1; ++b) {
       float* yb = y + b * rows;
       if (q.rht) hadamard(isa, q.plan_out, true, yb, scratch);
       for (int i = 0; i < rows; ++i) yb[i] *= q.sign_out[i];
     }
-  });
+  };
+  run_parallel(pool, batch, output_task);
 }
 
 }  // namespace glq::cpu
