@@ -29,7 +29,7 @@ TEST(QmatmulVsCodec, RandomCodesMatchMatvecReferenceOnEveryIsa) {
     int rows, cols, bits, batch;
   };
   const Shape shapes[] = {{8, 8, 2, 1},      {24, 72, 3, 3},   {72, 24, 4, 17},
-                          {576, 1008, 2, 3}, {8, 14336, 3, 1}, {1008, 576, 4, 64},
+                          {576, 1008, 2, 3}, {8, 14336, 3, 1}, {1008, 576, 4, 9}, {72, 576, 4, 64},
                           {40, 1000 + 8, 2, 17}};
   for (const auto& s : shapes) {
     const auto q = with_real_plans(test::random_qmatrix(s.rows, s.cols, s.bits, 42 + s.rows), 7);
