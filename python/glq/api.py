@@ -87,11 +87,13 @@ class Model:
         ids = self._m.tokenize(text, False if chat else None, True)
         pending = bytearray()
         pieces = []
+        known = self._m.tokenizer_vocab_size  # ids of a padded vocabulary beyond it have no text
 
         def on_token(tok: int) -> bool:
             if self._m.is_stop(tok) and stop_at_eos:
                 return True
-            pending.extend(self._m.detokenize([tok], True))
+            if tok < known:
+                pending.extend(self._m.detokenize([tok], True))
             # Emit only whole UTF-8 characters; hold back an unfinished one.
             cut = _utf8_complete_prefix(pending)
             if cut:

@@ -239,6 +239,8 @@ void bind_model(py::module_& m) {
       .def_property_readonly("config", [](const PyModel& s) { return config_dict(s.m->config()); })
       .def_property_readonly("parameter_count", [](const PyModel& s) { return s.m->parameter_count(); })
       .def_property_readonly("has_tokenizer", [](const PyModel& s) { return s.m->has_tokenizer(); })
+      .def_property_readonly("tokenizer_vocab_size", [](const PyModel& s) { return s.m->tokenizer().vocab_size(); },
+                             "tokens the tokenizer knows (the model's vocab_size may be larger, padded)")
       .def("describe", [](const PyModel& s) { return s.m->describe(); })
       .def("tokenize", [](const PyModel& s, const std::string& text, std::optional<bool> add_bos, bool parse_special) {
         const auto& tok = s.m->tokenizer();
