@@ -9,6 +9,7 @@
 
 #include "glq/error.hpp"
 #include "glq/model/gguf.hpp"
+#include "glq/model/glq_checkpoint.hpp"
 #include "glq/model/safetensors.hpp"
 
 namespace glq::model {
@@ -104,6 +105,7 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   if (fs::is_directory(path)) {
     const fs::path dir(path);
     if (!fs::exists(dir / "config.json")) throw_io(path, "directory has no config.json");
+    if (is_glq_checkpoint(path)) return load_glq_checkpoint(path, options);  // quantization_config.quant_method "glq"
     ModelConfig config = parse_hf_config(read_text(dir / "config.json"), (dir / "config.json").string());
     auto weights = open_safetensors_dir(path);
     auto model = build_model(config, *weights, options.build);

@@ -1,0 +1,116 @@
+// The GLQ quantization pipeline: a model and some text in, a GLQ checkpoint directory out.
+//
+//  1. Calibration set: the text is tokenized and N windows of L tokens are drawn (seeded) from
+//     the token stream.
+//  2. Bit allocation (only for a fractional target such as 2.5): every linear is quantized at
+//     the two neighbouring widths on the unquantized model's activations, and widths are raised
+//     greedily where the measured output error drops most per extra stored bit, until the
+//     average over all linear weights reaches the target.
+//  3. Layer by layer (GPTQ-style): the layer's inputs are those of the already quantized layers
+//     before it; a hook accumulates H = Σ x xᵀ for each distinct linear input (q/k/v share one,
+//     gate/up share one, o_proj, down_proj) in float64; each linear is quantized with
+//     codec::quantize_matrix (RHT + block LDLQ + E8 codebooks); the layer's outputs are then
+//     recomputed with the quantized weights and fed to the next layer.
+//  4. Each finished layer is written to OUT.partial/ (a run that is stopped resumes there); the
+//     checkpoint is assembled in a temporary directory and renamed to OUT when complete.
+//
+// Memory: the source model is held in float32 by the engine (as load_model() builds it); the
+// quantizer's own working set is one layer's Hessians, the calibration activations
+// (N·L·hidden floats) and one linear's codes at a time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "glq/model/model.hpp"
+
+namespace glq::model {
+
+struct QuantizeSettings {
+  double bits = 2;               // 2, 3, 4, or a fractional average in (2, 4)
+  int calib_seqs = 32;           // N calibration windows
+  int seq_len = 512;             // L tokens per window
+  uint64_t seed = 0x5eed;        // calibration draw and sign vectors
+  double damp = 0.01;            // relative Hessian damping
+  bool rht = true;               // randomized Hadamard transform
+  bool ldlq = true;              // block LDLQ (false: nearest rounding)
+  bool keep_head_16bit = true;   // false: lm_head is quantized too (at the nearest width)
+  std::string dtype_16bit = "float16";  // "float16" | "bfloat16" | "float32" for kept tensors
+  bool resume = true;            // reuse OUT.partial/ from an interrupted run with equal settings
+  bool overwrite = false;        // replace an existing OUT
+};
+
+// One quantized linear in the report.
+struct LinearReport {
+  std::string name;  // "model.layers.3.mlp.down_proj"
+  int layer = -1;    // -1 for lm_head
+  int bits = 0;
+  int rows = 0, cols = 0;
+  double proxy_loss = 0;             // relative, tr(E H Eᵀ)/tr(W H Wᵀ)
+  double relative_weight_error = 0;  // ‖W−Q‖_F/‖W‖_F
+  uint64_t stored_bytes = 0;         // codes + scales + signs
+  std::string warnings;
+};
+
+struct QuantizeResult {
+  std::string out_dir;
+  std::vector<LinearReport> linears;
+  uint64_t file_bytes = 0;        // model.safetensors
+  int64_t linear_weights = 0;
+  uint64_t linear_bytes = 0;
+  int64_t total_weights = 0;
+  double linear_bpw = 0;          // 8·linear_bytes / linear_weights
+  double file_bpw = 0;            // 8·file_bytes / total_weights
+  double seconds = 0;
+  int resumed_layers = 0;
+};
+
+// Progress events (all optional). `eta_s` < 0 when unknown.
+struct QuantizeProgress {
+  std::function<void(const std::string& message)> note;
+  std::function<void(int done, int total, const std::string& what, double eta_s)> step;
+  std::function<void(int layer, int total, const std::vector<LinearReport>& linears, double layer_s, double eta_s)> layer_done;
+};
+
+// The N windows of L tokens, drawn without overlap by `seed` from `tokens`. Throws
+// InvalidArgument naming `origin` when there are fewer than N·L tokens.
+std::vector<std::vector<int32_t>> make_calibration_set(std::span<const int32_t> tokens, int n, int len, uint64_t seed,
+                                                       const std::string& origin);
+
+// Per-linear widths for a target average (bits fractional); `sensitivity` is (linear, width) →
+// absolute proxy loss at widths lo = floor(bits) and hi = lo + 1. Greedy on loss drop per extra
+// stored bit. Returns the width of each linear.
+struct SensitivityEntry {
+  int64_t weights = 0;   // rows·cols
+  double loss_lo = 0;    // absolute output error at the lower width
+  double loss_hi = 0;    // at the higher width
+};
+std::vector<int> allocate_bits(const std::vector<SensitivityEntry>& entries, double bits);
+
+// Where the checkpoint's non-weight files come from.
+struct CheckpointSource {
+  nlohmann::ordered_json hf_config;                       // the source's config.json fields
+  std::function<void(const std::string& dir)> write_tokenizer;  // writes tokenizer files into dir
+  std::string calib_name;                                 // calibration file name, for the record
+  std::string fingerprint;                                // identifies the source (for resume)
+};
+
+// Quantizes `model` (its linears are replaced in place by their dequantized values as the
+// pipeline goes) and writes the checkpoint to out_dir.
+QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_t>>& calibration,
+                              const CheckpointSource& source, const std::string& out_dir,
+                              const QuantizeSettings& settings, const QuantizeProgress& progress = {});
+
+// The whole job from files: MODEL (GGUF file or Hugging Face directory) and a UTF-8 text file.
+// Checks that a tokenizer is present, that the text is long enough and that out_dir can be
+// written before any quantization work.
+QuantizeResult quantize_model_files(const std::string& model_path, const std::string& calib_path,
+                                    const std::string& out_dir, const QuantizeSettings& settings,
+                                    const QuantizeProgress& progress = {});
+
+}  // namespace glq::model

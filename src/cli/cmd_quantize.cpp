@@ -1,0 +1,142 @@
+// glq quantize MODEL --bits B --calib FILE -o OUT: calibrated E8-lattice quantization of a whole
+// model into a GLQ checkpoint directory (pipeline: glq/model/quantize.hpp).
+#include <cblas.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.hpp"
+#include "glq/error.hpp"
+#include "glq/model/quantize.hpp"
+
+namespace {
+
+struct QuantizeArgs {
+  std::string model, calib, out, seed = "0x5eed";
+  glq::model::QuantizeSettings s;
+  bool no_rht = false, no_ldlq = false, no_resume = false, json = false;
+  int threads = 0;
+};
+
+std::string duration(double s) {
+  if (s < 0) return "?";
+  const long t = static_cast<long>(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t / 60) % 60);
+  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+std::string bar(int done, int total) {
+  const int width = 24, filled = total ? done * width / total : width;
+  return std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.');
+}
+
+const char* short_kind(const std::string& name) {
+  for (const char* k : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+    if (name.find(k) != std::string::npos) return k;
+  return name.c_str();
+}
+
+int run_quantize(QuantizeArgs& a) {
+  using namespace glq;
+  if (a.threads > 0) {
+    // Before the shared pool is first used; OpenBLAS is told directly.
+    ::setenv("GLQ_THREADS", std::to_string(a.threads).c_str(), 1);
+    openblas_set_num_threads(a.threads);
+  }
+  try {
+    size_t used = 0;
+    a.s.seed = std::stoull(a.seed, &used, 0);
+    if (used != a.seed.size()) throw std::invalid_argument("trailing characters");
+  } catch (const std::exception&) {
+    throw_invalid(fmt::format("--seed '{}' is not an integer", a.seed));
+  }
+  a.s.rht = !a.no_rht;
+  a.s.ldlq = !a.no_ldlq;
+  a.s.resume = !a.no_resume;
+  const bool tty = ::isatty(2);
+  model::QuantizeProgress p;
+  p.note = [](const std::string& m) { fmt::print(stderr, "glq: {}\n", m); };
+  p.step = [tty](int done, int total, const std::string& what, double eta) {
+    fmt::print(stderr, "{}[{}] {}/{} {}  ETA {}{}", tty ? "\r" : "", bar(done, total), done, total, what, duration(eta),
+               tty && done < total ? "" : "\n");
+  };
+  p.layer_done = [](int layer, int total, const std::vector<model::LinearReport>& reps, double secs, double eta) {
+    std::string losses;
+    for (const auto& r : reps) losses += fmt::format(" {}:{}b/{:.4f}", short_kind(r.name), r.bits, r.proxy_loss);
+    fmt::print(stderr, "[{}] layer {:3d}/{} {:6.1f} s  ETA {:>7}  proxy loss{}\n", bar(layer + 1, total), layer + 1, total, secs,
+               duration(eta), losses);
+    for (const auto& r : reps)
+      if (!r.warnings.empty()) fmt::print(stderr, "glq: warning: {}: {}\n", r.name, r.warnings);
+  };
+  fmt::print(stderr, "glq: quantizing {} to {:g} bits per weight (calibration {} x {} tokens of {}, seed {:#x}, damp {:g}, RHT {}, LDLQ {})\n",
+             a.model, a.s.bits, a.s.calib_seqs, a.s.seq_len, a.calib, a.s.seed, a.s.damp, a.s.rht ? "on" : "off",
+             a.s.ldlq ? "on" : "off");
+  const model::QuantizeResult r = model::quantize_model_files(a.model, a.calib, a.out, a.s, p);
+
+  fmt::print(stderr, "\n{:<40} {:>4} {:>11} {:>11} {:>10}\n", "linear", "bits", "proxy loss", "rel. error", "KiB");
+  double sum_proxy = 0;
+  for (const auto& l : r.linears) {
+    fmt::print(stderr, "{:<40} {:>4} {:>11.5f} {:>11.5f} {:>10.1f}\n", l.name, l.bits, l.proxy_loss, l.relative_weight_error,
+               l.stored_bytes / 1024.0);
+    sum_proxy += l.proxy_loss;
+  }
+  std::map<int, int64_t> by_bits;
+  for (const auto& l : r.linears) by_bits[l.bits] += static_cast<int64_t>(l.rows) * l.cols;
+  std::string mix;
+  for (auto& [b, n] : by_bits)
+    mix += fmt::format("{}{} bits: {:.1f}%", mix.empty() ? "" : ", ", b, 100.0 * static_cast<double>(n) / static_cast<double>(r.linear_weights));
+  fmt::print(stderr,
+             "\nglq: wrote {} in {}{}\n"
+             "glq: {} quantized linears, {:.2f}M weights ({}), mean proxy loss {:.5f}\n"
+             "glq: linear layers: {:.2f} MiB = {:.3f} bits per weight (codes, scales and signs)\n"
+             "glq: model.safetensors: {:.2f} MiB = {:.3f} bits per weight over all {:.2f}M parameters (16-bit tensors included)\n",
+             r.out_dir, duration(r.seconds), r.resumed_layers ? fmt::format(" ({} layers resumed)", r.resumed_layers) : "",
+             r.linears.size(), r.linear_weights / 1e6, mix, r.linears.empty() ? 0.0 : sum_proxy / r.linears.size(),
+             r.linear_bytes / 1048576.0, r.linear_bpw, r.file_bytes / 1048576.0, r.file_bpw, r.total_weights / 1e6);
+  if (a.json) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& l : r.linears)
+      layers.push_back({{"name", l.name}, {"bits", l.bits}, {"proxy_loss", l.proxy_loss},
+                        {"relative_weight_error", l.relative_weight_error}, {"bytes", l.stored_bytes}});
+    nlohmann::json j = {{"out", r.out_dir},         {"bits", a.s.bits},           {"seconds", r.seconds},
+                        {"file_bytes", r.file_bytes}, {"linear_bytes", r.linear_bytes}, {"linear_weights", r.linear_weights},
+                        {"total_weights", r.total_weights}, {"linear_bpw", r.linear_bpw}, {"file_bpw", r.file_bpw},
+                        {"resumed_layers", r.resumed_layers}, {"linears", layers}};
+    fmt::print("{}\n", j.dump());
+  }
+  return 0;
+}
+
+}  // namespace
+
+GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) into a GLQ checkpoint", [](CLI::App& app) {
+  auto a = std::make_shared<QuantizeArgs>();
+  app.add_option("model", a->model, "GGUF file or Hugging Face checkpoint directory")->required();
+  app.add_option("--bits", a->s.bits, "bits per weight: 2, 3, 4, or a fractional average such as 2.5 (mixed precision)")
+      ->required()
+      ->check(CLI::Range(2.0, 4.0));
+  app.add_option("--calib", a->calib, "UTF-8 calibration text")->required();
+  app.add_option("-o,--out", a->out, "output checkpoint directory (written as OUT.tmp-PID, renamed when complete)")->required();
+  app.add_option("--calib-seqs", a->s.calib_seqs, "number of calibration sequences")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--seq-len", a->s.seq_len, "tokens per calibration sequence")->capture_default_str()->check(CLI::Range(2, 1 << 20));
+  app.add_option("--seed", a->seed, "seed of the calibration draw and the sign vectors")->capture_default_str();
+  app.add_option("--damp", a->s.damp, "relative Hessian damping: H + damp*mean(diag H)*I")->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  app.add_flag("--no-rht", a->no_rht, "no randomized Hadamard transform (baseline)");
+  app.add_flag("--no-ldlq", a->no_ldlq, "round to nearest instead of block LDLQ (baseline)");
+  app.add_flag("--keep-head-fp16,!--quantize-head", a->s.keep_head_16bit,
+               "keep lm_head in 16 bits (default: on); --quantize-head quantizes it at ceil(bits)")
+      ->capture_default_str();
+  app.add_option("--dtype", a->s.dtype_16bit, "storage of the kept tensors (embeddings, norms, head)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"float16", "bfloat16", "float32"}));
+  app.add_option("--threads", a->threads, "worker threads (0: GLQ_THREADS or all cores)")->capture_default_str();
+  app.add_flag("--no-resume", a->no_resume, "discard OUT.partial/ of an interrupted run instead of resuming it");
+  app.add_flag("--overwrite", a->s.overwrite, "replace OUT if it exists (only once the new checkpoint is complete)");
+  app.add_flag("--json", a->json, "print one JSON object with the report on stdout");
+  return [a] { return run_quantize(*a); };
+});

@@ -1,0 +1,650 @@
+// The quantization pipeline (see glq/model/quantize.hpp for the steps).
+#include "glq/model/quantize.hpp"
+
+#include <cblas.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "glq/codec/quantized_matrix.hpp"
+#include "glq/error.hpp"
+#include "glq/format/half.hpp"
+#include "glq/format/quantization_config.hpp"
+#include "glq/format/quantized_tensors.hpp"
+#include "glq/format/safetensors_io.hpp"
+#include "glq/model/glq_checkpoint.hpp"
+
+namespace glq::model {
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Seed of a linear's sign vectors: a hash of the base seed and the linear's position, so that
+// no two linears share signs and a resumed run draws the same ones.
+uint64_t linear_seed(uint64_t base, int layer, LinearKind kind) {
+  uint64_t s = base ^ (static_cast<uint64_t>(layer + 1) << 8) ^ static_cast<uint64_t>(static_cast<int>(kind) + 1);
+  return splitmix64(s);
+}
+
+// The linear whose input Hessian a linear uses: q/k/v read the same normed input, as do gate/up.
+LinearKind hessian_owner(LinearKind k) {
+  switch (k) {
+    case LinearKind::K:
+    case LinearKind::V: return LinearKind::Q;
+    case LinearKind::Up: return LinearKind::Gate;
+    default: return k;
+  }
+}
+
+// Σ xᵀx over every call, float64. Each call's product (one sequence of ≤ a few thousand
+// tokens) is formed in float32 by BLAS and added to the float64 sum.
+struct HessianAccumulator {
+  int cols = 0;
+  int64_t tokens = 0;
+  std::vector<double> sum;   // (cols, cols), upper triangle
+  std::vector<float> tmp;    // (cols, cols)
+
+  void add(const float* x, int n, int c) {
+    if (sum.empty()) {
+      cols = c;
+      sum.assign(static_cast<size_t>(c) * c, 0.0);
+      tmp.assign(static_cast<size_t>(c) * c, 0.0f);
+    }
+    if (c != cols) throw Error(ErrorKind::Internal, fmt::format("Hessian of width {} fed rows of {}", cols, c));
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, c, n, 1.0f, x, c, 0.0f, tmp.data(), c);
+    for (int i = 0; i < c; ++i)
+      for (int j = i; j < c; ++j) sum[static_cast<size_t>(i) * c + j] += tmp[static_cast<size_t>(i) * c + j];
+    tokens += n;
+  }
+  // H / tokens as a full symmetric float32 matrix.
+  std::vector<float> mean() const {
+    std::vector<float> h(sum.size());
+    const double inv = tokens > 0 ? 1.0 / static_cast<double>(tokens) : 0.0;
+    for (int i = 0; i < cols; ++i)
+      for (int j = i; j < cols; ++j) {
+        const float v = static_cast<float>(sum[static_cast<size_t>(i) * cols + j] * inv);
+        h[static_cast<size_t>(i) * cols + j] = h[static_cast<size_t>(j) * cols + i] = v;
+      }
+    return h;
+  }
+};
+
+// tr(W H Wᵀ): the output energy of the linear on the calibration data (H per token).
+double output_energy(const float* W, int rows, int cols, const std::vector<float>& H) {
+  std::vector<float> WH(static_cast<size_t>(rows) * cols);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, cols, 1.0f, W, cols, H.data(), cols, 0.0f, WH.data(), cols);
+  double t = 0;
+  for (size_t i = 0; i < WH.size(); ++i) t += static_cast<double>(WH[i]) * W[i];
+  return t;
+}
+
+// Runs layer `layer` over every calibration sequence (in place), the hook collecting Hessians.
+void run_layer_all(Model& model, int layer, std::vector<std::vector<float>>& hidden, int seq_len,
+                   std::map<LinearKind, HessianAccumulator>* hessians) {
+  LinearHook hook;
+  if (hessians) {
+    hook = [hessians](int, LinearKind kind, const float* x, int tokens, int cols) {
+      if (hessian_owner(kind) != kind) return;  // the shared input is seen once
+      (*hessians)[kind].add(x, tokens, cols);
+    };
+  }
+  for (auto& h : hidden) model.run_layer(layer, h.data(), seq_len, hessians ? &hook : nullptr);
+}
+
+std::vector<std::vector<float>> embed_all(const Model& model, const std::vector<std::vector<int32_t>>& calib) {
+  std::vector<std::vector<float>> hidden;
+  hidden.reserve(calib.size());
+  for (const auto& seq : calib) {
+    std::vector<float> h(seq.size() * static_cast<size_t>(model.hidden_size()));  // (L, hidden)
+    model.embed(seq, h.data());
+    hidden.push_back(std::move(h));
+  }
+  return hidden;
+}
+
+void check_finite(const float* p, size_t n, const std::string& name) {
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i]))
+      throw Error(ErrorKind::Numerical, fmt::format("weight '{}' holds a non-finite value ({}) at flat index {} of {}; "
+                                                    "the source model is broken",
+                                                    name, p[i], i, n));
+}
+
+std::string bits_label(double b) { return fmt::format("{:g}", b); }
+
+// The widths that a target of `bits` may use.
+std::pair<int, int> width_bounds(double bits) {
+  const int lo = static_cast<int>(std::floor(bits + 1e-9));
+  return {lo, std::min(4, lo + 1)};
+}
+
+void write_json_atomic(const fs::path& p, const std::string& text) {
+  format::AtomicFile f(p.string());
+  f.write(text.data(), text.size());
+  f.commit();
+}
+
+nlohmann::json read_json_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw_io(p.string(), "cannot open");
+  try {
+    return nlohmann::json::parse(std::string(std::istreambuf_iterator<char>(in), {}));
+  } catch (const nlohmann::json::exception& e) {
+    throw_format(p.string(), fmt::format("invalid JSON: {}", e.what()));
+  }
+}
+
+void fsync_dir(const fs::path& p) {
+  const int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+nlohmann::json report_json(const LinearReport& r) {
+  return {{"name", r.name}, {"layer", r.layer}, {"bits", r.bits}, {"rows", r.rows}, {"cols", r.cols},
+          {"proxy_loss", r.proxy_loss}, {"relative_weight_error", r.relative_weight_error},
+          {"stored_bytes", r.stored_bytes}, {"warnings", r.warnings}};
+}
+
+LinearReport report_from_json(const nlohmann::json& j) {
+  LinearReport r;
+  r.name = j.at("name").get<std::string>();
+  r.layer = j.at("layer").get<int>();
+  r.bits = j.at("bits").get<int>();
+  r.rows = j.at("rows").get<int>();
+  r.cols = j.at("cols").get<int>();
+  r.proxy_loss = j.at("proxy_loss").get<double>();
+  r.relative_weight_error = j.at("relative_weight_error").get<double>();
+  r.stored_bytes = j.at("stored_bytes").get<uint64_t>();
+  r.warnings = j.value("warnings", std::string());
+  return r;
+}
+
+// A 16-bit (or F32) copy of a kept tensor.
+format::StTensorData kept_tensor(const std::string& name, const float* data, std::vector<int64_t> shape,
+                                 const std::string& dtype) {
+  format::StTensorData t;
+  t.spec.name = name;
+  t.spec.shape = std::move(shape);
+  const size_t n = static_cast<size_t>(t.spec.numel());
+  bool fits_f16 = true;
+  for (size_t i = 0; i < n && fits_f16; ++i) fits_f16 = format::f16_representable(data[i]);
+  if (dtype == "float32") {
+    t.spec.dtype = format::StDType::F32;
+    t.bytes.resize(n * 4);
+    std::memcpy(t.bytes.data(), data, n * 4);
+    return t;
+  }
+  // float16 holds weights more precisely than bfloat16; a tensor with values beyond its range
+  // falls back to bfloat16 (the header records each tensor's dtype).
+  const bool f16 = dtype == "float16" && fits_f16;
+  t.spec.dtype = f16 ? format::StDType::F16 : format::StDType::BF16;
+  t.bytes.resize(n * 2);
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t h = f16 ? format::f32_to_f16(data[i]) : format::f32_to_bf16(data[i]);
+    std::memcpy(t.bytes.data() + 2 * i, &h, 2);
+  }
+  return t;
+}
+
+std::vector<float> rms_norm_rows(const float* x, int tokens, int h, const std::vector<float>& w, float eps) {
+  std::vector<float> out(static_cast<size_t>(tokens) * h);
+  for (int t = 0; t < tokens; ++t) {
+    const float* row = x + static_cast<size_t>(t) * h;
+    double ss = 0;
+    for (int i = 0; i < h; ++i) ss += static_cast<double>(row[i]) * row[i];
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss / h + eps));
+    for (int i = 0; i < h; ++i) out[static_cast<size_t>(t) * h + i] = row[i] * inv * w[static_cast<size_t>(i)];
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---- calibration set and bit allocation ------------------------------------------------------
+
+std::vector<std::vector<int32_t>> make_calibration_set(std::span<const int32_t> tokens, int n, int len, uint64_t seed,
+                                                       const std::string& origin) {
+  if (n <= 0 || len <= 1) throw_invalid(fmt::format("calibration needs sequences >= 1 and length >= 2, got {} x {}", n, len));
+  const int64_t need = static_cast<int64_t>(n) * len;
+  const int64_t slots = static_cast<int64_t>(tokens.size()) / len;
+  if (slots < n)
+    throw_invalid(fmt::format("calibration text {} is too short: {} tokens, need {} sequences x {} tokens = {} "
+                              "(use a longer text, or lower --calib-seqs / --seq-len)",
+                              origin, tokens.size(), n, len, need));
+  // A seeded Fisher-Yates draw of n of the slots (splitmix64, so every platform draws alike).
+  std::vector<int64_t> order(static_cast<size_t>(slots));
+  std::iota(order.begin(), order.end(), 0);
+  uint64_t state = seed;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = i + static_cast<int64_t>(splitmix64(state) % static_cast<uint64_t>(slots - i));
+    std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(j)]);
+  }
+  std::sort(order.begin(), order.begin() + n);
+  std::vector<std::vector<int32_t>> out;
+  for (int i = 0; i < n; ++i) {
+    const auto* p = tokens.data() + order[static_cast<size_t>(i)] * len;
+    out.emplace_back(p, p + len);
+  }
+  return out;
+}
+
+std::vector<int> allocate_bits(const std::vector<SensitivityEntry>& entries, double bits) {
+  const auto [lo, hi] = width_bounds(bits);
+  std::vector<int> out(entries.size(), lo);
+  if (hi == lo) return out;
+  int64_t total = 0;
+  for (const auto& e : entries) total += e.weights;
+  // Budget of extra bits above `lo`; each raised linear spends (hi − lo)·weights of it.
+  double budget = (bits - lo) * static_cast<double>(total);
+  std::vector<size_t> order(entries.size());
+  std::iota(order.begin(), order.end(), 0);
+  auto gain = [&](size_t i) {
+    return (entries[i].loss_lo - entries[i].loss_hi) / (static_cast<double>(hi - lo) * static_cast<double>(entries[i].weights));
+  };
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return gain(a) > gain(b); });
+  for (size_t i : order) {
+    const double cost = static_cast<double>(hi - lo) * static_cast<double>(entries[i].weights);
+    if (cost <= budget + 1e-6 * static_cast<double>(total)) {
+      out[i] = hi;
+      budget -= cost;
+    }
+  }
+  return out;
+}
+
+// ---- the pipeline ----------------------------------------------------------------------------
+
+QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_t>>& calibration,
+                              const CheckpointSource& source, const std::string& out_dir,
+                              const QuantizeSettings& s, const QuantizeProgress& progress) {
+  const auto t_start = Clock::now();
+  auto note = [&](const std::string& m) {
+    if (progress.note) progress.note(m);
+  };
+  const ModelConfig& cfg = model.config();
+  const int L = cfg.num_layers;
+  if (!(s.bits >= 2 && s.bits <= 4)) throw_invalid(fmt::format("--bits {} is outside [2, 4]", s.bits));
+  if (s.dtype_16bit != "float16" && s.dtype_16bit != "bfloat16" && s.dtype_16bit != "float32")
+    throw_invalid(fmt::format("16-bit dtype '{}' (expected float16, bfloat16 or float32)", s.dtype_16bit));
+  if (calibration.empty()) throw_invalid("quantize_model: empty calibration set");
+  const int seq_len = static_cast<int>(calibration.front().size());
+  for (const auto& c : calibration)
+    if (static_cast<int>(c.size()) != seq_len) throw_invalid("quantize_model: calibration sequences differ in length");
+  if (seq_len > cfg.max_context) throw_invalid(fmt::format("--seq-len {} exceeds the model's context {}", seq_len, cfg.max_context));
+
+  // ---- checks before any work: shapes, finite weights, a writable output ----
+  for (int i = 0; i < L; ++i)
+    for (LinearKind k : kAllLinearKinds) {
+      const Linear& lin = model.layer(i).linear(k);
+      if (!lin.dense_weight())
+        throw_invalid(fmt::format("{} is already quantized ({})", linear_tensor_prefix(i, k), lin.describe()));
+      if (lin.rows() % 8 || lin.cols() % 8)
+        throw_unsupported(fmt::format("{} has shape {}x{}; GLQ needs both dimensions to be multiples of 8",
+                                      linear_tensor_prefix(i, k), lin.rows(), lin.cols()));
+      check_finite(lin.dense_weight(), static_cast<size_t>(lin.rows()) * lin.cols(), linear_tensor_prefix(i, k) + ".weight");
+      check_finite(lin.bias().data(), lin.bias().size(), linear_tensor_prefix(i, k) + ".bias");
+    }
+  check_finite(model.embedding().data(), model.embedding().size(), "model.embed_tokens.weight");
+  for (int i = 0; i < L; ++i) {
+    check_finite(model.layer(i).attn_norm.data(), model.layer(i).attn_norm.size(), fmt::format("model.layers.{}.input_layernorm.weight", i));
+    check_finite(model.layer(i).mlp_norm.data(), model.layer(i).mlp_norm.size(), fmt::format("model.layers.{}.post_attention_layernorm.weight", i));
+  }
+  check_finite(model.final_norm().data(), model.final_norm().size(), "model.norm.weight");
+  const bool head_tied = model.lm_head().dense_weight() == model.embedding().data();
+  if (!head_tied && model.lm_head().dense_weight())
+    check_finite(model.lm_head().dense_weight(), static_cast<size_t>(model.lm_head().rows()) * model.lm_head().cols(), "lm_head.weight");
+  const bool quantize_head = !s.keep_head_16bit;
+  if (quantize_head && (cfg.vocab_size % 8 || cfg.hidden_size % 8))
+    throw_unsupported(fmt::format("lm_head {}x{} cannot be quantized: both dimensions must be multiples of 8", cfg.vocab_size, cfg.hidden_size));
+
+  const fs::path out(out_dir);
+  std::error_code ec;
+  if (fs::exists(out, ec) && !s.overwrite) throw_invalid(fmt::format("output {} already exists (pass --overwrite to replace it)", out_dir));
+  const fs::path partial = out_dir + ".partial";
+  if (!s.resume) fs::remove_all(partial, ec);
+  fs::create_directories(partial, ec);
+  if (ec || !fs::is_directory(partial)) throw_io(partial.string(), fmt::format("cannot create the work directory: {}", ec.message()));
+
+  // The settings a partial run must share to be resumed.
+  uint64_t calib_hash = 0x5eed;
+  for (const auto& seq : calibration)
+    for (int32_t t : seq) {
+      calib_hash ^= static_cast<uint64_t>(static_cast<uint32_t>(t));
+      splitmix64(calib_hash);
+    }
+  nlohmann::json manifest = {{"source", source.fingerprint},       {"bits", s.bits},
+                             {"seq_len", seq_len},                  {"sequences", calibration.size()},
+                             {"calibration_hash", fmt::format("{:x}", calib_hash)},
+                             {"seed", fmt::format("{:x}", s.seed)}, {"damp", s.damp},
+                             {"rht", s.rht},                        {"ldlq", s.ldlq},
+                             {"keep_head_16bit", s.keep_head_16bit}, {"format_version", format::kGlqFormatVersion}};
+  const fs::path manifest_path = partial / "manifest.json";
+  if (fs::exists(manifest_path)) {
+    const nlohmann::json old = read_json_file(manifest_path);
+    if (old != manifest)
+      throw_invalid(fmt::format("{} holds an interrupted run with other settings or another model:\n  {}\nnow:\n  {}\n"
+                                "delete that directory (or pass --no-resume) to start over",
+                                partial.string(), old.dump(), manifest.dump()));
+    note(fmt::format("resuming the interrupted run in {}", partial.string()));
+  } else {
+    write_json_atomic(manifest_path, manifest.dump(2));  // also proves the folder is writable
+  }
+
+  // ---- bit allocation ----
+  struct Job {
+    int layer;
+    LinearKind kind;
+    std::string name;
+    int rows, cols;
+    int bits;
+  };
+  std::vector<Job> jobs;
+  for (int i = 0; i < L; ++i)
+    for (LinearKind k : kAllLinearKinds) {
+      const Linear& lin = model.layer(i).linear(k);
+      jobs.push_back({i, k, linear_tensor_prefix(i, k), lin.rows(), lin.cols(), 0});
+    }
+  const auto [lo, hi] = width_bounds(s.bits);
+  const bool mixed = std::fabs(s.bits - std::round(s.bits)) > 1e-9;
+  if (!mixed) {
+    for (auto& j : jobs) j.bits = static_cast<int>(std::lround(s.bits));
+  } else {
+    const fs::path alloc_path = partial / "allocation.json";
+    if (fs::exists(alloc_path)) {
+      const nlohmann::json a = read_json_file(alloc_path);
+      for (auto& j : jobs) j.bits = a.at("bits").at(j.name).get<int>();
+      note("bit allocation read from " + alloc_path.string());
+    } else {
+      note(fmt::format("measuring sensitivity at {} and {} bits for a {:g}-bit average", lo, hi, s.bits));
+      std::vector<SensitivityEntry> sens(jobs.size());
+      auto hidden = embed_all(model, calibration);
+      const auto t0 = Clock::now();
+      for (int i = 0; i < L; ++i) {
+        std::map<LinearKind, HessianAccumulator> hs;
+        std::vector<std::vector<float>> copy = hidden;
+        run_layer_all(model, i, copy, seq_len, &hs);
+        for (LinearKind k : kAllLinearKinds) {
+          const Linear& lin = model.layer(i).linear(k);
+          const std::vector<float> H = hs.at(hessian_owner(k)).mean();
+          const std::span<const float> W(lin.dense_weight(), static_cast<size_t>(lin.rows()) * lin.cols());
+          const double energy = output_energy(W.data(), lin.rows(), lin.cols(), H);
+          SensitivityEntry& e = sens[static_cast<size_t>(i) * 7 + static_cast<size_t>(static_cast<int>(k))];
+          e.weights = static_cast<int64_t>(lin.rows()) * lin.cols();
+          for (int b : {lo, hi}) {
+            codec::QuantizeOptions o;
+            o.bits = b;
+            o.seed = linear_seed(s.seed, i, k);
+            o.use_rht = s.rht;
+            o.use_ldlq = s.ldlq;
+            o.damp = s.damp;
+            codec::QuantizeReport rep;
+            codec::quantize_matrix(W, lin.rows(), lin.cols(), H, o, &rep);
+            (b == lo ? e.loss_lo : e.loss_hi) = rep.proxy_loss * energy;
+          }
+        }
+        hidden.swap(copy);
+        if (progress.step) {
+          const double per = seconds_since(t0) / (i + 1);
+          progress.step(i + 1, L, fmt::format("sensitivity, layer {}", i), per * (L - i - 1));
+        }
+      }
+      const std::vector<int> widths = allocate_bits(sens, s.bits);
+      nlohmann::json a = {{"target_bits", s.bits}, {"bits", nlohmann::json::object()}, {"loss", nlohmann::json::object()}};
+      for (size_t j = 0; j < jobs.size(); ++j) {
+        jobs[j].bits = widths[j];
+        a["bits"][jobs[j].name] = widths[j];
+        a["loss"][jobs[j].name] = {sens[j].loss_lo, sens[j].loss_hi};
+      }
+      write_json_atomic(alloc_path, a.dump(1));
+    }
+  }
+
+  // ---- layer by layer ----
+  QuantizeResult result;
+  result.out_dir = out_dir;
+  std::vector<LinearReport> reports;
+  auto hidden = embed_all(model, calibration);
+  const auto t_layers = Clock::now();
+  int quantized_here = 0;
+  double quantize_seconds = 0;
+  for (int i = 0; i < L; ++i) {
+    const auto t_layer = Clock::now();
+    const fs::path layer_file = partial / fmt::format("layer-{:05d}.safetensors", i);
+    DecoderLayer& layer = model.layer(i);
+    std::vector<LinearReport> layer_reports;
+    if (fs::exists(layer_file)) {
+      // Done by an earlier run: install its result and move on.
+      const format::SafetensorsReader f(layer_file.string());
+      const auto meta = f.metadata().find("reports");
+      if (meta == f.metadata().end()) throw_format(layer_file.string(), "no 'reports' metadata");
+      const nlohmann::json reps = nlohmann::json::parse(meta->second);
+      for (LinearKind k : kAllLinearKinds) {
+        const Job& job = jobs[static_cast<size_t>(i) * 7 + static_cast<size_t>(static_cast<int>(k))];
+        format::LinearQuantEntry e{job.name, job.bits, job.rows, job.cols, s.rht, linear_seed(s.seed, i, k), 0, 0};
+        codec::QuantizedMatrix q = format::quantized_matrix_from_tensors(f, e);
+        Linear& lin = layer.linear(k);
+        std::vector<float> bias(lin.bias().begin(), lin.bias().end());
+        lin = Linear::dense(codec::dequantize(q), job.rows, job.cols, std::move(bias));
+      }
+      for (const auto& r : reps) layer_reports.push_back(report_from_json(r));
+      ++result.resumed_layers;
+      run_layer_all(model, i, hidden, seq_len, nullptr);
+    } else {
+      std::map<LinearKind, HessianAccumulator> hs;
+      {
+        std::vector<std::vector<float>> copy = hidden;  // the layer's dense outputs are not needed
+        run_layer_all(model, i, copy, seq_len, &hs);
+      }
+      std::vector<format::StTensorData> tensors;
+      for (LinearKind k : kAllLinearKinds) {
+        const Job& job = jobs[static_cast<size_t>(i) * 7 + static_cast<size_t>(static_cast<int>(k))];
+        Linear& lin = layer.linear(k);
+        const std::vector<float> H = hs.at(hessian_owner(k)).mean();
+        codec::QuantizeOptions o;
+        o.bits = job.bits;
+        o.seed = linear_seed(s.seed, i, k);
+        o.use_rht = s.rht;
+        o.use_ldlq = s.ldlq;
+        o.damp = s.damp;
+        codec::QuantizeReport rep;
+        const std::span<const float> W(lin.dense_weight(), static_cast<size_t>(job.rows) * job.cols);
+        codec::QuantizedMatrix q;
+        try {
+          q = codec::quantize_matrix(W, job.rows, job.cols, H, o, &rep);
+        } catch (const Error& e) {
+          throw Error(e.kind(), fmt::format("{}: {}", job.name, e.what()));
+        }
+        quantize_seconds += rep.seconds;
+        LinearReport r{job.name, i, job.bits, job.rows, job.cols, rep.proxy_loss, rep.relative_weight_error, q.storage_bytes(),
+                       rep.warnings};
+        layer_reports.push_back(r);
+        for (auto& t : format::quantized_matrix_tensors(job.name, q)) tensors.push_back(std::move(t));
+        std::vector<float> bias(lin.bias().begin(), lin.bias().end());
+        if (!bias.empty()) {
+          format::StTensorData b;
+          b.spec = {job.name + ".bias", format::StDType::F32, {job.rows}};
+          b.bytes.resize(bias.size() * 4);
+          std::memcpy(b.bytes.data(), bias.data(), b.bytes.size());
+          tensors.push_back(std::move(b));
+        }
+        // The next layers see this layer's quantized function (dense copy: BLAS is fastest
+        // for hundreds of calibration tokens; the values are exactly the dequantized ones).
+        lin = Linear::dense(codec::dequantize(q), job.rows, job.cols, std::move(bias));
+      }
+      nlohmann::json reps = nlohmann::json::array();
+      for (const auto& r : layer_reports) reps.push_back(report_json(r));
+      format::write_safetensors_atomic(layer_file.string(), tensors, {{"reports", reps.dump()}});
+      ++quantized_here;
+      run_layer_all(model, i, hidden, seq_len, nullptr);
+    }
+    for (const auto& r : layer_reports) reports.push_back(r);
+    if (progress.layer_done) {
+      const double elapsed = seconds_since(t_layers);
+      const double eta = quantized_here > 0 ? elapsed / (i + 1) * (L - i - 1) : -1;
+      progress.layer_done(i, L, layer_reports, seconds_since(t_layer), eta);
+    }
+  }
+
+  // ---- the output head ----
+  const fs::path head_file = partial / "lm_head.safetensors";
+  if (quantize_head) {
+    const int bits = static_cast<int>(std::ceil(s.bits - 1e-9));
+    LinearReport r;
+    if (!fs::exists(head_file)) {
+      HessianAccumulator acc;
+      for (const auto& h : hidden) {
+        const auto xn = rms_norm_rows(h.data(), seq_len, cfg.hidden_size, model.final_norm(), cfg.norm_eps);
+        acc.add(xn.data(), seq_len, cfg.hidden_size);
+      }
+      codec::QuantizeOptions o;
+      o.bits = bits;
+      o.seed = linear_seed(s.seed, L, LinearKind::Q);
+      o.use_rht = s.rht;
+      o.use_ldlq = s.ldlq;
+      o.damp = s.damp;
+      codec::QuantizeReport rep;
+      const Linear& head = model.lm_head();
+      const std::span<const float> W(head.dense_weight(), static_cast<size_t>(head.rows()) * head.cols());
+      codec::QuantizedMatrix q = codec::quantize_matrix(W, head.rows(), head.cols(), acc.mean(), o, &rep);
+      r = {"lm_head", -1, bits, head.rows(), head.cols(), rep.proxy_loss, rep.relative_weight_error, q.storage_bytes(), rep.warnings};
+      format::write_safetensors_atomic(head_file.string(), format::quantized_matrix_tensors("lm_head", q),
+                                       {{"reports", nlohmann::json::array({report_json(r)}).dump()}});
+    } else {
+      const format::SafetensorsReader f(head_file.string());
+      r = report_from_json(nlohmann::json::parse(f.metadata().at("reports")).at(0));
+    }
+    reports.push_back(r);
+    note(fmt::format("lm_head: {} bits, proxy loss {:.4g}, relative weight error {:.4g}", r.bits, r.proxy_loss, r.relative_weight_error));
+  }
+
+  // ---- assemble the checkpoint in a temporary directory, then rename it into place ----
+  note("writing the checkpoint");
+  const fs::path tmp = fs::path(fmt::format("{}.tmp-{}", out_dir, static_cast<long>(::getpid())));
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) throw_io(tmp.string(), fmt::format("cannot create: {}", ec.message()));
+  try {
+    // Every tensor of model.safetensors: where its bytes come from.
+    struct Item {
+      format::StTensorSpec spec;
+      std::function<std::vector<uint8_t>()> bytes;
+    };
+    std::vector<Item> items;
+    std::vector<std::unique_ptr<format::SafetensorsReader>> parts;
+    auto add_kept = [&](const std::string& name, const float* data, std::vector<int64_t> shape) {
+      // Converted now to learn the dtype, then again when written (cheap, keeps memory flat).
+      format::StTensorData probe = kept_tensor(name, data, shape, s.dtype_16bit);
+      const std::string dtype = s.dtype_16bit;
+      items.push_back({probe.spec, [name, data, shape, dtype] { return kept_tensor(name, data, shape, dtype).bytes; }});
+    };
+    const int64_t h = cfg.hidden_size;
+    add_kept("model.embed_tokens.weight", model.embedding().data(), {cfg.vocab_size, h});
+    for (int i = 0; i < L; ++i) {
+      add_kept(fmt::format("model.layers.{}.input_layernorm.weight", i), model.layer(i).attn_norm.data(), {h});
+      add_kept(fmt::format("model.layers.{}.post_attention_layernorm.weight", i), model.layer(i).mlp_norm.data(), {h});
+      parts.push_back(std::make_unique<format::SafetensorsReader>((partial / fmt::format("layer-{:05d}.safetensors", i)).string()));
+    }
+    add_kept("model.norm.weight", model.final_norm().data(), {h});
+    if (quantize_head) {
+      parts.push_back(std::make_unique<format::SafetensorsReader>(head_file.string()));
+    } else if (!head_tied) {
+      add_kept("lm_head.weight", model.lm_head().dense_weight(), {cfg.vocab_size, h});
+    }
+    for (const auto& p : parts)
+      for (const auto& t : p->tensors()) {
+        const format::StTensorView* view = &t;
+        items.push_back({{t.name, t.dtype, t.shape}, [view] { return format::copy_bytes(*view); }});
+      }
+    // Widest elements first: with the header padded to 8 bytes, every tensor is then aligned
+    // to its element size inside the file.
+    std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+      return format::st_dtype_size(a.spec.dtype) > format::st_dtype_size(b.spec.dtype);
+    });
+    std::vector<format::StTensorSpec> specs;
+    for (const auto& it : items) specs.push_back(it.spec);
+    format::SafetensorsWriter w((tmp / "model.safetensors").string(), specs,
+                                {{"format", "glq"}, {"glq_format_version", std::to_string(format::kGlqFormatVersion)}});
+    for (const auto& it : items) w.write(it.spec.name, it.bytes());
+    w.commit();
+    result.file_bytes = w.file_bytes();
+
+    format::QuantizationConfig qc;
+    qc.target_bits = s.bits;
+    qc.ldlq = s.ldlq;
+    qc.rht = s.rht;
+    qc.damp = s.damp;
+    qc.seed = s.seed;
+    qc.dtype_16bit = s.dtype_16bit;
+    qc.head_quantized = quantize_head;
+    qc.pack_version = codec::kGlqPackVersion;
+    qc.calibration = {source.calib_name, static_cast<int>(calibration.size()), seq_len, s.seed};
+    std::map<std::string, uint64_t> seeds;
+    for (const Job& j : jobs) seeds[j.name] = linear_seed(s.seed, j.layer, j.kind);
+    seeds["lm_head"] = linear_seed(s.seed, L, LinearKind::Q);
+    for (const auto& r : reports)
+      qc.linears.push_back({r.name, r.bits, r.rows, r.cols, s.rht, seeds.at(r.name), r.proxy_loss, r.relative_weight_error});
+    nlohmann::ordered_json config = source.hf_config;
+    config.erase("quantization_config");
+    config["torch_dtype"] = s.dtype_16bit;
+    config["quantization_config"] = format::to_json(qc);
+    write_json_atomic(tmp / "config.json", config.dump(2));
+    if (source.write_tokenizer) source.write_tokenizer(tmp.string());
+    fsync_dir(tmp);
+    if (fs::exists(out)) {
+      // --overwrite: the old checkpoint goes only once the new one is complete.
+      const fs::path old = fs::path(fmt::format("{}.old-{}", out_dir, static_cast<long>(::getpid())));
+      fs::rename(out, old);
+      fs::rename(tmp, out);
+      fs::remove_all(old, ec);
+    } else {
+      fs::rename(tmp, out);
+    }
+    fsync_dir(out.parent_path().empty() ? fs::path(".") : out.parent_path());
+  } catch (const fs::filesystem_error& e) {
+    fs::remove_all(tmp, ec);
+    throw_io(out_dir, fmt::format("writing the checkpoint failed: {} (work kept in {})", e.what(), partial.string()));
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  fs::remove_all(partial, ec);
+
+  // ---- report ----
+  result.linears = reports;
+  for (const auto& r : reports) {
+    result.linear_weights += static_cast<int64_t>(r.rows) * r.cols;
+    result.linear_bytes += r.stored_bytes;
+  }
+  result.total_weights = cfg.parameter_count();
+  result.linear_bpw = result.linear_weights ? 8.0 * static_cast<double>(result.linear_bytes) / static_cast<double>(result.linear_weights) : 0;
+  result.file_bpw = result.total_weights ? 8.0 * static_cast<double>(result.file_bytes) / static_cast<double>(result.total_weights) : 0;
+  result.seconds = seconds_since(t_start);
+  (void)quantize_seconds;
+  return result;
+}
+
+}  // namespace glq::model

@@ -1,0 +1,113 @@
+// quantize_model_files(): the pipeline from files, with every check that can fail early made
+// before the model is loaded or any quantization work starts.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "glq/error.hpp"
+#include "glq/format/safetensors_io.hpp"
+#include "glq/model/gguf.hpp"
+#include "glq/model/glq_checkpoint.hpp"
+#include "glq/model/loader.hpp"
+#include "glq/model/quantize.hpp"
+
+namespace glq::model {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw_io(p.string(), "cannot open");
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void copy_file_atomic(const fs::path& from, const fs::path& to) {
+  const std::string text = read_text(from);
+  format::AtomicFile f(to.string());
+  f.write(text.data(), text.size());
+  f.commit();
+}
+
+std::string fingerprint_of(const std::string& path) {
+  std::error_code ec;
+  fs::path p(path);
+  if (fs::is_directory(p)) p /= fs::exists(p / "model.safetensors") ? "model.safetensors" : "config.json";
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0) return fs::absolute(path, ec).string();
+  return fmt::format("{} {} bytes mtime {}", fs::absolute(p, ec).string(), static_cast<long long>(st.st_size),
+                     static_cast<long long>(st.st_mtime));
+}
+
+// The output folder's parent must exist and be writable (checked before hours of work).
+void check_output(const std::string& out_dir, bool overwrite) {
+  const fs::path out = fs::absolute(fs::path(out_dir));
+  std::error_code ec;
+  if (fs::exists(out, ec) && !overwrite) throw_invalid(fmt::format("output {} already exists (pass --overwrite to replace it)", out_dir));
+  const fs::path parent = out.parent_path();
+  if (!fs::is_directory(parent, ec)) throw_io(out_dir, fmt::format("the folder {} does not exist", parent.string()));
+  if (::access(parent.c_str(), W_OK) != 0) throw_io(out_dir, fmt::format("the folder {} is not writable", parent.string()));
+}
+
+}  // namespace
+
+QuantizeResult quantize_model_files(const std::string& model_path, const std::string& calib_path,
+                                    const std::string& out_dir, const QuantizeSettings& settings,
+                                    const QuantizeProgress& progress) {
+  auto note = [&](const std::string& m) {
+    if (progress.note) progress.note(m);
+  };
+  std::error_code ec;
+  if (!fs::exists(model_path, ec)) throw_io(model_path, "no such file or directory");
+  if (is_glq_checkpoint(model_path)) throw_invalid(fmt::format("{} is already a GLQ checkpoint", model_path));
+  if (!fs::exists(calib_path, ec)) throw_io(calib_path, "calibration file: no such file");
+  check_output(out_dir, settings.overwrite);
+
+  CheckpointSource source;
+  source.calib_name = fs::path(calib_path).filename().string();
+  source.fingerprint = fingerprint_of(model_path);
+  if (fs::is_directory(model_path)) {
+    const fs::path dir(model_path);
+    if (!fs::exists(dir / "tokenizer.json"))
+      throw_io(model_path, "missing tokenizer: the directory has no tokenizer.json (a GLQ checkpoint carries its tokenizer)");
+    try {
+      source.hf_config = nlohmann::ordered_json::parse(read_text(dir / "config.json"));
+    } catch (const nlohmann::json::exception& e) {
+      throw_format((dir / "config.json").string(), fmt::format("invalid JSON: {}", e.what()));
+    }
+    source.write_tokenizer = [dir](const std::string& to) {
+      for (const char* f : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
+                            "special_tokens_map.json"})
+        if (fs::exists(dir / f)) copy_file_atomic(dir / f, fs::path(to) / f);
+    };
+  } else {
+    auto gguf = std::make_shared<const GgufFile>(model_path);
+    if (!gguf->find_value("tokenizer.ggml.tokens") || !gguf->find_value("tokenizer.ggml.model"))
+      throw_io(model_path, "missing tokenizer: the GGUF file has no tokenizer.ggml.* metadata");
+    if (gguf->get_string("tokenizer.ggml.model") != "gpt2")
+      throw_unsupported(fmt::format("{}: tokenizer model '{}': GLQ writes tokenizer.json only for byte-level BPE (gpt2); "
+                                    "quantize from the model's Hugging Face directory instead",
+                                    model_path, gguf->get_string("tokenizer.ggml.model")));
+    source.hf_config = hf_config_json(gguf_model_config(*gguf));
+    source.write_tokenizer = [gguf](const std::string& to) { write_hf_tokenizer_from_gguf(*gguf, to); };
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = load_model(model_path);
+  note(fmt::format("loaded {} ({}) in {:.1f} s", model_path, model->describe(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
+  const std::string text = read_text(calib_path);
+  const Tokenizer& tok = model->tokenizer();
+  const std::vector<int32_t> ids = tok.encode(text, tok.add_bos_default(), false);
+  note(fmt::format("calibration: {} has {} bytes, {} tokens; drawing {} x {} tokens", calib_path, text.size(), ids.size(),
+                   settings.calib_seqs, settings.seq_len));
+  const auto calib = make_calibration_set(ids, settings.calib_seqs, settings.seq_len, settings.seed, calib_path);
+  return quantize_model(*model, calib, source, out_dir, settings, progress);
+}
+
+}  // namespace glq::model
