@@ -117,6 +117,7 @@ constexpr int kNumTypes = 7;  // multisets of {½,3/2,5/2}^8 with Σp² ≤ 10
 
 struct E8PTables {
   TypeInfo types[kNumTypes];
+  TypeInfo types12[2];       // the two types of the norm-12 patterns (bounds only)
   int norm12[29];            // indices of the 29 norm-12 patterns
   double norm12_p[29][8];    // their magnitudes, contiguous
   std::array<uint32_t, 256> abs_table{};
@@ -169,16 +170,19 @@ const E8PTables& e8p_tables() {
     if (types.size() != kNumTypes || n12 != 29) {
       throw Error(ErrorKind::Internal, "E8P tables: expected 7 pattern types and 29 norm-12 patterns");
     }
-    for (int ty = 0; ty < kNumTypes; ++ty) {
+    auto fill = [](TypeInfo& T, const Doubled& v) {
       int sum = 0;
       for (int j = 0; j < 8; ++j) {
-        t.types[ty].p[j] = 0.5 * types[ty][j];
-        t.types[ty].digit[j] = (types[ty][j] - 1) / 2;
-        sum += types[ty][j];
+        T.p[j] = 0.5 * v[j];
+        T.digit[j] = (v[j] - 1) / 2;
+        sum += v[j];
       }
-      t.types[ty].half_norm = norm2(types[ty]) / 8.0;
-      t.types[ty].parity = (sum / 2) & 1;
-    }
+      T.half_norm = norm2(v) / 8.0;
+      T.parity = (sum / 2) & 1;
+    };
+    for (int ty = 0; ty < kNumTypes; ++ty) fill(t.types[ty], types[ty]);
+    fill(t.types12[0], Doubled{3, 3, 3, 3, 3, 1, 1, 1});
+    fill(t.types12[1], Doubled{5, 3, 3, 1, 1, 1, 1, 1});
     return t;
   }();
   return tables;
@@ -282,19 +286,29 @@ uint16_t e8p_structured_search(const float x[8]) {
       if (y < 0) neg |= 1u << i;
     }
     const double negpar = __builtin_popcount(neg) & 1;
-    // order: coordinates by a descending, ties by index (insertion sort of 8).
+    // order: coordinates by a descending (an optimal 19-comparator sorting network, branch
+    // free; any order of equal values is optimal and the network is deterministic).
     int order[8];
     double as[8];
     for (int i = 0; i < 8; ++i) {
-      int j = i;
-      while (j > 0 && a[i] > as[j - 1]) {
-        as[j] = as[j - 1];
-        order[j] = order[j - 1];
-        --j;
-      }
-      as[j] = a[i];
-      order[j] = i;
+      as[i] = a[i];
+      order[i] = i;
     }
+    auto cx = [&](int i, int j) {
+      const bool sw = as[j] > as[i];
+      const double ai = as[i], aj = as[j];
+      const int oi = order[i], oj = order[j];
+      as[i] = sw ? aj : ai;
+      as[j] = sw ? ai : aj;
+      order[i] = sw ? oj : oi;
+      order[j] = sw ? oi : oj;
+    };
+    cx(0, 2); cx(1, 3); cx(4, 6); cx(5, 7);
+    cx(0, 4); cx(1, 5); cx(2, 6); cx(3, 7);
+    cx(0, 1); cx(2, 3); cx(4, 5); cx(6, 7);
+    cx(2, 4); cx(3, 5);
+    cx(1, 4); cx(3, 6);
+    cx(1, 2); cx(3, 4); cx(5, 6);
     double best_score = -std::numeric_limits<double>::infinity();
     int best_type = -1, best_k = -1;
     for (int ty = 0; ty < kNumTypes; ++ty) {
@@ -308,7 +322,16 @@ uint16_t e8p_structured_search(const float x[8]) {
         best_type = ty;
       }
     }
-    for (int j = 0; j < 29; ++j) {
+    // The norm-12 patterns are permutations of 2 types; the sorted bound of those types bounds
+    // every one of them, so they are scored only when the bound beats the best so far.
+    double bound12 = -std::numeric_limits<double>::infinity();
+    for (const TypeInfo& T : t.types12) {
+      double s = 0;
+      for (int j = 0; j < 8; ++j) s += T.p[j] * as[j];
+      if (T.parity != negpar) s -= 2.0 * T.p[7] * as[7];
+      bound12 = std::max(bound12, s - T.half_norm);
+    }
+    for (int j = 0; j < 29 && !(bound12 <= best_score); ++j) {
       const int k = t.norm12[j];
       double s = 0, m = std::numeric_limits<double>::infinity();
       for (int i = 0; i < 8; ++i) {
