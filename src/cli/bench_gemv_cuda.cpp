@@ -207,7 +207,7 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
   const double baseline_gbps = dense_bytes / (baseline_us * 1e3);
 
   // ---- GLQ ----
-  double us = 0;
+  double us = 0, kernel_us = 0, transforms_us = 0;
   size_t weight_bytes = dense_bytes;
   std::string path;
   int n_sets = 0;
@@ -254,6 +254,19 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
       us = time_graph_us(stream, iters, [&](int i) {
         cuda::qmatmul(ctx, mats[i % n_sets], xs[i % n_sets].as<const float>(), y.as<float>(), batch, qp);
       });
+      // The parts alone, to see where the time goes: the decode kernel, and the two transforms.
+      if (qp == cuda::QPath::Gemv && batch <= cuda::kGemvMaxBatch) {
+        DeviceMemory xt(size_t(batch) * cols * 2), yt(size_t(batch) * rows * 4);
+        kernel_us = time_graph_us(stream, iters, [&](int i) {
+          cuda::qgemv_hadamard_domain(ctx, mats[i % n_sets], xt.as<const uint16_t>(), yt.as<float>(), batch);
+        });
+        transforms_us = time_graph_us(stream, iters, [&](int i) {
+          const auto& m = mats[i % n_sets];
+          cuda::hadamard_input(ctx, m.plan_in, m.sign_in.as<const float>(), xs[i % n_sets].as<const float>(),
+                               xt.as<uint16_t>(), batch);
+          cuda::hadamard_output(ctx, m.plan_out, m.sign_out.as<const float>(), yt.as<const float>(), y.as<float>(), batch);
+        });
+      }
     }
   }
   const double gbps = weight_bytes / (us * 1e3);
@@ -277,6 +290,11 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
   j["limit_us_at_bf16_rate"] = weight_bytes / (baseline_gbps * 1e3);
   j["tflops"] = flops / (us * 1e6);
   j["baseline_tflops"] = flops / (baseline_us * 1e6);
+  if (kernel_us > 0) {
+    j["kernel_us"] = kernel_us;          // the decode kernel alone (x̃ → ỹ)
+    j["transforms_us"] = transforms_us;  // input and output transforms alone
+    j["kernel_bw_fraction_of_bf16"] = (weight_bytes / (kernel_us * 1e3)) / baseline_gbps;
+  }
   j["iters"] = iters;
   j["weight_sets"] = n_sets;
   fmt::print(stderr,
@@ -284,6 +302,9 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
              "cuBLAS bandwidth) | cuBLAS bf16 {:.2f} us ({:.0f} GB/s) | speedup {:.2f}x\n",
              info.name, rows, cols, batch, bits, path, us, gbps, 100.0 * gbps / baseline_gbps, baseline_us,
              baseline_gbps, baseline_us / us);
+  if (kernel_us > 0)
+    fmt::print(stderr, "  parts: decode kernel {:.2f} us ({:.1f}% of bf16 bandwidth), transforms {:.2f} us\n", kernel_us,
+               100.0 * (weight_bytes / (kernel_us * 1e3)) / baseline_gbps, transforms_us);
   return j;
 }
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -224,6 +225,22 @@ INSTANTIATE_TEST_SUITE_P(
                       QCase{888, 152, 2, 13, QPath::Auto}, QCase{152, 888, 3, 19, QPath::Auto},
                       QCase{576, 1536, 4, 40, QPath::Auto}, QCase{888, 152, 2, 3, QPath::DequantGemm}),
     [](const auto& info) { return case_name(info.param); });
+
+TEST(CudaQmatmulNoTransform, MatchesMatvecReference) {
+  SKIP_WITHOUT_GPU();
+  glq::cuda::Context ctx;
+  auto q = random_qmatrix(152, 88, 3, 9);
+  q.rht = false;
+  std::fill(q.sign_in.begin(), q.sign_in.end(), 1.0f);
+  std::fill(q.sign_out.begin(), q.sign_out.end(), 1.0f);
+  const auto dq = glq::cuda::upload(q);
+  for (int batch : {1, 4, 21}) {
+    const auto x = random_vector(size_t(batch) * q.cols, 5 + batch);
+    std::vector<float> ref(size_t(batch) * q.rows);
+    glq::codec::matvec_reference(q, x.data(), ref.data(), batch);
+    EXPECT_LT(relative_error(run_qmatmul(ctx, dq, x, batch, QPath::Auto), ref), 5e-3) << "batch " << batch;
+  }
+}
 
 TEST(CudaDense, MatchesCpuProduct) {
   SKIP_WITHOUT_GPU();

@@ -130,8 +130,8 @@ DeviceQuantizedMatrix upload(const codec::QuantizedMatrix& q) {
     throw_invalid(what + ": expected 1 to 4 stages, got " + std::to_string(q.stages.size()));
   if (q.sign_in.size() != size_t(q.cols)) throw_mismatch(what + " sign_in", std::to_string(q.cols), std::to_string(q.sign_in.size()));
   if (q.sign_out.size() != size_t(q.rows)) throw_mismatch(what + " sign_out", std::to_string(q.rows), std::to_string(q.sign_out.size()));
-  if (q.plan_in.n != q.cols) throw_mismatch(what + " plan_in.n", std::to_string(q.cols), std::to_string(q.plan_in.n));
-  if (q.plan_out.n != q.rows) throw_mismatch(what + " plan_out.n", std::to_string(q.rows), std::to_string(q.plan_out.n));
+  if (q.rht && q.plan_in.n != q.cols) throw_mismatch(what + " plan_in.n", std::to_string(q.cols), std::to_string(q.plan_in.n));
+  if (q.rht && q.plan_out.n != q.rows) throw_mismatch(what + " plan_out.n", std::to_string(q.rows), std::to_string(q.plan_out.n));
 
   DeviceQuantizedMatrix d;
   d.rows = q.rows;
@@ -164,8 +164,14 @@ DeviceQuantizedMatrix upload(const codec::QuantizedMatrix& q) {
   }
   d.sign_in = to_device(q.sign_in);
   d.sign_out = to_device(q.sign_out);
-  d.plan_in = upload_plan(q.plan_in, what + " plan_in");
-  d.plan_out = upload_plan(q.plan_out, what + " plan_out");
+  if (q.rht) {
+    d.plan_in = upload_plan(q.plan_in, what + " plan_in");
+    d.plan_out = upload_plan(q.plan_out, what + " plan_out");
+  } else {  // no transform: the identity shape (a = b = 1), which the per-vector kernels handle
+    d.plan_in.n = q.cols;
+    d.plan_out.n = q.rows;
+    d.plan_in.b = d.plan_out.b = 1;
+  }
   return d;
 }
 

@@ -137,6 +137,108 @@ __global__ void finish_kernel(const FinishParams p) {
   }
 }
 
+// Value i of pre(x) of vector vec, for the row kernels. scale: 1/rms for RmsNorm.
+__device__ __forceinline__ float pre_value(const PrepareParams& p, size_t vec, int i, float scale) {
+  const int n = p.t.n;
+  switch (p.pre) {
+    case PreOp::SwiGlu: {
+      const float* xv = p.x + vec * p.ld_x;
+      const float g = xv[i], u = xv[n + i];
+      return g / (1.0f + __expf(-g)) * u;
+    }
+    case PreOp::Combine: {
+      const int h = i / p.head_dim, d = i - h * p.head_dim;
+      const size_t base = (vec * p.heads + h) * p.chunks;
+      float m = -INFINITY;
+      for (int c = 0; c < p.chunks; ++c) m = fmaxf(m, p.part_m[base + c]);
+      float l = 0.0f, acc = 0.0f;
+      for (int c = 0; c < p.chunks; ++c) {
+        const float w = p.part_l[base + c] > 0.0f ? __expf(p.part_m[base + c] - m) : 0.0f;
+        l += w * p.part_l[base + c];
+        acc += w * p.part_acc[(base + c) * p.head_dim + d];
+      }
+      return acc / l;
+    }
+    case PreOp::RmsNorm:
+      return p.x[vec * p.ld_x + i] * scale * __ldg(p.norm_w + i);
+    default:
+      return p.x[vec * p.ld_x + i];
+  }
+}
+
+// Row-parallel input transform, for few vectors: block (i, vec) computes row i of the a×b view
+// of T (sign ∘ pre(x)) = (Q ⊗ H/√b)(...): first its row of the mixing, z = Σ_k Q[i,k] x_k
+// (the mixing and the FWHT commute), then the FWHT of z in shared memory. The a blocks of a
+// vector run in parallel instead of one block doing a·n mixing work alone.
+__global__ void prepare_rows_kernel(const PrepareParams p) {
+  extern __shared__ float z[];  // (b)
+  __shared__ float red[32];
+  const int i = blockIdx.x;
+  const size_t vec = blockIdx.y;
+  const int n = p.t.n, a = p.t.a, b = 1 << p.t.log2b;
+  float scale = 1.0f;
+  if (p.pre == PreOp::RmsNorm) {
+    const float* xv = p.x + vec * p.ld_x;
+    float ss = 0.0f;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) ss += xv[k] * xv[k];
+    scale = rsqrtf(block_sum(ss, red) / float(n) + p.eps);
+  }
+  if (p.zero_ptr) {
+    const int per = (p.zero_count + a - 1) / a;
+    const int end = min(p.zero_count, (i + 1) * per);
+    for (int k = i * per + threadIdx.x; k < end; k += blockDim.x) p.zero_ptr[vec * p.zero_count + k] = 0.0f;
+  }
+  for (int j = threadIdx.x; j < b; j += blockDim.x) {
+    float v = 0.0f;
+    if (a == 1) {
+      v = pre_value(p, vec, j, scale) * (p.t.sign ? __ldg(p.t.sign + j) : 1.0f);
+    } else {
+      const float* qi = p.t.q + i * a;
+      for (int k = 0; k < a; ++k) {
+        const int idx = k * b + j;
+        v = fmaf(__ldg(qi + k), pre_value(p, vec, idx, scale) * (p.t.sign ? __ldg(p.t.sign + idx) : 1.0f), v);
+      }
+    }
+    z[j] = v;
+  }
+  __syncthreads();
+  fwht_rows(z, b, p.t.log2b);
+  for (int j = threadIdx.x; j < b; j += blockDim.x) {
+    const float v = z[j] * p.t.inv_sqrt_b;
+    const size_t o = vec * p.ld_out + size_t(i) * b + j;
+    if (p.out_type == OutType::Half)
+      static_cast<__half*>(p.out)[o] = __float2half_rn(v);
+    else
+      static_cast<__nv_bfloat16*>(p.out)[o] = __float2bfloat16_rn(v);
+  }
+}
+
+// Row-parallel output transform: block (i, vec) writes row i of sign ∘ (Q^T ⊗ H/√b) ỹ.
+__global__ void finish_rows_kernel(const FinishParams p) {
+  extern __shared__ float z[];  // (b)
+  const int i = blockIdx.x;
+  const size_t vec = blockIdx.y;
+  const int a = p.t.a, b = 1 << p.t.log2b;
+  const float* yv = p.yt + vec * p.ld_in;
+  for (int j = threadIdx.x; j < b; j += blockDim.x) {
+    float v = 0.0f;
+    if (a == 1) {
+      v = yv[j];
+    } else {
+      for (int k = 0; k < a; ++k) v = fmaf(__ldg(p.t.q + k * a + i), yv[k * b + j], v);
+    }
+    z[j] = v;
+  }
+  __syncthreads();
+  fwht_rows(z, b, p.t.log2b);
+  float* out = p.y + vec * p.ld_out + size_t(i) * b;
+  for (int j = threadIdx.x; j < b; j += blockDim.x) {
+    float v = z[j] * p.t.inv_sqrt_b;
+    if (p.t.sign) v *= __ldg(p.t.sign + i * b + j);
+    out[j] = p.accumulate ? out[j] + v : v;
+  }
+}
+
 __global__ void f32_to_bf16_kernel(const float* __restrict__ x, uint16_t* __restrict__ y, size_t n) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const __nv_bfloat16 b = __float2bfloat16_rn(x[i]);
@@ -156,6 +258,8 @@ size_t dynamic_limit(const DeviceInfo& info) {
     const size_t lim = info.smem_optin - std::max(a.sharedSizeBytes, b.sharedSizeBytes);
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     return lim;
   }();
   return limit;
@@ -184,8 +288,20 @@ TransformShape transform_shape(const DeviceHadamard& plan, const float* sign) {
   return t;
 }
 
+// Few vectors: the row kernels (a blocks per vector). Many vectors with a mixing matrix: one
+// block per vector, whose mixing reads shared memory instead of re-reading the vector a times.
+constexpr int kRowKernelMaxBatch = 16;
+
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
+  // (a·b != n: the identity shape of dense linears, which the vector kernel handles.)
+  if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
+    const int b = 1 << p.t.log2b;
+    const size_t smem = smem_for(info, b);
+    prepare_rows_kernel<<<dim3(p.t.a, batch), threads_for(b), smem, stream>>>(p);
+    GLQ_CUDA_CHECK_LAUNCH("prepare_rows_kernel");
+    return;
+  }
   const size_t smem = smem_for(info, p.t.n);
   prepare_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
   GLQ_CUDA_CHECK_LAUNCH("prepare_kernel");
@@ -193,6 +309,13 @@ void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, c
 
 void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
+  if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
+    const int b = 1 << p.t.log2b;
+    const size_t smem = smem_for(info, b);
+    finish_rows_kernel<<<dim3(p.t.a, batch), threads_for(b), smem, stream>>>(p);
+    GLQ_CUDA_CHECK_LAUNCH("finish_rows_kernel");
+    return;
+  }
   const size_t smem = smem_for(info, p.t.n);
   finish_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
   GLQ_CUDA_CHECK_LAUNCH("finish_kernel");
