@@ -226,6 +226,11 @@ void Scheduler::finish(Slot& s, FinishReason reason, std::string error) {
     case FinishReason::Cancelled: ++cancelled_; break;
     case FinishReason::Error: ++failed_; break;
   }
+  {
+    // The slot is free from now on, for admission and for stats(), before the client hears.
+    std::lock_guard<std::mutex> lock(mutex_);
+    busy_.store(busy_.load() - 1);
+  }
   s.gen->finish(std::move(r));
   s.done = true;
 }
@@ -257,15 +262,15 @@ void Scheduler::run() {
       try {
         slots.push_back(make_slot(g));
       } catch (const std::exception& e) {  // e.g. no memory for the KV cache
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          busy_.store(busy_.load() - 1);
+        }
         finish_unstarted(*g, FinishReason::Error, e.what());
       }
     }
     if (!slots.empty()) step(slots);
     std::erase_if(slots, [](const std::unique_ptr<Slot>& s) { return s->done; });
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      busy_.store(static_cast<int>(slots.size()));
-    }
   }
   for (auto& s : slots) finish(*s, FinishReason::Cancelled, "the server is shutting down");
   std::deque<std::shared_ptr<Generation>> rest;
