@@ -10,7 +10,8 @@
 //
 // Q_a is chosen by make_hadamard_plan() (the rule is in hadamard.cpp and docs/codec.md): a
 // Paley Hadamard matrix of order a = 4m (normalized by 1/sqrt(a)) when n = 2^k·m with m odd and
-// one exists with a ≤ 128, otherwise an orthonormal DCT-II of order m. Nothing is padded.
+// one exists with a ≤ 128 and a prime q (Paley I: q = 4m−1, else Paley II: q = 2m−1),
+// otherwise an orthonormal DCT-II of order m. Nothing is padded.
 //
 // The randomized transform of a weight matrix W (rows × cols) uses sign vectors s_out (rows)
 // and s_in (cols):  W̃ = T_out · diag(s_out) · W · diag(s_in) · T_in^T.

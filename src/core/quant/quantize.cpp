@@ -408,7 +408,24 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
     }
     // tr(E·H̃·Eᵀ) = tr(E·(H̃+λI)·Eᵀ) − λ‖E‖² = Σ_k tr(η_k·D_k·η_kᵀ) − λ‖E‖².
     proxy_num = std::max(0.0, proxy_num - f.lambda * frob2(E.data(), nW));
-    proxy_den = trace_quadratic(Wt.data(), rows, Ht.data(), cols);
+    // The same identity for W̃: tr(W̃·H̃·W̃ᵀ) = Σ_k tr(V_k·D_k·V_kᵀ) − λ‖W̃‖² with V = W̃·L (L is unit
+    // lower triangular as a plain matrix: its strictly lower part is f.L), half a GEMM.
+    std::vector<float> V = Wt;
+    cblas_strmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasUnit, rows, cols, 1.0f,
+                f.L.data(), cols, V.data(), cols);
+    double den = 0;
+    for (int r = 0; r < rows; ++r) {
+      for (int k = 0; k < G; ++k) {
+        const float* v = &V[static_cast<size_t>(r) * cols + 8 * k];
+        const double* Dk = &f.D[static_cast<size_t>(k) * 64];
+        for (int i = 0; i < 8; ++i) {
+          double s = 0;
+          for (int j = 0; j < 8; ++j) s += Dk[i * 8 + j] * v[j];
+          den += v[i] * s;
+        }
+      }
+    }
+    proxy_den = den - f.lambda * w_energy;
   } else {
     if (have_h && !options.use_ldlq) rep.damp_used = 0;
     for (int k = 0; k < G; ++k) quantize_block(Wt, k, nullptr);
