@@ -88,15 +88,59 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
   // Lane bound: each accumulator gains at most 8/A · 4 · 22 · 128 per chunk, so int32 holds
   // well over a million groups per row.
   constexpr int A = NB == 1 ? 4 : (NB == 2 ? 2 : 1);
+  (void)groups;
+
+  // Decodes one chunk (idx, S) and accumulates its products with the activation bytes at
+  // column offset `col` of every coordinate row (stride gpad) of each batch row.
+  __m512i acc_h[NB][A], acc_l[NB][A];
+  auto chunk = [&](__m512i idx, __m512i sgn, int64_t col) __attribute__((always_inline)) {
+    const __mmask64 top = _mm512_movepi8_mask(idx);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m512i r1 = _mm512_permutex2var_epi8(tab[k][0], idx, tab[k][1]);
+      const __m512i r2 = _mm512_permutex2var_epi8(tab[k][2], idx, tab[k][3]);
+      __m512i e = _mm512_mask_blend_epi8(top, r1, r2);
+      if constexpr (kE8P) e = _mm512_xor_si512(e, _mm512_gf2p8affine_epi64_epi8(sgn, gf[k], 0));
+      const __m512i w_even = _mm512_permutexvar_epi8(e, lut);
+      const __m512i w_odd = _mm512_permutexvar_epi8(_mm512_srli_epi16(e, 4), lut);
+      const int64_t off_even = (2 * k) * gpad + col, off_odd = (2 * k + 1) * gpad + col;
+#pragma GCC unroll 4
+      for (int b = 0; b < NB; ++b) {
+        __m512i& h = acc_h[b][k % A];
+        __m512i& l = acc_l[b][k % A];
+        h = _mm512_dpbusd_epi32(h, w_even, _mm512_loadu_si512(xh[b] + off_even));
+        l = _mm512_dpbusd_epi32(l, w_even, _mm512_loadu_si512(xl[b] + off_even));
+        h = _mm512_dpbusd_epi32(h, w_odd, _mm512_loadu_si512(xh[b] + off_odd));
+        l = _mm512_dpbusd_epi32(l, w_odd, _mm512_loadu_si512(xl[b] + off_odd));
+      }
+    }
+  };
+  auto clear = [&] {
+    for (int b = 0; b < NB; ++b)
+      for (int j = 0; j < A; ++j) acc_h[b][j] = acc_l[b][j] = _mm512_setzero_si512();
+  };
+  // Σ over the dword lanes in `lanes` of batch row b's accumulators.
+  auto total = [&](int b, __mmask16 lanes) {
+    __m512i h = acc_h[b][0], l = acc_l[b][0];
+    for (int j = 1; j < A; ++j) {
+      h = _mm512_add_epi32(h, acc_h[b][j]);
+      l = _mm512_add_epi32(l, acc_l[b][j]);
+    }
+    return 256 * static_cast<int64_t>(_mm512_mask_reduce_add_epi32(lanes, h)) +
+           _mm512_mask_reduce_add_epi32(lanes, l);
+  };
+
+  // A short last chunk (≤ 32 groups, e.g. 8 of 72 groups at 576 columns) would cost as much as a
+  // full one; instead the tails of several rows share one chunk (see pack_tail_avx512).
+  const int tail = groups % kChunk;
+  const bool packed_tails = g1 == groups && tail > 0 && tail <= kChunk / 2;
+  const int g_main = packed_tails ? groups - tail : g1;
 
   for (int r = r0; r < r1; ++r) {
     const uint8_t* row = codes + static_cast<int64_t>(r) * groups * kCodeBytes;
-    __m512i acc_h[NB][A], acc_l[NB][A];
-    for (int b = 0; b < NB; ++b)
-      for (int j = 0; j < A; ++j) acc_h[b][j] = acc_l[b][j] = _mm512_setzero_si512();
-
-    for (int g = g0; g < g1; g += kChunk) {
-      const int n = std::min(kChunk, g1 - g);
+    clear();
+    for (int g = g0; g < g_main; g += kChunk) {
+      const int n = std::min(kChunk, g_main - g);
       const uint8_t* at = row + g * kCodeBytes;
       // Codes are contiguous across rows, so a fixed distance ahead also covers the next row.
       _mm_prefetch(reinterpret_cast<const char*>(at) + prefetch, _MM_HINT_T0);
@@ -120,35 +164,46 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
         idx = n == kChunk ? _mm512_loadu_si512(at)
                           : _mm512_maskz_loadu_epi8((__mmask64{1} << n) - 1, at);
       }
-      const __mmask64 top = _mm512_movepi8_mask(idx);
-#pragma GCC unroll 4
-      for (int k = 0; k < 4; ++k) {
-        const __m512i r1 = _mm512_permutex2var_epi8(tab[k][0], idx, tab[k][1]);
-        const __m512i r2 = _mm512_permutex2var_epi8(tab[k][2], idx, tab[k][3]);
-        __m512i e = _mm512_mask_blend_epi8(top, r1, r2);
-        if constexpr (kE8P)
-          e = _mm512_xor_si512(e, _mm512_gf2p8affine_epi64_epi8(sgn, gf[k], 0));
-        const __m512i w_even = _mm512_permutexvar_epi8(e, lut);
-        const __m512i w_odd = _mm512_permutexvar_epi8(_mm512_srli_epi16(e, 4), lut);
-        const int64_t off_even = (2 * k) * gpad + g, off_odd = (2 * k + 1) * gpad + g;
-#pragma GCC unroll 4
-        for (int b = 0; b < NB; ++b) {
-          __m512i& h = acc_h[b][k % A];
-          __m512i& l = acc_l[b][k % A];
-          h = _mm512_dpbusd_epi32(h, w_even, _mm512_loadu_si512(xh[b] + off_even));
-          l = _mm512_dpbusd_epi32(l, w_even, _mm512_loadu_si512(xl[b] + off_even));
-          h = _mm512_dpbusd_epi32(h, w_odd, _mm512_loadu_si512(xh[b] + off_odd));
-          l = _mm512_dpbusd_epi32(l, w_odd, _mm512_loadu_si512(xl[b] + off_odd));
+      chunk(idx, sgn, g);
+    }
+    if (g0 < g_main)
+      for (int b = 0; b < NB; ++b) dots[b * rows_stride + r] += total(b, 0xFFFF);
+  }
+
+  if (packed_tails) {
+    // Row j of a pack owns groups [j·span, j·span + tail) of the chunk (span = tail rounded up
+    // to whole dword lanes); the activations of the tail sit replicated at the same places in
+    // the planes' extra chunk at column gpad − kChunk.
+    const int span = (tail + 3) / 4 * 4;
+    const int per_pack = kChunk / span;
+    const int64_t tail_col = gpad - kChunk;
+    for (int rp = r0; rp < r1; rp += per_pack) {
+      const int np = std::min(per_pack, r1 - rp);
+      __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+      for (int j = 0; j < np; ++j) {
+        const uint8_t* at = codes + (static_cast<int64_t>(rp + j) * groups + groups - tail) * kCodeBytes;
+        const int first = j * span;  // first group position of row j in the chunk
+        if constexpr (kE8P) {
+          // Word lanes [first, first + tail) of the 64 come from `at`: a masked load at a base
+          // shifted back by `first` touches only those lanes.
+          const uint64_t m = ((uint64_t{1} << tail) - 1) << first;
+          const uint16_t* base = reinterpret_cast<const uint16_t*>(at) - first;
+          if (static_cast<uint32_t>(m)) c0 = _mm512_mask_loadu_epi16(c0, static_cast<__mmask32>(m), base);
+          if (m >> 32) c1 = _mm512_mask_loadu_epi16(c1, static_cast<__mmask32>(m >> 32), base + 32);
+        } else {
+          const __mmask64 m = ((__mmask64{1} << tail) - 1) << first;
+          c0 = _mm512_mask_loadu_epi8(c0, m, at - first);
         }
       }
-    }
-    for (int b = 0; b < NB; ++b) {
-      __m512i h = acc_h[b][0], l = acc_l[b][0];
-      for (int j = 1; j < A; ++j) {
-        h = _mm512_add_epi32(h, acc_h[b][j]);
-        l = _mm512_add_epi32(l, acc_l[b][j]);
+      clear();
+      if constexpr (kE8P)
+        chunk(_mm512_permutex2var_epi8(c0, sel_lo, c1), _mm512_permutex2var_epi8(c0, sel_hi, c1), tail_col);
+      else
+        chunk(c0, _mm512_setzero_si512(), tail_col);
+      for (int j = 0; j < np; ++j) {
+        const __mmask16 lanes = static_cast<__mmask16>(((1u << (span / 4)) - 1) << (j * span / 4));
+        for (int b = 0; b < NB; ++b) dots[b * rows_stride + rp + j] += total(b, lanes);
       }
-      dots[b * rows_stride + r] += 256 * hsum(h) + hsum(l);
     }
   }
 }
@@ -189,7 +244,9 @@ void dot_tile(const DotArgs& a, int s, int r0, int r1, int b0, int nb, int g0, i
 
 }  // namespace
 
-int avx512_chunk_groups() { return kChunk; }
+// Groups per coordinate row of the activation planes: the groups rounded up to whole chunks,
+// plus one chunk holding the row tail replicated for packed tails (see dot_rows).
+int avx512_plane_groups(int groups) { return (groups + kChunk - 1) / kChunk * kChunk + kChunk; }
 
 // Plane layout of one batch row: [coordinate i (8)][group (groups_padded)] bytes. Each
 // coordinate's 16 groups are one stride-8 gather of xt.
@@ -227,6 +284,19 @@ void prepare_input_avx512(const InputRow& in) {
     }
   }
   *in.sum = sum + _mm512_reduce_add_epi32(vsum);
+
+  // The extra chunk: the last `tail` groups of every coordinate row, repeated every `span`
+  // groups (span = tail rounded up to whole dword lanes), zero elsewhere.
+  const int tail = in.groups % kChunk;
+  if (tail > 0 && tail <= kChunk / 2) {
+    const int span = (tail + 3) / 4 * 4;
+    const int64_t from = in.groups - tail, to = gp - kChunk;
+    for (int8_t* plane : {in.hi, in.lo})
+      for (int i = 0; i < 8; ++i) {
+        int8_t* row = plane + static_cast<int64_t>(i) * gp;
+        for (int j = 0; j + span <= kChunk; j += span) std::memcpy(row + to + j, row + from, tail);
+      }
+  }
 }
 
 void dots_avx512(const DotArgs& a, int r0, int r1) {

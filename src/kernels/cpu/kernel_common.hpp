@@ -67,7 +67,7 @@ struct ActView {
   int64_t plane_bytes = 0;
   const int64_t* xsum = nullptr;  // (batch) Σ X
   int batch = 0;
-  int groups_padded = 0;  // groups rounded up to the SIMD chunk, padding holds X = 0
+  int groups_padded = 0;  // coordinate-row length of the planes (≥ groups; padding holds X = 0)
 };
 
 // dots (stages, batch, rows) int64: exact Σ v·X for rows [r0, r1).
@@ -101,7 +101,7 @@ struct InputRow {
   double* scale = nullptr;  // xs = max|xt| / kActMax (0 for a zero row)
 };
 int avx2_chunk_groups();    // groups per SIMD chunk (padding unit)
-int avx512_chunk_groups();
+int avx512_plane_groups(int groups);  // coordinate-row length of the AVX-512 planes
 void prepare_input_scalar(const InputRow& in);
 void prepare_input_avx2(const InputRow& in);
 void prepare_input_avx512(const InputRow& in);

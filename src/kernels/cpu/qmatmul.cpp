@@ -196,10 +196,11 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
 
   const int rows = q.rows, cols = q.cols, groups = cols / 8;
   const int n_stages = static_cast<int>(q.stages.size());
-  const int chunk = isa == Isa::Avx512 ? detail::avx512_chunk_groups()
-                    : isa == Isa::Avx2 ? detail::avx2_chunk_groups()
-                                       : 1;
-  const int groups_padded = (groups + chunk - 1) / chunk * chunk;
+  const int groups_padded =
+      isa == Isa::Avx512 ? detail::avx512_plane_groups(groups)
+      : isa == Isa::Avx2 ? (groups + detail::avx2_chunk_groups() - 1) / detail::avx2_chunk_groups() *
+                               detail::avx2_chunk_groups()
+                         : groups;
   const int64_t plane_bytes = 8 * static_cast<int64_t>(groups_padded);
   const size_t tmp_len = static_cast<size_t>(std::max(rows, cols));
 
