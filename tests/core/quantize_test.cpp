@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -112,6 +113,7 @@ TEST(QuantizeMatrix, LdlqBeatsNearestRoundingOnACorrelatedHessian) {
     EXPECT_NEAR(ldlq_rep.proxy_loss, pl, 0.02 * pl) << bits << " bpw";
     EXPECT_NEAR(near_rep.proxy_loss, pn, 0.02 * pn) << bits << " bpw";
     EXPECT_LE(pl, 0.8 * pn) << bits << " bpw: LDLQ " << pl << ", nearest " << pn;
+    std::printf("%d bpw: proxy loss LDLQ %.5f, nearest %.5f, ratio %.3f\n", bits, pl, pn, pl / pn);
   }
 }
 
