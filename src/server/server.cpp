@@ -119,10 +119,12 @@ std::string Server::Impl::new_id(ApiKind kind) {
 }
 
 void Server::Impl::setup() {
-  const int threads = opt.http_threads > 0 ? opt.http_threads : opt.scheduler.parallel + opt.scheduler.queue + 8;
+  // A connection holds its thread for as long as it is kept alive, so beyond the requests that
+  // can run or wait, 64 threads are left to answer the rest (503) at once.
+  const int threads = opt.http_threads > 0 ? opt.http_threads : opt.scheduler.parallel + opt.scheduler.queue + 64;
   http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   http.set_payload_max_length(opt.max_body_bytes);
-  http.set_keep_alive_max_count(1000);
+  http.set_keep_alive_max_count(100);
   http.set_keep_alive_timeout(5);
   http.set_read_timeout(10, 0);
   http.set_write_timeout(10, 0);
@@ -191,7 +193,7 @@ void Server::Impl::setup() {
         finish = finish_reason_name(r.reason);
       } else {
         tokens = fmt::format("{}+{}", prompt, t_log.gen->completion_tokens_so_far());
-        finish = "unfinished";
+        finish = t_log.gen->cancelled() ? "cancelled" : "unfinished";
       }
     }
     if (!t_log.note.empty()) finish += finish.empty() ? t_log.note : " " + t_log.note;

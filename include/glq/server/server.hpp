@@ -8,8 +8,9 @@
 // Threads: cpp-httplib's pool runs the handlers, which parse and validate the request, tokenize
 // it and submit it to the Scheduler (continuous batching, glq/server/scheduler.hpp); then each
 // handler waits on its Generation and writes the answer, all at once or as server-sent events.
-// Every request that waits holds one HTTP thread, so the pool has parallel + queue + 8 threads:
-// a request beyond the queue gets its 503 at once instead of waiting for a thread.
+// Every request that waits holds one HTTP thread (and a kept-alive connection holds its thread
+// between requests), so the pool has parallel + queue + 64 threads: a request beyond the queue
+// gets its 503 at once instead of waiting for a thread.
 //
 // Every error is an OpenAI-style JSON body with a 4xx/5xx status; nothing a client sends stops
 // the server. One line per request goes to the log (stderr by default).
@@ -31,7 +32,7 @@ struct ServerOptions {
   std::string model_id = "glq";     // the name in /v1/models and in responses
   SchedulerOptions scheduler;
   size_t max_body_bytes = 1 << 20;  // larger request bodies get 413
-  int http_threads = 0;             // 0: parallel + queue + 8
+  int http_threads = 0;             // 0: parallel + queue + 64
   int heartbeat_ms = 2000;          // streams: an SSE comment after this long without data
   // One line per request (method, path, status, tokens, ms); empty: written to stderr.
   std::function<void(const std::string&)> log;
