@@ -187,3 +187,46 @@ TEST(Tokenizer, ChatFormats) {
 
 }  // namespace
 }  // namespace glq::model
+
+namespace glq::model {
+namespace {
+
+// The GGUF pre-tokenizer choice shows in how a digit run is split before BPE.
+TEST(Tokenizer, GgufPreTokenizerDigitSplits) {
+  auto make = [](const std::string& pre) {
+    test::GgufBuilder g;
+    std::vector<std::string> tokens;
+    for (int b = 0; b < 256; ++b) {
+      std::string s;
+      append_utf8(s, byte_to_code_point()[static_cast<size_t>(b)]);
+      tokens.push_back(s);
+    }
+    const std::vector<std::string> merges = {"1 2", "3 4", "12 3", "4 5"};
+    for (const auto& m : merges) {
+      std::string t = m;
+      t.erase(t.find(' '), 1);
+      tokens.push_back(t);
+    }
+    g.kv_string("tokenizer.ggml.model", "gpt2");
+    g.kv_string("tokenizer.ggml.pre", pre);
+    g.kv_strings("tokenizer.ggml.tokens", tokens);
+    g.kv_strings("tokenizer.ggml.merges", merges);
+    test::TempDir d;
+    test::write_bytes(d.file("p.gguf"), g.build());
+    return Tokenizer::from_gguf(GgufFile(d.file("p.gguf")));
+  };
+  auto split = [](const Tokenizer& t, const std::string& s) {
+    std::vector<std::string> out;
+    for (int32_t id : t.encode(s, false, true)) out.push_back(t.token_string(id));
+    return out;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(split(make("default"), "12345"), (V{"12", "34", "5"}));    // one piece
+  EXPECT_EQ(split(make("llama-bpe"), "12345"), (V{"123", "45"}));      // \p{N}{1,3}
+  EXPECT_EQ(split(make("qwen2"), "12345"), (V{"1", "2", "3", "4", "5"}));
+  EXPECT_EQ(split(make("smollm"), "12345"), (V{"1", "2", "3", "4", "5"}));
+  EXPECT_THROW(make("no-such-pre"), Error);
+}
+
+}  // namespace
+}  // namespace glq::model
