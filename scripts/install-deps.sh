@@ -4,7 +4,7 @@ set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config git
       nlohmann-json3-dev libcli11-dev libfmt-dev libopenblas-dev liblapacke-dev
       libcpp-httplib-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev pybind11-dev
-      python3 python3-pip curl unzip)
+      python3 python3-pip python3-venv python3-dev curl unzip)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 missing=()
