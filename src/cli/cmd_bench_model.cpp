@@ -1,6 +1,9 @@
 // `glq bench model MODEL`: prompt (prefill) and decode tokens per second of a model on the CPU,
 // optionally against the same model with its linears quantized in the same run.
 //
+// With --baseline OTHER, OTHER is measured first (e.g. the fp32 GGUF that a GLQ checkpoint was
+// quantized from) and every speed-up is relative to it.
+//
 // Method: a fixed prompt of --prompt-tokens ids goes through Model::forward in one call
 // (prefill); then --decode-tokens tokens are generated one at a time, greedily. Each variant is
 // measured --reps times and the median rate is reported. With --quantize-bits 2,4 the loaded
@@ -169,8 +172,8 @@ std::vector<int> parse_bits_list(const std::string& s) {
   return out;
 }
 
-nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& quantize_bits, bool lm_head,
-                                   int reps) {
+nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& baseline_path,
+                                   const std::string& quantize_bits, bool lm_head, int reps) {
   if (a.model.empty()) throw_invalid("bench model: a model path is required (or --synthetic with --device cuda)");
   if (a.prompt_tokens <= 0 || a.decode_tokens <= 0)
     throw_invalid(fmt::format("bench model: --prompt-tokens and --decode-tokens must be positive, got {} and {}",
@@ -217,7 +220,20 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& q
   fmt::print(stderr, "{} ({}, {} threads, {} prompt + {} decode tokens, median of {})\n", m->describe(),
              cpu::isa_name(cpu::detect_isa()), pool.size(), a.prompt_tokens, a.decode_tokens, reps);
   nlohmann::json variants = nlohmann::json::array();
+  if (!baseline_path.empty()) {
+    // The baseline model first (e.g. the fp32 model a checkpoint was made from), same process.
+    std::unique_ptr<model::Model> bm = model::load_model(baseline_path, lo);
+    bm->set_pool(pool);
+    if (bm->vocab_size() != m->vocab_size())
+      throw_mismatch("bench model --baseline " + baseline_path + " vocabulary", std::to_string(m->vocab_size()),
+                     std::to_string(bm->vocab_size()));
+    std::swap(m, bm);
+    variants.push_back(variant("baseline"));
+    variants.back()["model"] = baseline_path;
+    std::swap(m, bm);
+  }
   variants.push_back(variant("as loaded"));
+  variants.back()["model"] = a.model;
   const nlohmann::json base = variants[0];
   for (int bits : bits_list) {
     if (bits_list.size() > 1 && bits != bits_list.front()) {
@@ -231,15 +247,24 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& q
     v["quantize_seconds"] = qs;
     v["decode_speedup"] = v["decode_tok_s"].get<double>() / base["decode_tok_s"].get<double>();
     v["prefill_speedup"] = v["prefill_tok_s"].get<double>() / base["prefill_tok_s"].get<double>();
-    fmt::print(stderr, "{:<12} decode {:.2f}x, prefill {:.2f}x the model as loaded (quantized in {:.1f} s)\n", "",
-               v["decode_speedup"].get<double>(), v["prefill_speedup"].get<double>(), qs);
+    fmt::print(stderr, "{:<12} decode {:.2f}x, prefill {:.2f}x the {} (quantized in {:.1f} s)\n", "",
+               v["decode_speedup"].get<double>(), v["prefill_speedup"].get<double>(),
+               baseline_path.empty() ? "model as loaded" : "baseline", qs);
     variants.push_back(v);
+  }
+  if (!baseline_path.empty()) {
+    nlohmann::json& loaded = variants[1];
+    loaded["decode_speedup"] = loaded["decode_tok_s"].get<double>() / base["decode_tok_s"].get<double>();
+    loaded["prefill_speedup"] = loaded["prefill_tok_s"].get<double>() / base["prefill_tok_s"].get<double>();
+    fmt::print(stderr, "{:<12} decode {:.2f}x, prefill {:.2f}x the baseline\n", "",
+               loaded["decode_speedup"].get<double>(), loaded["prefill_speedup"].get<double>());
   }
   const nlohmann::json& last = variants.back();
   j["prefill_tok_s"] = last["prefill_tok_s"];
   j["decode_tok_s"] = last["decode_tok_s"];
   j["variant"] = last["name"];
-  j["baseline"] = "model as loaded (dense linears: OpenBLAS fp32)";
+  j["baseline"] = baseline_path.empty() ? "model as loaded (dense linears: OpenBLAS fp32)"
+                                        : "--baseline " + baseline_path;
   j["baseline_prefill_tok_s"] = base["prefill_tok_s"];
   j["baseline_decode_tok_s"] = base["decode_tok_s"];
   j["decode_speedup"] = last["decode_tok_s"].get<double>() / base["decode_tok_s"].get<double>();
@@ -254,6 +279,7 @@ RunFn setup(CLI::App& app) {
     ModelBenchArgs args;
     std::string device = "cpu";
     std::string quantize_bits;
+    std::string baseline;
     bool lm_head = false;
     int reps = 3;
     bool json = false;
@@ -272,13 +298,16 @@ RunFn setup(CLI::App& app) {
   app.add_option("--threads", o->args.threads, "CPU threads (0 = all)");
   app.add_option("--quantize-bits", o->quantize_bits,
                  "CPU: also measure the model with its linears quantized to these widths, e.g. 2,4");
+  app.add_option("--baseline", o->baseline,
+                 "CPU: measure this model first and report speed-ups against it (e.g. the fp32 GGUF a "
+                 "checkpoint was made from)");
   app.add_flag("--quantize-lm-head", o->lm_head, "CPU: quantize the output projection too");
   app.add_option("--reps", o->reps, "CPU: measurements per variant (median)");
   app.add_flag("--json", o->json, "print one JSON object on stdout");
   return [o]() {
     const bool cuda = o->device == "cuda" || !o->args.synthetic.empty();
     const nlohmann::json j =
-        cuda ? run_cuda_model_bench(o->args) : run_cpu_model_bench(o->args, o->quantize_bits, o->lm_head, o->reps);
+        cuda ? run_cuda_model_bench(o->args) : run_cpu_model_bench(o->args, o->baseline, o->quantize_bits, o->lm_head, o->reps);
     if (o->json)
       fmt::print("{}\n", j.dump());
     else if (cuda)
