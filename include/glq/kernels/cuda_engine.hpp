@@ -93,6 +93,7 @@ class Engine {
   EngineWeights w_;
   std::unique_ptr<Buffers> b_;
   int position_ = 0;
+  int last_row_ = 0;  // row of logits() holding the last token's logits
   cudaGraphExec_t decode_graph_ = nullptr;
 };
 

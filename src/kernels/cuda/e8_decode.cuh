@@ -15,7 +15,8 @@
 // nibble order is chosen so that four shift-and-mask operations give the four PRMT selectors
 // for the coordinate pairs (0,1), (2,3), (4,5), (6,7) (kNibbleOfCoord below).
 //
-// E8P16: E = sel_table[code & 0xFF] ^ sign_table[code >> 8]. sel_table holds the magnitudes of
+// E8P16: E = sel_table[code & 0xFF] ^ sign_table[code >> 8]; bit 31 of E is the shift bit
+// (1: t = −¼), stored in the sign table, so the kernel gets ±¼·Σx with one XOR. sel_table holds the magnitudes of
 // the abs pattern plus its parity bit q as the sign of coordinate 7; sign_table holds the 7
 // explicit sign bits spread to their nibbles plus their parity as the sign of coordinate 7, so
 // the XOR yields coordinate 7's sign = parity(signs) ^ q, as glq/codec/codebook.hpp defines it.
@@ -68,11 +69,13 @@ inline uint32_t byte_perm(uint32_t lo, uint32_t hi, uint32_t sel) {
 #endif
 
 // The four PRMT selectors of a selector word.
+// The masks keep bit 3 of every selector nibble clear (PRMT's sign-replicate mode); bit 31 of
+// an E8P16 selector word carries the code's shift bit (see kTableE8pSign), which they drop.
 __host__ __device__ __forceinline__ void pair_selectors(uint32_t e, uint32_t sel[4]) {
-  sel[0] = e & 0xF0F0u;
-  sel[1] = (e << 4) & 0xF0F0u;
-  sel[2] = (e >> 16) & 0xF0F0u;
-  sel[3] = (e >> 12) & 0xF0F0u;
+  sel[0] = e & 0x7070u;
+  sel[1] = (e << 4) & 0x7070u;
+  sel[2] = (e >> 16) & 0x7070u;
+  sel[3] = (e >> 12) & 0x7070u;
 }
 
 // Decoded coordinates as 4 half2 bit patterns: (c0,c1), (c2,c3), (c4,c5), (c6,c7).

@@ -565,6 +565,7 @@ void Engine::forward(const int32_t* tokens, int n, bool all_logits) {
     GLQ_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host token buffer may be reused
     done += m;
     position_ += m;
+    last_row_ = all_logits ? m - 1 : 0;
   }
 }
 
@@ -575,12 +576,15 @@ std::vector<int32_t> Engine::generate_greedy(int n, double* graph_seconds) {
   auto& b = *b_;
   cudaStream_t stream = ctx_.stream();
   GLQ_CUDA_CHECK(cudaMemsetAsync(b.step.data(), 0, 4, stream));
+  int row = last_row_;  // the last token's row of the logits of the last forward()
   auto sample = [&](int advance) {
-    argmax_kernel<<<1, 1024, 0, stream>>>(b.logits.as<const float>(), config_.vocab, b.tokens.as<int32_t>(),
+    argmax_kernel<<<1, 1024, 0, stream>>>(b.logits.as<const float>() + size_t(row) * config_.vocab, config_.vocab, b.tokens.as<int32_t>(),
                                           b.generated.as<int32_t>(), b.step.as<int>(), b.pos.as<int>(), advance);
     GLQ_CUDA_CHECK_LAUNCH("argmax_kernel");
   };
   sample(0);  // the first token from the logits of the last forward()
+  row = 0;    // decode steps write one row
+  last_row_ = 0;
   auto step = [&] {
     enqueue_tokens(1, false);
     sample(1);

@@ -23,6 +23,7 @@
 
 #include "glq/error.hpp"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/transform_kernels.cuh"
 
 namespace glq::cuda::detail {
@@ -88,8 +89,10 @@ __global__ void prepare_kernel(const PrepareParams p) {
       const int h = i / p.head_dim, d = i - h * p.head_dim;
       const size_t base = (vec * p.heads + h) * p.chunks;
       float m = -INFINITY;
+#pragma unroll 8
       for (int c = 0; c < p.chunks; ++c) m = fmaxf(m, p.part_m[base + c]);
       float l = 0.0f, acc = 0.0f;
+#pragma unroll 8
       for (int c = 0; c < p.chunks; ++c) {
         const float w = p.part_l[base + c] > 0.0f ? __expf(p.part_m[base + c] - m) : 0.0f;
         l += w * p.part_l[base + c];
@@ -150,8 +153,10 @@ __device__ __forceinline__ float pre_value(const PrepareParams& p, size_t vec, i
       const int h = i / p.head_dim, d = i - h * p.head_dim;
       const size_t base = (vec * p.heads + h) * p.chunks;
       float m = -INFINITY;
+#pragma unroll 8
       for (int c = 0; c < p.chunks; ++c) m = fmaxf(m, p.part_m[base + c]);
       float l = 0.0f, acc = 0.0f;
+#pragma unroll 8
       for (int c = 0; c < p.chunks; ++c) {
         const float w = p.part_l[base + c] > 0.0f ? __expf(p.part_m[base + c] - m) : 0.0f;
         l += w * p.part_l[base + c];
@@ -169,17 +174,24 @@ __device__ __forceinline__ float pre_value(const PrepareParams& p, size_t vec, i
 // Row-parallel input transform, for few vectors: block (i, vec) computes row i of the a×b view
 // of T (sign ∘ pre(x)) = (Q ⊗ H/√b)(...): first its row of the mixing, z = Σ_k Q[i,k] x_k
 // (the mixing and the FWHT commute), then the FWHT of z in shared memory. The a blocks of a
-// vector run in parallel instead of one block doing a·n mixing work alone.
-__global__ void prepare_rows_kernel(const PrepareParams p) {
-  extern __shared__ float z[];  // (b)
+// vector run in parallel instead of one block doing a·n mixing work alone. With a > 1 the whole
+// vector is first staged in shared memory (when it fits: `staged`), so that its global loads
+// are all in flight at once rather than one dependent load per mixing term.
+__global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
+  extern __shared__ float sm[];  // z (b), then the staged vector (n)
   __shared__ float red[32];
+  pdl_trigger();
+  pdl_wait();
   const int i = blockIdx.x;
   const size_t vec = blockIdx.y;
   const int n = p.t.n, a = p.t.a, b = 1 << p.t.log2b;
+  float* z = sm;
+  float* xs = sm + b;
   float scale = 1.0f;
   if (p.pre == PreOp::RmsNorm) {
     const float* xv = p.x + vec * p.ld_x;
     float ss = 0.0f;
+#pragma unroll 4
     for (int k = threadIdx.x; k < n; k += blockDim.x) ss += xv[k] * xv[k];
     scale = rsqrtf(block_sum(ss, red) / float(n) + p.eps);
   }
@@ -188,18 +200,33 @@ __global__ void prepare_rows_kernel(const PrepareParams p) {
     const int end = min(p.zero_count, (i + 1) * per);
     for (int k = i * per + threadIdx.x; k < end; k += blockDim.x) p.zero_ptr[vec * p.zero_count + k] = 0.0f;
   }
-  for (int j = threadIdx.x; j < b; j += blockDim.x) {
-    float v = 0.0f;
-    if (a == 1) {
-      v = pre_value(p, vec, j, scale) * (p.t.sign ? __ldg(p.t.sign + j) : 1.0f);
-    } else {
-      const float* qi = p.t.q + i * a;
+  if (a == 1) {
+#pragma unroll 4
+    for (int j = threadIdx.x; j < b; j += blockDim.x)
+      z[j] = pre_value(p, vec, j, scale) * (p.t.sign ? __ldg(p.t.sign + j) : 1.0f);
+  } else if (staged) {
+#pragma unroll 4
+    for (int k = threadIdx.x; k < n; k += blockDim.x)
+      xs[k] = pre_value(p, vec, k, scale) * (p.t.sign ? __ldg(p.t.sign + k) : 1.0f);
+    __syncthreads();
+    const float* qi = p.t.q + i * a;
+    for (int j = threadIdx.x; j < b; j += blockDim.x) {
+      float v = 0.0f;
+#pragma unroll 4
+      for (int k = 0; k < a; ++k) v = fmaf(__ldg(qi + k), xs[k * b + j], v);
+      z[j] = v;
+    }
+  } else {
+    const float* qi = p.t.q + i * a;
+    for (int j = threadIdx.x; j < b; j += blockDim.x) {
+      float v = 0.0f;
+#pragma unroll 4
       for (int k = 0; k < a; ++k) {
         const int idx = k * b + j;
         v = fmaf(__ldg(qi + k), pre_value(p, vec, idx, scale) * (p.t.sign ? __ldg(p.t.sign + idx) : 1.0f), v);
       }
+      z[j] = v;
     }
-    z[j] = v;
   }
   __syncthreads();
   fwht_rows(z, b, p.t.log2b);
@@ -214,20 +241,36 @@ __global__ void prepare_rows_kernel(const PrepareParams p) {
 }
 
 // Row-parallel output transform: block (i, vec) writes row i of sign ∘ (Q^T ⊗ H/√b) ỹ.
-__global__ void finish_rows_kernel(const FinishParams p) {
-  extern __shared__ float z[];  // (b)
+__global__ void finish_rows_kernel(const FinishParams p, int staged) {
+  extern __shared__ float sm[];  // z (b), then the staged vector (n)
+  pdl_trigger();
+  pdl_wait();
   const int i = blockIdx.x;
   const size_t vec = blockIdx.y;
-  const int a = p.t.a, b = 1 << p.t.log2b;
+  const int n = p.t.n, a = p.t.a, b = 1 << p.t.log2b;
+  float* z = sm;
+  float* ys = sm + b;
   const float* yv = p.yt + vec * p.ld_in;
-  for (int j = threadIdx.x; j < b; j += blockDim.x) {
-    float v = 0.0f;
-    if (a == 1) {
-      v = yv[j];
-    } else {
-      for (int k = 0; k < a; ++k) v = fmaf(__ldg(p.t.q + k * a + i), yv[k * b + j], v);
+  if (a == 1) {
+#pragma unroll 4
+    for (int j = threadIdx.x; j < b; j += blockDim.x) z[j] = yv[j];
+  } else if (staged) {
+#pragma unroll 4
+    for (int k = threadIdx.x; k < n; k += blockDim.x) ys[k] = yv[k];
+    __syncthreads();
+    for (int j = threadIdx.x; j < b; j += blockDim.x) {
+      float v = 0.0f;
+#pragma unroll 4
+      for (int k = 0; k < a; ++k) v = fmaf(__ldg(p.t.q + k * a + i), ys[k * b + j], v);
+      z[j] = v;
     }
-    z[j] = v;
+  } else {
+    for (int j = threadIdx.x; j < b; j += blockDim.x) {
+      float v = 0.0f;
+#pragma unroll 4
+      for (int k = 0; k < a; ++k) v = fmaf(__ldg(p.t.q + k * a + i), yv[k * b + j], v);
+      z[j] = v;
+    }
   }
   __syncthreads();
   fwht_rows(z, b, p.t.log2b);
@@ -297,9 +340,10 @@ void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, c
   // (a·b != n: the identity shape of dense linears, which the vector kernel handles.)
   if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
     const int b = 1 << p.t.log2b;
-    const size_t smem = smem_for(info, b);
-    prepare_rows_kernel<<<dim3(p.t.a, batch), threads_for(b), smem, stream>>>(p);
-    GLQ_CUDA_CHECK_LAUNCH("prepare_rows_kernel");
+    const int staged = p.t.a > 1 && size_t(b + p.t.n) * 4 <= dynamic_limit(info);
+    const size_t smem = smem_for(info, staged ? b + p.t.n : b);
+    launch_checked(prepare_rows_kernel, dim3(p.t.a, batch), dim3(threads_for(b)), smem, stream, pdl_enabled(info),
+                   "prepare_rows_kernel", p, staged);
     return;
   }
   const size_t smem = smem_for(info, p.t.n);
@@ -311,9 +355,10 @@ void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cud
   if (batch <= 0) return;
   if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
     const int b = 1 << p.t.log2b;
-    const size_t smem = smem_for(info, b);
-    finish_rows_kernel<<<dim3(p.t.a, batch), threads_for(b), smem, stream>>>(p);
-    GLQ_CUDA_CHECK_LAUNCH("finish_rows_kernel");
+    const int staged = p.t.a > 1 && size_t(b + p.t.n) * 4 <= dynamic_limit(info);
+    const size_t smem = smem_for(info, staged ? b + p.t.n : b);
+    launch_checked(finish_rows_kernel, dim3(p.t.a, batch), dim3(threads_for(b)), smem, stream, pdl_enabled(info),
+                   "finish_rows_kernel", p, staged);
     return;
   }
   const size_t smem = smem_for(info, p.t.n);

@@ -13,6 +13,9 @@
 // in shared memory serves a warp in ~4 passes (bank conflicts). Each table is stored 32 times,
 // entry e of lane l at word e·32 + l, so lane l only ever touches bank l: one pass per lookup,
 // at 32 KiB of shared memory per table (filled with 16-byte stores at the start of each block).
+// The E8P16 selector and sign tables are interleaved (entry e: 128 bytes of selector copies,
+// then 128 bytes of sign copies), so that a lookup's byte address is one PRMT of a code byte
+// and the lane offset.
 //
 // Codes are read with the streaming cache hint (__ldcs): weights are used once per product, so
 // they should not push activations out of L2.
@@ -26,6 +29,7 @@
 #include "glq/error.hpp"
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/pdl.cuh"
 
 namespace glq::cuda::detail {
 
@@ -59,14 +63,14 @@ __device__ __forceinline__ __half2 as_half2(uint32_t u) {
   return *reinterpret_cast<const __half2*>(&u);
 }
 
-// Dot of one decoded group (4 half2 of weights) with one vector's 8 inputs, in fp32.
-__device__ __forceinline__ float dot8(const uint32_t w[4], const __half2 x[4]) {
-  __half2 h = __hmul2(as_half2(w[0]), x[0]);
-  h = __hfma2(as_half2(w[1]), x[1], h);
-  h = __hfma2(as_half2(w[2]), x[2], h);
-  h = __hfma2(as_half2(w[3]), x[3], h);
-  const float2 f = __half22float2(h);
-  return f.x + f.y;
+// Dot of one decoded group (4 half2 of weights) with one vector's 8 inputs: products summed in
+// fp16 pairs, the two halves added once more and converted to fp32.
+__device__ __forceinline__ float dot8h(const uint32_t w[4], const __half2 x[4]) {
+  __half2 h = __hmul2(*reinterpret_cast<const __half2*>(&w[0]), x[0]);
+  h = __hfma2(*reinterpret_cast<const __half2*>(&w[1]), x[1], h);
+  h = __hfma2(*reinterpret_cast<const __half2*>(&w[2]), x[2], h);
+  h = __hfma2(*reinterpret_cast<const __half2*>(&w[3]), x[3], h);
+  return __half2float(__hadd(__low2half(h), __high2half(h)));
 }
 
 template <int B>
@@ -83,23 +87,37 @@ __device__ __forceinline__ void load_x(const uint4* xs, const float* sx, int kb_
   }
 }
 
-// One E8P16 word: 8 rows × one group.
+// A value the compiler keeps in a register instead of re-materialising it before every use
+// (it otherwise reloads PRMT's constant byte table before each PRMT: one extra instruction each).
+__device__ __forceinline__ uint32_t opaque(uint32_t v) {
+  uint32_t r;
+  asm volatile("mov.b32 %0, %1;" : "=r"(r) : "r"(v));
+  return r;
+}
+
+// One E8P16 word: 8 rows × one group. The selector and sign tables are interleaved in shared
+// memory: entry e of lane l at byte e·256 + l·4 (selector) and e·256 + 128 + l·4 (sign), so one
+// PRMT builds a lookup's address from the lane offset and a byte of the code word.
 template <int B>
 __device__ __forceinline__ void e8p_word(const uint4 c, const __half2 xv[B][4], const float sxv[B],
-                                         const uint32_t* tab_sel, const uint32_t* tab_sign,
-                                         const float sc[8], float acc[8][B]) {
+                                         const unsigned char* tab, uint32_t lane4, uint32_t bytes_lo,
+                                         uint32_t bytes_hi, const float sc[8], float acc[8][B]) {
   const uint32_t words[4] = {c.x, c.y, c.z, c.w};
 #pragma unroll
   for (int r = 0; r < 8; ++r) {
-    const uint32_t code = (r & 1) ? (words[r >> 1] >> 16) : (words[r >> 1] & 0xFFFFu);
-    const uint32_t e = tab_sel[(code & 0xFFu) * 32] ^ tab_sign[(code >> 8) * 32];
-    uint32_t w[4];
-    decode_pairs(e, kE8pBytesLo, kE8pBytesHi, w);
-    const uint32_t shift_sign = (code & 0x8000u) << 16;  // ±¼ shift: sign of ¼·Σx
+    const uint32_t w = words[r >> 1];
+    // bytes [lane·4, code byte, 0, 0]: byte 0/2 of w is a code's pattern index, 1/3 its signs.
+    const uint32_t off_sel = __byte_perm(lane4, w, (r & 1) ? 0x1160u : 0x1140u);
+    const uint32_t off_sign = __byte_perm(lane4, w, (r & 1) ? 0x1170u : 0x1150u);
+    const uint32_t e = *reinterpret_cast<const uint32_t*>(tab + off_sel) ^
+                       *reinterpret_cast<const uint32_t*>(tab + off_sign + 128);
+    uint32_t wv[4];
+    decode_pairs(e, bytes_lo, bytes_hi, wv);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
-      const float shift = __int_as_float(__float_as_int(sxv[b]) ^ shift_sign);
-      acc[r][b] = fmaf(sc[r], dot8(w, xv[b]) + shift, acc[r][b]);
+      // ±¼·Σx: the shift bit (bit 31 of e) flips the sign of the precomputed ¼·Σx.
+      const float shift = __int_as_float((e & 0x80000000u) ^ __float_as_uint(sxv[b]));
+      acc[r][b] = fmaf(sc[r], dot8h(wv, xv[b]) + shift, acc[r][b]);
     }
   }
 }
@@ -107,16 +125,16 @@ __device__ __forceinline__ void e8p_word(const uint4 c, const __half2 xv[B][4], 
 // One E8R8 word: 8 rows × one group, one byte each.
 template <int B>
 __device__ __forceinline__ void e8r_word(const uint2 c, const __half2 xv[B][4],
-                                         const uint32_t* tab_r8, const float sc[8],
-                                         float acc[8][B]) {
+                                         const uint32_t* tab_r8, uint32_t bytes_lo, uint32_t bytes_hi,
+                                         const float sc[8], float acc[8][B]) {
   const uint32_t words[2] = {c.x, c.y};
 #pragma unroll
   for (int r = 0; r < 8; ++r) {
     const uint32_t code = (words[r >> 2] >> (8 * (r & 3))) & 0xFFu;
     uint32_t w[4];
-    decode_pairs(tab_r8[code * 32], kE8rBytesLo, kE8rBytesHi, w);
+    decode_pairs(tab_r8[code * 32], bytes_lo, bytes_hi, w);
 #pragma unroll
-    for (int b = 0; b < B; ++b) acc[r][b] = fmaf(sc[r], dot8(w, xv[b]), acc[r][b]);
+    for (int b = 0; b < B; ++b) acc[r][b] = fmaf(sc[r], dot8h(w, xv[b]), acc[r][b]);
   }
 }
 
@@ -125,23 +143,26 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
   extern __shared__ uint4 smem4[];
   uint32_t* smem = reinterpret_cast<uint32_t*>(smem4);
   const int ntab = p.has_r8 ? 3 : 2;
-  uint32_t* tab_sel = smem;
-  uint32_t* tab_sign = smem + kTableSmemWords;
-  uint32_t* tab_r8 = smem + 2 * kTableSmemWords;
+  unsigned char* tab_e8p = reinterpret_cast<unsigned char*>(smem);  // (256, [sel, sign], 32 lanes)
+  uint32_t* tab_r8 = smem + 2 * kTableSmemWords;                     // (256, 32 lanes)
   uint4* xs = reinterpret_cast<uint4*>(smem + ntab * kTableSmemWords);  // (B, kb_groups)
   float* sx = reinterpret_cast<float*>(xs + B * p.kb_groups);           // (B, kb_groups)
 
-  // Entry e of every table is stored for all 32 lanes: 8 vector stores of 4 copies.
-  for (int i = threadIdx.x; i < kTableSmemWords / 4; i += kThreads) {
-    const int e = i >> 3;
-    const uint32_t a = __ldg(p.tables + kTableE8pSel + e), b = __ldg(p.tables + kTableE8pSign + e);
-    reinterpret_cast<uint4*>(tab_sel)[i] = make_uint4(a, a, a, a);
-    reinterpret_cast<uint4*>(tab_sign)[i] = make_uint4(b, b, b, b);
-    if (p.has_r8) {
-      const uint32_t c = __ldg(p.tables + kTableE8r8Sel + e);
-      reinterpret_cast<uint4*>(tab_r8)[i] = make_uint4(c, c, c, c);
-    }
+  // Every entry is stored for all 32 lanes, with 16-byte stores of 4 copies.
+  for (int i = threadIdx.x; i < 2 * kTableSmemWords / 4; i += kThreads) {
+    const int e = i >> 4, t = (i >> 3) & 1;
+    const uint32_t v = __ldg(p.tables + (t ? kTableE8pSign : kTableE8pSel) + e);
+    reinterpret_cast<uint4*>(smem)[i] = make_uint4(v, v, v, v);
   }
+  if (p.has_r8)
+    for (int i = threadIdx.x; i < kTableSmemWords / 4; i += kThreads) {
+      const uint32_t v = __ldg(p.tables + kTableE8r8Sel + (i >> 3));
+      reinterpret_cast<uint4*>(tab_r8)[i] = make_uint4(v, v, v, v);
+    }
+  // Everything above touches only shared memory and constant tables; x̃ and ỹ come from (and
+  // go to) the kernels around this one.
+  pdl_trigger();
+  pdl_wait();
   const int g0 = blockIdx.y * p.kb_groups;
   const int gn = min(p.kb_groups, p.groups - g0);
   for (int i = threadIdx.x; i < B * gn; i += kThreads) {
@@ -155,9 +176,10 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
   __syncthreads();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const uint32_t* my_sel = tab_sel + lane;
-  const uint32_t* my_sign = tab_sign + lane;
+  const uint32_t lane4 = opaque(uint32_t(lane) * 4);
   const uint32_t* my_r8 = tab_r8 + lane;
+  const uint32_t p_lo = opaque(kE8pBytesLo), p_hi = opaque(kE8pBytesHi);
+  const uint32_t r_lo = opaque(kE8rBytesLo), r_hi = opaque(kE8rBytesHi);
   for (int tile = blockIdx.x * kWarps + warp; tile < p.tiles; tile += gridDim.x * kWarps) {
     float acc[8][B];
 #pragma unroll
@@ -189,7 +211,7 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
               __half2 xv[B][4];
               float sxv[B];
               load_x<B>(xs, sx, p.kb_groups, gl, xv, sxv);
-              e8p_word<B>(c[u], xv, sxv, my_sel, my_sign, sc, acc);
+              e8p_word<B>(c[u], xv, sxv, tab_e8p, lane4, p_lo, p_hi, sc, acc);
             }
           }
         }
@@ -209,7 +231,7 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
               __half2 xv[B][4];
               float sxv[B];
               load_x<B>(xs, sx, p.kb_groups, gl, xv, sxv);
-              e8r_word<B>(c[u], xv, my_r8, sc, acc);
+              e8r_word<B>(c[u], xv, my_r8, r_lo, r_hi, sc, acc);
             }
           }
         }
@@ -344,8 +366,8 @@ void launch_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const 
   p.atomic = plan.n_kb > 1;
   allow_smem(info, batch);
   const dim3 grid(plan.blocks_x, plan.n_kb);
-  void* args[] = {&p};
-  GLQ_CUDA_CHECK(cudaLaunchKernel(kernel_for(batch), grid, dim3(kThreads), args, plan.smem, stream));
+  launch_checked(reinterpret_cast<void (*)(QgemvParams)>(kernel_for(batch)), grid, dim3(kThreads), plan.smem,
+                 stream, pdl_enabled(info), "qgemv_kernel", p);
 }
 
 }  // namespace glq::cuda::detail

@@ -1,0 +1,56 @@
+// Programmatic dependent launch (Hopper): a kernel launched with it may start while the kernel
+// before it in the stream is still running; it must call pdl_wait() before it touches memory
+// that kernel writes (or reads). In the decode step, where hundreds of small kernels follow each
+// other, this hides most of each launch's latency: the decode kernel fills its shared-memory
+// tables while the input transform before it finishes. GLQ_CUDA_PDL=0 turns it off.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "glq/kernels/cuda.hpp"
+
+namespace glq::cuda::detail {
+
+// Waits until the kernels this one depends on have completed and their memory is visible.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next kernel (if launched with PDL) be scheduled now; it still waits in pdl_wait().
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+inline bool pdl_enabled(const DeviceInfo& info) {
+  static const bool env_off = [] {
+    const char* v = std::getenv("GLQ_CUDA_PDL");
+    return v && std::strcmp(v, "0") == 0;
+  }();
+  return info.cc_major >= 9 && !env_off;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with PDL when `pdl`; checked.
+template <typename... Params, typename... Args>
+void launch_checked(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                    bool pdl, const char* name, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = pdl ? 1 : 0;
+  check(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), name, __FILE__, __LINE__);
+}
+
+}  // namespace glq::cuda::detail
