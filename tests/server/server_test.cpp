@@ -58,7 +58,9 @@ Streamed reassemble(const std::string& body, bool chat) {
     ++s.chunks;
     const json& ch = c["choices"][0];
     if (chat) {
-      if (i == 0) EXPECT_EQ(ch["delta"]["role"], "assistant");
+      if (i == 0) {
+        EXPECT_EQ(ch["delta"]["role"], "assistant");
+      }
       if (ch["delta"].contains("content")) s.text += ch["delta"]["content"].get<std::string>();
     } else {
       s.text += ch["text"].get<std::string>();
@@ -298,7 +300,9 @@ TEST(Server, BadRequestsGetOpenAIStyleErrors) {
     ASSERT_TRUE(e.contains("error")) << r.body;
     EXPECT_EQ(e["error"]["type"], "invalid_request_error");
     EXPECT_FALSE(e["error"]["message"].get<std::string>().empty());
-    if (!c.param.empty()) EXPECT_EQ(e["error"]["param"], c.param);
+    if (!c.param.empty()) {
+      EXPECT_EQ(e["error"]["param"], c.param);
+    }
   }
   // Neutral values of unsupported fields and nulls are accepted.
   const Reply ok = post(s, K, R"({"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
@@ -407,10 +411,13 @@ TEST(Server, ClientThatHangsUpFreesItsSlot) {
   ASSERT_TRUE(s.wait_health([](const json& h) { return h["slots_busy"] == 0 && h["requests_cancelled"] == 2; }, 20s));
   EXPECT_LT(s.health()["completion_tokens"].get<int>(), 2 * 480);
   // One log line per request, the abandoned ones included.
-  const auto lines = s.log_lines();
-  int generate_lines = 0;
-  for (const auto& l : lines) generate_lines += l.find("POST /v1/completions") != std::string::npos;
-  EXPECT_EQ(generate_lines, 2);
+  auto generate_lines = [](const std::vector<std::string>& lines) {
+    size_t n = 0;
+    for (const auto& l : lines) n += l.find("POST /v1/completions") != std::string::npos;
+    return n;
+  };
+  EXPECT_TRUE(s.wait_log([&](const std::vector<std::string>& l) { return generate_lines(l) >= 2; }, 10s));
+  EXPECT_EQ(generate_lines(s.log_lines()), 2u);
 }
 
 TEST(Server, LogsOneLinePerRequest) {
@@ -420,6 +427,8 @@ TEST(Server, LogsOneLinePerRequest) {
   EXPECT_EQ(post(s, "/v1/completions", R"({"prompt": 3})").status, 400);
   auto c = s.client();
   ASSERT_TRUE(c->Get("/nowhere"));
+  // The line is written after the last byte of the answer: wait for it.
+  ASSERT_TRUE(s.wait_log([](const std::vector<std::string>& l) { return l.size() >= 3; }, 10s));
   const auto lines = s.log_lines();
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_NE(lines[0].find("POST /v1/completions 200 tokens "), std::string::npos) << lines[0];

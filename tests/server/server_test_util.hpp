@@ -108,6 +108,15 @@ class TestServer {
     std::lock_guard<std::mutex> lock(mutex_);
     return lines_;
   }
+  // Waits (bounded) until the log lines satisfy pred.
+  bool wait_log(const std::function<bool(const std::vector<std::string>&)>& pred, std::chrono::milliseconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (pred(log_lines())) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return pred(log_lines());
+  }
   json health() const {
     auto c = client();
     auto r = c->Get("/health");
