@@ -267,11 +267,28 @@ TEST(QuantizeMatrix, BadInputsGiveDocumentedErrors) {
   EXPECT_NE(msg.find("[5, 7]"), std::string::npos) << msg;
   Wn[5 * cols + 7] = INFINITY;
   EXPECT_EQ(error_kind_of([&] { quantize_matrix(Wn, rows, cols, {}, opt); }), ErrorKind::Numerical);
+}
+
+TEST(QuantizeMatrix, NonFiniteHessianChannelsAreDroppedAndReported) {
+  const int rows = 16, cols = 72;
+  const auto W = gaussian(size_t(rows) * cols, 14);
   auto H = correlated_hessian(cols, 15);
   H[3 * cols + 4] = std::nanf("");
-  EXPECT_EQ(error_kind_of([&] { quantize_matrix(W, rows, cols, H, opt); }, &msg),
-            ErrorKind::Numerical);
-  EXPECT_NE(msg.find("[3, 4]"), std::string::npos) << msg;
+  H[50 * cols + 50] = INFINITY;
+  QuantizeOptions opt;
+  QuantizeReport rep;
+  const auto q = quantize_matrix(W, rows, cols, H, opt, &rep);
+  EXPECT_NE(rep.warnings.find("non-finite"), std::string::npos) << rep.warnings;
+  EXPECT_NE(rep.warnings.find("[3, 4]"), std::string::npos) << rep.warnings;
+  EXPECT_NE(rep.warnings.find("in 3 input channels"), std::string::npos) << rep.warnings;
+  EXPECT_TRUE(std::isfinite(rep.proxy_loss));
+  EXPECT_LT(rel_err(dequantize(q), W), 0.6);
+  // All channels bad: the identity.
+  std::vector<float> Hn(size_t(cols) * cols, std::nanf(""));
+  QuantizeReport rep2;
+  const auto q2 = quantize_matrix(W, rows, cols, Hn, opt, &rep2);
+  EXPECT_NE(rep2.warnings.find("all zeros"), std::string::npos) << rep2.warnings;
+  EXPECT_EQ(q2.stages[0].codes, quantize_matrix(W, rows, cols, {}, opt).stages[0].codes);
 }
 
 TEST(QuantizeMatrix, BadHessiansRaiseDampingAndReport) {

@@ -12,8 +12,9 @@
 //    so that the residuals η = E·L are what the codebook rounds, and the damped proxy loss is
 //    tr(E·(H̃+λI)·Eᵀ) = Σ_k tr(η_k·D_k·η_kᵀ). Updates are applied lazily: immediately inside
 //    a super-block of kSuperBlock blocks, and with one GEMM to all earlier columns after it.
-// 4. Bad Hessians. Non-finite entries are an error. A zero Hessian is replaced by the identity
-//    (reported). When the Cholesky factorisation fails the damping is multiplied by 10 and the
+// 4. Bad Hessians. Input channels with non-finite entries lose their correlations (their rows
+//    and columns become mean-diagonal·identity; reported). A zero Hessian is replaced by the
+//    identity (reported). When the Cholesky factorisation fails the damping is multiplied by 10 and the
 //    failure reported, up to kMaxDamp; past that the Hessian is unusable and an error is thrown.
 #include <cblas.h>
 
@@ -261,18 +262,44 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
     }
   }
   bool have_h = !H.empty();
+  std::vector<float> Hclean;  // H with non-finite channels replaced (only when needed)
   if (have_h) {
+    // Non-finite entries: the input channels they touch lose their correlations (row and
+    // column zeroed, diagonal set to the mean of the finite diagonal), reported.
     int64_t bad = 0, first = -1;
+    std::vector<char> bad_channel(cols, 0);
     for (size_t i = 0; i < H.size(); ++i) {
       if (!std::isfinite(H[i])) {
         if (first < 0) first = static_cast<int64_t>(i);
         ++bad;
+        bad_channel[i / cols] = bad_channel[i % cols] = 1;
       }
     }
     if (bad > 0) {
-      throw_numerical("quantize_matrix: Hessian " + shape(cols, cols) + " has " +
-                      std::to_string(bad) + " non-finite values, the first at [" +
-                      std::to_string(first / cols) + ", " + std::to_string(first % cols) + "]");
+      int nbad = 0;
+      double diag_sum = 0;
+      for (int i = 0; i < cols; ++i) {
+        if (bad_channel[i]) {
+          ++nbad;
+        } else {
+          diag_sum += H[static_cast<size_t>(i) * cols + i];
+        }
+      }
+      const double fill = nbad < cols ? diag_sum / (cols - nbad) : 0.0;
+      Hclean.assign(H.begin(), H.end());
+      for (int i = 0; i < cols; ++i) {
+        for (int j = 0; j < cols; ++j) {
+          if (bad_channel[i] || bad_channel[j]) {
+            Hclean[static_cast<size_t>(i) * cols + j] = (i == j) ? static_cast<float>(fill) : 0.0f;
+          }
+        }
+      }
+      add_warning(rep, "Hessian " + shape(cols, cols) + " has " + std::to_string(bad) +
+                           " non-finite values (first at [" + std::to_string(first / cols) + ", " +
+                           std::to_string(first % cols) + "]) in " + std::to_string(nbad) +
+                           " input channels; their rows and columns were replaced by the mean "
+                           "diagonal times the identity");
+      H = Hclean;
     }
     bool all_zero = true;
     for (float v : H) all_zero = all_zero && v == 0.0f;
