@@ -119,15 +119,35 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
     for (int b = 0; b < NB; ++b)
       for (int j = 0; j < A; ++j) acc_h[b][j] = acc_l[b][j] = _mm512_setzero_si512();
   };
-  // Σ over the dword lanes in `lanes` of batch row b's accumulators.
-  auto total = [&](int b, __mmask16 lanes) {
-    __m512i h = acc_h[b][0], l = acc_l[b][0];
-    for (int j = 1; j < A; ++j) {
-      h = _mm512_add_epi32(h, acc_h[b][j]);
-      l = _mm512_add_epi32(l, acc_l[b][j]);
+  // Adds Σ over the dword lanes in `lanes` of each batch row's accumulators (256·Xh part +
+  // Xl part) to out[b · rows_stride]. Within one call a lane holds at most 4 chunks' worth per
+  // accumulator at batch > 1 (≤ 4 · 8 · 4 · 22 · 128 · 257 < 2^31), so the planes are combined
+  // in int32 first and the batch rows are reduced together (a transposing add tree) instead of
+  // one horizontal sum each, which dominated small matrices (576 columns: one chunk per row).
+  auto add_totals = [&](__mmask16 lanes, int64_t* out) {
+    __m512i v[4];
+    for (int b = 0; b < NB; ++b) {
+      __m512i h = acc_h[b][0], l = acc_l[b][0];
+      for (int j = 1; j < A; ++j) {
+        h = _mm512_add_epi32(h, acc_h[b][j]);
+        l = _mm512_add_epi32(l, acc_l[b][j]);
+      }
+      if constexpr (NB == 1) {
+        out[0] += 256 * static_cast<int64_t>(_mm512_mask_reduce_add_epi32(lanes, h)) +
+                  _mm512_mask_reduce_add_epi32(lanes, l);
+        return;
+      }
+      v[b] = _mm512_maskz_add_epi32(lanes, _mm512_slli_epi32(h, 8), l);
     }
-    return 256 * static_cast<int64_t>(_mm512_mask_reduce_add_epi32(lanes, h)) +
-           _mm512_mask_reduce_add_epi32(lanes, l);
+    for (int b = NB; b < 4; ++b) v[b] = _mm512_setzero_si512();
+    const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
+    const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
+    const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+    const __m256i w = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+    const __m128i x = _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    alignas(16) int32_t sums[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(sums), x);
+    for (int b = 0; b < NB; ++b) out[b * rows_stride] += sums[b];
   };
 
   // A short last chunk (≤ 32 groups, e.g. 8 of 72 groups at 576 columns) would cost as much as a
@@ -166,8 +186,7 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
       }
       chunk(idx, sgn, g);
     }
-    if (g0 < g_main)
-      for (int b = 0; b < NB; ++b) dots[b * rows_stride + r] += total(b, 0xFFFF);
+    if (g0 < g_main) add_totals(0xFFFF, dots + r);
   }
 
   if (packed_tails) {
@@ -201,8 +220,7 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
       else
         chunk(c0, _mm512_setzero_si512(), tail_col);
       for (int j = 0; j < np; ++j) {
-        const __mmask16 lanes = static_cast<__mmask16>(((1u << (span / 4)) - 1) << (j * span / 4));
-        for (int b = 0; b < NB; ++b) dots[b * rows_stride + rp + j] += total(b, lanes);
+        add_totals(static_cast<__mmask16>(((1u << (span / 4)) - 1) << (j * span / 4)), dots + rp + j);
       }
     }
   }
