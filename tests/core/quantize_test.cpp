@@ -176,6 +176,34 @@ TEST(QuantizeMatrix, GaussianDistortionPerBitWidth) {
   }
 }
 
+TEST(QuantizeMatrix, ZeroAndExtremeRowsWithoutRht) {
+  // Without the transform rows keep their own magnitudes: a zero row stays exactly zero and
+  // rows at 1e-30 and 1e30 are quantized relative to their own scale.
+  const int rows = 24, cols = 72;
+  auto W = gaussian(size_t(rows) * cols, 40);
+  for (int c = 0; c < cols; ++c) {
+    W[c] = 0.0f;
+    W[size_t(1) * cols + c] *= 1e-30f;
+    W[size_t(2) * cols + c] *= 1e30f;
+  }
+  for (int bits : {2, 3, 4}) {
+    QuantizeOptions opt;
+    opt.bits = bits;
+    opt.use_rht = false;
+    const auto D = dequantize(quantize_matrix(W, rows, cols, {}, opt));
+    for (int c = 0; c < cols; ++c) ASSERT_EQ(D[c], 0.0f);
+    for (int r : {1, 2}) {
+      double e = 0, n = 0;
+      for (int c = 0; c < cols; ++c) {
+        const double w = W[size_t(r) * cols + c], d = D[size_t(r) * cols + c];
+        e += (w - d) * (w - d);
+        n += w * w;
+      }
+      EXPECT_LT(std::sqrt(e / n), 0.45) << "row " << r << ", " << bits << " bpw";
+    }
+  }
+}
+
 TEST(QuantizeMatrix, StorageMatchesBitWidth) {
   const int rows = 24, cols = 1008;
   const auto W = gaussian(size_t(rows) * cols, 12);
