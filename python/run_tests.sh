@@ -11,7 +11,6 @@ VENV=build/py-venv
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 
 if [ ! -x "$VENV/bin/python" ]; then "$PY" -m venv "$VENV"; fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q numpy pytest
 echo "== Python package: building the wheel (scikit-build-core, build/py-wheel) =="
 rm -rf build/py-dist

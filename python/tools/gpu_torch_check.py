@@ -106,18 +106,34 @@ def dense_model(checkpoint, source, device, dtype):
 
 # ---- decode speed ----------------------------------------------------------------------------
 
+def _cache_call(model, cache):
+    """model(ids, positions) with the KV cache passed under the name this Transformers version
+    uses ("cache" from 5.2x, "past_key_values" before), and cache_position where it exists."""
+    import inspect
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    with_cache_position = "cache_position" in params
+
+    def call(ids, pos):
+        kw = {cache_kw: cache, "use_cache": True, "position_ids": pos.view(1, -1)}
+        if with_cache_position:
+            kw["cache_position"] = pos
+        return model(input_ids=ids, **kw)
+
+    return call
+
+
 @torch.no_grad()
 def decode_eager(model, prompt, n_new, device) -> dict:
     from transformers import DynamicCache
-    x = torch.tensor([prompt], device=device)
-    cache = DynamicCache()
-    out = model(input_ids=x, past_key_values=cache, use_cache=True)
+    call = _cache_call(model, DynamicCache())
+    out = call(torch.tensor([prompt], device=device), torch.arange(len(prompt), device=device))
     tok = out.logits[:, -1:].argmax(-1)
     toks = []
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(n_new):
-        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
+    for i in range(n_new):
+        out = call(tok, torch.tensor([len(prompt) + i], device=device))
         tok = out.logits[:, -1:].argmax(-1)
         toks.append(tok)
     sync(device)
@@ -126,9 +142,10 @@ def decode_eager(model, prompt, n_new, device) -> dict:
 
 
 @torch.no_grad()
-def decode_graph(model, prompt, n_new, device) -> dict:
-    """The one-token decode step captured once in a CUDA graph over a static KV cache, then
-    replayed for every new token."""
+def decode_static(model, prompt, n_new, device, capture: bool) -> dict:
+    """Decode over a static KV cache; with capture, the one-token step is captured once in a
+    CUDA graph and replayed for every new token (without, the same steps run eagerly: a check of
+    this function on any device)."""
     from transformers import StaticCache
     max_len = len(prompt) + n_new + 1
     try:
@@ -136,34 +153,44 @@ def decode_graph(model, prompt, n_new, device) -> dict:
     except TypeError:  # older signature
         cache = StaticCache(config=model.config, max_batch_size=1, max_cache_len=max_len,
                             device=device, dtype=next(model.parameters()).dtype)
+    call = _cache_call(model, cache)
     x = torch.tensor([prompt], device=device)
-    pos = torch.arange(len(prompt), device=device)
-    out = model(input_ids=x, past_key_values=cache, cache_position=pos, use_cache=True)
-    static_tok = out.logits[:, -1:].argmax(-1)
+    static_tok = torch.zeros((1, 1), dtype=torch.long, device=device)
     static_pos = torch.tensor([len(prompt)], device=device)
 
-    def step():
-        o = model(input_ids=static_tok, past_key_values=cache, cache_position=static_pos, use_cache=True)
-        return o.logits[:, -1:].argmax(-1)
+    def prefill():
+        out = call(x, torch.arange(len(prompt), device=device))
+        static_tok.copy_(out.logits[:, -1:].argmax(-1))
+        static_pos.fill_(len(prompt))
 
-    s = torch.cuda.Stream(device)
-    s.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(s):  # warm-up: allocations, kernel selection, GLQ scratch
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream(device).wait_stream(s)
-    # The warm-up wrote two positions; they are rewritten below before they are read.
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_next = step()
+    def step():
+        return call(static_tok, static_pos).logits[:, -1:].argmax(-1)
+
+    prefill()
+    if capture:
+        s = torch.cuda.Stream(device)
+        s.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(s):  # warm-up: allocations, kernel selection, GLQ scratch
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream(device).wait_stream(s)
+        cache.reset()  # forget the warm-up's positions (a cache that counts them itself too)
+        prefill()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_next = step()
     toks = []
     sync(device)
     t0 = time.perf_counter()
     for i in range(n_new):
         static_pos.fill_(len(prompt) + i)
-        graph.replay()
-        static_tok.copy_(static_next)
-        toks.append(static_next.clone())
+        if capture:
+            graph.replay()
+            nxt = static_next
+        else:
+            nxt = step()
+        static_tok.copy_(nxt)
+        toks.append(nxt.clone())
     sync(device)
     dt = time.perf_counter() - t0
     return {"tok_s": n_new / dt, "seconds": dt, "tokens": [int(t) for t in torch.cat(toks, 1)[0].tolist()]}
@@ -242,12 +269,14 @@ def main() -> int:
     log(f"== batch-1 greedy decode: {a.prompt_tokens}-token prompt, {a.decode_tokens} new tokens")
     prompt = ids[: a.prompt_tokens]
     speed = {}
-    modes = ["eager"] + ([] if a.no_graph or device.type != "cuda" else ["cuda_graph"])
+    modes = ["eager"] + ([] if a.no_graph else ["cuda_graph" if device.type == "cuda" else "static_cache"])
     for mode in modes:
         for name, model in (("dense", dmodel), ("glq", qmodel)):
             try:
-                fn = decode_eager if mode == "eager" else decode_graph
-                r = fn(model, prompt, a.decode_tokens, device)
+                if mode == "eager":
+                    r = decode_eager(model, prompt, a.decode_tokens, device)
+                else:
+                    r = decode_static(model, prompt, a.decode_tokens, device, capture=mode == "cuda_graph")
                 speed[f"{name}_{mode}"] = r
                 log(f"   {name:5} {mode:10} {r['tok_s']:8.1f} tokens/s")
             except Exception as e:  # report and go on: the other figures still stand
@@ -257,8 +286,11 @@ def main() -> int:
         if "tok_s" in g and "tok_s" in dn:
             speed[f"ratio_{mode}"] = g["tok_s"] / dn["tok_s"]
             log(f"   glq/dense {mode}: {g['tok_s'] / dn['tok_s']:.2f}x")
-    if "glq_eager" in speed and "glq_cuda_graph" in speed and "tokens" in speed["glq_cuda_graph"]:
-        speed["graph_matches_eager"] = speed["glq_cuda_graph"]["tokens"] == speed["glq_eager"]["tokens"]
+    for name in ("dense", "glq"):  # the static-cache (graph) decode must give the eager tokens
+        e, g = speed.get(f"{name}_eager", {}), speed.get(f"{name}_{modes[-1]}", {})
+        if len(modes) > 1 and "tokens" in e and "tokens" in g:
+            speed[f"{name}_{modes[-1]}_matches_eager"] = e["tokens"] == g["tokens"]
+            log(f"   {name} {modes[-1]} tokens {'match' if e['tokens'] == g['tokens'] else 'DIFFER from'} eager")
     for v in speed.values():
         if isinstance(v, dict):
             v.pop("tokens", None)
