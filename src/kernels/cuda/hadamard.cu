@@ -73,6 +73,75 @@ __device__ __forceinline__ float mixed(const TransformShape& t, const float* buf
   return v * t.inv_sqrt_b;
 }
 
+// Padded shared-memory index: one spare word per 32 keeps the strided accesses of the fast FWHT
+// free of bank conflicts.
+__device__ __forceinline__ int zp(int i) { return i + (i >> 5); }
+
+__device__ __forceinline__ float butterfly(float v, float partner, bool upper) { return upper ? partner - v : v + partner; }
+
+// FWHT of one row of length b = 2^k held in padded shared memory (zp), in place. For
+// 7 ≤ k ≤ 12 the first b/4 threads hold 4 elements each and run every stage in registers and
+// warp shuffles, with one exchange through shared memory (2 barriers instead of k); otherwise a
+// butterfly pass per stage. Every thread of the block must call it.
+__device__ __forceinline__ void fwht_padded(float* z, int k) {
+  const int b = 1 << k;
+  if (k >= 7 && k <= 12) {
+    const int T = b >> 2, t = threadIdx.x, l = t & 31, w = t >> 5;
+    const bool active = t < T;
+    float v[4];
+    if (active) {
+      // Layout A: element r at i = t + T·r: bits 0-4 are the lane, 5..k-3 the warp, k-2..k-1 r.
+#pragma unroll
+      for (int r = 0; r < 4; ++r) v[r] = z[zp(t + T * r)];
+      float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+      v[0] = a0 + a2; v[2] = a0 - a2; v[1] = a1 + a3; v[3] = a1 - a3;
+#pragma unroll
+      for (int j = 0; j < 5; ++j) {
+        const bool upper = (l >> j) & 1;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) v[r] = butterfly(v[r], __shfl_xor_sync(0xFFFFFFFFu, v[r], 1 << j), upper);
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) z[zp(t + T * r)] = v[r];
+    }
+    __syncthreads();
+    const int nb = k - 7;  // bits 5..k-3, processed on the low nb lane bits in layout B
+    if (nb > 0) {
+      const int m = (1 << nb) - 1;
+      const int low5 = w | (l & ~m);
+      int idx[4];
+      if (active) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          idx[r] = zp(low5 | ((l & m) << 5) | (r << (k - 2)));
+          v[r] = z[idx[r]];
+        }
+        for (int j = 0; j < nb; ++j) {
+          const bool upper = (l >> j) & 1;
+#pragma unroll
+          for (int r = 0; r < 4; ++r) v[r] = butterfly(v[r], __shfl_xor_sync(0xFFFFFFFFu, v[r], 1 << j), upper);
+        }
+      }
+      __syncthreads();
+      if (active)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) z[idx[r]] = v[r];
+      __syncthreads();
+    }
+    return;
+  }
+  for (int lh = 0; lh < k; ++lh) {
+    const int h = 1 << lh;
+    for (int q = threadIdx.x; q < b / 2; q += blockDim.x) {
+      const int i = ((q >> lh) << (lh + 1)) | (q & (h - 1));
+      const float u = z[zp(i)], x = z[zp(i + h)];
+      z[zp(i)] = u + x;
+      z[zp(i + h)] = u - x;
+    }
+    __syncthreads();
+  }
+}
+
 __global__ void prepare_kernel(const PrepareParams p) {
   extern __shared__ float buf[];  // (n) one vector
   __shared__ float red[32];
@@ -141,9 +210,10 @@ __global__ void finish_kernel(const FinishParams p) {
 }
 
 // Value i of pre(x) of vector vec, for the row kernels. scale: 1/rms for RmsNorm.
+template <PreOp kPre>
 __device__ __forceinline__ float pre_value(const PrepareParams& p, size_t vec, int i, float scale) {
   const int n = p.t.n;
-  switch (p.pre) {
+  switch (kPre) {
     case PreOp::SwiGlu: {
       const float* xv = p.x + vec * p.ld_x;
       const float g = xv[i], u = xv[n + i];
@@ -177,8 +247,9 @@ __device__ __forceinline__ float pre_value(const PrepareParams& p, size_t vec, i
 // vector run in parallel instead of one block doing a·n mixing work alone. With a > 1 the whole
 // vector is first staged in shared memory (when it fits: `staged`), so that its global loads
 // are all in flight at once rather than one dependent load per mixing term.
+template <PreOp kPre>
 __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
-  extern __shared__ float sm[];  // z (b), then the staged vector (n)
+  extern __shared__ float sm[];  // z (padded b), then the staged vector (n)
   __shared__ float red[32];
   pdl_trigger();
   pdl_wait();
@@ -186,12 +257,12 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
   const size_t vec = blockIdx.y;
   const int n = p.t.n, a = p.t.a, b = 1 << p.t.log2b;
   float* z = sm;
-  float* xs = sm + b;
+  float* xs = sm + zp(b);
   float scale = 1.0f;
-  if (p.pre == PreOp::RmsNorm) {
+  if (kPre == PreOp::RmsNorm) {
     const float* xv = p.x + vec * p.ld_x;
     float ss = 0.0f;
-#pragma unroll 4
+#pragma unroll 8
     for (int k = threadIdx.x; k < n; k += blockDim.x) ss += xv[k] * xv[k];
     scale = rsqrtf(block_sum(ss, red) / float(n) + p.eps);
   }
@@ -203,18 +274,18 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
   if (a == 1) {
 #pragma unroll 4
     for (int j = threadIdx.x; j < b; j += blockDim.x)
-      z[j] = pre_value(p, vec, j, scale) * (p.t.sign ? __ldg(p.t.sign + j) : 1.0f);
+      z[zp(j)] = pre_value<kPre>(p, vec, j, scale) * (p.t.sign ? __ldg(p.t.sign + j) : 1.0f);
   } else if (staged) {
-#pragma unroll 4
+#pragma unroll 8
     for (int k = threadIdx.x; k < n; k += blockDim.x)
-      xs[k] = pre_value(p, vec, k, scale) * (p.t.sign ? __ldg(p.t.sign + k) : 1.0f);
+      xs[k] = pre_value<kPre>(p, vec, k, scale) * (p.t.sign ? __ldg(p.t.sign + k) : 1.0f);
     __syncthreads();
     const float* qi = p.t.q + i * a;
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
 #pragma unroll 4
       for (int k = 0; k < a; ++k) v = fmaf(__ldg(qi + k), xs[k * b + j], v);
-      z[j] = v;
+      z[zp(j)] = v;
     }
   } else {
     const float* qi = p.t.q + i * a;
@@ -223,15 +294,15 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
 #pragma unroll 4
       for (int k = 0; k < a; ++k) {
         const int idx = k * b + j;
-        v = fmaf(__ldg(qi + k), pre_value(p, vec, idx, scale) * (p.t.sign ? __ldg(p.t.sign + idx) : 1.0f), v);
+        v = fmaf(__ldg(qi + k), pre_value<kPre>(p, vec, idx, scale) * (p.t.sign ? __ldg(p.t.sign + idx) : 1.0f), v);
       }
-      z[j] = v;
+      z[zp(j)] = v;
     }
   }
   __syncthreads();
-  fwht_rows(z, b, p.t.log2b);
+  fwht_padded(z, p.t.log2b);
   for (int j = threadIdx.x; j < b; j += blockDim.x) {
-    const float v = z[j] * p.t.inv_sqrt_b;
+    const float v = z[zp(j)] * p.t.inv_sqrt_b;
     const size_t o = vec * p.ld_out + size_t(i) * b + j;
     if (p.out_type == OutType::Half)
       static_cast<__half*>(p.out)[o] = __float2half_rn(v);
@@ -242,41 +313,41 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
 
 // Row-parallel output transform: block (i, vec) writes row i of sign ∘ (Q^T ⊗ H/√b) ỹ.
 __global__ void finish_rows_kernel(const FinishParams p, int staged) {
-  extern __shared__ float sm[];  // z (b), then the staged vector (n)
+  extern __shared__ float sm[];  // z (padded b), then the staged vector (n)
   pdl_trigger();
   pdl_wait();
   const int i = blockIdx.x;
   const size_t vec = blockIdx.y;
   const int n = p.t.n, a = p.t.a, b = 1 << p.t.log2b;
   float* z = sm;
-  float* ys = sm + b;
+  float* ys = sm + zp(b);
   const float* yv = p.yt + vec * p.ld_in;
   if (a == 1) {
 #pragma unroll 4
-    for (int j = threadIdx.x; j < b; j += blockDim.x) z[j] = yv[j];
+    for (int j = threadIdx.x; j < b; j += blockDim.x) z[zp(j)] = yv[j];
   } else if (staged) {
-#pragma unroll 4
+#pragma unroll 8
     for (int k = threadIdx.x; k < n; k += blockDim.x) ys[k] = yv[k];
     __syncthreads();
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
 #pragma unroll 4
       for (int k = 0; k < a; ++k) v = fmaf(__ldg(p.t.q + k * a + i), ys[k * b + j], v);
-      z[j] = v;
+      z[zp(j)] = v;
     }
   } else {
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
 #pragma unroll 4
       for (int k = 0; k < a; ++k) v = fmaf(__ldg(p.t.q + k * a + i), yv[k * b + j], v);
-      z[j] = v;
+      z[zp(j)] = v;
     }
   }
   __syncthreads();
-  fwht_rows(z, b, p.t.log2b);
+  fwht_padded(z, p.t.log2b);
   float* out = p.y + vec * p.ld_out + size_t(i) * b;
   for (int j = threadIdx.x; j < b; j += blockDim.x) {
-    float v = z[j] * p.t.inv_sqrt_b;
+    float v = z[zp(j)] * p.t.inv_sqrt_b;
     if (p.t.sign) v *= __ldg(p.t.sign + i * b + j);
     out[j] = p.accumulate ? out[j] + v : v;
   }
@@ -301,7 +372,10 @@ size_t dynamic_limit(const DeviceInfo& info) {
     const size_t lim = info.smem_optin - std::max(a.sharedSizeBytes, b.sharedSizeBytes);
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::Plain>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::RmsNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::Combine>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     return lim;
   }();
@@ -335,16 +409,32 @@ TransformShape transform_shape(const DeviceHadamard& plan, const float* sign) {
 // block per vector, whose mixing reads shared memory instead of re-reading the vector a times.
 constexpr int kRowKernelMaxBatch = 16;
 
+// Threads of a row block: b/4 (the fast FWHT's layout), at least 128; staged blocks use 1024
+// so that the whole vector's loads are in flight at once.
+int row_threads(int b, bool staged) {
+  if (staged) return 1024;
+  return std::min(1024, std::max(128, b / 4));
+}
+
+template <PreOp kPre>
+void launch_prepare_rows(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
+  const int b = 1 << p.t.log2b;
+  const int staged = p.t.a > 1 && size_t(b + b / 32 + p.t.n) * 4 <= dynamic_limit(info);
+  const size_t smem = smem_for(info, staged ? b + b / 32 + p.t.n : b + b / 32);
+  launch_checked(prepare_rows_kernel<kPre>, dim3(p.t.a, batch), dim3(row_threads(b, staged)), smem, stream,
+                 pdl_enabled(info), "prepare_rows_kernel", p, staged);
+}
+
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
   // (a·b != n: the identity shape of dense linears, which the vector kernel handles.)
   if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
-    const int b = 1 << p.t.log2b;
-    const int staged = p.t.a > 1 && size_t(b + p.t.n) * 4 <= dynamic_limit(info);
-    const size_t smem = smem_for(info, staged ? b + p.t.n : b);
-    launch_checked(prepare_rows_kernel, dim3(p.t.a, batch), dim3(threads_for(b)), smem, stream, pdl_enabled(info),
-                   "prepare_rows_kernel", p, staged);
-    return;
+    switch (p.pre) {
+      case PreOp::Plain: launch_prepare_rows<PreOp::Plain>(info, p, batch, stream); return;
+      case PreOp::RmsNorm: launch_prepare_rows<PreOp::RmsNorm>(info, p, batch, stream); return;
+      case PreOp::SwiGlu: launch_prepare_rows<PreOp::SwiGlu>(info, p, batch, stream); return;
+      case PreOp::Combine: launch_prepare_rows<PreOp::Combine>(info, p, batch, stream); return;
+    }
   }
   const size_t smem = smem_for(info, p.t.n);
   prepare_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
@@ -355,10 +445,10 @@ void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cud
   if (batch <= 0) return;
   if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
     const int b = 1 << p.t.log2b;
-    const int staged = p.t.a > 1 && size_t(b + p.t.n) * 4 <= dynamic_limit(info);
-    const size_t smem = smem_for(info, staged ? b + p.t.n : b);
-    launch_checked(finish_rows_kernel, dim3(p.t.a, batch), dim3(threads_for(b)), smem, stream, pdl_enabled(info),
-                   "finish_rows_kernel", p, staged);
+    const int staged = p.t.a > 1 && size_t(b + b / 32 + p.t.n) * 4 <= dynamic_limit(info);
+    const size_t smem = smem_for(info, staged ? b + b / 32 + p.t.n : b + b / 32);
+    launch_checked(finish_rows_kernel, dim3(p.t.a, batch), dim3(row_threads(b, staged)), smem, stream,
+                   pdl_enabled(info), "finish_rows_kernel", p, staged);
     return;
   }
   const size_t smem = smem_for(info, p.t.n);

@@ -196,13 +196,20 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
         sc[4] = s1.x; sc[5] = s1.y; sc[6] = s1.z; sc[7] = s1.w;
       }
       if (p.codebook[s] == 1) {  // E8P16
+        // Software pipelined: the loads of the next 32·kUnroll groups are in flight while the
+        // current ones are decoded.
         const uint4* cp = static_cast<const uint4*>(p.codes[s]) + size_t(tile) * p.groups + g0;
+        uint4 c[kUnroll], nx[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int gl = u * 32 + lane;
+          c[u] = gl < gn ? __ldcs(cp + gl) : make_uint4(0, 0, 0, 0);
+        }
         for (int base = 0; base < gn; base += 32 * kUnroll) {
-          uint4 c[kUnroll];
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
-            const int gl = base + u * 32 + lane;
-            c[u] = gl < gn ? __ldcs(cp + gl) : make_uint4(0, 0, 0, 0);
+            const int gl = base + 32 * kUnroll + u * 32 + lane;
+            nx[u] = gl < gn ? __ldcs(cp + gl) : make_uint4(0, 0, 0, 0);
           }
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
@@ -214,15 +221,22 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
               e8p_word<B>(c[u], xv, sxv, tab_e8p, lane4, p_lo, p_hi, sc, acc);
             }
           }
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) c[u] = nx[u];
         }
       } else {  // E8R8
         const uint2* cp = static_cast<const uint2*>(p.codes[s]) + size_t(tile) * p.groups + g0;
+        uint2 c[kUnroll], nx[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int gl = u * 32 + lane;
+          c[u] = gl < gn ? __ldcs(cp + gl) : make_uint2(0, 0);
+        }
         for (int base = 0; base < gn; base += 32 * kUnroll) {
-          uint2 c[kUnroll];
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
-            const int gl = base + u * 32 + lane;
-            c[u] = gl < gn ? __ldcs(cp + gl) : make_uint2(0, 0);
+            const int gl = base + 32 * kUnroll + u * 32 + lane;
+            nx[u] = gl < gn ? __ldcs(cp + gl) : make_uint2(0, 0);
           }
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
@@ -234,6 +248,8 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
               e8r_word<B>(c[u], xv, my_r8, r_lo, r_hi, sc, acc);
             }
           }
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) c[u] = nx[u];
         }
       }
     }
