@@ -76,14 +76,16 @@ nlohmann::ordered_json to_json(const QuantizationConfig& qc) {
                       {"sequences", qc.calibration.sequences},
                       {"seq_len", qc.calibration.seq_len},
                       {"seed", seed_string(qc.calibration.seed)}};
-  nlohmann::ordered_json lin = nlohmann::ordered_json::object();
+  // A list (not an object keyed by name) so that every JSON reader keeps the model order.
+  nlohmann::ordered_json lin = nlohmann::ordered_json::array();
   for (const auto& e : qc.linears) {
-    lin[e.name] = {{"bits", e.bits},
+    lin.push_back({{"name", e.name},
+                   {"bits", e.bits},
                    {"shape", {e.rows, e.cols}},
                    {"transform", e.rht ? kRhtTransformId : "none"},
                    {"seed", seed_string(e.seed)},
                    {"proxy_loss", e.proxy_loss},
-                   {"relative_weight_error", e.relative_weight_error}};
+                   {"relative_weight_error", e.relative_weight_error}});
   }
   j["linears"] = lin;
   return j;
@@ -152,13 +154,13 @@ QuantizationConfig parse_quantization_config(const nlohmann::json& j, const std:
     qc.calibration.seq_len = c.value("seq_len", 0);
     qc.calibration.seed = parse_seed(c.value("seed", nlohmann::json("0")), origin, "calibration.seed");
   }
-  if (!j.contains("linears") || !j["linears"].is_object()) throw_format(origin, "quantization_config.linears is missing");
-  for (auto it = j["linears"].begin(); it != j["linears"].end(); ++it) {
-    const std::string w = where + ".linears." + it.key();
-    const auto& v = it.value();
+  if (!j.contains("linears") || !j["linears"].is_array()) throw_format(origin, "quantization_config.linears is missing or not a list");
+  for (size_t idx = 0; idx < j["linears"].size(); ++idx) {
+    const auto& v = j["linears"][idx];
+    const std::string w = fmt::format("{}.linears[{}]", where, idx);
     if (!v.is_object()) throw_format(origin, w + " is not an object");
     LinearQuantEntry e;
-    e.name = it.key();
+    e.name = field<std::string>(v, "name", origin, w);
     e.bits = field<int>(v, "bits", origin, w);
     if (e.bits < 2 || e.bits > 4) throw_format(origin, fmt::format("{}.bits = {} (expected 2, 3 or 4)", w, e.bits));
     const auto shape = field<std::vector<int>>(v, "shape", origin, w);

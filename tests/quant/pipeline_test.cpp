@@ -1,0 +1,335 @@
+// The quantization pipeline end to end on a tiny random Llama: quantize, save, reload, compare
+// the quantized model's logits with the same model built from the dequantized weights; mixed
+// precision; resuming an interrupted run; and every error that must leave no checkpoint behind.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "glq/error.hpp"
+#include "glq/format/safetensors_io.hpp"
+#include "glq/model/glq_checkpoint.hpp"
+#include "glq/model/loader.hpp"
+#include "glq/model/quantize.hpp"
+#include "quant/quant_test_util.hpp"
+
+namespace glq::model {
+namespace {
+
+using quant_test::TempDir;
+namespace fs = std::filesystem;
+
+QuantizeSettings small_settings(double bits) {
+  QuantizeSettings s;
+  s.bits = bits;
+  s.calib_seqs = 5;
+  s.seq_len = 37;
+  return s;
+}
+
+struct Fixture {
+  TempDir dir;
+  std::string model, calib, out;
+  explicit Fixture(quant_test::TinyModelOptions o = {}, size_t text_bytes = 4000) {
+    model = dir.file("src");
+    quant_test::write_tiny_model(model, o);
+    calib = quant_test::write_text(dir.file("calib.txt"), quant_test::calibration_text(text_bytes));
+    out = dir.file("out");
+  }
+};
+
+std::vector<float> logits_of(const Model& m, const std::vector<int32_t>& tokens) {
+  KVCache cache = m.make_cache(static_cast<int>(tokens.size()));
+  std::vector<float> out(tokens.size() * static_cast<size_t>(m.config().vocab_size));
+  m.forward(tokens, cache, out.data(), true);
+  return out;
+}
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, static_cast<double>(std::fabs(x)));
+  return m;
+}
+
+double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
+  return m;
+}
+
+bool leftovers(const Fixture& f) {
+  for (const auto& e : fs::directory_iterator(f.dir.path)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("out", 0) == 0) return true;
+  }
+  return false;
+}
+
+TEST(QuantizePipeline, CheckpointRunsLikeItsDequantizedWeights) {
+  Fixture f;
+  const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, small_settings(3));
+  ASSERT_TRUE(is_glq_checkpoint(f.out));
+  EXPECT_FALSE(fs::exists(f.out + ".partial")) << "the work directory goes once the checkpoint is complete";
+  EXPECT_EQ(r.linears.size(), 14u);
+  for (const auto& l : r.linears) {
+    EXPECT_EQ(l.bits, 3);
+    EXPECT_GT(l.relative_weight_error, 0.0);
+    EXPECT_LT(l.relative_weight_error, 0.3) << l.name;
+    EXPECT_GE(l.proxy_loss, 0.0);
+  }
+  // Every stored bit (docs/format.md): 3 bits of codes, two float32 scales per row, one sign bit
+  // per row and per column.
+  double bits = 0, weights = 0;
+  for (const auto& l : r.linears) {
+    bits += 3.0 * l.rows * l.cols + 2 * 32.0 * l.rows + l.rows + l.cols;
+    weights += static_cast<double>(l.rows) * l.cols;
+    EXPECT_EQ(l.stored_bytes * 8, 3ull * l.rows * l.cols + 64ull * l.rows + l.rows + l.cols) << l.name;
+  }
+  EXPECT_NEAR(r.linear_bpw, bits / weights, 1e-9);
+
+  auto quantized = load_model(f.out);  // through load_model's GLQ detection
+  for (int i = 0; i < 2; ++i)
+    for (LinearKind k : kAllLinearKinds) ASSERT_TRUE(quantized->layer(i).linear(k).is_quantized());
+  auto reference = load_model(f.out);
+  for (int i = 0; i < 2; ++i)
+    for (LinearKind k : kAllLinearKinds) {
+      Linear& l = reference->layer(i).linear(k);
+      l = Linear::dense(l.to_dense(), l.rows(), l.cols());
+    }
+  auto original = load_model(f.model);
+  const std::vector<int32_t> tokens = quantized->tokenizer().encode("the quantized layer runs on eight numbers");
+  ASSERT_GT(tokens.size(), 20u);
+  const auto lq = logits_of(*quantized, tokens);
+  const auto lr = logits_of(*reference, tokens);
+  const auto lo = logits_of(*original, tokens);
+  const double scale = max_abs(lr);
+  // The kernels round activations to 16 bits (docs/cpu-kernels.md): far below the codec error.
+  EXPECT_LT(max_diff(lq, lr), 2e-3 * scale) << "quantized kernels vs dequantized weights";
+  const double err3 = max_diff(lr, lo);
+  EXPECT_GT(err3, 1e-3 * scale) << "the weights did change";
+  EXPECT_LT(err3, 0.5 * scale) << "3-bit logits stay near the original";
+
+  // 16-bit tensors are stored as float16 and read back exactly so.
+  const auto summary = summarize_glq_checkpoint(f.out);
+  EXPECT_EQ(summary.quant.linears.size(), 14u);
+  EXPECT_EQ(summary.quant.linears.front().name, "model.layers.0.self_attn.q_proj");
+  EXPECT_EQ(summary.quant.linears.back().name, "model.layers.1.mlp.down_proj");
+  EXPECT_EQ(summary.file_bytes, r.file_bytes);
+  EXPECT_NEAR(summary.linear_bpw(), r.linear_bpw, 1e-9);
+  EXPECT_EQ(summary.tokenizer_files.size(), 2u);
+
+  // Fewer bits, larger error: the widths really differ.
+  Fixture f2;
+  quantize_model_files(f2.model, f2.calib, f2.out, small_settings(2));
+  auto q2 = load_model(f2.out);
+  EXPECT_GT(max_diff(logits_of(*q2, tokens), lo), err3);
+}
+
+TEST(QuantizePipeline, MixedPrecisionAveragesTheTarget) {
+  Fixture f;
+  const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, small_settings(2.5));
+  int64_t bits_weights = 0, weights = 0;
+  int twos = 0, threes = 0;
+  for (const auto& l : r.linears) {
+    bits_weights += static_cast<int64_t>(l.bits) * l.rows * l.cols;
+    weights += static_cast<int64_t>(l.rows) * l.cols;
+    twos += l.bits == 2;
+    threes += l.bits == 3;
+  }
+  EXPECT_GT(twos, 0);
+  EXPECT_GT(threes, 0);
+  const double avg = static_cast<double>(bits_weights) / static_cast<double>(weights);
+  EXPECT_LE(avg, 2.5 + 1e-9);
+  EXPECT_GT(avg, 2.3);  // the greedy fill leaves at most the last linears' worth unused
+  const auto s = summarize_glq_checkpoint(f.out);
+  for (size_t i = 0; i < r.linears.size(); ++i) EXPECT_EQ(s.quant.linears[i].bits, r.linears[i].bits);
+  auto m = load_model(f.out);
+  EXPECT_TRUE(m->layer(1).down.is_quantized());
+}
+
+TEST(QuantizePipeline, AllocationSpendsTheBudgetWhereLossDropsMost) {
+  // Three linears of 100 weights: the budget of 2.5 bits buys one upgrade (100 extra bits of 150).
+  std::vector<SensitivityEntry> e = {{100, 5.0, 4.0}, {100, 9.0, 1.0}, {100, 3.0, 2.9}};
+  EXPECT_EQ(allocate_bits(e, 2.5), (std::vector<int>{2, 3, 2}));
+  EXPECT_EQ(allocate_bits(e, 3.0), (std::vector<int>{3, 3, 3}));
+  // A large linear that does not fit is skipped for smaller ones that do.
+  std::vector<SensitivityEntry> g = {{1000, 100.0, 0.0}, {100, 2.0, 1.0}, {100, 2.0, 1.5}};
+  EXPECT_EQ(allocate_bits(g, 2.1), (std::vector<int>{2, 3, 2}));
+}
+
+TEST(QuantizePipeline, CalibrationSetIsSeededAndChecked) {
+  std::vector<int32_t> tokens(1000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(i);
+  const auto a = make_calibration_set(tokens, 7, 111, 3, "t");
+  const auto b = make_calibration_set(tokens, 7, 111, 3, "t");
+  const auto c = make_calibration_set(tokens, 7, 111, 4, "t");
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].size(), 111u);
+    EXPECT_EQ(a[i][0] % 111, 0) << "windows sit on slot boundaries";
+    for (size_t t = 1; t < a[i].size(); ++t) EXPECT_EQ(a[i][t], a[i][t - 1] + 1);
+    if (i) EXPECT_GT(a[i][0], a[i - 1][0]) << "distinct, sorted windows";
+  }
+  try {
+    make_calibration_set(tokens, 10, 111, 3, "short.txt");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("short.txt is too short: 1000 tokens"), std::string::npos) << e.what();
+  }
+}
+
+TEST(QuantizePipeline, InterruptedRunResumesAndMatchesAnUninterruptedOne) {
+  Fixture f({.layers = 3});
+  QuantizeProgress stop_after_first;
+  stop_after_first.layer_done = [](int layer, int, const std::vector<LinearReport>&, double, double) {
+    if (layer == 0) throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, small_settings(2), stop_after_first), std::runtime_error);
+  EXPECT_FALSE(fs::exists(f.out)) << "no checkpoint until it is complete";
+  EXPECT_TRUE(fs::exists(f.out + ".partial/layer-00000.safetensors"));
+  // Other settings do not silently reuse the partial work.
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, small_settings(3)), Error);
+  const QuantizeResult resumed = quantize_model_files(f.model, f.calib, f.out, small_settings(2));
+  EXPECT_EQ(resumed.resumed_layers, 1);
+
+  const std::string clean = f.dir.file("clean");
+  const QuantizeResult fresh = quantize_model_files(f.model, f.calib, clean, small_settings(2));
+  EXPECT_EQ(fresh.resumed_layers, 0);
+  EXPECT_EQ(model::test::read_bytes(f.out + "/model.safetensors"), model::test::read_bytes(clean + "/model.safetensors"));
+  ASSERT_EQ(resumed.linears.size(), fresh.linears.size());
+  for (size_t i = 0; i < fresh.linears.size(); ++i) EXPECT_EQ(resumed.linears[i].proxy_loss, fresh.linears[i].proxy_loss);
+
+  // An existing output is not replaced without --overwrite; with it, it is.
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, small_settings(2)), Error);
+  QuantizeSettings over = small_settings(4);
+  over.overwrite = true;
+  quantize_model_files(f.model, f.calib, f.out, over);
+  EXPECT_EQ(summarize_glq_checkpoint(f.out).quant.linears[0].bits, 4);
+}
+
+void expect_error(const std::function<void()>& fn, ErrorKind kind, const std::string& needle) {
+  try {
+    fn();
+    FAIL() << "no error; expected one mentioning '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(QuantizeErrors, MissingTokenizer) {
+  Fixture f({.tokenizer = false});
+  expect_error([&] { quantize_model_files(f.model, f.calib, f.out, small_settings(2)); }, ErrorKind::Io, "missing tokenizer");
+  EXPECT_FALSE(leftovers(f));
+}
+
+TEST(QuantizeErrors, CalibrationTooShort) {
+  Fixture f({}, 100);
+  expect_error([&] { quantize_model_files(f.model, f.calib, f.out, small_settings(2)); }, ErrorKind::InvalidArgument,
+               "too short");
+  EXPECT_FALSE(leftovers(f));
+  expect_error([&] { quantize_model_files(f.model, f.dir.file("absent.txt"), f.out, small_settings(2)); }, ErrorKind::Io,
+               "absent.txt");
+}
+
+TEST(QuantizeErrors, NanWeights) {
+  Fixture f({.nan_weight = true});
+  expect_error([&] { quantize_model_files(f.model, f.calib, f.out, small_settings(2)); }, ErrorKind::Numerical,
+               "model.layers.0.mlp.down_proj.weight");
+  EXPECT_FALSE(leftovers(f));
+}
+
+TEST(QuantizeErrors, UnwritableOutputFolder) {
+  Fixture f;
+  expect_error([&] { quantize_model_files(f.model, f.calib, f.dir.file("no/such/dir/out"), small_settings(2)); },
+               ErrorKind::Io, "does not exist");
+  // A file where the folder should be.
+  quant_test::write_text(f.dir.file("plain"), "x");
+  expect_error([&] { quantize_model_files(f.model, f.calib, f.dir.file("plain/out"), small_settings(2)); }, ErrorKind::Io,
+               "plain");
+  if (::geteuid() != 0) {  // permissions do not bind root
+    fs::create_directories(f.dir.file("ro"));
+    fs::permissions(f.dir.file("ro"), fs::perms::owner_read | fs::perms::owner_exec);
+    expect_error([&] { quantize_model_files(f.model, f.calib, f.dir.file("ro/out"), small_settings(2)); }, ErrorKind::Io,
+                 "not writable");
+    fs::permissions(f.dir.file("ro"), fs::perms::owner_all);
+  }
+}
+
+// The disk fills up while the checkpoint is written (a file-size limit fails write() with EFBIG
+// like ENOSPC would): a clear Io error, no OUT, no temporary directory; the finished layers stay
+// in OUT.partial so that the run resumes once there is room.
+TEST(QuantizeErrors, DiskFullLeavesNoCheckpoint) {
+  Fixture f;
+  struct rlimit old {};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  auto handler = signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = 40000;  // a layer file fits, the 64 KiB float16 embedding does not
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  bool threw = false;
+  try {
+    quantize_model_files(f.model, f.calib, f.out, small_settings(2));
+  } catch (const Error& e) {
+    threw = true;
+    EXPECT_EQ(e.kind(), ErrorKind::Io) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model.safetensors"), std::string::npos) << e.what();
+  }
+  setrlimit(RLIMIT_FSIZE, &old);
+  signal(SIGXFSZ, handler);
+  ASSERT_TRUE(threw);
+  EXPECT_FALSE(fs::exists(f.out));
+  for (const auto& e : fs::directory_iterator(f.dir.path))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  EXPECT_TRUE(fs::exists(f.out + ".partial/layer-00001.safetensors"));
+  const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, small_settings(2));
+  EXPECT_EQ(r.resumed_layers, 2);
+  EXPECT_TRUE(is_glq_checkpoint(f.out));
+}
+
+TEST(GlqCheckpoint, VersionAndTensorsAreChecked) {
+  Fixture f;
+  quantize_model_files(f.model, f.calib, f.out, small_settings(2));
+  const std::string cfg_path = f.out + "/config.json";
+  const std::string original = [&] {
+    std::ifstream in(cfg_path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }();
+  nlohmann::json cfg = nlohmann::json::parse(original);
+  cfg["quantization_config"]["format_version"] = 99;
+  std::ofstream(cfg_path) << cfg.dump();
+  expect_error([&] { load_model(f.out); }, ErrorKind::Format, "format_version 99");
+  // A linear whose listed width disagrees with its stored codes.
+  cfg = nlohmann::json::parse(original);
+  cfg["quantization_config"]["linears"][3]["bits"] = 4;
+  std::ofstream(cfg_path) << cfg.dump();
+  expect_error([&] { load_model(f.out); }, ErrorKind::Format, "model.layers.0.self_attn.o_proj.glq_codes.1");
+  std::ofstream(cfg_path) << original;
+  EXPECT_NO_THROW(load_model(f.out));
+  EXPECT_THROW(quantize_model_files(f.out, f.calib, f.dir.file("again"), small_settings(2)), Error) << "already quantized";
+}
+
+TEST(GlqCheckpoint, HeadCanBeQuantized) {
+  Fixture f;
+  QuantizeSettings s = small_settings(4);
+  s.keep_head_16bit = false;
+  s.dtype_16bit = "bfloat16";
+  const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, s);
+  EXPECT_EQ(r.linears.back().name, "lm_head");
+  auto m = load_model(f.out);
+  EXPECT_TRUE(m->lm_head().is_quantized());
+  const auto sum = summarize_glq_checkpoint(f.out);
+  EXPECT_TRUE(sum.quant.head_quantized);
+  EXPECT_EQ(sum.quant.dtype_16bit, "bfloat16");
+  const format::SafetensorsReader st(f.out + "/model.safetensors");
+  EXPECT_EQ(st.find("model.embed_tokens.weight")->dtype, format::StDType::BF16);
+}
+
+}  // namespace
+}  // namespace glq::model
