@@ -36,6 +36,8 @@ case "$MODE" in
       grep -v -E 'libc\.so|libm\.so|libstdc\+\+|libgcc_s|libpthread|libdl\.so|librt\.so|ld-linux|libcublas' |
       while read -r lib; do cp -L "$lib" "$DIR/lib/"; done
     rm -rf "$tmp"
+    # pytest and what it needs (pure-Python wheels), for a machine whose Python lacks it.
+    "$PY" -m pip download -q --only-binary=:all: -d "$DIR/wheels" pytest
     du -sh "$DIR"
     ;;
   run)
@@ -46,10 +48,13 @@ case "$MODE" in
     done
     [ -z "$cublas" ] && echo "libcublas.so.13 not found" && exit 1
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/glq-site "$DIR"/glq-*.whl
+    if ! python3 -c "import pytest" 2>/dev/null && [ -d "$DIR/wheels" ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/glq-site "$DIR"/wheels/*.whl
+    fi
     export PYTHONPATH=/tmp/glq-site:${PYTHONPATH:-} LD_LIBRARY_PATH="$DIR/lib:$cublas:${LD_LIBRARY_PATH:-}"
     python3 -c "import glq, torch; print('glq', glq.__version__, 'cuda', glq.has_cuda, 'devices', glq._glq.cuda_device_count(), 'torch', torch.__version__)"
     rc=0
-    if python3 -c "import pytest" 2>/dev/null; then
+    if python3 -c "import pytest" 2>/dev/null; then  # PYTHONPATH includes /tmp/glq-site
       (cd /tmp && python3 -m pytest -p no:cacheprovider -q "$ROOT/python/tests/test_torch.py") || rc=$?
     else
       echo "pytest is not installed here: carry its wheel (docs/python.md) to run the tests"
