@@ -17,9 +17,14 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <ctime>
 #include <exception>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <optional>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -32,6 +37,8 @@
 #include "glq/kernels/cpu.hpp"
 #include "glq/model/loader.hpp"
 #include "glq/model/model.hpp"
+#include "glq/model/perplexity.hpp"
+#include "glq/model/tokenizer.hpp"
 #include "glq/util/thread_pool.hpp"
 
 namespace glq::cli {
@@ -172,8 +179,29 @@ std::vector<int> parse_bits_list(const std::string& s) {
   return out;
 }
 
+// Perplexity check: the first `tokens` tokens of a text in windows of `ctx`, scored with the
+// fast kernels and (for models with quantized linears) again with every quantized product routed
+// to codec::matvec_reference (GLQ_CPU_ISA=reference), so the two can be compared digit by digit.
+struct PplCheck {
+  std::vector<int32_t> tokens;
+  int ctx = 128;
+};
+
+double perplexity_with_isa(const model::Model& m, const PplCheck& c, const char* isa) {
+  const char* old = std::getenv("GLQ_CPU_ISA");
+  const std::string saved = old ? old : "";
+  if (isa) setenv("GLQ_CPU_ISA", isa, 1);
+  const double ppl = model::evaluate_perplexity(m, c.tokens, c.ctx).ppl;
+  if (old)
+    setenv("GLQ_CPU_ISA", saved.c_str(), 1);
+  else
+    unsetenv("GLQ_CPU_ISA");
+  return ppl;
+}
+
 nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& baseline_path,
-                                   const std::string& quantize_bits, bool lm_head, int reps) {
+                                   const std::string& quantize_bits, bool lm_head, int reps,
+                                   const std::optional<PplCheck>& ppl) {
   if (a.model.empty()) throw_invalid("bench model: a model path is required (or --synthetic with --device cuda)");
   if (a.prompt_tokens <= 0 || a.decode_tokens <= 0)
     throw_invalid(fmt::format("bench model: --prompt-tokens and --decode-tokens must be positive, got {} and {}",
@@ -211,6 +239,19 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& b
     v["decode_ms_per_token"] = r.decode_ms_per_token;
     v["quantized_linear_bytes"] = wb.quantized;
     v["dense_linear_bytes"] = wb.dense;
+    if (ppl) {
+      const double fast = perplexity_with_isa(*m, *ppl, nullptr);
+      v["ppl"] = fast;
+      if (wb.quantized > 0) {
+        const double ref = perplexity_with_isa(*m, *ppl, "reference");
+        v["ppl_reference_kernels"] = ref;
+        v["ppl_relative_difference"] = std::fabs(fast - ref) / ref;
+        fmt::print(stderr, "{:<12} perplexity {:.6g} (reference kernels {:.6g}, relative difference {:.2g}) on {} tokens\n",
+                   "", fast, ref, std::fabs(fast - ref) / ref, ppl->tokens.size());
+      } else {
+        fmt::print(stderr, "{:<12} perplexity {:.6g} on {} tokens\n", "", fast, ppl->tokens.size());
+      }
+    }
     fmt::print(stderr, "{:<12} prefill {:8.1f} tok/s   decode {:7.2f} tok/s ({:.2f} ms/token)   linears: {:.1f} MB "
                "quantized + {:.1f} MB dense\n",
                name, r.prefill_tok_s, r.decode_tok_s, r.decode_ms_per_token, wb.quantized / 1e6, wb.dense / 1e6);
@@ -282,6 +323,9 @@ RunFn setup(CLI::App& app) {
     std::string baseline;
     bool lm_head = false;
     int reps = 3;
+    std::string ppl_text;
+    int ppl_tokens = 256;
+    int ppl_ctx = 128;
     bool json = false;
   };
   auto o = std::make_shared<Options>();
@@ -303,11 +347,31 @@ RunFn setup(CLI::App& app) {
                  "checkpoint was made from)");
   app.add_flag("--quantize-lm-head", o->lm_head, "CPU: quantize the output projection too");
   app.add_option("--reps", o->reps, "CPU: measurements per variant (median)");
+  app.add_option("--ppl-text", o->ppl_text,
+                 "CPU: also report each variant's perplexity on this text, for quantized ones with the "
+                 "reference kernels too");
+  app.add_option("--ppl-tokens", o->ppl_tokens, "CPU: tokens of --ppl-text to score");
+  app.add_option("--ppl-ctx", o->ppl_ctx, "CPU: window length for --ppl-text");
   app.add_flag("--json", o->json, "print one JSON object on stdout");
   return [o]() {
     const bool cuda = o->device == "cuda" || !o->args.synthetic.empty();
-    const nlohmann::json j =
-        cuda ? run_cuda_model_bench(o->args) : run_cpu_model_bench(o->args, o->baseline, o->quantize_bits, o->lm_head, o->reps);
+    std::optional<PplCheck> ppl;
+    if (!cuda && !o->ppl_text.empty()) {
+      std::ifstream in(o->ppl_text, std::ios::binary);
+      if (!in) throw_io(o->ppl_text, "cannot open the --ppl-text file");
+      const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (o->ppl_ctx < 2 || o->ppl_tokens < o->ppl_ctx)
+        throw_invalid(fmt::format("bench model: need --ppl-tokens ({}) >= --ppl-ctx ({}) >= 2", o->ppl_tokens,
+                                  o->ppl_ctx));
+      PplCheck c;
+      c.ctx = o->ppl_ctx;
+      c.tokens = model::load_tokenizer(o->args.model).encode(text);
+      if (static_cast<int>(c.tokens.size()) > o->ppl_tokens) c.tokens.resize(o->ppl_tokens);
+      ppl = std::move(c);
+    }
+    const nlohmann::json j = cuda ? run_cuda_model_bench(o->args)
+                                  : run_cpu_model_bench(o->args, o->baseline, o->quantize_bits, o->lm_head,
+                                                        o->reps, ppl);
     if (o->json)
       fmt::print("{}\n", j.dump());
     else if (cuda)
