@@ -59,20 +59,6 @@ __device__ __forceinline__ void fwht_rows(float* buf, int n, int log2b) {
   }
 }
 
-// Element o of the mixed result: (Q ⊗ I) buf (transpose: Q^T ⊗ I), times 1/sqrt(b).
-__device__ __forceinline__ float mixed(const TransformShape& t, const float* buf, int o, bool transpose) {
-  if (t.a == 1) return buf[o] * t.inv_sqrt_b;
-  const int i = o >> t.log2b, j = o & ((1 << t.log2b) - 1);
-  float v = 0.0f;
-  if (!transpose) {
-    const float* qi = t.q + i * t.a;
-    for (int k = 0; k < t.a; ++k) v = fmaf(__ldg(qi + k), buf[(k << t.log2b) + j], v);
-  } else {
-    for (int k = 0; k < t.a; ++k) v = fmaf(__ldg(t.q + k * t.a + i), buf[(k << t.log2b) + j], v);
-  }
-  return v * t.inv_sqrt_b;
-}
-
 // Padded shared-memory index: one spare word per 32 keeps the strided accesses of the fast FWHT
 // free of bank conflicts.
 __device__ __forceinline__ int zp(int i) { return i + (i >> 5); }
@@ -142,8 +128,43 @@ __device__ __forceinline__ void fwht_padded(float* z, int k) {
   }
 }
 
+// Mixing of a whole vector in shared memory for the per-vector kernels: out(o) for every o of
+// (Q ⊗ I) buf (transpose: Q^T ⊗ I), times 1/sqrt(b). Q is staged in shared memory (qs, a·a) and
+// each thread computes 4 rows i of one column j at once: 4 independent accumulator chains and
+// one shared load of buf per 4 multiply-adds, instead of one dependent chain of global loads.
+template <typename Store>
+__device__ __forceinline__ void mix_block(const TransformShape& t, const float* buf, float* qs, bool transpose,
+                                          Store store) {
+  const int a = t.a, b = 1 << t.log2b, n = t.n;
+  if (a == 1) {
+    for (int o = threadIdx.x; o < n; o += blockDim.x) store(o, buf[o] * t.inv_sqrt_b);
+    return;
+  }
+  for (int k = threadIdx.x; k < a * a; k += blockDim.x) {
+    const int r = k / a, c = k - r * a;
+    qs[k] = transpose ? __ldg(t.q + c * a + r) : __ldg(t.q + k);  // qs = Q or Q^T, row-major
+  }
+  __syncthreads();
+  const int chunks = (a + 3) / 4;
+  for (int idx = threadIdx.x; idx < b * chunks; idx += blockDim.x) {
+    const int ic = idx >> t.log2b, j = idx & (b - 1), i0 = ic * 4;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const int rows = min(4, a - i0);
+#pragma unroll 4
+    for (int k = 0; k < a; ++k) {
+      const float y = buf[(k << t.log2b) + j];
+#pragma unroll
+      for (int ii = 0; ii < 4; ++ii)
+        if (ii < rows) acc[ii] = fmaf(qs[(i0 + ii) * a + k], y, acc[ii]);
+    }
+#pragma unroll
+    for (int ii = 0; ii < 4; ++ii)
+      if (ii < rows) store(((i0 + ii) << t.log2b) + j, acc[ii] * t.inv_sqrt_b);
+  }
+}
+
 __global__ void prepare_kernel(const PrepareParams p) {
-  extern __shared__ float buf[];  // (n) one vector
+  extern __shared__ float buf[];  // (n) one vector, then Q (a, a)
   __shared__ float red[32];
   const int n = p.t.n;
   const size_t vec = blockIdx.x;
@@ -185,28 +206,26 @@ __global__ void prepare_kernel(const PrepareParams p) {
   }
   __syncthreads();
   fwht_rows(buf, n, p.t.log2b);
-  for (int o = threadIdx.x; o < n; o += blockDim.x) {
-    const float v = mixed(p.t, buf, o, false);
+  mix_block(p.t, buf, buf + n, false, [&](int o, float v) {
     if (p.out_type == OutType::Half)
       static_cast<__half*>(p.out)[vec * p.ld_out + o] = __float2half_rn(v);
     else
       static_cast<__nv_bfloat16*>(p.out)[vec * p.ld_out + o] = __float2bfloat16_rn(v);
-  }
+  });
 }
 
 __global__ void finish_kernel(const FinishParams p) {
-  extern __shared__ float buf[];
+  extern __shared__ float buf[];  // (n) one vector, then Q (a, a)
   const int n = p.t.n;
   const size_t vec = blockIdx.x;
   for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = p.yt[vec * p.ld_in + i];
   __syncthreads();
   fwht_rows(buf, n, p.t.log2b);
   float* yv = p.y + vec * p.ld_out;
-  for (int o = threadIdx.x; o < n; o += blockDim.x) {
-    float v = mixed(p.t, buf, o, true);
+  mix_block(p.t, buf, buf + n, true, [&](int o, float v) {
     if (p.t.sign) v *= __ldg(p.t.sign + o);
     yv[o] = p.accumulate ? yv[o] + v : v;
-  }
+  });
 }
 
 // Value i of pre(x) of vector vec, for the row kernels. scale: 1/rms for RmsNorm.
@@ -436,7 +455,7 @@ void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, c
       case PreOp::Combine: launch_prepare_rows<PreOp::Combine>(info, p, batch, stream); return;
     }
   }
-  const size_t smem = smem_for(info, p.t.n);
+  const size_t smem = smem_for(info, p.t.n + p.t.a * p.t.a);
   prepare_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
   GLQ_CUDA_CHECK_LAUNCH("prepare_kernel");
 }
@@ -451,7 +470,7 @@ void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cud
                    pdl_enabled(info), "finish_rows_kernel", p, staged);
     return;
   }
-  const size_t smem = smem_for(info, p.t.n);
+  const size_t smem = smem_for(info, p.t.n + p.t.a * p.t.a);
   finish_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
   GLQ_CUDA_CHECK_LAUNCH("finish_kernel");
 }
