@@ -24,8 +24,13 @@ inline std::unique_ptr<model::Model> load_model_verbose(const std::string& path)
   auto m = model::load_model(path);
   const auto& c = m->config();
   fmt::print(stderr, "glq: loaded {} in {:.2f} s\n", path, seconds_since(t0));
-  fmt::print(stderr, "glq: arch {}, {:.1f}M parameters, dtype fp32 ({}), context length {}\n", model::arch_name(c.arch),
-             m->parameter_count() / 1e6, m->source_description(), c.max_context);
+  int quantized = 0;
+  for (int l = 0; l < m->num_layers(); ++l)
+    for (model::LinearKind k : model::kAllLinearKinds) quantized += m->layer(l).linear(k).is_quantized();
+  const std::string dtype = quantized ? fmt::format("GLQ-quantized ({} of {} linears) + fp32", quantized, 7 * m->num_layers())
+                                      : std::string("fp32");
+  fmt::print(stderr, "glq: arch {}, {:.1f}M parameters, dtype {} ({}), context length {}\n", model::arch_name(c.arch),
+             m->parameter_count() / 1e6, dtype, m->source_description(), c.max_context);
   fmt::print(stderr, "glq: {} layers, hidden {}, ffn {}, heads {} (kv {}), head_dim {}, vocab {}, rope theta {}{}, tied embeddings {}\n",
              c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size,
              c.rope_theta, c.rope_scaling.type.empty() ? "" : " (" + c.rope_scaling.type + " scaling)",

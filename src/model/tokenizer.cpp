@@ -227,9 +227,17 @@ struct Tokenizer::Impl {
       static const std::regex sys(R"(<\|im_start\|>system(?:\n|\\n)([^'"]*?)<\|im_end\|>)");
       std::smatch m;
       if (std::regex_search(chat_template, m, sys)) {
-        default_system = m[1].str();
-        size_t p;
-        while ((p = default_system.find("\\n")) != std::string::npos) default_system.replace(p, 2, "\n");
+        // Unescape "\n" written inside the template's string literal.
+        const std::string raw = m[1].str();
+        default_system.clear();
+        for (size_t i = 0; i < raw.size(); ++i) {
+          if (raw[i] == '\\' && i + 1 < raw.size() && raw[i + 1] == 'n') {
+            default_system.push_back('\n');
+            ++i;
+          } else {
+            default_system.push_back(raw[i]);
+          }
+        }
       }
     }
   }
