@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -318,9 +319,13 @@ QgemvPlan plan_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int
   const int bx = (tiles + kWarps - 1) / kWarps;
   const size_t smem_max = size_t(tables_bytes) + size_t(std::min(kb_max, G)) * per_group;
   const int per_sm = std::max(1, std::min(2, int(228 * 1024 / (smem_max + 1024))));
-  const int cap = per_sm * info.sm_count;
+  // GLQ_QGEMV_WAVES (default 1): how many waves of blocks to aim for (more blocks, less work
+  // each). GLQ_QGEMV_MIN_SPLIT (default 1): the fewest column ranges. For tuning runs.
+  static const int waves = [] { const char* v = std::getenv("GLQ_QGEMV_WAVES"); return v ? std::max(1, std::atoi(v)) : 1; }();
+  static const int min_split = [] { const char* v = std::getenv("GLQ_QGEMV_MIN_SPLIT"); return v ? std::max(1, std::atoi(v)) : 1; }();
+  const int cap = per_sm * info.sm_count * waves;
   double best = -1;
-  for (int n = 1; n <= std::max(1, std::min(32, G / 32)); ++n) {
+  for (int n = min_split; n <= std::max(min_split, std::min(32, G / 32)); ++n) {
     const int kb = (G + n - 1) / n;
     if (kb > kb_max) continue;
     const int n_kb = (G + kb - 1) / kb;
@@ -338,7 +343,10 @@ QgemvPlan plan_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int
     plan.kb_groups = kb_max;
     plan.n_kb = (G + kb_max - 1) / kb_max;
   }
-  plan.blocks_x = bx;
+  // GLQ_QGEMV_TILES_PER_WARP (default 1): row tiles each warp walks in turn (fewer blocks, each
+  // filling its tables once for more work). For tuning runs.
+  static const int tiles_per_warp = [] { const char* v = std::getenv("GLQ_QGEMV_TILES_PER_WARP"); return v ? std::max(1, std::atoi(v)) : 1; }();
+  plan.blocks_x = (bx + tiles_per_warp - 1) / tiles_per_warp;
   plan.smem = size_t(tables_bytes) + size_t(plan.kb_groups) * per_group;
   if (plan.smem > info.smem_optin)
     throw_unsupported("qgemv: needs " + std::to_string(plan.smem) + " bytes of shared memory, device allows " +
