@@ -131,8 +131,6 @@ void check_finite(const float* p, size_t n, const std::string& name) {
                                                     name, p[i], i, n));
 }
 
-std::string bits_label(double b) { return fmt::format("{:g}", b); }
-
 // The widths that a target of `bits` may use.
 std::pair<int, int> width_bounds(double bits) {
   const int lo = static_cast<int>(std::floor(bits + 1e-9));

@@ -12,6 +12,7 @@
 #include <limits>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "glq/error.hpp"
@@ -51,9 +52,7 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
 }
 
 std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
+  return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
 }  // namespace
@@ -183,7 +182,7 @@ void SafetensorsWriter::write(std::string_view name, std::span<const uint8_t> by
   if (next_ >= tensors_.size())
     throw_invalid(fmt::format("{}: tensor '{}' written but all {} declared tensors are done", file_.path(), name, tensors_.size()));
   const StTensorSpec& t = tensors_[next_];
-  if (t.name != name) throw_mismatch(fmt::format("{}: next tensor", file_.path()), "'" + t.name + "'", "'" + std::string(name) + "'");
+  if (t.name != name) throw_mismatch(fmt::format("{}: next tensor", file_.path()), fmt::format("'{}'", t.name), fmt::format("'{}'", name));
   if (bytes.size() != t.nbytes())
     throw_mismatch(fmt::format("{}: tensor '{}' ({} {})", file_.path(), t.name, st_dtype_name(t.dtype), shape_str(t.shape)),
                    fmt::format("{} bytes", t.nbytes()), fmt::format("{} bytes", bytes.size()));
