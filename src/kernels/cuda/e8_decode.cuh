@@ -8,15 +8,17 @@
 //   All magnitudes of a codebook have an fp16 pattern whose low byte is 0x00
 //   (E8P16: ±0.5 = 0x?800, ±1.5 = 0x?E00, ±2.5 = 0x?100; E8R8: 0, ±0.5, ±1, ±2). The high bytes
 //   of the three magnitudes, their negatives and 0x00 fit in the 8 bytes of two registers
-//   (kE8pBytesLo/Hi). A 3-bit selector m | neg<<2 picks one of them, and one PRMT with the
-//   16-bit selector [0, sel_a, 0, sel_b] yields the half2 (c_a, c_b).
+//   (kE8pBytesLo/Hi). A 3-bit selector m | neg<<2 picks one of them as a PRMT selector
+//   nibble; the high byte is then placed over a zero low byte.
 //
-// A per-code 32-bit "selector word" E holds the 8 selectors (one nibble each, bit 3 zero). Its
-// nibble order is chosen so that four shift-and-mask operations give the four PRMT selectors
-// for the coordinate pairs (0,1), (2,3), (4,5), (6,7) (kNibbleOfCoord below).
+// A per-code 32-bit "selector word" E holds the 8 selectors, nibble c for coordinate c (bit 3
+// of every nibble zero). One PRMT with E's low half as the selector yields the high bytes of
+// coordinates 0..3, one with E >> 16 those of 4..7 (PRMT reads only the low 16 bits of its
+// selector), and a PRMT against zero spreads two high bytes into a half2: 7 instructions for 8
+// coordinates, where masking a selector per pair out of E took 11.
 //
-// E8P16: E = sel_table[code & 0xFF] ^ sign_table[code >> 8]; bit 31 of E is the shift bit
-// (1: t = −¼), stored in the sign table, so the kernel gets ±¼·Σx with one XOR. sel_table holds the magnitudes of
+// E8P16: E = sel_table[code & 0xFF] ^ sign_table[code >> 8]; the shift bit (bit 15 of the code,
+// 1: t = −¼) is read from the code itself. sel_table holds the magnitudes of
 // the abs pattern plus its parity bit q as the sign of coordinate 7; sign_table holds the 7
 // explicit sign bits spread to their nibbles plus their parity as the sign of coordinate 7, so
 // the XOR yields coordinate 7's sign = parity(signs) ^ q, as glq/codec/codebook.hpp defines it.
@@ -32,11 +34,7 @@
 namespace glq::cuda::detail {
 
 // Coordinate c of a group lives in nibble kNibbleOfCoord[c] of a selector word.
-//   PRMT pair k:   0: (c0,c1) = E & 0xF0F0            → nibbles 1, 3
-//                  1: (c2,c3) = (E << 4) & 0xF0F0     → nibbles 0, 2
-//                  2: (c4,c5) = (E >> 16) & 0xF0F0    → nibbles 5, 7
-//                  3: (c6,c7) = (E >> 12) & 0xF0F0    → nibbles 4, 6
-inline constexpr int kNibbleOfCoord[8] = {1, 3, 0, 2, 5, 7, 4, 6};
+inline constexpr int kNibbleOfCoord[8] = {0, 1, 2, 3, 4, 5, 6, 7};
 
 // High bytes of fp16 values, bytes 0..3 positive (0, m1, m2, m3), bytes 4..7 negative.
 // E8P16 magnitudes 0.5, 1.5, 2.5 (selector m = 1, 2, 3).
@@ -68,22 +66,16 @@ inline uint32_t byte_perm(uint32_t lo, uint32_t hi, uint32_t sel) {
 }
 #endif
 
-// The four PRMT selectors of a selector word.
-// The masks keep bit 3 of every selector nibble clear (PRMT's sign-replicate mode); bit 31 of
-// an E8P16 selector word carries the code's shift bit (see kTableE8pSign), which they drop.
-__host__ __device__ __forceinline__ void pair_selectors(uint32_t e, uint32_t sel[4]) {
-  sel[0] = e & 0x7070u;
-  sel[1] = (e << 4) & 0x7070u;
-  sel[2] = (e >> 16) & 0x7070u;
-  sel[3] = (e >> 12) & 0x7070u;
-}
-
 // Decoded coordinates as 4 half2 bit patterns: (c0,c1), (c2,c3), (c4,c5), (c6,c7).
+// Every nibble of e must have bit 3 clear (PRMT's sign-replicate mode).
 __host__ __device__ __forceinline__ void decode_pairs(uint32_t e, uint32_t bytes_lo,
                                                       uint32_t bytes_hi, uint32_t out[4]) {
-  uint32_t sel[4];
-  pair_selectors(e, sel);
-  for (int k = 0; k < 4; ++k) out[k] = byte_perm(bytes_lo, bytes_hi, sel[k]);
+  const uint32_t lo = byte_perm(bytes_lo, bytes_hi, e & 0xFFFFu);  // high bytes of c0..c3
+  const uint32_t hi = byte_perm(bytes_lo, bytes_hi, e >> 16);      // high bytes of c4..c7
+  out[0] = byte_perm(lo, 0u, 0x1404u);  // [0, c0, 0, c1]
+  out[1] = byte_perm(lo, 0u, 0x3424u);  // [0, c2, 0, c3]
+  out[2] = byte_perm(hi, 0u, 0x1404u);
+  out[3] = byte_perm(hi, 0u, 0x3424u);
 }
 
 // Selector word of an E8P16 code from the tables (sel_table, sign_table point at 256 words).

@@ -116,8 +116,9 @@ __device__ __forceinline__ void e8p_word(const uint4 c, const __half2 xv[B][4], 
     decode_pairs(e, bytes_lo, bytes_hi, wv);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
-      // ±¼·Σx: the shift bit (bit 31 of e) flips the sign of the precomputed ¼·Σx.
-      const float shift = __int_as_float((e & 0x80000000u) ^ __float_as_uint(sxv[b]));
+      // ±¼·Σx: the shift bit (bit 15 of the code) flips the sign of the precomputed ¼·Σx.
+      const uint32_t shift_bit = ((r & 1) ? w : (w << 16)) & 0x80000000u;
+      const float shift = __int_as_float(shift_bit ^ __float_as_uint(sxv[b]));
       acc[r][b] = fmaf(sc[r], dot8h(wv, xv[b]) + shift, acc[r][b]);
     }
   }

@@ -36,7 +36,7 @@ void build_decode_tables(uint32_t out[kTableWords]) {
     for (int c = 0; c < 7; ++c)
       if ((signs >> c) & 1u) e |= sign_bit(c);
     if (std::popcount(signs) & 1) e |= sign_bit(7);
-    if (hi & 0x80) e |= 0x80000000u;  // the shift bit (bit 3 of nibble 7, unused by selectors)
+    // bit 7 of the byte, the shift, stays in the code: bit 3 of a nibble must stay clear.
     out[kTableE8pSign + hi] = e;
   }
   const auto& r8 = codec::e8r8_table();
