@@ -8,7 +8,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <string>
+
+#include "glq/codec/quantized_matrix.hpp"
 
 namespace glq::cli {
 
@@ -32,6 +35,10 @@ struct ModelBenchArgs {
   int batch = 1;
   int threads = 0;
 };
+
+// A QuantizedMatrix with uniformly random codes, scales in [0.01, 0.05), random signs and the
+// real Hadamard plans of its shape: the kernels' speed does not depend on the code values.
+codec::QuantizedMatrix random_quantized_matrix(int rows, int cols, int bits, uint64_t seed);
 
 nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& args);
 nlohmann::json run_cuda_model_bench(const ModelBenchArgs& args);

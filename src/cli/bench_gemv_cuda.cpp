@@ -90,28 +90,6 @@ void fill_random(std::vector<uint8_t>& v, uint64_t seed) {
   for (; i < v.size(); ++i) v[i] = static_cast<uint8_t>(rng());
 }
 
-codec::QuantizedMatrix random_quantized(int rows, int cols, int bits, uint64_t seed) {
-  codec::QuantizedMatrix q;
-  q.rows = rows;
-  q.cols = cols;
-  q.bits = bits;
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> scale(0.01f, 0.05f);
-  for (auto cb : codec::stages_for_bits(bits)) {
-    codec::CodeStage st;
-    st.codebook = cb;
-    st.codes.resize(size_t(rows) * (cols / 8) * codec::code_bytes(cb));
-    fill_random(st.codes, rng());
-    st.scales.resize(rows);
-    for (auto& s : st.scales) s = scale(rng);
-    q.stages.push_back(std::move(st));
-  }
-  q.sign_in = transform::random_signs(cols, seed + 1);
-  q.sign_out = transform::random_signs(rows, seed + 2);
-  q.plan_in = transform::make_hadamard_plan(cols);
-  q.plan_out = transform::make_hadamard_plan(rows);
-  return q;
-}
 
 DeviceMemory clone(const DeviceMemory& m) {
   DeviceMemory c(m.bytes());
@@ -239,7 +217,7 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
       });
     } else {
       std::vector<cuda::DeviceQuantizedMatrix> mats;
-      mats.push_back(cuda::upload(random_quantized(rows, cols, bits, a.seed)));
+      mats.push_back(cuda::upload(random_quantized_matrix(rows, cols, bits, a.seed)));
       weight_bytes = mats[0].weight_bytes();
       n_sets = copies_for(weight_bytes, info.l2_bytes, 256);
       for (int i = 1; i < n_sets; ++i) mats.push_back(clone(mats[0]));

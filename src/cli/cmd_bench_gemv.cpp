@@ -46,34 +46,6 @@ int copies_for(size_t bytes) {
   return static_cast<int>(std::clamp<size_t>((kRotateBytes + bytes - 1) / bytes, 1, kMaxCopies));
 }
 
-// A QuantizedMatrix with uniformly random codes, positive scales and random signs, and the
-// real Hadamard plans of its shape: the kernels' speed does not depend on the code values.
-codec::QuantizedMatrix random_quantized(int rows, int cols, int bits, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  codec::QuantizedMatrix q;
-  q.rows = rows;
-  q.cols = cols;
-  q.bits = bits;
-  const size_t groups = size_t(rows) * (cols / 8);
-  std::uniform_real_distribution<float> scale(0.01f, 0.05f);
-  for (codec::Codebook cb : codec::stages_for_bits(bits)) {
-    codec::CodeStage st;
-    st.codebook = cb;
-    st.codes.resize(groups * codec::code_bytes(cb));
-    for (size_t i = 0; i < st.codes.size(); i += 8) {
-      const uint64_t r = rng();
-      for (size_t k = 0; k < 8 && i + k < st.codes.size(); ++k) st.codes[i + k] = uint8_t(r >> (8 * k));
-    }
-    st.scales.resize(rows);
-    for (auto& s : st.scales) s = scale(rng);
-    q.stages.push_back(std::move(st));
-  }
-  q.sign_in = transform::random_signs(cols, seed + 1);
-  q.sign_out = transform::random_signs(rows, seed + 2);
-  q.plan_in = transform::make_hadamard_plan(cols);
-  q.plan_out = transform::make_hadamard_plan(rows);
-  return q;
-}
 
 // Median wall time of one call in microseconds; call(i) runs iteration i.
 double median_us(int iters, const std::function<void(int)>& call) {
@@ -146,7 +118,7 @@ nlohmann::json run_cpu_gemv_bench(const GemvBenchArgs& a, const std::string& isa
 
   // ---- GLQ ----
   std::vector<codec::QuantizedMatrix> mats;
-  mats.push_back(random_quantized(rows, cols, bits, a.seed));
+  mats.push_back(random_quantized_matrix(rows, cols, bits, a.seed));
   const size_t weight_bytes = mats[0].storage_bytes();
   const int copies = copies_for(weight_bytes);
   for (int c = 1; c < copies; ++c) mats.push_back(mats[0]);
