@@ -114,21 +114,14 @@ class GgufHfWeights final : public WeightSource {
     try {
       w = WeightSource::load_f32(name, shape);
     } catch (const Error& e) {
-      auto it = index_.find(name);
-      if (it == index_.end()) throw;
-      throw Error(e.kind(), fmt::format("{} (GGUF tensor '{}')", e.what(), gguf_names_[it->second]));
+      rethrow_with_gguf_name(e, name);
     }
-    if (!permute_qk_) return w;
-    int heads = 0;
-    if (name.find(".self_attn.q_proj.") != std::string::npos) heads = config_.num_heads;
-    else if (name.find(".self_attn.k_proj.") != std::string::npos) heads = config_.num_kv_heads;
+    const int heads = permuted_heads(name);
     if (heads == 0) return w;
     // GGUF row (h, i, j) with i < head_dim/2, j < 2 holds HF row (h, j, i).
     const int64_t rows = shape.empty() ? 0 : shape[0];
     const int64_t cols = shape.size() > 1 ? shape[1] : 1;
-    if (rows % heads != 0 || (rows / heads) % 2 != 0)
-      throw_mismatch(fmt::format("{}: tensor '{}'", gguf_->path(), name), fmt::format("rows divisible into {} heads of even size", heads),
-                     fmt::format("{} rows", rows));
+    check_permutable(name, rows, heads);
     const int64_t hd = rows / heads, half = hd / 2;
     std::vector<float> out(w.size());
     for (int64_t h = 0; h < heads; ++h)
@@ -141,7 +134,49 @@ class GgufHfWeights final : public WeightSource {
     return out;
   }
 
+  void load_rows_f32(const std::string& name, std::span<const int64_t> shape, int64_t first, int64_t count,
+                     float* out) const override {
+    try {
+      const int heads = permuted_heads(name);
+      if (heads == 0) {
+        WeightSource::load_rows_f32(name, shape, first, count, out);
+        return;
+      }
+      const int64_t rows = shape.empty() ? 0 : shape[0];
+      const int64_t cols = shape.size() > 1 ? shape[1] : 1;
+      check_permutable(name, rows, heads);
+      if (first < 0 || count < 0 || first > rows - count)
+        throw_invalid(fmt::format("{}: tensor '{}': rows [{}, {}) of {} requested", gguf_->path(), name, first, first + count, rows));
+      // HF row (h, j, i) is GGUF row (h, i, j): read row by row.
+      const int64_t hd = rows / heads, half = hd / 2;
+      for (int64_t r = first; r < first + count; ++r) {
+        const int64_t h = r / hd, j = (r % hd) / half, i = r % half;
+        WeightSource::load_rows_f32(name, shape, h * hd + i * 2 + j, 1, out + (r - first) * cols);
+      }
+    } catch (const Error& e) {
+      rethrow_with_gguf_name(e, name);
+    }
+  }
+
  private:
+  [[noreturn]] void rethrow_with_gguf_name(const Error& e, const std::string& name) const {
+    auto it = index_.find(name);
+    if (it == index_.end()) throw e;
+    throw Error(e.kind(), fmt::format("{} (GGUF tensor '{}')", e.what(), gguf_names_[it->second]));
+  }
+  // Heads of a q/k tensor whose rows llama.cpp permuted, else 0.
+  int permuted_heads(const std::string& name) const {
+    if (!permute_qk_) return 0;
+    if (name.find(".self_attn.q_proj.") != std::string::npos) return config_.num_heads;
+    if (name.find(".self_attn.k_proj.") != std::string::npos) return config_.num_kv_heads;
+    return 0;
+  }
+  void check_permutable(const std::string& name, int64_t rows, int heads) const {
+    if (rows % heads != 0 || (rows / heads) % 2 != 0)
+      throw_mismatch(fmt::format("{}: tensor '{}'", gguf_->path(), name), fmt::format("rows divisible into {} heads of even size", heads),
+                     fmt::format("{} rows", rows));
+  }
+
   std::shared_ptr<const GgufFile> gguf_;
   ModelConfig config_;
   bool permute_qk_ = false;

@@ -42,8 +42,29 @@ Linear Linear::quantized(codec::QuantizedMatrix q, std::vector<float> bias) {
   return l;
 }
 
+Linear Linear::deferred(int rows, int cols, WeightLoader load, std::string origin, std::vector<float> bias) {
+  if (rows <= 0 || cols <= 0) throw_invalid(fmt::format("Linear::deferred {}: shape {}x{}", origin, rows, cols));
+  if (!load) throw_invalid(fmt::format("Linear::deferred {}: no loader", origin));
+  if (!bias.empty() && bias.size() != static_cast<size_t>(rows))
+    throw_mismatch("Linear::deferred bias of " + origin, fmt::format("{} values", rows), fmt::format("{} values", bias.size()));
+  Linear l;
+  l.rows_ = rows;
+  l.cols_ = cols;
+  l.load_ = std::move(load);
+  l.origin_ = std::move(origin);
+  l.bias_ = std::move(bias);
+  return l;
+}
+
+Linear Linear::materialized() const {
+  if (!load_) return *this;
+  std::shared_ptr<const std::vector<float>> w = load_();
+  return dense_shared(std::move(w), rows_, cols_, bias_);
+}
+
 void Linear::forward(const float* x, float* y, int batch, ThreadPool& pool) const {
   if (empty()) throw_invalid("Linear::forward on an empty linear");
+  if (load_) throw_invalid(fmt::format("Linear::forward: {} is still in its file (deferred); materialize it first", origin_));
   if (batch <= 0) return;
   if (quantized_) {
     cpu::qmatmul(*quantized_, x, y, batch, pool);
@@ -62,6 +83,7 @@ void Linear::forward(const float* x, float* y, int batch, ThreadPool& pool) cons
 }
 
 std::vector<float> Linear::to_dense() const {
+  if (load_) return *load_();
   if (dense_) return *dense_;
   if (quantized_) return codec::dequantize(*quantized_);
   return {};
@@ -77,6 +99,7 @@ size_t Linear::weight_bytes() const {
 std::string Linear::describe() const {
   if (quantized_) return fmt::format("glq-{}bit {}x{}", quantized_->bits, rows_, cols_);
   if (dense_) return fmt::format("fp32 {}x{}", rows_, cols_);
+  if (load_) return fmt::format("deferred {}x{}", rows_, cols_);
   return "empty";
 }
 

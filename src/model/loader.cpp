@@ -1,6 +1,7 @@
 // Building Models from weight sources; load_model() for GGUF files and HF directories.
 #include "glq/model/loader.hpp"
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -48,13 +49,45 @@ std::string main_dtype(const WeightSource& w) {
 
 }  // namespace
 
-std::unique_ptr<Model> build_model(const ModelConfig& config, const WeightSource& w, const BuildOptions& options) {
+namespace {
+
+std::atomic<int64_t> g_materialized_live{0};
+std::atomic<int64_t> g_materialized_peak{0};
+
+// A weight read from the mapped file into float32, counted while it is alive.
+std::shared_ptr<const std::vector<float>> counted_weight(std::vector<float> w) {
+  const int64_t bytes = static_cast<int64_t>(w.size() * sizeof(float));
+  const int64_t now = g_materialized_live.fetch_add(bytes) + bytes;
+  int64_t peak = g_materialized_peak.load();
+  while (now > peak && !g_materialized_peak.compare_exchange_weak(peak, now)) {
+  }
+  return std::shared_ptr<const std::vector<float>>(new std::vector<float>(std::move(w)), [bytes](const std::vector<float>* p) {
+    g_materialized_live.fetch_sub(bytes);
+    delete p;
+  });
+}
+
+// Builds the model from `w`; with `mapped` set, the linears are deferred loads from it (kept alive
+// by `mapped`), the embedding is read row by row and the head is deferred too.
+std::unique_ptr<Model> build(const ModelConfig& config, const WeightSource& w, std::shared_ptr<const WeightSource> mapped,
+                             const BuildOptions& options) {
   config.validate();
   const ModelConfig& c = config;
   const int64_t h = c.hidden_size, f = c.intermediate_size, vocab = c.vocab_size;
   auto vec = [&](const std::string& name, int64_t n) {
     const int64_t shape[] = {n};
     return w.load_f32(name, shape);
+  };
+  // A linear (rows, cols) read from `name`, deferred when mapped.
+  auto dense_or_deferred = [&](const std::string& name, int64_t rows, int64_t cols, std::vector<float> bias) {
+    const int64_t shape[] = {rows, cols};
+    if (!mapped) return Linear::dense(w.load_f32(name, shape), static_cast<int>(rows), static_cast<int>(cols), std::move(bias));
+    w.checked_float_tensor(name, shape);  // a missing or misshapen tensor is reported now, not mid-run
+    Linear::WeightLoader load = [mapped, name, rows, cols] {
+      const int64_t sh[] = {rows, cols};
+      return counted_weight(mapped->load_f32(name, sh));
+    };
+    return Linear::deferred(static_cast<int>(rows), static_cast<int>(cols), std::move(load), name, std::move(bias));
   };
   auto linear = [&](int layer, LinearKind kind, int64_t rows, int64_t cols, bool has_bias) {
     if (options.linear_provider) {
@@ -66,14 +99,14 @@ std::unique_ptr<Model> build_model(const ModelConfig& config, const WeightSource
       }
     }
     const std::string prefix = linear_tensor_prefix(layer, kind);
-    const int64_t shape[] = {rows, cols};
-    std::vector<float> weight = w.load_f32(prefix + ".weight", shape);
     std::vector<float> bias;
     if (has_bias) bias = vec(prefix + ".bias", rows);
-    return Linear::dense(std::move(weight), static_cast<int>(rows), static_cast<int>(cols), std::move(bias));
+    return dense_or_deferred(prefix + ".weight", rows, cols, std::move(bias));
   };
   const int64_t emb_shape[] = {vocab, h};
-  auto embedding = std::make_shared<const std::vector<float>>(w.load_f32("model.embed_tokens.weight", emb_shape));
+  std::shared_ptr<const std::vector<float>> embedding;
+  if (!mapped) embedding = std::make_shared<const std::vector<float>>(w.load_f32("model.embed_tokens.weight", emb_shape));
+  else w.checked_float_tensor("model.embed_tokens.weight", emb_shape);
   std::vector<DecoderLayer> layers(static_cast<size_t>(c.num_layers));
   for (int i = 0; i < c.num_layers; ++i) {
     DecoderLayer& L = layers[static_cast<size_t>(i)];
@@ -90,15 +123,40 @@ std::unique_ptr<Model> build_model(const ModelConfig& config, const WeightSource
   }
   std::vector<float> final_norm = vec("model.norm.weight", h);
   Linear head;
-  if (c.tie_embeddings || !w.contains("lm_head.weight")) {
+  const bool tied = c.tie_embeddings || !w.contains("lm_head.weight");
+  if (tied && !mapped) {
     head = Linear::dense_shared(embedding, static_cast<int>(vocab), static_cast<int>(h));
   } else {
-    const int64_t shape[] = {vocab, h};
-    head = Linear::dense(w.load_f32("lm_head.weight", shape), static_cast<int>(vocab), static_cast<int>(h));
+    head = dense_or_deferred(tied ? "model.embed_tokens.weight" : "lm_head.weight", vocab, h, {});
   }
-  auto model = std::make_unique<Model>(c, std::move(embedding), std::move(layers), std::move(final_norm), std::move(head));
+  std::unique_ptr<Model> model;
+  if (!mapped) {
+    model = std::make_unique<Model>(c, std::move(embedding), std::move(layers), std::move(final_norm), std::move(head));
+  } else {
+    Model::EmbeddingRows rows = [mapped, vocab, h](int64_t first, int64_t count, float* out) {
+      const int64_t shape[] = {vocab, h};
+      mapped->load_rows_f32("model.embed_tokens.weight", shape, first, count, out);
+    };
+    model = std::make_unique<Model>(c, std::move(rows), std::move(layers), std::move(final_norm), std::move(head));
+  }
   model->set_source_description(fmt::format("from {} {}", main_dtype(w), w.description()));
   return model;
+}
+
+}  // namespace
+
+MaterializedBytes materialized_weight_bytes() { return {g_materialized_live.load(), g_materialized_peak.load()}; }
+void reset_materialized_peak() { g_materialized_peak.store(g_materialized_live.load()); }
+
+std::unique_ptr<Model> build_model(const ModelConfig& config, const WeightSource& w, const BuildOptions& options) {
+  return build(config, w, nullptr, options);
+}
+
+std::unique_ptr<Model> build_model_mapped(const ModelConfig& config, std::shared_ptr<const WeightSource> weights,
+                                          const BuildOptions& options) {
+  if (!weights) throw_invalid("build_model_mapped: no weight source");
+  const WeightSource& w = *weights;
+  return build(config, w, std::move(weights), options);
 }
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
@@ -107,8 +165,8 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     if (!fs::exists(dir / "config.json")) throw_io(path, "directory has no config.json");
     if (is_glq_checkpoint(path)) return load_glq_checkpoint(path, options);  // quantization_config.quant_method "glq"
     ModelConfig config = parse_hf_config(read_text(dir / "config.json"), (dir / "config.json").string());
-    auto weights = open_safetensors_dir(path);
-    auto model = build_model(config, *weights, options.build);
+    std::shared_ptr<const WeightSource> weights = open_safetensors_dir(path);
+    auto model = options.mapped ? build_model_mapped(config, weights, options.build) : build_model(config, *weights, options.build);
     model->set_source_description(fmt::format("from {} safetensors in {}", main_dtype(*weights), path));
     if (options.load_tokenizer) model->set_tokenizer(load_tokenizer(path));
     return model;
@@ -117,8 +175,8 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   if (!is_gguf_file(path)) throw Error(ErrorKind::Format, fmt::format("{}: neither a GGUF file nor a checkpoint directory", path));
   auto gguf = std::make_shared<const GgufFile>(path);
   ModelConfig config = gguf_model_config(*gguf);
-  auto weights = gguf_hf_weights(gguf, config);
-  auto model = build_model(config, *weights, options.build);
+  std::shared_ptr<const WeightSource> weights = gguf_hf_weights(gguf, config);
+  auto model = options.mapped ? build_model_mapped(config, weights, options.build) : build_model(config, *weights, options.build);
   model->set_source_description(fmt::format("from {} GGUF {}", main_dtype(*weights), path));
   if (options.load_tokenizer) model->set_tokenizer(Tokenizer::from_gguf(*gguf));
   return model;

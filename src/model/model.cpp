@@ -84,8 +84,14 @@ const Linear& DecoderLayer::linear(LinearKind kind) const { return const_cast<De
 
 Model::Model(ModelConfig config, std::shared_ptr<const std::vector<float>> embedding, std::vector<DecoderLayer> layers,
              std::vector<float> final_norm, Linear lm_head)
+    : Model(std::move(config), std::move(embedding), std::move(layers), std::move(final_norm), std::move(lm_head),
+            EmbeddingRows()) {}
+
+Model::Model(ModelConfig config, std::shared_ptr<const std::vector<float>> embedding, std::vector<DecoderLayer> layers,
+             std::vector<float> final_norm, Linear lm_head, EmbeddingRows embedding_rows)
     : config_(std::move(config)),
       embedding_(std::move(embedding)),
+      embedding_rows_(std::move(embedding_rows)),
       layers_(std::move(layers)),
       final_norm_(std::move(final_norm)),
       lm_head_(std::move(lm_head)),
@@ -93,7 +99,7 @@ Model::Model(ModelConfig config, std::shared_ptr<const std::vector<float>> embed
   const ModelConfig& c = config_;
   c.validate();
   const int h = c.hidden_size;
-  if (!embedding_ || embedding_->size() != static_cast<size_t>(c.vocab_size) * h)
+  if (!embedding_rows_ && (!embedding_ || embedding_->size() != static_cast<size_t>(c.vocab_size) * h))
     throw_mismatch("Model: embedding", fmt::format("{} x {}", c.vocab_size, h), fmt::format("{} values", embedding_ ? embedding_->size() : 0));
   if (static_cast<int>(layers_.size()) != c.num_layers)
     throw_mismatch("Model: layers", fmt::format("{}", c.num_layers), fmt::format("{}", layers_.size()));
@@ -144,6 +150,27 @@ Model::Model(ModelConfig config, std::shared_ptr<const std::vector<float>> embed
   }
 }
 
+Model::Model(ModelConfig config, EmbeddingRows embedding_rows, std::vector<DecoderLayer> layers,
+             std::vector<float> final_norm, Linear lm_head)
+    : Model(std::move(config), std::shared_ptr<const std::vector<float>>(), std::move(layers), std::move(final_norm),
+            std::move(lm_head), std::move(embedding_rows)) {}
+
+const std::vector<float>& Model::embedding() const {
+  if (!embedding_) throw_invalid("this model reads its token embedding from its file on demand (no float32 table)");
+  return *embedding_;
+}
+
+void Model::embedding_rows(int64_t first, int64_t count, float* out) const {
+  const int h = config_.hidden_size;
+  if (first < 0 || count < 0 || first + count > config_.vocab_size)
+    throw_invalid(fmt::format("embedding rows [{}, {}) of {}", first, first + count, config_.vocab_size));
+  if (embedding_rows_) {
+    embedding_rows_(first, count, out);
+  } else {
+    std::copy_n(embedding_->data() + static_cast<size_t>(first) * h, static_cast<size_t>(count) * h, out);
+  }
+}
+
 DecoderLayer& Model::layer(int i) {
   if (i < 0 || i >= num_layers()) throw_invalid(fmt::format("layer {} of {}", i, num_layers()));
   return layers_[static_cast<size_t>(i)];
@@ -158,11 +185,15 @@ void Model::set_tokenizer(Tokenizer tokenizer) { tokenizer_ = std::make_unique<T
 
 std::string Model::describe() const {
   const ModelConfig& c = config_;
-  int quantized = 0;
+  int quantized = 0, deferred = 0;
   for (const auto& L : layers_)
-    for (LinearKind k : kAllLinearKinds) quantized += L.linear(k).is_quantized();
-  const std::string weights = quantized ? fmt::format("{} of {} linears GLQ-quantized, rest fp32", quantized, 7 * num_layers())
-                                        : std::string("weights fp32");
+    for (LinearKind k : kAllLinearKinds) {
+      quantized += L.linear(k).is_quantized();
+      deferred += L.linear(k).is_deferred();
+    }
+  std::string weights = quantized ? fmt::format("{} of {} linears GLQ-quantized, rest fp32", quantized, 7 * num_layers())
+                                  : std::string("weights fp32");
+  if (deferred) weights = fmt::format("{} of {} linears in the mapped file, {} GLQ-quantized", deferred, 7 * num_layers(), quantized);
   return fmt::format("{}, {:.1f}M parameters, {} layers, hidden {}, heads {}/{} (kv), vocab {}, {}{}, context {}",
                      arch_name(c.arch), parameter_count() / 1e6, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
                      c.vocab_size, weights, source_.empty() ? "" : " (" + source_ + ")", c.max_context);
@@ -178,7 +209,7 @@ void Model::embed(std::span<const int32_t> tokens, float* hidden) const {
     const int32_t id = tokens[t];
     if (id < 0 || id >= config_.vocab_size)
       throw_invalid(fmt::format("token id {} at position {} is outside the vocabulary of {}", id, t, config_.vocab_size));
-    std::copy_n(embedding_->data() + static_cast<size_t>(id) * h, h, hidden + t * h);
+    embedding_rows(id, 1, hidden + t * h);
   }
 }
 

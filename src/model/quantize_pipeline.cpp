@@ -23,6 +23,7 @@
 #include "glq/format/quantized_tensors.hpp"
 #include "glq/format/safetensors_io.hpp"
 #include "glq/model/glq_checkpoint.hpp"
+#include "model/quantize_weights.hpp"
 
 namespace glq::model {
 
@@ -123,14 +124,6 @@ std::vector<std::vector<float>> embed_all(const Model& model, const std::vector<
   return hidden;
 }
 
-void check_finite(const float* p, size_t n, const std::string& name) {
-  for (size_t i = 0; i < n; ++i)
-    if (!std::isfinite(p[i]))
-      throw Error(ErrorKind::Numerical, fmt::format("weight '{}' holds a non-finite value ({}) at flat index {} of {}; "
-                                                    "the source model is broken",
-                                                    name, p[i], i, n));
-}
-
 // The widths that a target of `bits` may use.
 std::pair<int, int> width_bounds(double bits) {
   const int lo = static_cast<int>(std::floor(bits + 1e-9));
@@ -179,33 +172,6 @@ LinearReport report_from_json(const nlohmann::json& j) {
   r.stored_bytes = j.at("stored_bytes").get<uint64_t>();
   r.warnings = j.value("warnings", std::string());
   return r;
-}
-
-// A 16-bit (or F32) copy of a kept tensor.
-format::StTensorData kept_tensor(const std::string& name, const float* data, std::vector<int64_t> shape,
-                                 const std::string& dtype) {
-  format::StTensorData t;
-  t.spec.name = name;
-  t.spec.shape = std::move(shape);
-  const size_t n = static_cast<size_t>(t.spec.numel());
-  bool fits_f16 = true;
-  for (size_t i = 0; i < n && fits_f16; ++i) fits_f16 = format::f16_representable(data[i]);
-  if (dtype == "float32") {
-    t.spec.dtype = format::StDType::F32;
-    t.bytes.resize(n * 4);
-    std::memcpy(t.bytes.data(), data, n * 4);
-    return t;
-  }
-  // float16 holds weights more precisely than bfloat16; a tensor with values beyond its range
-  // falls back to bfloat16 (the header records each tensor's dtype).
-  const bool f16 = dtype == "float16" && fits_f16;
-  t.spec.dtype = f16 ? format::StDType::F16 : format::StDType::BF16;
-  t.bytes.resize(n * 2);
-  for (size_t i = 0; i < n; ++i) {
-    const uint16_t h = f16 ? format::f32_to_f16(data[i]) : format::f32_to_bf16(data[i]);
-    std::memcpy(t.bytes.data() + 2 * i, &h, 2);
-  }
-  return t;
 }
 
 std::vector<float> rms_norm_rows(const float* x, int tokens, int h, const std::vector<float>& w, float eps) {
@@ -298,23 +264,15 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   for (int i = 0; i < L; ++i)
     for (LinearKind k : kAllLinearKinds) {
       const Linear& lin = model.layer(i).linear(k);
-      if (!lin.dense_weight())
+      if (lin.is_quantized())
         throw_invalid(fmt::format("{} is already quantized ({})", linear_tensor_prefix(i, k), lin.describe()));
       if (lin.rows() % 8 || lin.cols() % 8)
         throw_unsupported(fmt::format("{} has shape {}x{}; GLQ needs both dimensions to be multiples of 8",
                                       linear_tensor_prefix(i, k), lin.rows(), lin.cols()));
-      check_finite(lin.dense_weight(), static_cast<size_t>(lin.rows()) * lin.cols(), linear_tensor_prefix(i, k) + ".weight");
-      check_finite(lin.bias().data(), lin.bias().size(), linear_tensor_prefix(i, k) + ".bias");
     }
-  check_finite(model.embedding().data(), model.embedding().size(), "model.embed_tokens.weight");
-  for (int i = 0; i < L; ++i) {
-    check_finite(model.layer(i).attn_norm.data(), model.layer(i).attn_norm.size(), fmt::format("model.layers.{}.input_layernorm.weight", i));
-    check_finite(model.layer(i).mlp_norm.data(), model.layer(i).mlp_norm.size(), fmt::format("model.layers.{}.post_attention_layernorm.weight", i));
-  }
-  check_finite(model.final_norm().data(), model.final_norm().size(), "model.norm.weight");
-  const bool head_tied = model.lm_head().dense_weight() == model.embedding().data();
-  if (!head_tied && model.lm_head().dense_weight())
-    check_finite(model.lm_head().dense_weight(), static_cast<size_t>(model.lm_head().rows()) * model.lm_head().cols(), "lm_head.weight");
+  // Every weight, one tensor in float32 at a time (the model may be larger than memory).
+  quantize_weights::check_finite_weights(model);
+  const bool head_tied = quantize_weights::head_is_embedding(model);
   const bool quantize_head = !s.keep_head_16bit;
   if (quantize_head && (cfg.vocab_size % 8 || cfg.hidden_size % 8))
     throw_unsupported(fmt::format("lm_head {}x{} cannot be quantized: both dimensions must be multiples of 8", cfg.vocab_size, cfg.hidden_size));
@@ -382,6 +340,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       auto hidden = embed_all(model, calibration);
       const auto t0 = Clock::now();
       for (int i = 0; i < L; ++i) {
+        quantize_weights::LayerLinears in_file = quantize_weights::materialize_layer(model, i);
         std::map<LinearKind, HessianAccumulator> hs;
         std::vector<std::vector<float>> copy = hidden;
         run_layer_all(model, i, copy, seq_len, &hs);
@@ -404,6 +363,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
             (b == lo ? e.loss_lo : e.loss_hi) = rep.proxy_loss * energy;
           }
         }
+        quantize_weights::restore_layer(model, i, std::move(in_file));  // float32 weights released
         hidden.swap(copy);
         if (progress.step) {
           const double per = seconds_since(t0) / (i + 1);
@@ -433,6 +393,9 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     const auto t_layer = Clock::now();
     const fs::path layer_file = partial / fmt::format("layer-{:05d}.safetensors", i);
     DecoderLayer& layer = model.layer(i);
+    // This layer's weights in float32 (read from the file for a mapped model) until its
+    // quantized linears replace them.
+    quantize_weights::materialize_layer(model, i);
     std::vector<LinearReport> layer_reports;
     if (fs::exists(layer_file)) {
       // Done by an earlier run: install its result and move on.
@@ -444,9 +407,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
         const Job& job = jobs[static_cast<size_t>(i) * 7 + static_cast<size_t>(static_cast<int>(k))];
         format::LinearQuantEntry e{job.name, job.bits, job.rows, job.cols, s.rht, linear_seed(s.seed, i, k), 0, 0};
         codec::QuantizedMatrix q = format::quantized_matrix_from_tensors(f, e);
-        Linear& lin = layer.linear(k);
-        std::vector<float> bias(lin.bias().begin(), lin.bias().end());
-        lin = Linear::dense(codec::dequantize(q), job.rows, job.cols, std::move(bias));
+        quantize_weights::install_quantized(layer.linear(k), std::move(q));
       }
       for (const auto& r : reps) layer_reports.push_back(report_from_json(r));
       ++result.resumed_layers;
@@ -489,9 +450,9 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
           std::memcpy(b.bytes.data(), bias.data(), b.bytes.size());
           tensors.push_back(std::move(b));
         }
-        // The next layers see this layer's quantized function (dense copy: BLAS is fastest
-        // for hundreds of calibration tokens; the values are exactly the dequantized ones).
-        lin = Linear::dense(codec::dequantize(q), job.rows, job.cols, std::move(bias));
+        // The next layers see this layer's quantized function, run by the CPU kernels; its
+        // float32 weight is released.
+        quantize_weights::install_quantized(lin, std::move(q));
       }
       nlohmann::json reps = nlohmann::json::array();
       for (const auto& r : layer_reports) reps.push_back(report_json(r));
@@ -525,7 +486,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       o.use_ldlq = s.ldlq;
       o.damp = s.damp;
       codec::QuantizeReport rep;
-      const Linear& head = model.lm_head();
+      const Linear head = quantize_weights::materialized_head(model);  // float32 while it is quantized
       const std::span<const float> W(head.dense_weight(), static_cast<size_t>(head.rows()) * head.cols());
       codec::QuantizedMatrix q = codec::quantize_matrix(W, head.rows(), head.cols(), acc.mean(), o, &rep);
       r = {"lm_head", -1, bits, head.rows(), head.cols(), rep.proxy_loss, rep.relative_weight_error, q.storage_bytes(), rep.warnings};
@@ -553,24 +514,26 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     };
     std::vector<Item> items;
     std::vector<std::unique_ptr<format::SafetensorsReader>> parts;
-    auto add_kept = [&](const std::string& name, const float* data, std::vector<int64_t> shape) {
-      // Converted now to learn the dtype, then again when written (cheap, keeps memory flat).
-      format::StTensorData probe = kept_tensor(name, data, shape, s.dtype_16bit);
-      const std::string dtype = s.dtype_16bit;
-      items.push_back({probe.spec, [name, data, shape, dtype] { return kept_tensor(name, data, shape, dtype).bytes; }});
+    auto add_kept = [&](const std::string& name, quantize_weights::RowSource rows, std::vector<int64_t> shape) {
+      // Scanned now to learn the dtype, converted when written, a block of rows at a time (an
+      // embedding read from the file is never whole in float32).
+      const int64_t n_rows = shape.front(), cols = format::StTensorSpec{name, format::StDType::F32, shape}.numel() / n_rows;
+      const format::StDType dtype = quantize_weights::kept_dtype(s.dtype_16bit, rows, n_rows, cols);
+      items.push_back({{name, dtype, shape}, [rows, dtype, n_rows, cols] { return quantize_weights::kept_bytes(dtype, rows, n_rows, cols); }});
     };
+    auto in_memory = [](const std::vector<float>& v) { return quantize_weights::rows_in_memory(v.data(), 1); };
     const int64_t h = cfg.hidden_size;
-    add_kept("model.embed_tokens.weight", model.embedding().data(), {cfg.vocab_size, h});
+    add_kept("model.embed_tokens.weight", quantize_weights::embedding_rows(model), {cfg.vocab_size, h});
     for (int i = 0; i < L; ++i) {
-      add_kept(fmt::format("model.layers.{}.input_layernorm.weight", i), model.layer(i).attn_norm.data(), {h});
-      add_kept(fmt::format("model.layers.{}.post_attention_layernorm.weight", i), model.layer(i).mlp_norm.data(), {h});
+      add_kept(fmt::format("model.layers.{}.input_layernorm.weight", i), in_memory(model.layer(i).attn_norm), {h});
+      add_kept(fmt::format("model.layers.{}.post_attention_layernorm.weight", i), in_memory(model.layer(i).mlp_norm), {h});
       parts.push_back(std::make_unique<format::SafetensorsReader>((partial / fmt::format("layer-{:05d}.safetensors", i)).string()));
     }
-    add_kept("model.norm.weight", model.final_norm().data(), {h});
+    add_kept("model.norm.weight", in_memory(model.final_norm()), {h});
     if (quantize_head) {
       parts.push_back(std::make_unique<format::SafetensorsReader>(head_file.string()));
     } else if (!head_tied) {
-      add_kept("lm_head.weight", model.lm_head().dense_weight(), {cfg.vocab_size, h});
+      add_kept("lm_head.weight", quantize_weights::head_rows(model), {cfg.vocab_size, h});
     }
     for (const auto& p : parts)
       for (const auto& t : p->tensors()) {

@@ -98,7 +98,10 @@ QuantizeResult quantize_model_files(const std::string& model_path, const std::st
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  auto model = load_model(model_path);
+  // The weights stay in the memory-mapped file; the pipeline reads one layer at a time.
+  LoadOptions load;
+  load.mapped = true;
+  auto model = load_model(model_path, load);
   note(fmt::format("loaded {} ({}) in {:.1f} s", model_path, model->describe(),
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
   const std::string text = read_text(calib_path);

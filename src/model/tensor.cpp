@@ -240,8 +240,8 @@ const TensorInfo& WeightSource::get(const std::string& name) const {
   return *t;
 }
 
-std::vector<float> WeightSource::load_f32(const std::string& name,
-                                          std::span<const int64_t> expected_shape) const {
+const TensorInfo& WeightSource::checked_float_tensor(const std::string& name,
+                                                     std::span<const int64_t> expected_shape) const {
   const TensorInfo& t = get(name);
   if (!std::equal(t.shape.begin(), t.shape.end(), expected_shape.begin(), expected_shape.end()))
     throw_mismatch(fmt::format("{}: tensor '{}'", t.file, name),
@@ -254,9 +254,33 @@ std::vector<float> WeightSource::load_f32(const std::string& name,
   if (static_cast<int64_t>(t.data.size()) != dtype_bytes(t.dtype, n))
     throw_mismatch(fmt::format("{}: tensor '{}' data", t.file, name),
                    fmt::format("{} bytes", dtype_bytes(t.dtype, n)), fmt::format("{} bytes", t.data.size()));
+  return t;
+}
+
+std::vector<float> WeightSource::load_f32(const std::string& name,
+                                          std::span<const int64_t> expected_shape) const {
+  const TensorInfo& t = checked_float_tensor(name, expected_shape);
+  const int64_t n = t.numel();
   std::vector<float> out(static_cast<size_t>(n));
   dequantize(t.dtype, t.data.data(), out.data(), n);
   return out;
+}
+
+void WeightSource::load_rows_f32(const std::string& name, std::span<const int64_t> expected_shape, int64_t first,
+                                 int64_t count, float* out) const {
+  const TensorInfo& t = checked_float_tensor(name, expected_shape);
+  const int64_t rows = t.shape.empty() ? 1 : t.shape[0];
+  if (first < 0 || count < 0 || first > rows - count)
+    throw_invalid(fmt::format("{}: tensor '{}' {}: rows [{}, {}) requested", t.file, name, t.shape_string(), first,
+                              first + count));
+  if (count == 0) return;
+  const int64_t row = rows > 0 ? t.numel() / rows : 0;  // elements per row
+  if (row % dtype_block_size(t.dtype) != 0)
+    throw Error(ErrorKind::Format, fmt::format("{}: tensor '{}' {}: rows of {} elements are not whole {} blocks of {}",
+                                               t.file, name, t.shape_string(), row, dtype_name(t.dtype),
+                                               dtype_block_size(t.dtype)));
+  const int64_t row_bytes = dtype_bytes(t.dtype, row);
+  dequantize(t.dtype, t.data.data() + first * row_bytes, out, count * row);
 }
 
 }  // namespace glq::model

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -25,11 +26,23 @@ class Linear {
   static Linear dense_shared(std::shared_ptr<const std::vector<float>> weight, int rows, int cols,
                              std::vector<float> bias = {});
   static Linear quantized(codec::QuantizedMatrix q, std::vector<float> bias = {});
+  // A linear whose weight stays in its (memory-mapped) file until it is needed: `load` returns W
+  // (rows, cols) as float32 each time it is called. It cannot run (forward() throws); a caller
+  // replaces it by materialized() for as long as it needs the weights, then by the deferred one
+  // again or by a quantized one (the quantizer streams models larger than memory so). `origin`
+  // names the tensor, for messages.
+  using WeightLoader = std::function<std::shared_ptr<const std::vector<float>>()>;
+  static Linear deferred(int rows, int cols, WeightLoader load, std::string origin, std::vector<float> bias = {});
 
   int rows() const { return rows_; }  // out_features
   int cols() const { return cols_; }  // in_features
   bool empty() const { return rows_ == 0; }
   bool is_quantized() const { return quantized_ != nullptr; }
+  bool is_deferred() const { return static_cast<bool>(load_); }
+  // The tensor a deferred linear loads from ("model.layers.3.mlp.up_proj.weight"), else empty.
+  const std::string& origin() const { return origin_; }
+  // A deferred linear as a dense one with its weight loaded (same bias); any other as a copy.
+  Linear materialized() const;
   // (rows, cols) row-major, or nullptr when quantized.
   const float* dense_weight() const { return dense_ ? dense_->data() : nullptr; }
   const codec::QuantizedMatrix* quantized_weight() const { return quantized_.get(); }
@@ -39,7 +52,7 @@ class Linear {
   void forward(const float* x, float* y, int batch, ThreadPool& pool) const;
   void forward(const float* x, float* y, int batch) const { forward(x, y, batch, ThreadPool::global()); }
 
-  // W as a dense (rows, cols) matrix (dequantized when quantized).
+  // W as a dense (rows, cols) matrix (dequantized when quantized, loaded when deferred).
   std::vector<float> to_dense() const;
   // Bytes held by the weight (dense: 4·rows·cols; quantized: storage_bytes()) plus the bias.
   size_t weight_bytes() const;
@@ -52,6 +65,8 @@ class Linear {
   std::shared_ptr<const std::vector<float>> dense_;
   std::shared_ptr<const codec::QuantizedMatrix> quantized_;
   std::vector<float> bias_;
+  WeightLoader load_;   // set for a deferred linear only
+  std::string origin_;  // deferred: the tensor it loads
 };
 
 }  // namespace glq::model

@@ -6,6 +6,12 @@
 //                           Hugging Face name; BuildOptions::linear_provider may supply any
 //                           linear itself (e.g. a quantized one from a GLQ checkpoint), in which
 //                           case the source need not hold that weight.
+//   LoadOptions::mapped     the weights stay in the memory-mapped file: every linear is
+//                           deferred (Linear::deferred, converted to float32 only while a caller
+//                           holds it materialized), the token embedding is read row by row on
+//                           demand, and the head likewise until it is needed. Only norms (and
+//                           biases) are in memory, so a model larger than RAM can be opened; the
+//                           quantizer materializes one layer at a time (glq/model/quantize.hpp).
 #pragma once
 
 #include <functional>
@@ -31,11 +37,26 @@ struct BuildOptions {
 
 std::unique_ptr<Model> build_model(const ModelConfig& config, const WeightSource& weights,
                                    const BuildOptions& options = {});
+// The same model with its weights left in `weights` (see LoadOptions::mapped), which the model's
+// deferred linears and embedding keep alive.
+std::unique_ptr<Model> build_model_mapped(const ModelConfig& config, std::shared_ptr<const WeightSource> weights,
+                                          const BuildOptions& options = {});
 
 struct LoadOptions {
   bool load_tokenizer = true;
+  bool mapped = false;  // weights stay in the mapped file (GGUF or safetensors sources)
   BuildOptions build;
 };
+
+// Float32 bytes of weights that deferred linears of mapped models have materialized and that are
+// still alive (freed when the last Linear holding them goes), and the most alive at once since
+// reset_materialized_peak(): what a streaming caller holds of the source model in float32.
+struct MaterializedBytes {
+  int64_t live = 0;
+  int64_t peak = 0;
+};
+MaterializedBytes materialized_weight_bytes();
+void reset_materialized_peak();
 
 // GGUF file or HF directory. Throws Io (missing), Format (broken), Unsupported (architecture).
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});

@@ -71,6 +71,12 @@ class Model {
   // embedding (vocab, hidden); a tied lm_head may share it (Linear::dense_shared).
   Model(ModelConfig config, std::shared_ptr<const std::vector<float>> embedding,
         std::vector<DecoderLayer> layers, std::vector<float> final_norm, Linear lm_head);
+  // The token embedding read on demand instead of held as a float32 table (a model whose weights
+  // stay in a memory-mapped file): `rows(first, count, out)` writes rows [first, first + count)
+  // of the (vocab, hidden) embedding to out. embedding() is then unavailable.
+  using EmbeddingRows = std::function<void(int64_t first, int64_t count, float* out)>;
+  Model(ModelConfig config, EmbeddingRows embedding_rows, std::vector<DecoderLayer> layers,
+        std::vector<float> final_norm, Linear lm_head);
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
@@ -81,7 +87,11 @@ class Model {
 
   DecoderLayer& layer(int i);
   const DecoderLayer& layer(int i) const;
-  const std::vector<float>& embedding() const { return *embedding_; }  // (vocab, hidden)
+  // (vocab, hidden); throws InvalidArgument when the embedding is read on demand.
+  const std::vector<float>& embedding() const;
+  bool has_embedding_table() const { return embedding_ != nullptr; }
+  // Rows [first, first + count) of the embedding (count, hidden), from the table or the file.
+  void embedding_rows(int64_t first, int64_t count, float* out) const;
   const std::vector<float>& final_norm() const { return final_norm_; }  // (hidden)
   Linear& lm_head() { return lm_head_; }                                // (vocab, hidden)
   const Linear& lm_head() const { return lm_head_; }
@@ -123,8 +133,12 @@ class Model {
   void set_pool(ThreadPool& pool) { pool_ = &pool; }
 
  private:
+  Model(ModelConfig config, std::shared_ptr<const std::vector<float>> embedding, std::vector<DecoderLayer> layers,
+        std::vector<float> final_norm, Linear lm_head, EmbeddingRows embedding_rows);
+
   ModelConfig config_;
-  std::shared_ptr<const std::vector<float>> embedding_;  // (vocab, hidden)
+  std::shared_ptr<const std::vector<float>> embedding_;  // (vocab, hidden); null when read on demand
+  EmbeddingRows embedding_rows_;                          // set when read on demand
   std::vector<DecoderLayer> layers_;
   std::vector<float> final_norm_;  // (hidden)
   Linear lm_head_;

@@ -14,9 +14,11 @@
 //  4. Each finished layer is written to OUT.partial/ (a run that is stopped resumes there); the
 //     checkpoint is assembled in a temporary directory and renamed to OUT when complete.
 //
-// Memory: the source model is held in float32 by the engine (as load_model() builds it); the
-// quantizer's own working set is one layer's Hessians, the calibration activations
-// (N·L·hidden floats) and one linear's codes at a time.
+// Memory: quantize_model_files() opens the source with LoadOptions::mapped, so its weights stay
+// in the memory-mapped file; one layer is converted to float32 when the pipeline reaches it and
+// released when its quantized matrices replace it (the finished part of the model costs its
+// compressed size). Beyond that, the working set is one layer's Hessians, the calibration
+// activations (N·L·hidden floats) and one linear's codes at a time (docs/quantize.md, "Memory").
 #pragma once
 
 #include <cstdint>
@@ -100,8 +102,9 @@ struct CheckpointSource {
   std::string fingerprint;                                // identifies the source (for resume)
 };
 
-// Quantizes `model` (its linears are replaced in place by their dequantized values as the
-// pipeline goes) and writes the checkpoint to out_dir.
+// Quantizes `model` (its linears are replaced in place by their quantized matrices as the
+// pipeline goes; deferred ones are read from their file one layer at a time) and writes the
+// checkpoint to out_dir.
 QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_t>>& calibration,
                               const CheckpointSource& source, const std::string& out_dir,
                               const QuantizeSettings& settings, const QuantizeProgress& progress = {});

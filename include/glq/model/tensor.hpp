@@ -84,6 +84,17 @@ class WeightSource {
   // differs from `expected_shape`, or its dtype cannot be converted.
   virtual std::vector<float> load_f32(const std::string& name,
                                       std::span<const int64_t> expected_shape) const;
+
+  // Rows [first, first + count) of the tensor as float32 into out (count × row floats, a row being
+  // the product of the dimensions after the first), converting only those rows' bytes: one
+  // embedding row, or a large tensor a chunk at a time, read from the mapped file. Same checks as
+  // load_f32, and InvalidArgument for rows outside the tensor; Format when a row is not a whole
+  // number of the dtype's blocks.
+  virtual void load_rows_f32(const std::string& name, std::span<const int64_t> expected_shape, int64_t first,
+                             int64_t count, float* out) const;
+
+  // The tensor, checked to exist, to have `expected_shape`, a float dtype and its byte size.
+  const TensorInfo& checked_float_tensor(const std::string& name, std::span<const int64_t> expected_shape) const;
 };
 
 }  // namespace glq::model
