@@ -19,6 +19,7 @@ struct QuantizeArgs {
   std::string model, calib, out, seed = "0x5eed";
   glq::model::QuantizeSettings s;
   bool no_rht = false, no_ldlq = false, no_resume = false, json = false;
+  bool no_true_sequential = false, no_refit_scales = false;
   int threads = 0;
 };
 
@@ -58,6 +59,8 @@ int run_quantize(QuantizeArgs& a) {
   a.s.rht = !a.no_rht;
   a.s.ldlq = !a.no_ldlq;
   a.s.resume = !a.no_resume;
+  a.s.true_sequential = !a.no_true_sequential;
+  a.s.refit_scales = !a.no_refit_scales;
   const bool tty = ::isatty(2);
   model::QuantizeProgress p;
   p.note = [](const std::string& m) { fmt::print(stderr, "glq: {}\n", m); };
@@ -73,9 +76,11 @@ int run_quantize(QuantizeArgs& a) {
     for (const auto& r : reps)
       if (!r.warnings.empty()) fmt::print(stderr, "glq: warning: {}: {}\n", r.name, r.warnings);
   };
-  fmt::print(stderr, "glq: quantizing {} to {:g} bits per weight (calibration {} x {} tokens of {}, seed {:#x}, damp {:g}, RHT {}, LDLQ {})\n",
+  fmt::print(stderr,
+             "glq: quantizing {} to {:g} bits per weight (calibration {} x {} tokens of {}, seed {:#x}, damp {:g}, RHT {}, LDLQ {}, "
+             "true-sequential {}, asymmetric target {:g}, scale refit {})\n",
              a.model, a.s.bits, a.s.calib_seqs, a.s.seq_len, a.calib, a.s.seed, a.s.damp, a.s.rht ? "on" : "off",
-             a.s.ldlq ? "on" : "off");
+             a.s.ldlq ? "on" : "off", a.s.true_sequential ? "on" : "off", a.s.asymmetric, a.s.refit_scales ? "on" : "off");
   const model::QuantizeResult r = model::quantize_model_files(a.model, a.calib, a.out, a.s, p);
 
   fmt::print(stderr, "\n{:<40} {:>4} {:>11} {:>11} {:>10}\n", "linear", "bits", "proxy loss", "rel. error", "KiB");
@@ -128,6 +133,17 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
   app.add_option("--damp", a->s.damp, "relative Hessian damping: H + damp*mean(diag H)*I")->capture_default_str()->check(CLI::Range(0.0, 10.0));
   app.add_flag("--no-rht", a->no_rht, "no randomized Hadamard transform (baseline)");
   app.add_flag("--no-ldlq", a->no_ldlq, "round to nearest instead of block LDLQ (baseline)");
+  app.add_flag("--no-true-sequential", a->no_true_sequential,
+               "collect all of a layer's Hessians on the unquantized layer (default: q/k/v, then o_proj on the quantized "
+               "attention, gate/up, then down_proj on the quantized MLP path)");
+  app.add_option("--asym", a->s.asymmetric,
+                 "strength of the asymmetric target W + a*W*D*H^-1, which also corrects the error already in a linear's "
+                 "inputs (the unquantized model's hidden states are run alongside); 0: plain GPTQ target")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 2.0));
+  app.add_flag("--no-refit-scales", a->no_refit_scales,
+               "keep the RMS-based stage scales (default: least-squares refit of each row's scales to its codes in the "
+               "Hessian metric)");
   app.add_flag("--keep-head-fp16,!--quantize-head", a->s.keep_head_16bit,
                "keep lm_head in 16 bits (default: on); --quantize-head quantizes it at ceil(bits)")
       ->capture_default_str();

@@ -100,6 +100,80 @@ double output_energy(const float* W, int rows, int cols, const std::vector<float
   return t;
 }
 
+// E[(x_fp − x_q) x_qᵀ] over every call (codec::asymmetric_target's Δ), float64; each call's
+// product is formed in float32 by BLAS and added to the float64 sum.
+struct CrossAccumulator {
+  int cols = 0;
+  int64_t tokens = 0;
+  std::vector<double> sum;   // (cols, cols)
+  std::vector<float> diff;   // (n, cols)
+  std::vector<float> tmp;    // (cols, cols)
+
+  void add(const float* x_fp, const float* x_q, int n, int c) {
+    if (sum.empty()) {
+      cols = c;
+      sum.assign(static_cast<size_t>(c) * c, 0.0);
+      tmp.assign(static_cast<size_t>(c) * c, 0.0f);
+    }
+    if (c != cols) throw Error(ErrorKind::Internal, fmt::format("cross term of width {} fed rows of {}", cols, c));
+    diff.resize(static_cast<size_t>(n) * c);
+    for (size_t i = 0; i < diff.size(); ++i) diff[i] = x_fp[i] - x_q[i];
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, c, n, 1.0f, diff.data(), c, x_q, c, 0.0f, tmp.data(), c);
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += tmp[i];
+    tokens += n;
+  }
+  std::vector<float> mean() const {
+    std::vector<float> d(sum.size());
+    const double inv = tokens > 0 ? 1.0 / static_cast<double>(tokens) : 0.0;
+    for (size_t i = 0; i < sum.size(); ++i) d[i] = static_cast<float>(sum[i] * inv);
+    return d;
+  }
+};
+
+// The inputs of a layer's linears (one per Hessian owner), per calibration sequence.
+using LayerInputs = std::map<LinearKind, std::vector<std::vector<float>>>;
+
+// Runs layer `layer` in place over every sequence of `hidden`, keeping the linears' inputs.
+LayerInputs run_layer_capture(const Model& model, int layer, std::vector<std::vector<float>>& hidden, int seq_len) {
+  LayerInputs in;
+  size_t seq = 0;
+  const LinearHook hook = [&](int, LinearKind kind, const float* x, int tokens, int cols) {
+    if (hessian_owner(kind) != kind) return;
+    auto& v = in[kind];
+    if (v.size() <= seq) v.resize(seq + 1);
+    v[seq].assign(x, x + static_cast<size_t>(tokens) * cols);
+  };
+  for (seq = 0; seq < hidden.size(); ++seq) model.run_layer(layer, hidden[seq].data(), seq_len, &hook);
+  return in;
+}
+
+// The order in which a layer's linears are quantized: with true_sequential, each group's
+// Hessian is collected after the groups before it were quantized.
+std::vector<std::vector<LinearKind>> linear_groups(bool true_sequential) {
+  using K = LinearKind;
+  if (!true_sequential) return {{K::Q, K::K, K::V, K::O, K::Gate, K::Up, K::Down}};
+  return {{K::Q, K::K, K::V}, {K::O}, {K::Gate, K::Up}, {K::Down}};
+}
+
+// Runs layer `layer` over copies of `hidden` (not modified), accumulating the Hessians of the
+// owners in `group` and, with `fp` (the unquantized model's inputs of the same sequences), the
+// cross terms Δ.
+void collect_statistics(const Model& model, int layer, const std::vector<std::vector<float>>& hidden, int seq_len,
+                        const std::vector<LinearKind>& group, const LayerInputs* fp,
+                        std::map<LinearKind, HessianAccumulator>& hs, std::map<LinearKind, CrossAccumulator>& ds) {
+  size_t seq = 0;
+  const LinearHook hook = [&](int, LinearKind kind, const float* x, int tokens, int cols) {
+    if (hessian_owner(kind) != kind || std::find(group.begin(), group.end(), kind) == group.end()) return;
+    hs[kind].add(x, tokens, cols);
+    if (fp) ds[kind].add(fp->at(kind).at(seq).data(), x, tokens, cols);
+  };
+  std::vector<float> h;
+  for (seq = 0; seq < hidden.size(); ++seq) {
+    h = hidden[seq];
+    model.run_layer(layer, h.data(), seq_len, &hook);
+  }
+}
+
 // Runs layer `layer` over every calibration sequence (in place), the hook collecting Hessians.
 void run_layer_all(Model& model, int layer, std::vector<std::vector<float>>& hidden, int seq_len,
                    std::map<LinearKind, HessianAccumulator>* hessians) {
@@ -297,7 +371,9 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
                              {"calibration_hash", fmt::format("{:x}", calib_hash)},
                              {"seed", fmt::format("{:x}", s.seed)}, {"damp", s.damp},
                              {"rht", s.rht},                        {"ldlq", s.ldlq},
-                             {"keep_head_16bit", s.keep_head_16bit}, {"format_version", format::kGlqFormatVersion}};
+                             {"keep_head_16bit", s.keep_head_16bit}, {"format_version", format::kGlqFormatVersion},
+                             {"true_sequential", s.true_sequential}, {"asymmetric", s.asymmetric},
+                             {"refit_scales", s.refit_scales}};
   const fs::path manifest_path = partial / "manifest.json";
   if (fs::exists(manifest_path)) {
     const nlohmann::json old = read_json_file(manifest_path);
@@ -358,6 +434,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
             o.use_rht = s.rht;
             o.use_ldlq = s.ldlq;
             o.damp = s.damp;
+            o.refit_scales = s.refit_scales;
             codec::QuantizeReport rep;
             codec::quantize_matrix(W, lin.rows(), lin.cols(), H, o, &rep);
             (b == lo ? e.loss_lo : e.loss_hi) = rep.proxy_loss * energy;
@@ -386,6 +463,10 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   result.out_dir = out_dir;
   std::vector<LinearReport> reports;
   auto hidden = embed_all(model, calibration);
+  // The unquantized model's hidden states, for the asymmetric targets.
+  const bool asym = s.asymmetric != 0;
+  std::vector<std::vector<float>> hidden_fp;
+  if (asym) hidden_fp = hidden;
   const auto t_layers = Clock::now();
   int quantized_here = 0;
   double quantize_seconds = 0;
@@ -399,6 +480,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     std::vector<LinearReport> layer_reports;
     if (fs::exists(layer_file)) {
       // Done by an earlier run: install its result and move on.
+      if (asym) run_layer_all(model, i, hidden_fp, seq_len, nullptr);  // still the unquantized layer
       const format::SafetensorsReader f(layer_file.string());
       const auto meta = f.metadata().find("reports");
       if (meta == f.metadata().end()) throw_format(layer_file.string(), "no 'reports' metadata");
@@ -413,46 +495,56 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       ++result.resumed_layers;
       run_layer_all(model, i, hidden, seq_len, nullptr);
     } else {
-      std::map<LinearKind, HessianAccumulator> hs;
-      {
-        std::vector<std::vector<float>> copy = hidden;  // the layer's dense outputs are not needed
-        run_layer_all(model, i, copy, seq_len, &hs);
-      }
+      // The unquantized layer's inputs (and hidden_fp advanced through it) for the asymmetric
+      // targets, before any of its linears is replaced.
+      LayerInputs fp_inputs;
+      if (asym) fp_inputs = run_layer_capture(model, i, hidden_fp, seq_len);
       std::vector<format::StTensorData> tensors;
-      for (LinearKind k : kAllLinearKinds) {
-        const Job& job = jobs[static_cast<size_t>(i) * 7 + static_cast<size_t>(static_cast<int>(k))];
-        Linear& lin = layer.linear(k);
-        const std::vector<float> H = hs.at(hessian_owner(k)).mean();
-        codec::QuantizeOptions o;
-        o.bits = job.bits;
-        o.seed = linear_seed(s.seed, i, k);
-        o.use_rht = s.rht;
-        o.use_ldlq = s.ldlq;
-        o.damp = s.damp;
-        codec::QuantizeReport rep;
-        const std::span<const float> W(lin.dense_weight(), static_cast<size_t>(job.rows) * job.cols);
-        codec::QuantizedMatrix q;
-        try {
-          q = codec::quantize_matrix(W, job.rows, job.cols, H, o, &rep);
-        } catch (const Error& e) {
-          throw Error(e.kind(), fmt::format("{}: {}", job.name, e.what()));
+      for (const auto& group : linear_groups(s.true_sequential)) {
+        std::map<LinearKind, HessianAccumulator> hs;
+        std::map<LinearKind, CrossAccumulator> ds;
+        collect_statistics(model, i, hidden, seq_len, group, asym ? &fp_inputs : nullptr, hs, ds);
+        for (LinearKind k : group) {
+          const Job& job = jobs[static_cast<size_t>(i) * 7 + static_cast<size_t>(static_cast<int>(k))];
+          Linear& lin = layer.linear(k);
+          const std::vector<float> H = hs.at(hessian_owner(k)).mean();
+          codec::QuantizeOptions o;
+          o.bits = job.bits;
+          o.seed = linear_seed(s.seed, i, k);
+          o.use_rht = s.rht;
+          o.use_ldlq = s.ldlq;
+          o.damp = s.damp;
+          o.refit_scales = s.refit_scales;
+          codec::QuantizeReport rep;
+          std::span<const float> W(lin.dense_weight(), static_cast<size_t>(job.rows) * job.cols);
+          codec::QuantizedMatrix q;
+          try {
+            std::vector<float> target;
+            if (asym) {
+              target = codec::asymmetric_target(W, job.rows, job.cols, H, ds.at(hessian_owner(k)).mean(), s.damp, s.asymmetric);
+              W = target;
+            }
+            q = codec::quantize_matrix(W, job.rows, job.cols, H, o, &rep);
+          } catch (const Error& e) {
+            throw Error(e.kind(), fmt::format("{}: {}", job.name, e.what()));
+          }
+          quantize_seconds += rep.seconds;
+          LinearReport r{job.name, i, job.bits, job.rows, job.cols, rep.proxy_loss, rep.relative_weight_error, q.storage_bytes(),
+                         rep.warnings};
+          layer_reports.push_back(r);
+          for (auto& t : format::quantized_matrix_tensors(job.name, q)) tensors.push_back(std::move(t));
+          std::vector<float> bias(lin.bias().begin(), lin.bias().end());
+          if (!bias.empty()) {
+            format::StTensorData b;
+            b.spec = {job.name + ".bias", format::StDType::F32, {job.rows}};
+            b.bytes.resize(bias.size() * 4);
+            std::memcpy(b.bytes.data(), bias.data(), b.bytes.size());
+            tensors.push_back(std::move(b));
+          }
+          // The next layers see this layer's quantized function, run by the CPU kernels; its
+          // float32 weight is released.
+          quantize_weights::install_quantized(lin, std::move(q));
         }
-        quantize_seconds += rep.seconds;
-        LinearReport r{job.name, i, job.bits, job.rows, job.cols, rep.proxy_loss, rep.relative_weight_error, q.storage_bytes(),
-                       rep.warnings};
-        layer_reports.push_back(r);
-        for (auto& t : format::quantized_matrix_tensors(job.name, q)) tensors.push_back(std::move(t));
-        std::vector<float> bias(lin.bias().begin(), lin.bias().end());
-        if (!bias.empty()) {
-          format::StTensorData b;
-          b.spec = {job.name + ".bias", format::StDType::F32, {job.rows}};
-          b.bytes.resize(bias.size() * 4);
-          std::memcpy(b.bytes.data(), bias.data(), b.bytes.size());
-          tensors.push_back(std::move(b));
-        }
-        // The next layers see this layer's quantized function, run by the CPU kernels; its
-        // float32 weight is released.
-        quantize_weights::install_quantized(lin, std::move(q));
       }
       nlohmann::json reps = nlohmann::json::array();
       for (const auto& r : layer_reports) reps.push_back(report_json(r));
@@ -485,6 +577,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       o.use_rht = s.rht;
       o.use_ldlq = s.ldlq;
       o.damp = s.damp;
+      o.refit_scales = s.refit_scales;
       codec::QuantizeReport rep;
       const Linear head = quantize_weights::materialized_head(model);  // float32 while it is quantized
       const std::span<const float> W(head.dense_weight(), static_cast<size_t>(head.rows()) * head.cols());

@@ -416,5 +416,176 @@ TEST(Pack, RejectsTruncatedCorruptedAndUnknownData) {
   EXPECT_EQ(error_kind_of([&] { unpack(v); }), ErrorKind::Format);
 }
 
+TEST(QuantizeMatrix, ScaleRefitNeverRaisesTheProxyLoss) {
+  // The refit changes only the scales (the codes are those of the unrefit run) and lowers, or
+  // keeps, the proxy loss; without the transform the rows are the stored rows, and the loss of
+  // every row is lowered or kept (with it, rows of the transformed domain are refit, and the
+  // total is what is invariant).
+  struct Case {
+    int rows, cols, bits;
+    uint64_t seed;
+  };
+  for (Case c : {Case{8, 24, 2, 21}, Case{24, 72, 3, 22}, Case{16, 192, 4, 23}, Case{40, 104, 2, 24},
+                 Case{8, 1008, 3, 25}, Case{56, 136, 4, 26}}) {
+    const auto W = gaussian(size_t(c.rows) * c.cols, c.seed, 0.05f);
+    for (int samples : {c.cols / 3, 3 * c.cols}) {
+      const auto H = correlated_hessian(c.cols, c.seed + 100, samples);
+      for (int variant = 0; variant < 3; ++variant) {
+        const bool ldlq = variant != 1, rht = variant != 2;
+        QuantizeOptions opt;
+        opt.bits = c.bits;
+        opt.use_ldlq = ldlq;
+        opt.use_rht = rht;
+        opt.refit_scales = false;
+        const auto q0 = quantize_matrix(W, c.rows, c.cols, H, opt);
+        opt.refit_scales = true;
+        QuantizeReport rep;
+        const auto q1 = quantize_matrix(W, c.rows, c.cols, H, opt, &rep);
+        const std::string what = "shape " + std::to_string(c.rows) + "x" + std::to_string(c.cols) + " bits " +
+                                 std::to_string(c.bits) + " samples " + std::to_string(samples) + " ldlq " +
+                                 std::to_string(ldlq) + " rht " + std::to_string(rht);
+        ASSERT_EQ(q0.stages.size(), q1.stages.size());
+        for (size_t s = 0; s < q0.stages.size(); ++s) EXPECT_EQ(q0.stages[s].codes, q1.stages[s].codes) << what;
+        const auto D0 = dequantize(q0), D1 = dequantize(q1);
+        for (int r = 0; r < c.rows && !rht; ++r) {
+          // Row r's own loss, in double.
+          auto row_loss = [&](const std::vector<float>& D) {
+            double l = 0;
+            for (int i = 0; i < c.cols; ++i) {
+              double he = 0;
+              for (int j = 0; j < c.cols; ++j)
+                he += double(H[size_t(i) * c.cols + j]) * (double(D[size_t(r) * c.cols + j]) - W[size_t(r) * c.cols + j]);
+              l += (double(D[size_t(r) * c.cols + i]) - W[size_t(r) * c.cols + i]) * he;
+            }
+            return l;
+          };
+          const double l0 = row_loss(D0), l1 = row_loss(D1);
+          EXPECT_LE(l1, l0 * (1 + 1e-4) + 1e-12) << what << " row " << r;
+        }
+        const double p0 = proxy_loss(W, D0, H, c.rows, c.cols), p1 = proxy_loss(W, D1, H, c.rows, c.cols);
+        EXPECT_LE(p1, p0 * (1 + 1e-5)) << what;
+        EXPECT_NEAR(rep.proxy_loss, p1, 0.02 * p1 + 1e-9) << what;
+        for (const auto& st : q1.stages)
+          for (float sc : st.scales) EXPECT_GT(sc, 0.0f) << what;
+      }
+    }
+  }
+}
+
+TEST(QuantizeMatrix, ScaleRefitLowersTheLossOfACorrelatedLayer) {
+  const int rows = 72, cols = 576;
+  const auto W = gaussian(size_t(rows) * cols, 31, 0.02f);
+  const auto H = correlated_hessian(cols, 32);
+  for (int bits : {2, 3, 4}) {
+    QuantizeOptions opt;
+    opt.bits = bits;
+    opt.refit_scales = false;
+    QuantizeReport r0, r1;
+    quantize_matrix(W, rows, cols, H, opt, &r0);
+    opt.refit_scales = true;
+    quantize_matrix(W, rows, cols, H, opt, &r1);
+    EXPECT_LT(r1.proxy_loss, r0.proxy_loss) << bits << " bpw";
+    std::printf("%d bpw: proxy loss %.5f without scale refit, %.5f with\n", bits, r0.proxy_loss, r1.proxy_loss);
+  }
+}
+
+// Inputs x_fp (n, cols) and x_q = x_fp + noise, the statistics H = x_qᵀx_q/n and
+// Δ = (x_fp − x_q)ᵀx_q/n in double, returned as float.
+struct AsymProblem {
+  std::vector<float> H, Delta;
+  std::vector<double> xfp, xq;
+};
+AsymProblem asym_problem(int n, int cols, double noise, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> g;
+  AsymProblem p;
+  p.xfp.resize(size_t(n) * cols);
+  p.xq.resize(p.xfp.size());
+  for (int t = 0; t < n; ++t) {
+    double prev = g(rng);
+    for (int i = 0; i < cols; ++i) {
+      prev = 0.8 * prev + 0.6 * g(rng);
+      p.xfp[size_t(t) * cols + i] = prev;
+      p.xq[size_t(t) * cols + i] = prev + noise * g(rng);
+    }
+  }
+  p.H.assign(size_t(cols) * cols, 0.0f);
+  p.Delta.assign(p.H.size(), 0.0f);
+  for (int i = 0; i < cols; ++i)
+    for (int j = 0; j < cols; ++j) {
+      double h = 0, d = 0;
+      for (int t = 0; t < n; ++t) {
+        h += p.xq[size_t(t) * cols + i] * p.xq[size_t(t) * cols + j];
+        d += (p.xfp[size_t(t) * cols + i] - p.xq[size_t(t) * cols + i]) * p.xq[size_t(t) * cols + j];
+      }
+      p.H[size_t(i) * cols + j] = float(h / n);
+      p.Delta[size_t(i) * cols + j] = float(d / n);
+    }
+  return p;
+}
+
+// E‖A x_q − W x_fp‖² over the samples.
+double asym_loss(const std::vector<float>& A, const std::vector<float>& W, const AsymProblem& p, int rows, int cols) {
+  const size_t n = p.xq.size() / cols;
+  double l = 0;
+  for (size_t t = 0; t < n; ++t)
+    for (int r = 0; r < rows; ++r) {
+      double e = 0;
+      for (int i = 0; i < cols; ++i)
+        e += double(A[size_t(r) * cols + i]) * p.xq[t * cols + i] - double(W[size_t(r) * cols + i]) * p.xfp[t * cols + i];
+      l += e * e;
+    }
+  return l / double(n);
+}
+
+TEST(AsymmetricTarget, EqualInputsGiveThePlainTarget) {
+  const int rows = 24, cols = 104;
+  const auto W = gaussian(size_t(rows) * cols, 41);
+  const AsymProblem p = asym_problem(300, cols, 0.0, 42);
+  for (double damp : {0.0, 0.01, 1.0}) {
+    const auto T = asymmetric_target(W, rows, cols, p.H, p.Delta, damp, 1.0);
+    EXPECT_EQ(T, W) << "damp " << damp;
+  }
+  // And so does alpha = 0 with unequal inputs.
+  const AsymProblem p2 = asym_problem(300, cols, 0.3, 43);
+  EXPECT_EQ(asymmetric_target(W, rows, cols, p2.H, p2.Delta, 0.01, 0.0), W);
+}
+
+TEST(AsymmetricTarget, MinimisesTheOutputErrorAgainstTheUnquantizedInputs) {
+  const int rows = 16, cols = 72;
+  const auto W = gaussian(size_t(rows) * cols, 51);
+  const AsymProblem p = asym_problem(500, cols, 0.3, 52);
+  const auto T = asymmetric_target(W, rows, cols, p.H, p.Delta, 0.0, 1.0);
+  const double base = asym_loss(W, W, p, rows, cols), best = asym_loss(T, W, p, rows, cols);
+  EXPECT_LT(best, 0.8 * base);
+  // A stationary point: small perturbations of T do not lower the loss.
+  std::mt19937_64 rng(53);
+  std::normal_distribution<float> g;
+  for (int trial = 0; trial < 5; ++trial) {
+    auto P = T;
+    for (float& v : P) v += 1e-2f * g(rng);
+    EXPECT_GE(asym_loss(P, W, p, rows, cols), best * (1 - 1e-6));
+  }
+  // Half strength lies in between; damping moves the target towards W.
+  const auto half = asymmetric_target(W, rows, cols, p.H, p.Delta, 0.0, 0.5);
+  const double lh = asym_loss(half, W, p, rows, cols);
+  EXPECT_LT(lh, base);
+  EXPECT_GT(lh, best);
+  const auto damped = asymmetric_target(W, rows, cols, p.H, p.Delta, 0.1, 1.0);
+  EXPECT_LT(rel_err(damped, W), rel_err(T, W));
+}
+
+TEST(AsymmetricTarget, ChecksItsArguments) {
+  const int rows = 8, cols = 16;
+  const auto W = gaussian(size_t(rows) * cols, 61);
+  std::vector<float> H(size_t(cols) * cols, 0.0f), D(H.size(), 0.0f);
+  EXPECT_EQ(error_kind_of([&] { asymmetric_target(W, rows, cols + 8, H, D, 0.01, 1.0); }), ErrorKind::InvalidArgument);
+  EXPECT_EQ(error_kind_of([&] { asymmetric_target(W, rows, cols, H, std::vector<float>(10), 0.01, 1.0); }),
+            ErrorKind::InvalidArgument);
+  D[3] = std::nanf("");
+  EXPECT_EQ(error_kind_of([&] { asymmetric_target(W, rows, cols, H, D, 0.01, 1.0); }), ErrorKind::Numerical);
+}
+
+
 }  // namespace
 }  // namespace glq::codec

@@ -73,6 +73,10 @@ struct QuantizeOptions {
   bool use_rht = true;           // randomized Hadamard transform (off: plain codec on W)
   bool use_ldlq = true;          // block LDLQ error feedback (off: nearest rounding)
   double damp = 0.01;            // relative diagonal damping of H: H + damp·mean(diag H)·I
+  // After rounding, refit each row's stage scales to the codes by least squares in the proxy
+  // metric: a = argmin (Σ_s a_s c_s − w)ᵀ H (Σ_s a_s c_s − w) (a 1×1 or 2×2 system per row;
+  // kept only where it lowers the row's loss and all scales stay positive). Needs H.
+  bool refit_scales = true;
 };
 
 struct QuantizeReport {
@@ -88,6 +92,14 @@ struct QuantizeReport {
 QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
                                 std::span<const float> H, const QuantizeOptions& options,
                                 QuantizeReport* report = nullptr);
+
+// Asymmetric (GPTAQ-style) target: the W' whose quantization on the quantized model's inputs x_q
+// best reproduces W on the unquantized model's inputs x_fp. With H = E[x_q x_qᵀ] and
+// Δ = E[(x_fp − x_q) x_qᵀ] (both (cols, cols), row-major, per token), the minimiser of
+// E‖W' x_q − W x_fp‖² is W' = W + W Δ H⁻¹; this returns W + alpha · W Δ (H + λI)⁻¹ with
+// λ = damp·mean(diag H) (raised ×10 until H + λI factors). Δ = 0 gives W exactly.
+std::vector<float> asymmetric_target(std::span<const float> W, int rows, int cols, std::span<const float> H,
+                                     std::span<const float> Delta, double damp, double alpha);
 
 // Dense W (rows, cols) row-major, for tests and small layers.
 std::vector<float> dequantize(const QuantizedMatrix& q);

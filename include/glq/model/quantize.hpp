@@ -41,6 +41,15 @@ struct QuantizeSettings {
   double damp = 0.01;            // relative Hessian damping
   bool rht = true;               // randomized Hadamard transform
   bool ldlq = true;              // block LDLQ (false: nearest rounding)
+  // Within a layer, quantize q/k/v first, then collect o_proj's Hessian on the quantized
+  // attention, then gate/up, then down_proj's on the quantized MLP path (false: one Hessian
+  // pass over the unquantized layer for all seven linears).
+  bool true_sequential = true;
+  // Strength alpha of the asymmetric target W + alpha·W·Δ·H⁻¹ (codec::asymmetric_target): the
+  // unquantized model's hidden states are propagated alongside the quantized ones so that each
+  // linear also corrects the error already in its inputs. 0: plain GPTQ target W.
+  double asymmetric = 1.0;
+  bool refit_scales = true;      // least-squares refit of the stage scales (QuantizeOptions)
   bool keep_head_16bit = true;   // false: lm_head is quantized too (at the nearest width)
   std::string dtype_16bit = "float16";  // "float16" | "bfloat16" | "float32" for kept tensors
   bool resume = true;            // reuse OUT.partial/ from an interrupted run with equal settings

@@ -16,6 +16,10 @@
 //    and columns become mean-diagonal·identity; reported). A zero Hessian is replaced by the
 //    identity (reported). When the Cholesky factorisation fails the damping is multiplied by 10 and the
 //    failure reported, up to kMaxDamp; past that the Hessian is unusable and an error is thrown.
+// 5. Scale refit (options.refit_scales). With the codes fixed, the proxy loss of row r is a
+//    quadratic in its stage scales a: (Σ_s a_s c_s − w̃)ᵀ H̃ (Σ_s a_s c_s − w̃). Its minimiser
+//    solves G a = b with G_st = c_sᵀ H̃ c_t, b_s = c_sᵀ H̃ w̃ (one GEMM C_s·H̃ per stage); it
+//    replaces the RMS-based scales where it lowers the row's loss and keeps them positive.
 #include <cblas.h>
 
 #include <algorithm>
@@ -32,6 +36,8 @@
 // LAPACK's Cholesky factorisation (Fortran interface, provided by the linked LAPACK/OpenBLAS).
 extern "C" void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info,
                         size_t uplo_len);
+extern "C" void dpotrs_(const char* uplo, const int* n, const int* nrhs, const double* a, const int* lda,
+                        double* b, const int* ldb, int* info, size_t uplo_len);
 
 namespace glq::codec {
 namespace {
@@ -182,6 +188,63 @@ std::vector<Codebook> stages_for_bits(int bits) {
     case 4: return {Codebook::E8P16, Codebook::E8P16};
     default: throw_invalid("bits per weight must be 2, 3 or 4, got " + std::to_string(bits));
   }
+}
+
+std::vector<float> asymmetric_target(std::span<const float> W, int rows, int cols, std::span<const float> H,
+                                     std::span<const float> Delta, double damp, double alpha) {
+  const int64_t nW = static_cast<int64_t>(rows) * cols, nH = static_cast<int64_t>(cols) * cols;
+  if (rows <= 0 || cols <= 0 || static_cast<int64_t>(W.size()) != nW) {
+    throw_mismatch("asymmetric_target: W", std::to_string(nW) + " values for shape " + shape(rows, cols),
+                   std::to_string(W.size()) + " values");
+  }
+  if (static_cast<int64_t>(H.size()) != nH || static_cast<int64_t>(Delta.size()) != nH) {
+    throw_mismatch("asymmetric_target: H and Delta", shape(cols, cols) + " each",
+                   std::to_string(H.size()) + " and " + std::to_string(Delta.size()) + " values");
+  }
+  if (!(damp >= 0) || !std::isfinite(damp) || !std::isfinite(alpha)) {
+    throw_invalid("asymmetric_target: damping must be finite and >= 0 and alpha finite, got " + std::to_string(damp) +
+                  " and " + std::to_string(alpha));
+  }
+  std::vector<float> out(W.begin(), W.end());
+  bool zero = true;
+  for (float v : Delta) {
+    if (!std::isfinite(v)) throw_numerical("asymmetric_target: Delta has a non-finite value");
+    zero = zero && v == 0.0f;
+  }
+  if (zero || alpha == 0) return out;
+  double mean_diag = 0;
+  for (int i = 0; i < cols; ++i) mean_diag += H[static_cast<size_t>(i) * cols + i];
+  mean_diag /= cols;
+  if (!(mean_diag > 0)) return out;  // no input energy: nothing to correct
+  std::vector<double> A(static_cast<size_t>(nH)), B(static_cast<size_t>(nH));
+  constexpr double kFirstRaise = 1e-4;
+  for (double d = damp;; d = d > 0 ? d * 10 : kFirstRaise) {
+    if (d > kMaxDamp) {
+      throw_numerical("asymmetric_target: Hessian (" + std::to_string(cols) + " x " + std::to_string(cols) +
+                      ") is not positive definite even with relative damping " + std::to_string(kMaxDamp));
+    }
+    for (int i = 0; i < cols; ++i) {
+      for (int j = 0; j < cols; ++j) {
+        const size_t ij = static_cast<size_t>(i) * cols + j, ji = static_cast<size_t>(j) * cols + i;
+        A[ij] = 0.5 * (static_cast<double>(H[ij]) + H[ji]);
+      }
+      A[static_cast<size_t>(i) * cols + i] += d * mean_diag;
+    }
+    if (cholesky_lower_row_major(A.data(), cols) == 0) break;
+  }
+  // M = Δ (H + λI)⁻¹ solves (H + λI) Mᵀ = Δᵀ; a row-major buffer is its transpose to LAPACK, so
+  // B (row-major Δ) is Δᵀ column-major and comes back as Mᵀ column-major = M row-major.
+  for (size_t i = 0; i < B.size(); ++i) B[i] = Delta[i];
+  int info = 0;
+  dpotrs_("U", &cols, &cols, A.data(), &cols, B.data(), &cols, &info, 1);
+  if (info != 0) throw_numerical("asymmetric_target: LAPACK dpotrs info " + std::to_string(info));
+  std::vector<float> M(B.begin(), B.end());
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, cols, static_cast<float>(alpha), W.data(), cols,
+              M.data(), cols, 1.0f, out.data(), cols);
+  for (int64_t i = 0; i < nW; ++i) {
+    if (!std::isfinite(out[i])) throw_numerical("asymmetric_target: the target has a non-finite value");
+  }
+  return out;
 }
 
 std::vector<float> stage_scale_factors(int bits) {
@@ -470,6 +533,85 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
     } else {
       proxy_num = frob2(E.data(), nW);
       proxy_den = w_energy;
+    }
+  }
+
+  // ---- 5. least-squares refit of the stage scales ----
+  if (have_h && options.refit_scales) {
+    const auto& e8p = e8p_abs_table();
+    const auto& e8r8 = e8r8_table();
+    std::vector<std::vector<float>> C(S, std::vector<float>(static_cast<size_t>(nW)));  // decoded codes
+    ThreadPool::global().parallel_for(rows, [&](int64_t begin, int64_t end, int) {
+      for (int64_t r = begin; r < end; ++r) {
+        for (int s = 0; s < S; ++s) {
+          const CodeStage& st = q.stages[s];
+          for (int g = 0; g < G; ++g) {
+            const size_t gi = static_cast<size_t>(r) * G + g;
+            float* out = &C[s][static_cast<size_t>(r) * cols + 8 * g];
+            if (st.codebook == Codebook::E8P16) {
+              decode_e8p(st.codes16()[gi], e8p, out);
+            } else {
+              decode_e8r8(st.codes8()[gi], e8r8, out);
+            }
+          }
+        }
+      }
+    });
+    std::vector<std::vector<float>> P(S, std::vector<float>(static_cast<size_t>(nW)));  // C_s·H̃
+    for (int s = 0; s < S; ++s) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, cols, 1.0f, C[s].data(), cols, Ht.data(), cols,
+                  0.0f, P[s].data(), cols);
+    }
+    int refit_rows = 0;
+    for (int r = 0; r < rows; ++r) {
+      const size_t off = static_cast<size_t>(r) * cols;
+      double Gm[2][2] = {}, b[2] = {};
+      for (int s = 0; s < S; ++s) {
+        for (int t = 0; t < S; ++t) {
+          double v = 0;
+          for (int i = 0; i < cols; ++i) v += static_cast<double>(C[s][off + i]) * P[t][off + i];
+          Gm[s][t] = v;
+        }
+        double v = 0;
+        for (int i = 0; i < cols; ++i) v += static_cast<double>(P[s][off + i]) * Wt[off + i];
+        b[s] = v;
+      }
+      double a_old[2] = {}, a_new[2] = {};
+      for (int s = 0; s < S; ++s) a_old[s] = q.stages[s].scales[r];
+      bool ok = true;
+      if (S == 1) {
+        ok = Gm[0][0] > 0;
+        if (ok) a_new[0] = b[0] / Gm[0][0];
+      } else {
+        const double det = Gm[0][0] * Gm[1][1] - Gm[0][1] * Gm[1][0];
+        ok = det > 1e-12 * std::fabs(Gm[0][0] * Gm[1][1]) && det > 0;
+        if (ok) {
+          a_new[0] = (Gm[1][1] * b[0] - Gm[0][1] * b[1]) / det;
+          a_new[1] = (Gm[0][0] * b[1] - Gm[1][0] * b[0]) / det;
+        }
+      }
+      // Loss up to the constant w̃ᵀH̃w̃: aᵀGa − 2aᵀb.
+      auto loss = [&](const double* a) {
+        double l = 0;
+        for (int s = 0; s < S; ++s) {
+          l -= 2 * a[s] * b[s];
+          for (int t = 0; t < S; ++t) l += a[s] * Gm[s][t] * a[t];
+        }
+        return l;
+      };
+      for (int s = 0; s < S && ok; ++s) ok = std::isfinite(a_new[s]) && a_new[s] > 0;
+      if (!ok || !(loss(a_new) < loss(a_old))) continue;
+      ++refit_rows;
+      for (int s = 0; s < S; ++s) q.stages[s].scales[r] = static_cast<float>(a_new[s]);
+      for (int i = 0; i < cols; ++i) {
+        float v = 0;
+        for (int s = 0; s < S; ++s) v += q.stages[s].scales[r] * C[s][off + i];
+        E[off + i] = v - Wt[off + i];
+      }
+    }
+    if (refit_rows > 0) {
+      proxy_num = trace_quadratic(E.data(), rows, Ht.data(), cols);
+      if (!(proxy_den > 0)) proxy_den = trace_quadratic(Wt.data(), rows, Ht.data(), cols);
     }
   }
   rep.proxy_loss = proxy_den > 0 ? proxy_num / proxy_den : 0.0;
