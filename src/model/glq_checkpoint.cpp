@@ -1,15 +1,18 @@
 // Loading and summarising GLQ checkpoints.
 #include "glq/model/glq_checkpoint.hpp"
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 
 #include "glq/error.hpp"
 #include "glq/format/quantized_tensors.hpp"
 #include "glq/format/safetensors_io.hpp"
+#include "glq/kernels/cpu.hpp"
 #include "glq/model/tokenizer.hpp"
 
 namespace glq::model {
@@ -81,6 +84,30 @@ std::vector<float> optional_bias(const format::SafetensorsReader& file, const st
   return format::copy_f32(file.get(prefix + ".bias", format::StDType::F32, shape));
 }
 
+// A weight the checkpoint stores in 16 bits (F16 or BF16) as a 16-bit Linear: it stays 16-bit in
+// memory (half the bytes of float32) and is widened inside the kernel (glq::cpu::hmatmul).
+// nullopt when the tensor is absent or float32 (build_model then reads it as usual).
+std::optional<Linear> linear16(const format::SafetensorsReader& file, const WeightSource& weights,
+                               const std::string& prefix, int rows, int cols) {
+  const format::StTensorView* t = file.find(prefix + ".weight");
+  if (!t || (t->dtype != format::StDType::F16 && t->dtype != format::StDType::BF16)) return std::nullopt;
+  if (t->shape != std::vector<int64_t>{rows, cols})
+    throw_mismatch(fmt::format("{}: {}.weight shape", file.path(), prefix), fmt::format("[{}, {}]", rows, cols),
+                   t->shape_string());
+  auto w = std::make_shared<std::vector<uint16_t>>(static_cast<size_t>(rows) * cols);
+  if (t->data.size() != w->size() * sizeof(uint16_t))
+    throw_mismatch(fmt::format("{}: {}.weight bytes", file.path(), prefix), std::to_string(w->size() * 2),
+                   std::to_string(t->data.size()));
+  std::memcpy(w->data(), t->data.data(), t->data.size());  // little-endian, as safetensors stores it
+  std::vector<float> bias;
+  if (weights.contains(prefix + ".bias")) {
+    const int64_t shape[] = {rows};
+    bias = weights.load_f32(prefix + ".bias", shape);
+  }
+  return Linear::dense16(std::move(w), t->dtype == format::StDType::BF16 ? cpu::Half::BF16 : cpu::Half::F16, rows, cols,
+                         std::move(bias));
+}
+
 }  // namespace
 
 bool is_glq_checkpoint(const std::string& dir) {
@@ -111,7 +138,7 @@ std::unique_ptr<Model> load_glq_checkpoint(const std::string& dir, const LoadOpt
   build.linear_provider = [&](int layer, LinearKind kind, int rows, int cols) -> std::optional<Linear> {
     const std::string prefix = linear_tensor_prefix(layer, kind);
     const format::LinearQuantEntry* e = qc.find(prefix);
-    if (!e) return std::nullopt;  // kept unquantized: a 16-bit tensor read by build_model
+    if (!e) return linear16(file, weights, prefix, rows, cols);  // kept unquantized (16-bit, or fp32 via build_model)
     if (e->rows != rows || e->cols != cols)
       throw_mismatch(fmt::format("{}: quantization_config.linears.{}.shape", cfg_path.string(), prefix),
                      fmt::format("[{}, {}] (from the model config)", rows, cols), fmt::format("[{}, {}]", e->rows, e->cols));
@@ -127,6 +154,12 @@ std::unique_ptr<Model> load_glq_checkpoint(const std::string& dir, const LoadOpt
                      fmt::format("[{}, {}]", e->rows, e->cols));
     model->lm_head() = Linear::quantized(format::quantized_matrix_from_tensors(file, *e));
     ++quantized;
+  } else {
+    // The head kept in 16 bits stays so (a tied head reads the embedding's 16-bit tensor).
+    const bool tied = config.tie_embeddings || !file.find("lm_head.weight");
+    if (std::optional<Linear> head = linear16(file, weights, tied ? "model.embed_tokens" : "lm_head", config.vocab_size,
+                                              config.hidden_size))
+      model->lm_head() = std::move(*head);
   }
   if (quantized != static_cast<int>(qc.linears.size()))
     throw_format(cfg_path.string(), fmt::format("quantization_config lists {} linears but the model has {} of them",

@@ -20,7 +20,7 @@
 namespace glq::cpu {
 
 // Avx512 needs F, BW, VL, DQ, VNNI, VBMI and GFNI (Ice Lake, Sapphire Rapids, Zen 4 or later);
-// Avx2 needs AVX2 and FMA. Reference is not a kernel: it routes qmatmul to the codec's float
+// Avx2 needs AVX2, FMA and F16C. Reference is not a kernel: it routes qmatmul to the codec's float
 // codec::matvec_reference (one thread, slow), so that whole-model results (perplexity) can be
 // compared against it with GLQ_CPU_ISA=reference; detect_isa() never picks it by itself.
 enum class Isa { Scalar, Avx2, Avx512, Reference };
@@ -38,6 +38,26 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
 inline void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batch,
                     ThreadPool& pool) {
   qmatmul(q, x, y, batch, pool, detect_isa());
+}
+
+// ---- 16-bit dense weights ----------------------------------------------------------------
+// A dense W (rows, cols) stored row-major as IEEE half (F16) or bfloat16 (BF16) values: half the
+// bytes of float32, widened to float32 in registers (F16C / AVX-512 conversions) and multiplied
+// with fp32 FMAs against fp32 activations, fp32 accumulation. Used for the layers a GLQ checkpoint
+// keeps in 16 bits (the output head by default).
+enum class Half { F16, BF16 };
+const char* half_name(Half type);  // "fp16" | "bf16"
+float half_to_float(uint16_t h, Half type);
+uint16_t float_to_half(float f, Half type);  // round to nearest even; overflow → ±inf
+
+// y (batch, rows) = x (batch, cols) · W^T for a 16-bit W. Any rows, cols ≥ 1 (no multiple-of-8
+// requirement). Scalar, AVX2 (+F16C) and AVX-512 paths chosen like qmatmul's (Isa::Reference
+// runs the scalar one); rows are split over the pool. x and y must not overlap.
+void hmatmul(const uint16_t* w, Half type, int rows, int cols, const float* x, float* y, int batch,
+             ThreadPool& pool, Isa isa);
+inline void hmatmul(const uint16_t* w, Half type, int rows, int cols, const float* x, float* y,
+                    int batch, ThreadPool& pool) {
+  hmatmul(w, type, rows, cols, x, y, batch, pool, detect_isa());
 }
 
 // The pieces of qmatmul, for tests and benchmarks.

@@ -106,6 +106,18 @@ void prepare_input_scalar(const InputRow& in);
 void prepare_input_avx2(const InputRow& in);
 void prepare_input_avx512(const InputRow& in);
 
+// 16-bit dense products (hmatmul): y[b][r] for rows [r0, r1) and every batch row b.
+struct HalfArgs {
+  const uint16_t* w = nullptr;  // (rows, cols) row-major
+  bool bf16 = false;            // false: IEEE half
+  int rows = 0, cols = 0, batch = 0;
+  const float* x = nullptr;  // (batch, cols)
+  float* y = nullptr;        // (batch, rows)
+};
+void hgemm_scalar(const HalfArgs& a, int r0, int r1);
+void hgemm_avx2(const HalfArgs& a, int r0, int r1);
+void hgemm_avx512(const HalfArgs& a, int r0, int r1);
+
 // Float transforms (see transform_impl.hpp), compiled once per ISA. tmp: (plan.n) floats.
 // transpose = false: x ← T x; true: x ← T^T x.
 void hadamard_scalar(const transform::HadamardPlan& plan, bool transpose, float* x, float* tmp);

@@ -1,5 +1,7 @@
 // Run-time dispatch and the driver of qmatmul: input transform, activation rounding, code
 // products over rows on the shared pool, scales, output transform.
+#include <cpuid.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -33,7 +35,10 @@ Isa hardware_isa() {
         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") &&
         __builtin_cpu_supports("gfni"))
       return Isa::Avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+    // F16C (half-float conversions, used by hmatmul) came with every AVX2 CPU, but is checked.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return Isa::Avx2;
     return Isa::Scalar;
   }();
   return best;
