@@ -10,6 +10,10 @@
 
 #include "glq/model/tensor.hpp"
 
+namespace glq::format {
+class SafetensorsReader;
+}
+
 namespace glq::model {
 
 class SafetensorsFile final : public WeightSource {
@@ -26,7 +30,7 @@ class SafetensorsFile final : public WeightSource {
   std::string description() const override;
 
  private:
-  std::unique_ptr<MappedFile> file_;
+  std::unique_ptr<format::SafetensorsReader> file_;  // maps and validates the file
   std::map<std::string, std::string> metadata_;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t> index_;
@@ -36,8 +40,9 @@ class SafetensorsFile final : public WeightSource {
 // model.safetensors.index.json. Throws Io/Format naming the missing or broken file.
 std::unique_ptr<WeightSource> open_safetensors_dir(const std::string& dir);
 
-// Writes tensors as one safetensors file (F32/F16/BF16 data given as raw bytes). Used by tests
-// and tools; `tensors[i].data` must hold dtype_bytes(dtype, numel) bytes.
+// Writes tensors as one safetensors file (F32/F16/BF16/I* data given as raw bytes) through the
+// core's crash-safe writer. Used by tests and tools; `tensors[i].data` must hold
+// dtype_bytes(dtype, numel) bytes.
 void write_safetensors(const std::string& path, const std::vector<TensorInfo>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

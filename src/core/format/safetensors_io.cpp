@@ -243,7 +243,11 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     }
     if (!header.is_object()) throw_format(path, "header is not a JSON object");
     const uint64_t data_start = 8 + header_len, data_len = size_ - data_start;
-    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    struct Range {
+      uint64_t begin, end;
+      std::string name;
+    };
+    std::vector<Range> ranges;
     for (auto it = header.begin(); it != header.end(); ++it) {
       const auto& v = it.value();
       if (it.key() == "__metadata__") {
@@ -276,15 +280,17 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
       if (b > e || e > data_len) bad(fmt::format("data_offsets [{}, {}] lie outside the {} data bytes", b, e, data_len));
       const uint64_t want = static_cast<uint64_t>(numel) * static_cast<uint64_t>(st_dtype_size(t.dtype));
       if (want != e - b)
-        bad(fmt::format("{} {} needs {} bytes, data_offsets give {}", st_dtype_name(t.dtype), shape_str(t.shape), want, e - b));
+        bad(fmt::format("{} {}: expected {} bytes, got {} bytes (data_offsets [{}, {}])", st_dtype_name(t.dtype),
+                        shape_str(t.shape), want, e - b, b, e));
       t.data = std::span<const uint8_t>(map_ + data_start + b, static_cast<size_t>(e - b));
-      ranges.emplace_back(b, e);
+      ranges.push_back({b, e, t.name});
       index_[t.name] = tensors_.size();
       tensors_.push_back(std::move(t));
     }
-    std::sort(ranges.begin(), ranges.end());
+    std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) { return x.begin < y.begin; });
     for (size_t i = 1; i < ranges.size(); ++i)
-      if (ranges[i].first < ranges[i - 1].second) throw_format(path, "two tensors overlap");
+      if (ranges[i].begin < ranges[i - 1].end)
+        throw_format(path, fmt::format("tensors '{}' and '{}' overlap", ranges[i - 1].name, ranges[i].name));
     // File order (the header's JSON object order is not kept by the parser).
     std::sort(tensors_.begin(), tensors_.end(),
               [](const StTensorView& a, const StTensorView& b) { return a.data.data() < b.data.data(); });
