@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.hpp"
+#include "cli/cuda_session.hpp"
 #include "cli/model_session.hpp"
 #include "glq/error.hpp"
 #include "glq/model/perplexity.hpp"
@@ -17,10 +18,12 @@ struct PplArgs {
   int ctx = 1024;
   int64_t max_tokens = 0;
   bool json = false;
+  std::string device = "cpu";
 };
 
 int perplexity(const PplArgs& a) {
   using namespace glq;
+  cli::check_device(a.device);
   auto m = cli::load_model_verbose(a.model);
   std::ifstream in(a.text, std::ios::binary);
   if (!in) throw_io(a.text, "cannot open");
@@ -42,7 +45,18 @@ int perplexity(const PplArgs& a) {
                std::string(static_cast<size_t>(width - filled), '.'), done, total);
     if (done == total) fmt::print(stderr, "\n");
   };
-  const model::PerplexityResult r = model::evaluate_perplexity(*m, ids, a.ctx, progress);
+  model::PerplexityResult r;
+  std::string card;
+  if (a.device == "cuda") {
+#ifdef GLQ_HAVE_CUDA
+    const int window = std::min<int64_t>(a.ctx, static_cast<int64_t>(ids.size()));
+    auto gpu = cli::to_gpu_verbose(*m, window);
+    card = gpu->context().info().name;
+    r = model::evaluate_perplexity_cuda(gpu->engine(), ids, a.ctx, progress);
+#endif
+  } else {
+    r = model::evaluate_perplexity(*m, ids, a.ctx, progress);
+  }
   fmt::print(stderr, "glq: perplexity {:.4f} over {} scored tokens ({} windows of {}), {:.1f} s ({:.1f} tokens/s)\n", r.ppl,
              r.tokens_scored, r.windows, r.ctx, r.seconds, r.tokens_used / r.seconds);
   if (a.json) {
@@ -54,8 +68,10 @@ int perplexity(const PplArgs& a) {
                         {"nll_mean", r.nll_sum / static_cast<double>(r.tokens_scored)},
                         {"seconds", r.seconds},
                         {"model", a.model},
+                        {"device", a.device},
                         {"text", a.text},
                         {"protocol", "non-overlapping windows of ctx tokens from an empty cache; every token of a window except its first is scored"}};
+    if (!card.empty()) j["card"] = card;
     fmt::print("{}\n", j.dump());
   } else {
     fmt::print("{:.4f}\n", r.ppl);
@@ -72,5 +88,6 @@ GLQ_COMMAND("perplexity", "perplexity of a model on a text file", [](CLI::App& a
   app.add_option("--ctx", a->ctx, "window length in tokens")->capture_default_str();
   app.add_option("--max-tokens", a->max_tokens, "use only the first N tokens of the text (0 = all)")->capture_default_str();
   app.add_flag("--json", a->json, "print one JSON object on stdout");
+  app.add_option("--device", a->device, "cpu, or cuda (the GPU engine)")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   return [a] { return perplexity(*a); };
 });

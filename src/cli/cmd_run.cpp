@@ -1,10 +1,14 @@
 // glq run MODEL -p PROMPT [-n N]: generate a continuation, streaming it to stdout, and report
 // prompt and decode speed on stderr.
 #include <cstdio>
+#include <functional>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "cli/command.hpp"
+#include "cli/cuda_session.hpp"
 #include "cli/model_session.hpp"
 #include "glq/error.hpp"
 
@@ -16,11 +20,13 @@ struct RunArgs {
   int n = 64;
   bool chat = false;
   bool ignore_eos = false;
+  std::string device = "cpu";
   glq::cli::SamplingFlags sampling;
 };
 
 int run(const RunArgs& a) {
   using namespace glq;
+  cli::check_device(a.device);
   auto m = cli::load_model_verbose(a.model);
   const auto& tok = m->tokenizer();
   std::string text = a.prompt;
@@ -33,15 +39,35 @@ int run(const RunArgs& a) {
   const int capacity = std::min<int64_t>(m->config().max_context, static_cast<int64_t>(ids.size()) + a.n);
   if (static_cast<int64_t>(ids.size()) >= m->config().max_context)
     throw_invalid(fmt::format("prompt of {} tokens does not fit the context of {}", ids.size(), m->config().max_context));
-  model::KVCache cache = m->make_cache(capacity);
   model::Sampler sampler(a.sampling.opt);
   std::vector<float> logits(static_cast<size_t>(m->vocab_size()));
+  // The engine: the CPU model with its KV cache, or the model's weights on the GPU.
+  std::function<void(std::span<const int32_t>)> forward;
+  std::function<bool()> full;
+  model::KVCache cache;
+#ifdef GLQ_HAVE_CUDA
+  std::unique_ptr<model::CudaModel> gpu;
+#endif
+  if (a.device == "cuda") {
+#ifdef GLQ_HAVE_CUDA
+    gpu = cli::to_gpu_verbose(*m, capacity);
+    forward = [&](std::span<const int32_t> t) {
+      gpu->engine().forward(t.data(), static_cast<int>(t.size()));
+      logits = gpu->engine().logits_host(1);
+    };
+    full = [&] { return gpu->engine().position() >= capacity; };
+#endif
+  } else {
+    cache = m->make_cache(capacity);
+    forward = [&](std::span<const int32_t> t) { m->forward(t, cache, logits.data()); };
+    full = [&] { return cache.size() >= cache.capacity(); };
+  }
   if (!a.chat) {
     std::fputs(text.c_str(), stdout);
     std::fflush(stdout);
   }
   auto t0 = std::chrono::steady_clock::now();
-  m->forward(ids, cache, logits.data());
+  forward(ids);
   const double prompt_s = cli::seconds_since(t0);
   const size_t prompt_n = ids.size();
   model::TokenStreamer streamer(tok);
@@ -55,8 +81,8 @@ int run(const RunArgs& a) {
     const std::string piece = streamer.push(next);
     std::fputs(piece.c_str(), stdout);
     std::fflush(stdout);
-    if (i + 1 == a.n || cache.size() >= cache.capacity()) break;
-    m->forward(std::span<const int32_t>(&next, 1), cache, logits.data());
+    if (i + 1 == a.n || full()) break;
+    forward(std::span<const int32_t>(&next, 1));
   }
   const double decode_s = cli::seconds_since(t0);
   std::fputs(streamer.flush().c_str(), stdout);
@@ -76,6 +102,7 @@ GLQ_COMMAND("run", "generate text from a prompt (GGUF file or checkpoint directo
   app.add_option("-n,--n-predict", a->n, "number of tokens to generate")->capture_default_str();
   app.add_flag("--chat", a->chat, "wrap the prompt in the model's chat template as a user message");
   app.add_flag("--ignore-eos", a->ignore_eos, "keep generating past end-of-sequence tokens");
+  app.add_option("--device", a->device, "cpu, or cuda (the GPU engine)")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   a->sampling.add(app);
   return [a] { return run(*a); };
 });

@@ -8,8 +8,10 @@
 #include <string>
 
 #include "cli/command.hpp"
+#include "cli/cuda_session.hpp"
 #include "cli/model_session.hpp"
 #include "glq/error.hpp"
+#include "glq/server/cuda_backend.hpp"
 #include "glq/server/server.hpp"
 
 namespace {
@@ -39,11 +41,7 @@ std::string default_model_id(const std::string& path) {
 
 int serve(const ServeArgs& a) {
   using namespace glq;
-  if (a.device != "cpu") {
-    // The CUDA engine (glq/kernels/cuda_engine.hpp) runs one sequence at a time; continuous
-    // batching needs a batched forward on the device.
-    throw_unsupported(fmt::format("--device {}: the server runs on the CPU engine only in this build", a.device));
-  }
+  cli::check_device(a.device);
   // SIGINT/SIGTERM are taken by sigwait() below: block them before any thread starts so that
   // every thread inherits the mask.
   sigset_t signals;
@@ -69,6 +67,15 @@ int serve(const ServeArgs& a) {
     throw_invalid(fmt::format("--ctx {} is beyond the model's context length of {}", a.ctx, m->config().max_context));
   o.scheduler.prefill_chunk = a.prefill_chunk;
   o.max_body_bytes = a.max_body;
+  std::unique_ptr<server::CudaBackend> gpu;
+  if (a.device == "cuda") {
+    // The GPU engine with one KV-cache slot per parallel sequence of the scheduler's context.
+    const auto t0 = std::chrono::steady_clock::now();
+    gpu = std::make_unique<server::CudaBackend>(*m, o.scheduler.parallel, o.scheduler.context);
+    o.scheduler.backend = gpu.get();
+    fmt::print(stderr, "glq serve: engine on {} ({:.1f} MB of weights, KV cache {} x {} tokens, uploaded in {:.2f} s)\n",
+               gpu->device_name(), gpu->weight_mb(), o.scheduler.parallel, o.scheduler.context, cli::seconds_since(t0));
+  }
 
   server::Server srv(*m, o);
   const int port = srv.bind();
@@ -104,7 +111,7 @@ GLQ_COMMAND("serve", "OpenAI-compatible HTTP server (completions, chat, streamin
   app.add_option("--prefill-chunk", a->prefill_chunk, "prompt tokens evaluated per step, all slots together")
       ->capture_default_str()->check(CLI::Range(1, 1 << 20));
   app.add_option("--max-body", a->max_body, "largest request body in bytes (larger: 413)")->capture_default_str();
-  app.add_option("--device", a->device, "cpu (cuda: not yet available to the server)")
+  app.add_option("--device", a->device, "cpu, or cuda (the GPU engine; needs a CUDA build)")
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   return [a] { return serve(*a); };
 });

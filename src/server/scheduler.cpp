@@ -81,8 +81,16 @@ void Generation::finish(GenerationResult result) {
 struct Scheduler::Slot {
   explicit Slot(const model::Tokenizer& tokenizer) : streamer(tokenizer) {}
 
+  ~Slot() {
+    if (free_list && backend_slot >= 0) free_list->push_back(backend_slot);
+  }
+
   std::shared_ptr<Generation> gen;
-  model::KVCache cache;               // prompt + max_tokens positions
+  model::KVCache cache;               // prompt + max_tokens positions (CPU engine)
+  int backend_slot = -1;              // the backend's cache slot (SchedulerOptions::backend)
+  int position = 0;                   // tokens in that slot
+  int capacity = 0;                   // prompt + max_tokens
+  std::vector<int>* free_list = nullptr;  // where backend_slot returns
   std::unique_ptr<model::Sampler> sampler;
   std::vector<int32_t> history;       // prompt + sampled tokens (repetition penalty)
   std::unordered_map<int32_t, int> counts;  // sampled tokens → occurrences (presence/frequency)
@@ -111,6 +119,15 @@ Scheduler::Scheduler(const model::Model& model, SchedulerOptions options)
     throw_invalid(fmt::format("scheduler: context {} must be from 2 to the model's {}", options.context, max_ctx));
   if (options.prefill_chunk < 1)
     throw_invalid(fmt::format("scheduler: prefill_chunk {} must be at least 1", options.prefill_chunk));
+  if (options.backend) {
+    if (options.backend->slots() < options.parallel)
+      throw_invalid(fmt::format("scheduler: the backend holds {} sequences, fewer than parallel {}",
+                                options.backend->slots(), options.parallel));
+    if (options.backend->context() < options.context)
+      throw_invalid(fmt::format("scheduler: the backend's context {} is below the context {}", options.backend->context(),
+                                options.context));
+    for (int i = options.parallel - 1; i >= 0; --i) free_backend_slots_.push_back(i);
+  }
   thread_ = std::thread([this] { run(); });
 }
 
@@ -181,7 +198,15 @@ std::unique_ptr<Scheduler::Slot> Scheduler::make_slot(std::shared_ptr<Generation
   auto s = std::make_unique<Slot>(model_.tokenizer());
   const GenerationParams& p = gen->params();
   const int capacity = static_cast<int>(gen->prompt().size()) + p.max_tokens;
-  s->cache = model_.make_cache(capacity);
+  s->capacity = capacity;
+  if (options_.backend) {
+    if (free_backend_slots_.empty()) throw Error(ErrorKind::Internal, "scheduler: no free backend slot");
+    s->backend_slot = free_backend_slots_.back();
+    free_backend_slots_.pop_back();
+    s->free_list = &free_backend_slots_;
+  } else {
+    s->cache = model_.make_cache(capacity);
+  }
   model::SamplingOptions so;
   so.temperature = p.sampling.top_p <= 0 ? 0.0f : p.sampling.temperature;  // top_p 0 keeps only the top token
   so.top_p = p.sampling.top_p <= 0 ? 1.0f : p.sampling.top_p;
@@ -291,6 +316,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Slot>>& slots) {
   // One entry per slot: its next prompt chunk (within the step's prefill budget) or its last
   // sampled token.
   std::vector<model::BatchEntry> entries;
+  std::vector<BackendStep> steps;
   std::vector<Slot*> batch;
   entries.reserve(slots.size());
   batch.reserve(slots.size());
@@ -313,10 +339,16 @@ void Scheduler::step(std::vector<std::unique_ptr<Slot>>& slots) {
       e.logits = s.logits.data();
     }
     entries.push_back(e);
+    if (options_.backend) steps.push_back({s.backend_slot, s.position, e.tokens, e.logits});
     batch.push_back(&s);
   }
   try {
-    model_.forward_batch(entries);
+    if (options_.backend) {
+      options_.backend->forward(steps);
+      for (size_t i = 0; i < batch.size(); ++i) batch[i]->position += static_cast<int>(steps[i].tokens.size());
+    } else {
+      model_.forward_batch(entries);
+    }
   } catch (const std::exception& e) {
     for (Slot* s : batch) finish(*s, FinishReason::Error, e.what());
     return;
@@ -405,7 +437,7 @@ void Scheduler::accept_token(Slot& s, int32_t token) {
     finish(s, FinishReason::Stop);
     return;
   }
-  if (s.generated >= p.max_tokens || s.cache.size() >= s.cache.capacity()) {
+  if (s.generated >= p.max_tokens || (options_.backend ? s.position >= s.capacity : s.cache.size() >= s.cache.capacity())) {
     text += drain();
     s.gen->publish(text);
     finish(s, s.stop.stopped() ? FinishReason::Stop : FinishReason::Length);

@@ -1,8 +1,11 @@
 // A Llama-family decoder on the GPU: embeddings, RMSNorm, RoPE, grouped-query attention over a
 // KV cache (prefill and decode), SwiGLU, residuals and greedy sampling, with every linear either
-// GLQ-quantized (decode kernels) or dense bf16 (cuBLAS). One sequence at a time; the decode
-// step is captured once in a CUDA graph and replayed, reading the token and its position from
-// device memory, so a generated token never returns to the host between steps.
+// GLQ-quantized (decode kernels) or dense bf16 (cuBLAS). The KV cache has `slots` independent
+// sequences: forward()/generate_greedy() run one sequence (slot 0) whose decode step is captured
+// once in a CUDA graph and replayed, reading the token and its position from device memory, so
+// a generated token never returns to the host between steps; forward_slots() steps several
+// sequences together in one pass (the linears see all their tokens at once, attention runs per
+// sequence over its own slot), which is what continuous batching needs.
 //
 // Activations are fp32 in device memory; the inputs of linears are fp16 (quantized) or bf16
 // (dense); the KV cache is fp16. The layer (as glq/model/model.hpp):
@@ -23,7 +26,8 @@ namespace glq::cuda {
 struct EngineConfig {
   int vocab = 0, hidden = 0, intermediate = 0, layers = 0;
   int heads = 0, kv_heads = 0, head_dim = 0;
-  int max_context = 0;               // KV cache capacity in tokens
+  int max_context = 0;               // KV cache capacity in tokens, per slot
+  int slots = 1;                     // independent sequences in the KV cache (forward_slots)
   float norm_eps = 1e-5f;
   std::vector<float> rope_inv_freq;  // (head_dim / 2), any frequency scaling already applied
 };
@@ -33,6 +37,7 @@ struct EngineLinear {
   int rows = 0, cols = 0;
   std::unique_ptr<DeviceQuantizedMatrix> q;
   std::unique_ptr<DeviceDenseMatrix> dense;
+  DeviceMemory bias;  // (rows) fp32, or empty: added to the output (Qwen2's q/k/v biases)
   size_t weight_bytes() const;
   static EngineLinear from(DeviceQuantizedMatrix m);
   static EngineLinear from(DeviceDenseMatrix m);
@@ -54,6 +59,15 @@ struct EngineWeights {
   EngineLinear lm_head;     // (vocab, hidden)
 };
 
+// One sequence's part of a forward_slots() pass.
+struct SlotStep {
+  int slot = 0;                     // KV-cache slot, 0 .. slots - 1 (distinct within one call)
+  int pos = 0;                      // tokens already in the slot: the first new token's position
+  const int32_t* tokens = nullptr;  // n new tokens (host)
+  int n = 0;
+  float* logits = nullptr;          // host (vocab): the last new token's logits, or null
+};
+
 class Engine {
  public:
   Engine(Context& ctx, EngineConfig config, EngineWeights weights);
@@ -62,8 +76,9 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   const EngineConfig& config() const { return config_; }
-  int position() const { return position_; }  // tokens in the KV cache
-  void reset();                               // empties the KV cache
+  int position() const { return position_; }  // tokens in the KV cache (slot 0)
+  void reset();                               // empties the KV cache (slot 0)
+  void truncate(int n);                       // forgets slot 0's tokens from position n on
 
   // Appends tokens to the cache; writes the logits of the last token, or of every token with
   // all_logits, to logits() ((n or 1, vocab) fp32 on the device). Asynchronous.
@@ -78,13 +93,31 @@ class Engine {
   // outside the graph as warm-up.
   std::vector<int32_t> generate_greedy(int n, double* graph_seconds = nullptr);
 
+  // out[i] = −log softmax(row i of logits())[targets[i]] for rows 0 .. rows − 1 of the last
+  // forward(..., all_logits = true) (synchronises). For perplexity without copying logits.
+  std::vector<double> token_nll(const int32_t* targets, int rows);
+
+  // Several sequences in one forward pass, each in its own KV-cache slot at its own position
+  // (SlotStep); the logits of each step's last token go to its host buffer. Passes longer than
+  // the engine's step size are cut into several (a sequence's tokens stay in order). Decode
+  // passes (one token per sequence, every one with logits) are captured in a CUDA graph per
+  // number of sequences and replayed. Synchronous. Leaves position() alone: slot 0 belongs to
+  // either forward()/generate_greedy() or forward_slots(), not both at once.
+  void forward_slots(const SlotStep* steps, int count);
+  int max_step_tokens() const;
+
   // Bytes a decode step reads from device memory: weights, embedding row, KV cache at `context`.
   size_t bytes_per_token(int context) const;
   size_t weight_bytes() const;
 
  private:
   struct Buffers;
-  void enqueue_tokens(int n, bool all_logits);  // the forward pass on d_tokens / d_pos
+  enum class HeadRows { None, Last, All, Gather };
+  // The forward pass over n tokens in d_tokens. single: one sequence in slot 0 at d_pos (the
+  // positions are computed on the device); else d_tok_pos / d_tok_slot hold them. The output
+  // head runs on no row, the last, all n, or the `gather` rows listed in d_rows.
+  void enqueue_tokens(int n, bool single, HeadRows rows, int gather = 0);
+  void run_pass(int n, int k, bool decode_only);
   void run_linear(const EngineLinear& l, const void* prepare_params, float* y, int ld_y,
                   bool accumulate, int n);
 
@@ -94,7 +127,11 @@ class Engine {
   std::unique_ptr<Buffers> b_;
   int position_ = 0;
   int last_row_ = 0;  // row of logits() holding the last token's logits
-  cudaGraphExec_t decode_graph_ = nullptr;
+  cudaGraphExec_t decode_graph_ = nullptr;  // generate_greedy: a step and the argmax
+  cudaGraphExec_t step_graph_ = nullptr;    // forward() of one token
+  int step_calls_ = 0;
+  std::vector<cudaGraphExec_t> batch_graphs_;  // forward_slots decode passes, by sequences
+  std::vector<int> batch_calls_;
 };
 
 // A QuantizedMatrix-shaped product with random codes drawn on the device (every code of both

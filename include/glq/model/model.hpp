@@ -95,6 +95,8 @@ class Model {
   const std::vector<float>& final_norm() const { return final_norm_; }  // (hidden)
   Linear& lm_head() { return lm_head_; }                                // (vocab, hidden)
   const Linear& lm_head() const { return lm_head_; }
+  // RoPE inverse frequencies (head_dim / 2), frequency scaling applied (for other engines).
+  const std::vector<float>& rope_inv_freq() const { return rope_inv_freq_; }
 
   // Tokenizer loaded with the model (GGUF metadata or tokenizer.json); throws if none.
   bool has_tokenizer() const { return tokenizer_ != nullptr; }

@@ -26,6 +26,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,11 +36,34 @@
 
 namespace glq::server {
 
+// One sequence's part of a BatchBackend::forward() step.
+struct BackendStep {
+  int slot = 0;                      // the backend's cache slot of this sequence
+  int pos = 0;                       // tokens already in that slot (0: a new sequence)
+  std::span<const int32_t> tokens;   // new tokens (at least one)
+  float* logits = nullptr;           // (vocab): logits of the last new token, or null
+};
+
+// Another engine for the scheduler's steps, with a KV cache of its own for `slots()` sequences
+// (glq serve --device cuda: the GPU engine, glq/server/cuda_backend.hpp). Each admitted request
+// gets a free slot; every step is one forward() over the sequences in flight, each entry with a
+// distinct slot. Called from the scheduler thread only.
+class BatchBackend {
+ public:
+  virtual ~BatchBackend() = default;
+  virtual int slots() const = 0;    // sequences it holds at once (>= SchedulerOptions::parallel)
+  virtual int context() const = 0;  // tokens per slot (>= SchedulerOptions::context)
+  virtual void forward(std::span<const BackendStep> steps) = 0;
+};
+
 struct SchedulerOptions {
   int parallel = 4;           // sequences stepped together (slots)
   int queue = 32;             // requests waiting for a slot; beyond that submit() refuses
   int context = 2048;         // prompt + completion tokens of one sequence (<= model max_context)
   int prefill_chunk = 256;    // prompt tokens evaluated per step, all slots together
+  // The engine of the steps: null runs Model::forward_batch on the CPU with a KVCache per
+  // sequence; else this backend (which must outlive the scheduler).
+  BatchBackend* backend = nullptr;
 };
 
 enum class FinishReason {
@@ -166,6 +190,7 @@ class Scheduler {
   std::atomic<int> max_batch_{0};
   std::atomic<uint64_t> seed_counter_{0};
   const uint64_t seed_base_;
+  std::vector<int> free_backend_slots_;  // scheduler thread only (with options_.backend)
 };
 
 }  // namespace glq::server

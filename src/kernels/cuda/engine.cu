@@ -45,16 +45,28 @@ __global__ void embed_kernel(const int32_t* __restrict__ tokens, const __nv_bflo
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) h[size_t(t) * hidden + i] = __bfloat162float(row[i]);
 }
 
+// Positions of n tokens of one sequence in slot 0 that starts at *pos (single-sequence mode,
+// inside the decode graphs).
+__global__ void seq_positions_kernel(const int* __restrict__ pos, int n, int* __restrict__ tok_pos,
+                                     int* __restrict__ tok_slot) {
+  for (int t = threadIdx.x; t < n; t += blockDim.x) {
+    tok_pos[t] = *pos + t;
+    tok_slot[t] = 0;
+  }
+}
+
 // RoPE (rotate-half pairs (i, i + head_dim/2)) on q and k of each token, in place, and the
-// write of k and v into the cache at the token's position.
+// write of k and v into the cache of the token's slot at the token's position.
 __global__ void rope_cache_kernel(float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
-                                  const float* __restrict__ inv_freq, const int* __restrict__ pos_ptr,
+                                  const float* __restrict__ inv_freq, const int* __restrict__ tok_pos,
+                                  const int* __restrict__ tok_slot, size_t slot_stride,
                                   __half* __restrict__ k_cache, __half* __restrict__ v_cache) {
   const int t = blockIdx.x;
-  const int pos = *pos_ptr + t;
+  const int pos = tok_pos[t];
   const int half_d = head_dim / 2;
   float* row = qkv + size_t(t) * ld;
   const int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+  const size_t at0 = size_t(tok_slot[t]) * slot_stride + size_t(pos) * kv_dim;
   for (int p = threadIdx.x; p < (heads + kv_heads) * half_d; p += blockDim.x) {
     const int hh = p / half_d, i = p - hh * half_d;
     float s, c;
@@ -66,26 +78,29 @@ __global__ void rope_cache_kernel(float* __restrict__ qkv, int ld, int heads, in
       base[i] = y0;
       base[i + half_d] = y1;
     } else {
-      const size_t at = size_t(pos) * kv_dim + size_t(hh - heads) * head_dim;
+      const size_t at = at0 + size_t(hh - heads) * head_dim;
       k_cache[at + i] = __float2half_rn(y0);
       k_cache[at + i + half_d] = __float2half_rn(y1);
     }
   }
   for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
-    v_cache[size_t(pos) * kv_dim + i] = __float2half_rn(row[q_dim + kv_dim + i]);
+    v_cache[at0 + i] = __float2half_rn(row[q_dim + kv_dim + i]);
 }
 
 // One block per (chunk, head, token): partial softmax-weighted sum over the chunk's keys.
 __global__ void __launch_bounds__(kAttnThreads)
 attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
-                 const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
-                 const int* __restrict__ pos_ptr, float scale, int chunks,
+                 const __half* __restrict__ k_cache_all, const __half* __restrict__ v_cache_all,
+                 const int* __restrict__ tok_pos, const int* __restrict__ tok_slot, size_t slot_stride,
+                 float scale, int chunks,
                  float* __restrict__ part_m, float* __restrict__ part_l, float* __restrict__ part_acc) {
   extern __shared__ float sm[];
   float* qs = sm;               // (head_dim)
   float* ps = sm + head_dim;    // (kAttnChunk)
   const int c = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
-  const int kv_len = *pos_ptr + t + 1;
+  const int kv_len = tok_pos[t] + 1;
+  const __half* k_cache = k_cache_all + size_t(tok_slot[t]) * slot_stride;
+  const __half* v_cache = v_cache_all + size_t(tok_slot[t]) * slot_stride;
   const int j0 = c * kAttnChunk, j1 = min(j0 + kAttnChunk, kv_len);
   const size_t idx = (size_t(t) * heads + h) * chunks + c;
   if (j0 >= j1) {
@@ -162,6 +177,46 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int vocab, int32
 }
 
 __global__ void advance_kernel(int* pos, int n) { *pos += n; }
+__global__ void set_kernel(int* pos, int n) { *pos = n; }
+
+// y[t][0..rows) += bias, one block per token.
+__global__ void add_bias_kernel(float* __restrict__ y, int ld, const float* __restrict__ bias, int rows) {
+  float* row = y + size_t(blockIdx.x) * ld;
+  for (int i = threadIdx.x; i < rows; i += blockDim.x) row[i] += bias[i];
+}
+
+// out (k, hidden) = rows rows[0..k) of h (the tokens whose logits are wanted).
+__global__ void gather_rows_kernel(const float* __restrict__ h, const int* __restrict__ rows, int hidden,
+                                   float* __restrict__ out) {
+  const float* src = h + size_t(rows[blockIdx.x]) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[size_t(blockIdx.x) * hidden + i] = src[i];
+}
+
+// out[r] = logsumexp(logits row r) − logits[r][targets[r]], one block per row.
+__global__ void nll_kernel(const float* __restrict__ logits, int vocab, const int32_t* __restrict__ targets,
+                           double* __restrict__ out) {
+  __shared__ float red_f[32];
+  __shared__ double red_d[32];
+  const float* row = logits + size_t(blockIdx.x) * vocab;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, row[i]);
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+  if (lane == 0) red_f[warp] = m;
+  __syncthreads();
+  m = red_f[0];
+  for (int w = 1; w < nwarps; ++w) m = fmaxf(m, red_f[w]);
+  double s = 0.0;
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += double(expf(row[i] - m));
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xFFFFFFFFu, s, off);
+  if (lane == 0) red_d[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < nwarps; ++w) total += red_d[w];
+    out[blockIdx.x] = log(total) + double(m) - double(row[targets[blockIdx.x]]);
+  }
+}
 
 __device__ __forceinline__ uint32_t hash32(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -325,46 +380,68 @@ double measure_copy_bandwidth(Context& ctx) {
 struct Engine::Buffers {
   int chunks = 0;       // attention chunks covering the cache capacity
   int max_tokens = 0;   // tokens per step
+  size_t slot_stride = 0;  // elements of one slot of one layer's K (or V) cache
   DeviceMemory tokens;  // (max_tokens) int32
-  DeviceMemory pos;     // int: tokens in the cache
+  DeviceMemory tok_pos, tok_slot;  // (max_tokens) int: each token's position and slot
+  DeviceMemory rows;    // (max_tokens) int: rows of h whose logits are wanted (HeadRows::Gather)
+  DeviceMemory targets; // (max_tokens) int32: token_nll
+  DeviceMemory nll;     // (max_tokens) double
+  DeviceMemory pos;     // int: tokens in the cache (slot 0, single-sequence mode)
   DeviceMemory step;    // int: tokens generated
   DeviceMemory generated;  // (capacity) int32
   DeviceMemory h;       // (max_tokens, hidden) residual stream
+  DeviceMemory hsel;    // (max_tokens, hidden) gathered rows for the output head
   DeviceMemory qkv;     // (max_tokens, q_dim + 2 kv_dim)
   DeviceMemory gu;      // (max_tokens, 2 intermediate)
   DeviceMemory part_m, part_l, part_acc;  // attention partials
-  DeviceMemory k_cache, v_cache;          // (layers, capacity, kv_dim) fp16
+  DeviceMemory k_cache, v_cache;          // (layers, slots, capacity, kv_dim) fp16
   DeviceMemory logits;  // (max_tokens, vocab)
   DeviceMemory inv_freq;
+  // forward_slots staging (host)
+  std::vector<int32_t> h_tokens, h_pos, h_slot, h_rows;
+  std::vector<float> h_logits;
 };
 
 Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
     : ctx_(ctx), config_(std::move(config)), w_(std::move(weights)), b_(std::make_unique<Buffers>()) {
   const auto& c = config_;
   if (c.hidden <= 0 || c.layers <= 0 || c.heads <= 0 || c.kv_heads <= 0 || c.heads % c.kv_heads ||
-      c.head_dim <= 0 || c.head_dim % 2 || c.max_context <= 0 || c.vocab <= 0)
+      c.head_dim <= 0 || c.head_dim % 2 || c.max_context <= 0 || c.vocab <= 0 || c.slots <= 0)
     throw_invalid("Engine: inconsistent configuration");
   if (int(c.rope_inv_freq.size()) != c.head_dim / 2)
     throw_mismatch("Engine: rope_inv_freq size", std::to_string(c.head_dim / 2), std::to_string(c.rope_inv_freq.size()));
   if (int(w_.layers.size()) != c.layers)
     throw_mismatch("Engine: layers", std::to_string(c.layers), std::to_string(w_.layers.size()));
+  if (w_.lm_head.rows != c.vocab || w_.lm_head.cols != c.hidden)
+    throw_mismatch("Engine: output head shape", std::to_string(c.vocab) + "x" + std::to_string(c.hidden),
+                   std::to_string(w_.lm_head.rows) + "x" + std::to_string(w_.lm_head.cols));
+  if (w_.embedding.bytes() != size_t(c.vocab) * c.hidden * 2)
+    throw_mismatch("Engine: embedding bytes (bf16)", std::to_string(size_t(c.vocab) * c.hidden * 2),
+                   std::to_string(w_.embedding.bytes()));
   const int q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
   auto& b = *b_;
   b.chunks = (c.max_context + kAttnChunk - 1) / kAttnChunk;
-  b.max_tokens = std::min(kMaxStepTokens, c.max_context);
+  b.max_tokens = std::min(kMaxStepTokens, std::max(c.max_context, c.slots));
+  b.slot_stride = size_t(c.max_context) * kv_dim;
   const size_t T = b.max_tokens;
   b.tokens = DeviceMemory(T * 4);
+  b.tok_pos = DeviceMemory(T * 4);
+  b.tok_slot = DeviceMemory(T * 4);
+  b.rows = DeviceMemory(T * 4);
+  b.targets = DeviceMemory(T * 4);
+  b.nll = DeviceMemory(T * 8);
   b.pos = DeviceMemory(4);
   b.step = DeviceMemory(4);
   b.generated = DeviceMemory(size_t(c.max_context + 1) * 4);
   b.h = DeviceMemory(T * c.hidden * 4);
+  b.hsel = DeviceMemory(T * c.hidden * 4);
   b.qkv = DeviceMemory(T * (q_dim + 2 * kv_dim) * 4);
   b.gu = DeviceMemory(T * 2 * c.intermediate * 4);
   b.part_m = DeviceMemory(T * c.heads * b.chunks * 4);
   b.part_l = DeviceMemory(T * c.heads * b.chunks * 4);
   b.part_acc = DeviceMemory(T * c.heads * b.chunks * c.head_dim * 4);
-  b.k_cache = DeviceMemory(size_t(c.layers) * c.max_context * kv_dim * 2);
-  b.v_cache = DeviceMemory(size_t(c.layers) * c.max_context * kv_dim * 2);
+  b.k_cache = DeviceMemory(size_t(c.layers) * c.slots * b.slot_stride * 2);
+  b.v_cache = DeviceMemory(size_t(c.layers) * c.slots * b.slot_stride * 2);
   b.logits = DeviceMemory(T * c.vocab * 4);
   b.inv_freq = to_device(c.rope_inv_freq);
   reset();
@@ -372,13 +449,23 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
 
 Engine::~Engine() {
   if (decode_graph_) cudaGraphExecDestroy(decode_graph_);
+  if (step_graph_) cudaGraphExecDestroy(step_graph_);
+  for (auto g : batch_graphs_)
+    if (g) cudaGraphExecDestroy(g);
 }
 
-void Engine::reset() {
-  GLQ_CUDA_CHECK(cudaMemsetAsync(b_->pos.data(), 0, 4, ctx_.stream()));
+void Engine::reset() { truncate(0); }
+
+void Engine::truncate(int n) {
+  if (n < 0 || n > position_)
+    throw_invalid("Engine::truncate: " + std::to_string(n) + " outside [0, " + std::to_string(position_) + "]");
+  set_kernel<<<1, 1, 0, ctx_.stream()>>>(b_->pos.as<int>(), n);
+  GLQ_CUDA_CHECK_LAUNCH("set_kernel");
   GLQ_CUDA_CHECK(cudaMemsetAsync(b_->step.data(), 0, 4, ctx_.stream()));
-  position_ = 0;
+  position_ = n;
 }
+
+int Engine::max_step_tokens() const { return b_->max_tokens; }
 
 const float* Engine::logits() const { return b_->logits.as<const float>(); }
 
@@ -386,6 +473,24 @@ std::vector<float> Engine::logits_host(int rows) {
   std::vector<float> out(size_t(rows) * config_.vocab);
   GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream()));
   b_->logits.download(out.data(), out.size() * 4);
+  return out;
+}
+
+std::vector<double> Engine::token_nll(const int32_t* targets, int rows) {
+  if (rows <= 0 || rows > b_->max_tokens)
+    throw_invalid("Engine::token_nll: rows " + std::to_string(rows) + " outside [1, " + std::to_string(b_->max_tokens) + "]");
+  for (int i = 0; i < rows; ++i)
+    if (targets[i] < 0 || targets[i] >= config_.vocab)
+      throw_invalid("Engine::token_nll: token id " + std::to_string(targets[i]) + " outside [0, " +
+                    std::to_string(config_.vocab) + ")");
+  cudaStream_t stream = ctx_.stream();
+  GLQ_CUDA_CHECK(cudaMemcpyAsync(b_->targets.data(), targets, size_t(rows) * 4, cudaMemcpyHostToDevice, stream));
+  nll_kernel<<<rows, 256, 0, stream>>>(b_->logits.as<const float>(), config_.vocab, b_->targets.as<const int32_t>(),
+                                       b_->nll.as<double>());
+  GLQ_CUDA_CHECK_LAUNCH("nll_kernel");
+  std::vector<double> out(rows);
+  GLQ_CUDA_CHECK(cudaMemcpyAsync(out.data(), b_->nll.data(), size_t(rows) * 8, cudaMemcpyDeviceToHost, stream));
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(stream));
   return out;
 }
 
@@ -465,27 +570,38 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
   } else {
     throw_invalid("Engine: a linear layer has no weights");
   }
+  if (l.bias.bytes()) {
+    if (l.bias.bytes() != size_t(l.rows) * 4)
+      throw_mismatch("Engine: bias bytes", std::to_string(size_t(l.rows) * 4), std::to_string(l.bias.bytes()));
+    add_bias_kernel<<<n, 256, 0, stream>>>(y, ld_y, l.bias.as<const float>(), l.rows);
+    GLQ_CUDA_CHECK_LAUNCH("add_bias_kernel");
+  }
 }
 
-void Engine::enqueue_tokens(int n, bool all_logits) {
+void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) {
   const auto& c = config_;
   auto& b = *b_;
-  const auto& info = ctx_.info();
   cudaStream_t stream = ctx_.stream();
   const int q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
   const int ld_qkv = q_dim + 2 * kv_dim;
   float* h = b.h.as<float>();
   float* qkv = b.qkv.as<float>();
   float* gu = b.gu.as<float>();
-  const int* pos = b.pos.as<const int>();
+  const int* tok_pos = b.tok_pos.as<const int>();
+  const int* tok_slot = b.tok_slot.as<const int>();
 
+  if (single) {
+    seq_positions_kernel<<<1, 256, 0, stream>>>(b.pos.as<const int>(), n, b.tok_pos.as<int>(), b.tok_slot.as<int>());
+    GLQ_CUDA_CHECK_LAUNCH("seq_positions_kernel");
+  }
   embed_kernel<<<n, 256, 0, stream>>>(b.tokens.as<const int32_t>(), w_.embedding.as<const __nv_bfloat16>(),
                                       c.hidden, c.vocab, h);
   GLQ_CUDA_CHECK_LAUNCH("embed_kernel");
+  const size_t layer_stride = size_t(c.slots) * b.slot_stride;
   for (int li = 0; li < c.layers; ++li) {
     const auto& L = w_.layers[li];
-    __half* kc = b.k_cache.as<__half>() + size_t(li) * c.max_context * kv_dim;
-    __half* vc = b.v_cache.as<__half>() + size_t(li) * c.max_context * kv_dim;
+    __half* kc = b.k_cache.as<__half>() + size_t(li) * layer_stride;
+    __half* vc = b.v_cache.as<__half>() + size_t(li) * layer_stride;
     // [q | k | v] = rmsnorm(h) · Wqkv^T
     detail::PrepareParams pn;
     pn.pre = detail::PreOp::RmsNorm;
@@ -500,12 +616,12 @@ void Engine::enqueue_tokens(int n, bool all_logits) {
     }
     if (off != ld_qkv) throw_mismatch("Engine: q/k/v rows of layer " + std::to_string(li), std::to_string(ld_qkv), std::to_string(off));
     rope_cache_kernel<<<n, 256, 0, stream>>>(qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, b.inv_freq.as<const float>(),
-                                             pos, kc, vc);
+                                             tok_pos, tok_slot, b.slot_stride, kc, vc);
     GLQ_CUDA_CHECK_LAUNCH("rope_cache_kernel");
     const size_t attn_smem = size_t(c.head_dim + kAttnChunk) * 4;
     attention_kernel<<<dim3(b.chunks, c.heads, n), kAttnThreads, attn_smem, stream>>>(
-        qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, kc, vc, pos, 1.0f / std::sqrt(float(c.head_dim)), b.chunks,
-        b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>());
+        qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, kc, vc, tok_pos, tok_slot, b.slot_stride,
+        1.0f / std::sqrt(float(c.head_dim)), b.chunks, b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>());
     GLQ_CUDA_CHECK_LAUNCH("attention_kernel");
     // h += attention · Wo^T (the merge of the partials runs in o_proj's input transform)
     detail::PrepareParams pc;
@@ -533,16 +649,53 @@ void Engine::enqueue_tokens(int n, bool all_logits) {
     ps.ld_x = 2 * c.intermediate;
     run_linear(L.down, &ps, h, c.hidden, true, n);
   }
-  // logits = rmsnorm(h) · lm_head^T, for the last token or all of them
+  // logits = rmsnorm(h) · lm_head^T, for the chosen rows
+  if (head_rows == HeadRows::None) return;
   detail::PrepareParams pf;
   pf.pre = detail::PreOp::RmsNorm;
-  pf.x = all_logits ? h : h + size_t(n - 1) * c.hidden;
   pf.ld_x = c.hidden;
   pf.norm_w = w_.final_norm.as<const float>();
   pf.eps = c.norm_eps;
-  run_linear(w_.lm_head, &pf, b.logits.as<float>(), c.vocab, false, all_logits ? n : 1);
-  (void)info;
+  int rows = 1;
+  switch (head_rows) {
+    case HeadRows::Last: pf.x = h + size_t(n - 1) * c.hidden; break;
+    case HeadRows::All: pf.x = h; rows = n; break;
+    case HeadRows::Gather:
+      gather_rows_kernel<<<gather, 256, 0, stream>>>(h, b.rows.as<const int>(), c.hidden, b.hsel.as<float>());
+      GLQ_CUDA_CHECK_LAUNCH("gather_rows_kernel");
+      pf.x = b.hsel.as<const float>();
+      rows = gather;
+      break;
+    case HeadRows::None: break;
+  }
+  run_linear(w_.lm_head, &pf, b.logits.as<float>(), c.vocab, false, rows);
 }
+
+namespace {
+
+// Captures what `body` enqueues on `stream` into an executable graph.
+template <typename F>
+cudaGraphExec_t capture_graph(cudaStream_t stream, F&& body) {
+  cudaGraph_t graph;
+  GLQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  try {
+    body();
+  } catch (...) {
+    cudaStreamEndCapture(stream, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    throw;
+  }
+  GLQ_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  GLQ_CUDA_CHECK(err);
+  return exec;
+}
+
+constexpr int kMaxGraphBatch = 64;  // decode passes of more sequences run without a graph
+
+}  // namespace
 
 void Engine::forward(const int32_t* tokens, int n, bool all_logits) {
   if (n <= 0) throw_invalid("Engine::forward: no tokens");
@@ -559,14 +712,121 @@ void Engine::forward(const int32_t* tokens, int n, bool all_logits) {
   for (int done = 0; done < n;) {
     const int m = std::min(b_->max_tokens, n - done);
     GLQ_CUDA_CHECK(cudaMemcpyAsync(b_->tokens.data(), tokens + done, size_t(m) * 4, cudaMemcpyHostToDevice, stream));
-    enqueue_tokens(m, all_logits);
-    advance_kernel<<<1, 1, 0, stream>>>(b_->pos.as<int>(), m);
-    GLQ_CUDA_CHECK_LAUNCH("advance_kernel");
+    auto body = [&] {
+      enqueue_tokens(m, true, all_logits ? HeadRows::All : HeadRows::Last);
+      advance_kernel<<<1, 1, 0, stream>>>(b_->pos.as<int>(), m);
+      GLQ_CUDA_CHECK_LAUNCH("advance_kernel");
+    };
+    if (m == 1 && !all_logits) {
+      // One decode token: the second such call captures the pass (scratch and cuBLAS were set
+      // up by the first), later ones replay it.
+      if (!step_graph_ && step_calls_++ >= 1) step_graph_ = capture_graph(stream, body);
+      if (step_graph_) {
+        GLQ_CUDA_CHECK(cudaGraphLaunch(step_graph_, stream));
+      } else {
+        body();
+      }
+    } else {
+      body();
+    }
     GLQ_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host token buffer may be reused
     done += m;
     position_ += m;
     last_row_ = all_logits ? m - 1 : 0;
   }
+}
+
+void Engine::forward_slots(const SlotStep* steps, int count) {
+  const auto& c = config_;
+  auto& b = *b_;
+  if (count <= 0) throw_invalid("Engine::forward_slots: no sequences");
+  std::vector<char> seen(size_t(c.slots), 0);
+  for (int i = 0; i < count; ++i) {
+    const SlotStep& s = steps[i];
+    const std::string what = "Engine::forward_slots: sequence " + std::to_string(i);
+    if (s.slot < 0 || s.slot >= c.slots)
+      throw_invalid(what + ": slot " + std::to_string(s.slot) + " outside [0, " + std::to_string(c.slots) + ")");
+    if (seen[size_t(s.slot)]++) throw_invalid(what + ": slot " + std::to_string(s.slot) + " appears twice");
+    if (s.n <= 0 || !s.tokens) throw_invalid(what + ": no tokens");
+    if (s.pos < 0 || s.pos + s.n > c.max_context)
+      throw_invalid(what + ": positions " + std::to_string(s.pos) + ".." + std::to_string(s.pos + s.n) +
+                    " exceed the cache capacity " + std::to_string(c.max_context));
+    for (int t = 0; t < s.n; ++t)
+      if (s.tokens[t] < 0 || s.tokens[t] >= c.vocab)
+        throw_invalid(what + ": token id " + std::to_string(s.tokens[t]) + " outside [0, " + std::to_string(c.vocab) + ")");
+  }
+  const int T = b.max_tokens;
+  std::vector<float*> outs;
+  int si = 0, off = 0;
+  while (si < count) {
+    b.h_tokens.clear();
+    b.h_pos.clear();
+    b.h_slot.clear();
+    b.h_rows.clear();
+    outs.clear();
+    bool decode_only = true;
+    int n = 0;
+    while (si < count && n < T) {
+      const SlotStep& s = steps[si];
+      const int len = std::min(s.n - off, T - n);
+      for (int j = 0; j < len; ++j) {
+        b.h_tokens.push_back(s.tokens[off + j]);
+        b.h_pos.push_back(s.pos + off + j);
+        b.h_slot.push_back(s.slot);
+      }
+      n += len;
+      off += len;
+      if (s.n != 1) decode_only = false;
+      if (off == s.n) {
+        if (s.logits) {
+          b.h_rows.push_back(n - 1);
+          outs.push_back(s.logits);
+        } else {
+          decode_only = false;
+        }
+        ++si;
+        off = 0;
+      } else {
+        decode_only = false;
+      }
+    }
+    run_pass(n, int(outs.size()), decode_only);
+    for (size_t r = 0; r < outs.size(); ++r)
+      std::copy_n(b.h_logits.data() + r * size_t(c.vocab), c.vocab, outs[r]);
+  }
+}
+
+void Engine::run_pass(int n, int k, bool decode_only) {
+  auto& b = *b_;
+  cudaStream_t stream = ctx_.stream();
+  GLQ_CUDA_CHECK(cudaMemcpyAsync(b.tokens.data(), b.h_tokens.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream));
+  GLQ_CUDA_CHECK(cudaMemcpyAsync(b.tok_pos.data(), b.h_pos.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream));
+  GLQ_CUDA_CHECK(cudaMemcpyAsync(b.tok_slot.data(), b.h_slot.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream));
+  if (decode_only && n <= kMaxGraphBatch) {
+    // Every sequence decodes one token and wants its logits: the rows are the tokens. The
+    // second pass of n sequences captures a graph, later ones replay it.
+    if (batch_graphs_.size() <= size_t(n)) {
+      batch_graphs_.resize(size_t(n) + 1, nullptr);
+      batch_calls_.resize(size_t(n) + 1, 0);
+    }
+    auto body = [&] { enqueue_tokens(n, false, HeadRows::All); };
+    if (!batch_graphs_[n] && batch_calls_[n]++ >= 1) batch_graphs_[n] = capture_graph(stream, body);
+    if (batch_graphs_[n]) {
+      GLQ_CUDA_CHECK(cudaGraphLaunch(batch_graphs_[n], stream));
+    } else {
+      body();
+    }
+  } else if (decode_only) {
+    enqueue_tokens(n, false, HeadRows::All);
+  } else {
+    if (k > 0)
+      GLQ_CUDA_CHECK(cudaMemcpyAsync(b.rows.data(), b.h_rows.data(), size_t(k) * 4, cudaMemcpyHostToDevice, stream));
+    enqueue_tokens(n, false, k > 0 ? HeadRows::Gather : HeadRows::None, k);
+  }
+  b.h_logits.resize(size_t(k) * config_.vocab);
+  if (k > 0)
+    GLQ_CUDA_CHECK(cudaMemcpyAsync(b.h_logits.data(), b.logits.data(), b.h_logits.size() * 4, cudaMemcpyDeviceToHost, stream));
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 std::vector<int32_t> Engine::generate_greedy(int n, double* graph_seconds) {
@@ -586,7 +846,7 @@ std::vector<int32_t> Engine::generate_greedy(int n, double* graph_seconds) {
   row = 0;    // decode steps write one row
   last_row_ = 0;
   auto step = [&] {
-    enqueue_tokens(1, false);
+    enqueue_tokens(1, true, HeadRows::Last);
     sample(1);
   };
   int done = 1;
@@ -595,19 +855,7 @@ std::vector<int32_t> Engine::generate_greedy(int n, double* graph_seconds) {
     ++done;
     ++position_;
   }
-  if (done < n && !decode_graph_) {
-    cudaGraph_t graph;
-    GLQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    try {
-      step();
-    } catch (...) {
-      cudaStreamEndCapture(stream, &graph);
-      throw;
-    }
-    GLQ_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    GLQ_CUDA_CHECK(cudaGraphInstantiate(&decode_graph_, graph, 0));
-    cudaGraphDestroy(graph);
-  }
+  if (done < n && !decode_graph_) decode_graph_ = capture_graph(stream, step);
   cudaEvent_t e0, e1;
   GLQ_CUDA_CHECK(cudaEventCreate(&e0));
   GLQ_CUDA_CHECK(cudaEventCreate(&e1));
