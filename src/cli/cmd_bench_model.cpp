@@ -11,7 +11,9 @@
 // its decoder linears (q, k, v, o, gate, up, down of every layer; --quantize-lm-head adds the
 // output projection) are replaced by GLQ matrices quantized directly from the loaded weights
 // with quantize_matrix (identity Hessian, no calibration: a speed measurement, not a quality
-// one) and measured again, in the same process with the same threads. With --device cuda or
+// one) and measured again, in the same process with the same threads. The output projection of
+// those variants is held in 16 bits, as `glq quantize` keeps it (--head-fp32: fp32;
+// --quantize-lm-head: quantized too). With --device cuda or
 // --synthetic the CUDA engine's benchmark runs instead.
 #include <cblas.h>
 #include <fmt/core.h>
@@ -150,6 +152,14 @@ double quantize_in_place(model::Model& m, int bits, bool lm_head, ThreadPool& po
   return seconds_since(t0);
 }
 
+// The head as `glq quantize` keeps it by default: 16-bit (fp16 when its values fit).
+void head_to_16bit(model::Model& m) {
+  model::Linear& head = m.lm_head();
+  if (head.is_quantized() || head.is_dense16()) return;
+  const std::vector<float> w = head.to_dense();
+  head = model::Linear::dense16_from(w, head.rows(), head.cols(), std::vector<float>(head.bias().begin(), head.bias().end()));
+}
+
 struct WeightBytes {
   size_t quantized = 0, dense = 0;
 };
@@ -200,7 +210,7 @@ double perplexity_with_isa(const model::Model& m, const PplCheck& c, const char*
 }
 
 nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& baseline_path,
-                                   const std::string& quantize_bits, bool lm_head, int reps,
+                                   const std::string& quantize_bits, bool lm_head, bool head_fp32, int reps,
                                    const std::optional<PplCheck>& ppl) {
   if (a.model.empty()) throw_invalid("bench model: a model path is required (or --synthetic with --device cuda)");
   if (a.prompt_tokens <= 0 || a.decode_tokens <= 0)
@@ -239,6 +249,7 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& b
     v["decode_ms_per_token"] = r.decode_ms_per_token;
     v["quantized_linear_bytes"] = wb.quantized;
     v["dense_linear_bytes"] = wb.dense;
+    v["lm_head"] = m->lm_head().describe();
     if (ppl) {
       const double fast = perplexity_with_isa(*m, *ppl, nullptr);
       v["ppl"] = fast;
@@ -253,8 +264,9 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& b
       }
     }
     fmt::print(stderr, "{:<12} prefill {:8.1f} tok/s   decode {:7.2f} tok/s ({:.2f} ms/token)   linears: {:.1f} MB "
-               "quantized + {:.1f} MB dense\n",
-               name, r.prefill_tok_s, r.decode_tok_s, r.decode_ms_per_token, wb.quantized / 1e6, wb.dense / 1e6);
+               "quantized + {:.1f} MB dense (head {})\n",
+               name, r.prefill_tok_s, r.decode_tok_s, r.decode_ms_per_token, wb.quantized / 1e6, wb.dense / 1e6,
+               m->lm_head().describe());
     return v;
   };
 
@@ -283,6 +295,7 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& b
       m->set_pool(pool);
     }
     const double qs = quantize_in_place(*m, bits, lm_head, pool);
+    if (!lm_head && !head_fp32) head_to_16bit(*m);
     nlohmann::json v = variant(fmt::format("glq-{}bit", bits));
     v["bits"] = bits;
     v["quantize_seconds"] = qs;
@@ -311,6 +324,7 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& b
   j["decode_speedup"] = last["decode_tok_s"].get<double>() / base["decode_tok_s"].get<double>();
   j["prefill_speedup"] = last["prefill_tok_s"].get<double>() / base["prefill_tok_s"].get<double>();
   j["quantize_lm_head"] = lm_head;
+  j["lm_head"] = last.value("lm_head", std::string());
   j["variants"] = variants;
   return j;
 }
@@ -322,6 +336,7 @@ RunFn setup(CLI::App& app) {
     std::string quantize_bits;
     std::string baseline;
     bool lm_head = false;
+    bool head_fp32 = false;
     int reps = 3;
     std::string ppl_text;
     int ppl_tokens = 256;
@@ -346,6 +361,9 @@ RunFn setup(CLI::App& app) {
                  "CPU: measure this model first and report speed-ups against it (e.g. the fp32 GGUF a "
                  "checkpoint was made from)");
   app.add_flag("--quantize-lm-head", o->lm_head, "CPU: quantize the output projection too");
+  app.add_flag("--head-fp32", o->head_fp32,
+               "CPU: keep the output projection of --quantize-bits variants in fp32 (default: 16-bit, as glq "
+               "quantize keeps it)");
   app.add_option("--reps", o->reps, "CPU: measurements per variant (median)");
   app.add_option("--ppl-text", o->ppl_text,
                  "CPU: also report each variant's perplexity on this text, for quantized ones with the "
@@ -371,7 +389,7 @@ RunFn setup(CLI::App& app) {
     }
     const nlohmann::json j = cuda ? run_cuda_model_bench(o->args)
                                   : run_cpu_model_bench(o->args, o->baseline, o->quantize_bits, o->lm_head,
-                                                        o->reps, ppl);
+                                                        o->head_fp32, o->reps, ppl);
     if (o->json)
       fmt::print("{}\n", j.dump());
     else if (cuda)

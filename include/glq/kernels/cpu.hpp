@@ -61,6 +61,10 @@ inline void hmatmul(const uint16_t* w, Half type, int rows, int cols, const floa
 }
 
 // The pieces of qmatmul, for tests and benchmarks.
+// True when qmatmul(q, ·, ·, batch, ·, isa) takes the float-tile path (AVX-512, large batches:
+// weights decoded tile by tile to float32 and multiplied with fp32 FMAs by the unrounded
+// activations; docs/cpu-kernels.md) instead of the integer model.
+bool qmatmul_float_tiles(const codec::QuantizedMatrix& q, int batch, Isa isa);
 // x ← T_in (sign_in ∘ x) for each of `batch` rows of length q.cols (in place).
 void transform_input(const codec::QuantizedMatrix& q, float* x, int batch, Isa isa);
 // y ← sign_out ∘ (T_out^T y) for each of `batch` rows of length q.rows (in place).

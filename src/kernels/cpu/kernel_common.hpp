@@ -106,6 +106,26 @@ void prepare_input_scalar(const InputRow& in);
 void prepare_input_avx2(const InputRow& in);
 void prepare_input_avx512(const InputRow& in);
 
+// Float-tile product (AVX-512, large batches; see qgemm_avx512.cpp). A tile of 32 rows × 128
+// columns is decoded once into float32 weights (all stages, scales folded in) and multiplied by
+// every batch row with fp32 FMAs, the activations x̃ unrounded. The batch is cut into
+// panel_tiles(batch) tiles of at most kPanelLanes rows; tile t holds batch rows
+// [panel_tile_start(t), panel_tile_start(t + 1)) as panel[t][column][lane] (stride kPanelLanes).
+inline constexpr int kPanelLanes = 12;
+inline constexpr int kFloatTileRows = 32;  // rows per tile: the row split's grain
+inline int panel_tiles(int batch) { return (batch + kPanelLanes - 1) / kPanelLanes; }
+inline int panel_tile_start(int t, int batch) { return static_cast<int>(int64_t{t} * batch / panel_tiles(batch)); }
+struct FloatTileArgs {
+  int rows = 0, cols = 0, groups = 0, n_stages = 0;
+  StageView stages[kMaxStages];
+  const float* scales[kMaxStages] = {};  // (rows) per stage
+  const float* panel = nullptr;          // (panel_tiles(batch), cols, kPanelLanes)
+  int batch = 0;
+  float* y = nullptr;  // (batch, rows) ← ỹ = Σ_s scale_s · (decoded codes) · x̃
+};
+// Rows [r0, r1) (r0 a multiple of kFloatTileRows) of every batch row.
+void gemm_tiles_avx512(const FloatTileArgs& a, int r0, int r1);
+
 // 16-bit dense products (hmatmul): y[b][r] for rows [r0, r1) and every batch row b.
 struct HalfArgs {
   const uint16_t* w = nullptr;  // (rows, cols) row-major

@@ -3,6 +3,7 @@
 #include <cpuid.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <exception>
@@ -53,7 +54,15 @@ struct Workspace {
   std::vector<int64_t> xsum;   // (batch)
   std::vector<double> xscale;  // (batch)
   std::vector<int64_t> dots;   // (stages, batch, rows)
+  std::vector<float> panel;    // float-tile path: (panel_tiles(batch), cols, kPanelLanes)
 };
+
+// Smallest batch for the float-tile path, per bit width (index bits − 2). Measured on Zen 4
+// against the integer kernel (docs/cpu-kernels.md): the float path costs one FMA per 16 weights
+// and batch row whatever the stages, plus a decode per tile that does not depend on the batch;
+// the integer one two vpdpbusd per 64 weights, stage and batch row. With one stage (2 bpw) the
+// integer kernel stays faster at every batch; with two, the float path wins from about 10 rows.
+constexpr int kFloatTileMinBatch[3] = {std::numeric_limits<int>::max(), 10, 10};
 
 // parallel_for takes a std::function; a lambda that captures one pointer fits its small-object
 // buffer, so handing the pool a task allocates nothing (a lambda capturing many references would).
@@ -187,6 +196,83 @@ void transform_output(const codec::QuantizedMatrix& q, float* y, int batch, Isa 
   }
 }
 
+bool qmatmul_float_tiles(const codec::QuantizedMatrix& q, int batch, Isa isa) {
+  return isa == Isa::Avx512 && q.bits >= 2 && q.bits <= 4 && batch >= kFloatTileMinBatch[q.bits - 2];
+}
+
+namespace {
+
+// The float-tile path (AVX-512, large batches): x̃ = T_in (sign_in ∘ x) in float, packed into
+// batch tiles; ỹ from decoded float tiles; y = sign_out ∘ (T_out^T ỹ).
+void qmatmul_float(const codec::QuantizedMatrix& q, const float* x, float* y, int batch, ThreadPool& pool,
+                   Workspace& ws) {
+  const Isa isa = Isa::Avx512;
+  const int rows = q.rows, cols = q.cols;
+  const int tiles = detail::panel_tiles(batch);
+  const size_t tmp_len = static_cast<size_t>(std::max(rows, cols));
+  float* xt = grow(ws.xt, static_cast<size_t>(batch) * cols);
+  float* tmp = grow(ws.tmp, tmp_len * pool.size());
+  float* panel = grow(ws.panel, static_cast<size_t>(tiles) * cols * detail::kPanelLanes);
+
+  // 1. Transform each batch row (over batch rows), then pack the tiles (over tiles).
+  std::atomic<bool> finite{true};
+  const auto input_task = [&](int64_t b0, int64_t b1, int t) {
+    for (int64_t b = b0; b < b1; ++b) {
+      float* row = xt + b * cols;
+      const float* in = x + b * cols;
+      for (int i = 0; i < cols; ++i) row[i] = in[i] * q.sign_in[i];
+      if (q.rht) hadamard(isa, q.plan_in, false, row, tmp + tmp_len * t);
+      bool ok = true;
+      for (int i = 0; i < cols; ++i) ok &= std::fabs(row[i]) <= std::numeric_limits<float>::max();
+      if (!ok) finite = false;
+    }
+  };
+  run_parallel(pool, batch, input_task);
+  if (!finite)
+    throw_numerical("qmatmul: an input row of " + std::to_string(cols) + " values contains NaN or Inf");
+  const auto pack_task = [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int b0 = detail::panel_tile_start(static_cast<int>(t), batch);
+      const int b1 = detail::panel_tile_start(static_cast<int>(t) + 1, batch);
+      float* p = panel + t * cols * detail::kPanelLanes;
+      for (int c = 0; c < cols; ++c)
+        for (int b = b0; b < b1; ++b) p[static_cast<int64_t>(c) * detail::kPanelLanes + (b - b0)] = xt[static_cast<int64_t>(b) * cols + c];
+    }
+  };
+  run_parallel(pool, tiles, pack_task);
+
+  // 2. ỹ over row tiles.
+  detail::FloatTileArgs fa;
+  fa.rows = rows;
+  fa.cols = cols;
+  fa.groups = cols / 8;
+  fa.n_stages = static_cast<int>(q.stages.size());
+  for (int s = 0; s < fa.n_stages; ++s) {
+    fa.stages[s] = {q.stages[s].codebook, q.stages[s].codes.data()};
+    fa.scales[s] = q.stages[s].scales.data();
+  }
+  fa.panel = panel;
+  fa.batch = batch;
+  fa.y = y;
+  const auto rows_task = [&fa](int64_t r0, int64_t r1, int) { detail::gemm_tiles_avx512(fa, int(r0), int(r1)); };
+  if (pool.size() == 1)
+    rows_task(0, rows, 0);
+  else
+    run_parallel(pool, rows, rows_task, detail::kFloatTileRows);
+
+  // 3. y = sign_out ∘ (T_out^T ỹ) (over batch rows).
+  const auto output_task = [&](int64_t b0, int64_t b1, int t) {
+    for (int64_t b = b0; b < b1; ++b) {
+      float* yb = y + b * rows;
+      if (q.rht) hadamard(isa, q.plan_out, true, yb, tmp + tmp_len * t);
+      for (int i = 0; i < rows; ++i) yb[i] *= q.sign_out[i];
+    }
+  };
+  run_parallel(pool, batch, output_task);
+}
+
+}  // namespace
+
 void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batch,
              ThreadPool& pool, Isa isa) {
   if (batch < 0) throw_invalid("qmatmul: batch must be >= 0, got " + std::to_string(batch));
@@ -198,6 +284,10 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
     return;
   }
   thread_local Workspace ws;
+  if (qmatmul_float_tiles(q, batch, isa)) {
+    qmatmul_float(q, x, y, batch, pool, ws);
+    return;
+  }
 
   const int rows = q.rows, cols = q.cols, groups = cols / 8;
   const int n_stages = static_cast<int>(q.stages.size());
