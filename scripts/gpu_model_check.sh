@@ -78,6 +78,10 @@ run() {
   tail -2 "$OUT/bench.log"
   $T "$G" run "$MODEL" -p "$PROMPT" -n 128 --temp 0 --ignore-eos --device cuda >"$OUT/run.txt" 2>"$OUT/run.log"
   tail -1 "$OUT/run.log"
+  printf 'What is the capital of France?\nAnd of Italy?\n/exit\n' |
+    $T "$G" chat "$MODEL" --device cuda -n 48 --temp 0 >"$OUT/chat.txt" 2>"$OUT/chat.log"
+  echo "chat rc=$?: $(tr '\n' ' ' <"$OUT/chat.txt" | cut -c1-300)"
+  tail -1 "$OUT/chat.log"
   echo "== serve --device cuda + loadtest"
   "$G" serve "$MODEL" --device cuda --port 18087 --parallel 8 --queue 64 --ctx 1024 >"$OUT/serve.log" 2>&1 &
   local spid=$!

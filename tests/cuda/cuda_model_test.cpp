@@ -2,7 +2,8 @@
 // engine on the same weights: a small random model of awkward shape (hidden 152 = 19 groups of
 // 8, 3 heads of 24 with one KV head, SwiGLU 200, vocabulary 389, tied embedding), its linears
 // GLQ-quantized at 2/3/4 bits with their own transforms, with and without Qwen2-style q/k/v
-// biases. Checks one-pass and one-at-a-time logits, and several sequences stepped together in
+// biases, and a mixed variant (o_proj and gate dense float32, the head a 16-bit copy of the
+// embedding, as GLQ checkpoints keep it). Checks one-pass and one-at-a-time logits, and several sequences stepped together in
 // their own KV-cache slots (prefill chunks, graph-replayed decode passes, a slot reused).
 #include <gtest/gtest.h>
 
@@ -49,7 +50,18 @@ glq::codec::QuantizedMatrix random_q(int rows, int cols, int bits, uint64_t seed
   return q;
 }
 
-std::unique_ptr<glq::model::Model> random_model(bool biases, uint64_t seed) {
+enum class Variant { Quantized, QkvBiases, Mixed };
+
+std::vector<float> dense_weights(int rows, int cols, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f / std::sqrt(float(cols)));
+  std::vector<float> w(size_t(rows) * cols);
+  for (auto& x : w) x = nd(rng);
+  return w;
+}
+
+std::unique_ptr<glq::model::Model> random_model(Variant variant, uint64_t seed) {
+  const bool biases = variant == Variant::QkvBiases, mixed = variant == Variant::Mixed;
   glq::model::ModelConfig c;
   c.arch = biases ? glq::model::Arch::Qwen2 : glq::model::Arch::Llama;
   c.vocab_size = 389;
@@ -85,8 +97,8 @@ std::unique_ptr<glq::model::Model> random_model(bool biases, uint64_t seed) {
     L.q = Linear::quantized(random_q(qd, h, 2, s++), biases ? vec(qd, 0.3f) : std::vector<float>{});
     L.k = Linear::quantized(random_q(kvd, h, 3, s++), biases ? vec(kvd, 0.3f) : std::vector<float>{});
     L.v = Linear::quantized(random_q(kvd, h, 4, s++), biases ? vec(kvd, 0.3f) : std::vector<float>{});
-    L.o = Linear::quantized(random_q(h, qd, 2, s++));
-    L.gate = Linear::quantized(random_q(f, h, 3, s++));
+    L.o = mixed ? Linear::dense(dense_weights(h, qd, s++), h, qd) : Linear::quantized(random_q(h, qd, 2, s++));
+    L.gate = mixed ? Linear::dense(dense_weights(f, h, s++), f, h) : Linear::quantized(random_q(f, h, 3, s++));
     L.up = Linear::quantized(random_q(f, h, 2, s++));
     L.down = Linear::quantized(random_q(h, f, 4, s++));
     layers.push_back(std::move(L));
@@ -95,7 +107,8 @@ std::unique_ptr<glq::model::Model> random_model(bool biases, uint64_t seed) {
   for (auto& v : final_norm) v = ud(rng);
   // A tied head, scaled down through the final norm's weights so that logits stay O(1).
   for (auto& v : final_norm) v *= 1.0f / std::sqrt(float(c.hidden_size));
-  Linear head = Linear::dense_shared(emb, c.vocab_size, c.hidden_size);
+  Linear head = mixed ? Linear::dense16_from(*emb, c.vocab_size, c.hidden_size)
+                      : Linear::dense_shared(emb, c.vocab_size, c.hidden_size);
   return std::make_unique<glq::model::Model>(c, emb, std::move(layers), std::move(final_norm), std::move(head));
 }
 
@@ -118,7 +131,7 @@ std::vector<int32_t> tokens(int n, int vocab, uint64_t seed) {
 
 constexpr double kTol = 2e-2;
 
-class CudaModelTest : public ::testing::TestWithParam<bool> {};
+class CudaModelTest : public ::testing::TestWithParam<Variant> {};
 
 TEST_P(CudaModelTest, LogitsMatchTheCpuEngine) {
   if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
@@ -241,7 +254,10 @@ TEST_P(CudaModelTest, LongPromptsAreCutIntoSeveralPasses) {
   EXPECT_LT(rel_err(gb.data(), wb.data(), V), kTol);
 }
 
-INSTANTIATE_TEST_SUITE_P(Biases, CudaModelTest, ::testing::Values(false, true),
-                         [](const auto& info) { return info.param ? "QkvBiases" : "NoBiases"; });
+INSTANTIATE_TEST_SUITE_P(Variants, CudaModelTest, ::testing::Values(Variant::Quantized, Variant::QkvBiases, Variant::Mixed),
+                         [](const auto& info) {
+                           return info.param == Variant::Quantized ? "Quantized"
+                                  : info.param == Variant::QkvBiases ? "QkvBiases" : "Mixed";
+                         });
 
 }  // namespace
