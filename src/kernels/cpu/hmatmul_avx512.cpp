@@ -49,7 +49,7 @@ void block(const HalfArgs& a, int r, int b0, bool prefetch) {
   const float* x[B];
   for (int j = 0; j < B; ++j) x[j] = a.x + static_cast<int64_t>(b0 + j) * cols;
   // Next row block's bytes: its first row starts R rows further on.
-  const int64_t ahead = 2 * static_cast<int64_t>(R) * cols;
+  const int64_t ahead = 8 * static_cast<int64_t>(R) * cols;
   __m512 acc[R][B];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < B; ++j) acc[i][j] = _mm512_setzero_ps();
