@@ -78,9 +78,10 @@ int run_quantize(QuantizeArgs& a) {
   };
   fmt::print(stderr,
              "glq: quantizing {} to {:g} bits per weight (calibration {} x {} tokens of {}, seed {:#x}, damp {:g}, RHT {}, LDLQ {}, "
-             "true-sequential {}, asymmetric target {:g}, scale refit {})\n",
+             "true-sequential {}, asymmetric target {:g}, residual target {:g}, scale refit {})\n",
              a.model, a.s.bits, a.s.calib_seqs, a.s.seq_len, a.calib, a.s.seed, a.s.damp, a.s.rht ? "on" : "off",
-             a.s.ldlq ? "on" : "off", a.s.true_sequential ? "on" : "off", a.s.asymmetric, a.s.refit_scales ? "on" : "off");
+             a.s.ldlq ? "on" : "off", a.s.true_sequential ? "on" : "off", a.s.asymmetric, a.s.residual_target,
+             a.s.refit_scales ? "on" : "off");
   const model::QuantizeResult r = model::quantize_model_files(a.model, a.calib, a.out, a.s, p);
 
   fmt::print(stderr, "\n{:<40} {:>4} {:>11} {:>11} {:>10}\n", "linear", "bits", "proxy loss", "rel. error", "KiB");
@@ -139,6 +140,11 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
   app.add_option("--asym", a->s.asymmetric,
                  "strength of the asymmetric target W + a*W*D*H^-1, which also corrects the error already in a linear's "
                  "inputs (the unquantized model's hidden states are run alongside); 0: plain GPTQ target")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 2.0));
+  app.add_option("--residual-target", a->s.residual_target,
+                 "strength with which o_proj and down_proj also absorb the part of the residual stream's error that "
+                 "their inputs predict (0: off)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 2.0));
   app.add_flag("--no-refit-scales", a->no_refit_scales,

@@ -100,25 +100,28 @@ double output_energy(const float* W, int rows, int cols, const std::vector<float
   return t;
 }
 
-// E[(x_fp − x_q) x_qᵀ] over every call (codec::asymmetric_target's Δ), float64; each call's
-// product is formed in float32 by BLAS and added to the float64 sum.
+// E[(a_fp − a_q) x_qᵀ] over every call, float64: with a = x, codec::asymmetric_target's Δ
+// (cols, cols); with a = the residual stream the linear's output is added to, its R (rows,
+// cols). Each call's product is formed in float32 by BLAS and added to the float64 sum.
 struct CrossAccumulator {
-  int cols = 0;
+  int rows = 0, cols = 0;
   int64_t tokens = 0;
-  std::vector<double> sum;   // (cols, cols)
-  std::vector<float> diff;   // (n, cols)
-  std::vector<float> tmp;    // (cols, cols)
+  std::vector<double> sum;   // (rows, cols)
+  std::vector<float> diff;   // (n, rows)
+  std::vector<float> tmp;    // (rows, cols)
 
-  void add(const float* x_fp, const float* x_q, int n, int c) {
+  void add(const float* a_fp, const float* a_q, int r, const float* x_q, int n, int c) {
     if (sum.empty()) {
+      rows = r;
       cols = c;
-      sum.assign(static_cast<size_t>(c) * c, 0.0);
-      tmp.assign(static_cast<size_t>(c) * c, 0.0f);
+      sum.assign(static_cast<size_t>(r) * c, 0.0);
+      tmp.assign(static_cast<size_t>(r) * c, 0.0f);
     }
-    if (c != cols) throw Error(ErrorKind::Internal, fmt::format("cross term of width {} fed rows of {}", cols, c));
-    diff.resize(static_cast<size_t>(n) * c);
-    for (size_t i = 0; i < diff.size(); ++i) diff[i] = x_fp[i] - x_q[i];
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, c, n, 1.0f, diff.data(), c, x_q, c, 0.0f, tmp.data(), c);
+    if (r != rows || c != cols)
+      throw Error(ErrorKind::Internal, fmt::format("cross term of shape {}x{} fed {}x{}", rows, cols, r, c));
+    diff.resize(static_cast<size_t>(n) * r);
+    for (size_t i = 0; i < diff.size(); ++i) diff[i] = a_fp[i] - a_q[i];
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, c, n, 1.0f, diff.data(), r, x_q, c, 0.0f, tmp.data(), c);
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += tmp[i];
     tokens += n;
   }
@@ -130,18 +133,34 @@ struct CrossAccumulator {
   }
 };
 
-// The inputs of a layer's linears (one per Hessian owner), per calibration sequence.
-using LayerInputs = std::map<LinearKind, std::vector<std::vector<float>>>;
+// Whether a linear's output is added to the residual stream (o_proj, down_proj).
+bool writes_residual(LinearKind k) { return k == LinearKind::O || k == LinearKind::Down; }
 
-// Runs layer `layer` in place over every sequence of `hidden`, keeping the linears' inputs.
-LayerInputs run_layer_capture(const Model& model, int layer, std::vector<std::vector<float>>& hidden, int seq_len) {
+// The inputs of a layer's linears (one per Hessian owner) and, with the residual correction,
+// the residual stream that o_proj's and down_proj's outputs are added to, per calibration
+// sequence: kind → sequence → (tokens, cols or hidden).
+struct LayerInputs {
+  std::map<LinearKind, std::vector<std::vector<float>>> x;
+  std::map<LinearKind, std::vector<std::vector<float>>> residual;
+};
+
+// Runs layer `layer` in place over every sequence of `hidden`, keeping the linears' inputs (and
+// the residual stream before o_proj's and down_proj's additions when `residual`). While a hook
+// runs, the layer's in-place buffer holds exactly that residual stream.
+LayerInputs run_layer_capture(const Model& model, int layer, std::vector<std::vector<float>>& hidden, int seq_len,
+                              bool residual) {
   LayerInputs in;
   size_t seq = 0;
   const LinearHook hook = [&](int, LinearKind kind, const float* x, int tokens, int cols) {
     if (hessian_owner(kind) != kind) return;
-    auto& v = in[kind];
+    auto& v = in.x[kind];
     if (v.size() <= seq) v.resize(seq + 1);
     v[seq].assign(x, x + static_cast<size_t>(tokens) * cols);
+    if (residual && writes_residual(kind)) {
+      auto& r = in.residual[kind];
+      if (r.size() <= seq) r.resize(seq + 1);
+      r[seq] = hidden[seq];
+    }
   };
   for (seq = 0; seq < hidden.size(); ++seq) model.run_layer(layer, hidden[seq].data(), seq_len, &hook);
   return in;
@@ -157,17 +176,24 @@ std::vector<std::vector<LinearKind>> linear_groups(bool true_sequential) {
 
 // Runs layer `layer` over copies of `hidden` (not modified), accumulating the Hessians of the
 // owners in `group` and, with `fp` (the unquantized model's inputs of the same sequences), the
-// cross terms Δ.
+// cross terms Δ, and R for o_proj / down_proj where `fp` holds their residual stream.
 void collect_statistics(const Model& model, int layer, const std::vector<std::vector<float>>& hidden, int seq_len,
                         const std::vector<LinearKind>& group, const LayerInputs* fp,
-                        std::map<LinearKind, HessianAccumulator>& hs, std::map<LinearKind, CrossAccumulator>& ds) {
+                        std::map<LinearKind, HessianAccumulator>& hs, std::map<LinearKind, CrossAccumulator>& ds,
+                        std::map<LinearKind, CrossAccumulator>& rs) {
   size_t seq = 0;
+  std::vector<float> h;
   const LinearHook hook = [&](int, LinearKind kind, const float* x, int tokens, int cols) {
     if (hessian_owner(kind) != kind || std::find(group.begin(), group.end(), kind) == group.end()) return;
     hs[kind].add(x, tokens, cols);
-    if (fp) ds[kind].add(fp->at(kind).at(seq).data(), x, tokens, cols);
+    if (!fp) return;
+    ds[kind].add(fp->x.at(kind).at(seq).data(), x, cols, x, tokens, cols);
+    const auto r = fp->residual.find(kind);
+    if (r != fp->residual.end()) {
+      const int hidden_size = static_cast<int>(h.size() / static_cast<size_t>(tokens));
+      rs[kind].add(r->second.at(seq).data(), h.data(), hidden_size, x, tokens, cols);
+    }
   };
-  std::vector<float> h;
   for (seq = 0; seq < hidden.size(); ++seq) {
     h = hidden[seq];
     model.run_layer(layer, h.data(), seq_len, &hook);
@@ -373,7 +399,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
                              {"rht", s.rht},                        {"ldlq", s.ldlq},
                              {"keep_head_16bit", s.keep_head_16bit}, {"format_version", format::kGlqFormatVersion},
                              {"true_sequential", s.true_sequential}, {"asymmetric", s.asymmetric},
-                             {"refit_scales", s.refit_scales}};
+                             {"refit_scales", s.refit_scales}, {"residual_target", s.residual_target}};
   const fs::path manifest_path = partial / "manifest.json";
   if (fs::exists(manifest_path)) {
     const nlohmann::json old = read_json_file(manifest_path);
@@ -464,7 +490,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   std::vector<LinearReport> reports;
   auto hidden = embed_all(model, calibration);
   // The unquantized model's hidden states, for the asymmetric targets.
-  const bool asym = s.asymmetric != 0;
+  const bool asym = s.asymmetric != 0 || s.residual_target != 0;
   std::vector<std::vector<float>> hidden_fp;
   if (asym) hidden_fp = hidden;
   const auto t_layers = Clock::now();
@@ -498,12 +524,12 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       // The unquantized layer's inputs (and hidden_fp advanced through it) for the asymmetric
       // targets, before any of its linears is replaced.
       LayerInputs fp_inputs;
-      if (asym) fp_inputs = run_layer_capture(model, i, hidden_fp, seq_len);
+      if (asym) fp_inputs = run_layer_capture(model, i, hidden_fp, seq_len, s.residual_target != 0);
       std::vector<format::StTensorData> tensors;
       for (const auto& group : linear_groups(s.true_sequential)) {
         std::map<LinearKind, HessianAccumulator> hs;
-        std::map<LinearKind, CrossAccumulator> ds;
-        collect_statistics(model, i, hidden, seq_len, group, asym ? &fp_inputs : nullptr, hs, ds);
+        std::map<LinearKind, CrossAccumulator> ds, rs;
+        collect_statistics(model, i, hidden, seq_len, group, asym ? &fp_inputs : nullptr, hs, ds, rs);
         for (LinearKind k : group) {
           const Job& job = jobs[static_cast<size_t>(i) * 7 + static_cast<size_t>(static_cast<int>(k))];
           Linear& lin = layer.linear(k);
@@ -521,7 +547,9 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
           try {
             std::vector<float> target;
             if (asym) {
-              target = codec::asymmetric_target(W, job.rows, job.cols, H, ds.at(hessian_owner(k)).mean(), s.damp, s.asymmetric);
+              const auto r = rs.find(k);
+              target = codec::asymmetric_target(W, job.rows, job.cols, H, ds.at(hessian_owner(k)).mean(), s.damp, s.asymmetric,
+                                                r != rs.end() ? r->second.mean() : std::vector<float>(), s.residual_target);
               W = target;
             }
             q = codec::quantize_matrix(W, job.rows, job.cols, H, o, &rep);

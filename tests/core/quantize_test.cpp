@@ -575,6 +575,57 @@ TEST(AsymmetricTarget, MinimisesTheOutputErrorAgainstTheUnquantizedInputs) {
   EXPECT_LT(rel_err(damped, W), rel_err(T, W));
 }
 
+TEST(AsymmetricTarget, ResidualTermAbsorbsThePredictableResidualError) {
+  // r_fp − r_q = G x_q + noise: the target minimises E‖W' x_q + r_q − W x_fp − r_fp‖².
+  const int rows = 16, cols = 40, n = 400;
+  const auto W = gaussian(size_t(rows) * cols, 71);
+  const AsymProblem p = asym_problem(n, cols, 0.2, 72);
+  const auto Gm = gaussian(size_t(rows) * cols, 73, 0.1f);
+  std::mt19937_64 rng(74);
+  std::normal_distribution<double> g;
+  std::vector<double> rd(size_t(n) * rows);
+  for (int t = 0; t < n; ++t)
+    for (int r = 0; r < rows; ++r) {
+      double v = 0.05 * g(rng);
+      for (int i = 0; i < cols; ++i) v += double(Gm[size_t(r) * cols + i]) * p.xq[size_t(t) * cols + i];
+      rd[size_t(t) * rows + r] = v;
+    }
+  std::vector<float> R(size_t(rows) * cols);
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < cols; ++i) {
+      double v = 0;
+      for (int t = 0; t < n; ++t) v += rd[size_t(t) * rows + r] * p.xq[size_t(t) * cols + i];
+      R[size_t(r) * cols + i] = float(v / n);
+    }
+  auto loss = [&](const std::vector<float>& A) {
+    double l = 0;
+    for (int t = 0; t < n; ++t)
+      for (int r = 0; r < rows; ++r) {
+        double e = -rd[size_t(t) * rows + r];
+        for (int i = 0; i < cols; ++i)
+          e += double(A[size_t(r) * cols + i]) * p.xq[size_t(t) * cols + i] -
+               double(W[size_t(r) * cols + i]) * p.xfp[size_t(t) * cols + i];
+        l += e * e;
+      }
+    return l / n;
+  };
+  const auto T = asymmetric_target(W, rows, cols, p.H, p.Delta, 0.0, 1.0, R, 1.0);
+  const auto T0 = asymmetric_target(W, rows, cols, p.H, p.Delta, 0.0, 1.0);
+  const double best = loss(T);
+  EXPECT_LT(best, 0.9 * loss(T0));
+  std::mt19937_64 rng2(75);
+  std::normal_distribution<float> gf;
+  for (int trial = 0; trial < 5; ++trial) {
+    auto P = T;
+    for (float& v : P) v += 1e-2f * gf(rng2);
+    EXPECT_GE(loss(P), best * (1 - 1e-6));
+  }
+  // beta = 0, or no R, is the plain asymmetric target.
+  EXPECT_EQ(asymmetric_target(W, rows, cols, p.H, p.Delta, 0.0, 1.0, R, 0.0), T0);
+  EXPECT_EQ(error_kind_of([&] { asymmetric_target(W, rows, cols, p.H, p.Delta, 0.0, 1.0, std::vector<float>(7), 1.0); }),
+            ErrorKind::InvalidArgument);
+}
+
 TEST(AsymmetricTarget, ChecksItsArguments) {
   const int rows = 8, cols = 16;
   const auto W = gaussian(size_t(rows) * cols, 61);

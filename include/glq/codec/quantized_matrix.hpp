@@ -98,8 +98,13 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
 // Δ = E[(x_fp − x_q) x_qᵀ] (both (cols, cols), row-major, per token), the minimiser of
 // E‖W' x_q − W x_fp‖² is W' = W + W Δ H⁻¹; this returns W + alpha · W Δ (H + λI)⁻¹ with
 // λ = damp·mean(diag H) (raised ×10 until H + λI factors). Δ = 0 gives W exactly.
+// With `residual` R = E[(r_fp − r_q) x_qᵀ] (rows, cols) — r being what the linear's output is
+// added to (the residual stream), on the unquantized and the quantized model — the target also
+// absorbs the part of the residual stream's error that its inputs predict: it minimises
+// E‖W' x_q + r_q − W x_fp − r_fp‖², adding beta · R (H + λI)⁻¹.
 std::vector<float> asymmetric_target(std::span<const float> W, int rows, int cols, std::span<const float> H,
-                                     std::span<const float> Delta, double damp, double alpha);
+                                     std::span<const float> Delta, double damp, double alpha,
+                                     std::span<const float> residual = {}, double beta = 0);
 
 // Dense W (rows, cols) row-major, for tests and small layers.
 std::vector<float> dequantize(const QuantizedMatrix& q);

@@ -191,7 +191,8 @@ std::vector<Codebook> stages_for_bits(int bits) {
 }
 
 std::vector<float> asymmetric_target(std::span<const float> W, int rows, int cols, std::span<const float> H,
-                                     std::span<const float> Delta, double damp, double alpha) {
+                                     std::span<const float> Delta, double damp, double alpha,
+                                     std::span<const float> residual, double beta) {
   const int64_t nW = static_cast<int64_t>(rows) * cols, nH = static_cast<int64_t>(cols) * cols;
   if (rows <= 0 || cols <= 0 || static_cast<int64_t>(W.size()) != nW) {
     throw_mismatch("asymmetric_target: W", std::to_string(nW) + " values for shape " + shape(rows, cols),
@@ -201,7 +202,11 @@ std::vector<float> asymmetric_target(std::span<const float> W, int rows, int col
     throw_mismatch("asymmetric_target: H and Delta", shape(cols, cols) + " each",
                    std::to_string(H.size()) + " and " + std::to_string(Delta.size()) + " values");
   }
-  if (!(damp >= 0) || !std::isfinite(damp) || !std::isfinite(alpha)) {
+  const bool use_residual = !residual.empty() && beta != 0;
+  if (!residual.empty() && static_cast<int64_t>(residual.size()) != nW) {
+    throw_mismatch("asymmetric_target: residual cross term", shape(rows, cols), std::to_string(residual.size()) + " values");
+  }
+  if (!(damp >= 0) || !std::isfinite(damp) || !std::isfinite(alpha) || !std::isfinite(beta)) {
     throw_invalid("asymmetric_target: damping must be finite and >= 0 and alpha finite, got " + std::to_string(damp) +
                   " and " + std::to_string(alpha));
   }
@@ -211,7 +216,12 @@ std::vector<float> asymmetric_target(std::span<const float> W, int rows, int col
     if (!std::isfinite(v)) throw_numerical("asymmetric_target: Delta has a non-finite value");
     zero = zero && v == 0.0f;
   }
-  if (zero || alpha == 0) return out;
+  if (use_residual) {
+    for (float v : residual) {
+      if (!std::isfinite(v)) throw_numerical("asymmetric_target: the residual cross term has a non-finite value");
+    }
+  }
+  if ((zero || alpha == 0) && !use_residual) return out;
   double mean_diag = 0;
   for (int i = 0; i < cols; ++i) mean_diag += H[static_cast<size_t>(i) * cols + i];
   mean_diag /= cols;
@@ -234,13 +244,23 @@ std::vector<float> asymmetric_target(std::span<const float> W, int rows, int col
   }
   // M = Δ (H + λI)⁻¹ solves (H + λI) Mᵀ = Δᵀ; a row-major buffer is its transpose to LAPACK, so
   // B (row-major Δ) is Δᵀ column-major and comes back as Mᵀ column-major = M row-major.
-  for (size_t i = 0; i < B.size(); ++i) B[i] = Delta[i];
   int info = 0;
-  dpotrs_("U", &cols, &cols, A.data(), &cols, B.data(), &cols, &info, 1);
-  if (info != 0) throw_numerical("asymmetric_target: LAPACK dpotrs info " + std::to_string(info));
-  std::vector<float> M(B.begin(), B.end());
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, cols, static_cast<float>(alpha), W.data(), cols,
-              M.data(), cols, 1.0f, out.data(), cols);
+  if (!zero && alpha != 0) {
+    for (size_t i = 0; i < B.size(); ++i) B[i] = Delta[i];
+    dpotrs_("U", &cols, &cols, A.data(), &cols, B.data(), &cols, &info, 1);
+    if (info != 0) throw_numerical("asymmetric_target: LAPACK dpotrs info " + std::to_string(info));
+    std::vector<float> M(B.begin(), B.end());
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, cols, static_cast<float>(alpha), W.data(), cols,
+                M.data(), cols, 1.0f, out.data(), cols);
+  }
+  if (use_residual) {
+    // X = R (H + λI)⁻¹ solves (H + λI) Xᵀ = Rᵀ: the row-major (rows, cols) R is Rᵀ column-major
+    // with `rows` right-hand sides, and comes back as X row-major.
+    std::vector<double> Rb(residual.begin(), residual.end());
+    dpotrs_("U", &cols, &rows, A.data(), &cols, Rb.data(), &cols, &info, 1);
+    if (info != 0) throw_numerical("asymmetric_target: LAPACK dpotrs info " + std::to_string(info));
+    for (int64_t i = 0; i < nW; ++i) out[i] += static_cast<float>(beta * Rb[i]);
+  }
   for (int64_t i = 0; i < nW; ++i) {
     if (!std::isfinite(out[i])) throw_numerical("asymmetric_target: the target has a non-finite value");
   }
