@@ -67,7 +67,17 @@ struct Rates {
   double prefill_tok_s = 0;
   double decode_tok_s = 0;
   double decode_ms_per_token = 0;
+  // CPU time of the calling thread (all the work when --threads 1; then a shared machine stretches
+  // wall time but hardly this).
+  double prefill_cpu_tok_s = 0;
+  double decode_cpu_tok_s = 0;
 };
+
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 // Median prefill and decode rates over `reps` runs on a fresh cache each time.
 Rates measure(const model::Model& m, int prompt_tokens, int decode_tokens, int reps) {
@@ -76,25 +86,31 @@ Rates measure(const model::Model& m, int prompt_tokens, int decode_tokens, int r
   for (int i = 0; i < prompt_tokens; ++i) prompt[i] = static_cast<int32_t>((1 + 7919ll * i) % vocab);
   std::vector<float> logits(vocab);
   model::KVCache cache = m.make_cache(prompt_tokens + decode_tokens + 1);
-  std::vector<double> prefill, decode;
+  std::vector<double> prefill, decode, prefill_cpu, decode_cpu;
   for (int rep = 0; rep <= reps; ++rep) {  // rep 0 warms up scratch buffers and caches
     cache.clear();
     auto t0 = std::chrono::steady_clock::now();
+    double c0 = thread_cpu_seconds();
     m.forward(prompt, cache, logits.data());
-    const double tp = seconds_since(t0);
+    const double tp = seconds_since(t0), cp = thread_cpu_seconds() - c0;
     t0 = std::chrono::steady_clock::now();
+    c0 = thread_cpu_seconds();
     for (int i = 0; i < decode_tokens; ++i) {
       const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
       m.forward(std::span<const int32_t>(&next, 1), cache, logits.data());
     }
-    const double td = seconds_since(t0);
+    const double td = seconds_since(t0), cd = thread_cpu_seconds() - c0;
     if (rep == 0) continue;
     prefill.push_back(prompt_tokens / tp);
     decode.push_back(decode_tokens / td);
+    prefill_cpu.push_back(prompt_tokens / cp);
+    decode_cpu.push_back(decode_tokens / cd);
   }
   Rates r;
   r.prefill_tok_s = median(prefill);
   r.decode_tok_s = median(decode);
+  r.prefill_cpu_tok_s = median(prefill_cpu);
+  r.decode_cpu_tok_s = median(decode_cpu);
   r.decode_ms_per_token = 1e3 / r.decode_tok_s;
   return r;
 }
@@ -209,6 +225,16 @@ double perplexity_with_isa(const model::Model& m, const PplCheck& c, const char*
   return ppl;
 }
 
+// With one thread: speed-ups in CPU time of the calling thread (all the work), printed too.
+void add_cpu_speedups(nlohmann::json& v, const nlohmann::json& base) {
+  if (!v.contains("decode_cpu_tok_s") || !base.contains("decode_cpu_tok_s")) return;
+  v["decode_cpu_speedup"] = v["decode_cpu_tok_s"].get<double>() / base["decode_cpu_tok_s"].get<double>();
+  v["prefill_cpu_speedup"] = v["prefill_cpu_tok_s"].get<double>() / base["prefill_cpu_tok_s"].get<double>();
+  fmt::print(stderr, "{:<12} thread CPU time: decode {:.2f} tok/s ({:.2f}x), prefill {:.1f} tok/s ({:.2f}x)\n", "",
+             v["decode_cpu_tok_s"].get<double>(), v["decode_cpu_speedup"].get<double>(),
+             v["prefill_cpu_tok_s"].get<double>(), v["prefill_cpu_speedup"].get<double>());
+}
+
 nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& baseline_path,
                                    const std::string& quantize_bits, bool lm_head, bool head_fp32, int reps,
                                    const std::optional<PplCheck>& ppl) {
@@ -247,6 +273,10 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& b
     v["prefill_tok_s"] = r.prefill_tok_s;
     v["decode_tok_s"] = r.decode_tok_s;
     v["decode_ms_per_token"] = r.decode_ms_per_token;
+    if (pool.size() == 1) {
+      v["prefill_cpu_tok_s"] = r.prefill_cpu_tok_s;
+      v["decode_cpu_tok_s"] = r.decode_cpu_tok_s;
+    }
     v["quantized_linear_bytes"] = wb.quantized;
     v["dense_linear_bytes"] = wb.dense;
     v["lm_head"] = m->lm_head().describe();
@@ -301,6 +331,7 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& b
     v["quantize_seconds"] = qs;
     v["decode_speedup"] = v["decode_tok_s"].get<double>() / base["decode_tok_s"].get<double>();
     v["prefill_speedup"] = v["prefill_tok_s"].get<double>() / base["prefill_tok_s"].get<double>();
+    add_cpu_speedups(v, base);
     fmt::print(stderr, "{:<12} decode {:.2f}x, prefill {:.2f}x the {} (quantized in {:.1f} s)\n", "",
                v["decode_speedup"].get<double>(), v["prefill_speedup"].get<double>(),
                baseline_path.empty() ? "model as loaded" : "baseline", qs);
@@ -310,6 +341,7 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& b
     nlohmann::json& loaded = variants[1];
     loaded["decode_speedup"] = loaded["decode_tok_s"].get<double>() / base["decode_tok_s"].get<double>();
     loaded["prefill_speedup"] = loaded["prefill_tok_s"].get<double>() / base["prefill_tok_s"].get<double>();
+    add_cpu_speedups(loaded, base);
     fmt::print(stderr, "{:<12} decode {:.2f}x, prefill {:.2f}x the baseline\n", "",
                loaded["decode_speedup"].get<double>(), loaded["prefill_speedup"].get<double>());
   }
@@ -321,6 +353,12 @@ nlohmann::json run_cpu_model_bench(const ModelBenchArgs& a, const std::string& b
                                         : "--baseline " + baseline_path;
   j["baseline_prefill_tok_s"] = base["prefill_tok_s"];
   j["baseline_decode_tok_s"] = base["decode_tok_s"];
+  if (last.contains("decode_cpu_speedup")) {
+    j["decode_cpu_speedup"] = last["decode_cpu_speedup"];
+    j["prefill_cpu_speedup"] = last["prefill_cpu_speedup"];
+  }
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) == 3) j["load_average_1min"] = load[0];
   j["decode_speedup"] = last["decode_tok_s"].get<double>() / base["decode_tok_s"].get<double>();
   j["prefill_speedup"] = last["prefill_tok_s"].get<double>() / base["prefill_tok_s"].get<double>();
   j["quantize_lm_head"] = lm_head;
