@@ -29,7 +29,7 @@ namespace {
 TEST(Qmatmul, AllocatesNothingAfterWarmUp) {
   ThreadPool pool(2);
   for (int bits : {2, 3, 4}) {
-    for (int batch : {1, 5}) {
+    for (int batch : {1, 5, 17}) {  // 17: the float-tile path at 3 and 4 bits
       const auto q = test::random_qmatrix(1008, 576, bits, 31 + bits);
       const auto x = test::random_input(static_cast<size_t>(batch) * q.cols, 32);
       std::vector<float> y(static_cast<size_t>(batch) * q.rows);
@@ -42,6 +42,25 @@ TEST(Qmatmul, AllocatesNothingAfterWarmUp) {
         g_counting = false;
         EXPECT_EQ(g_allocations.load(), 0) << isa_name(isa) << " bits " << bits << " batch " << batch;
       }
+    }
+  }
+}
+
+TEST(Hmatmul, AllocatesNothing) {
+  ThreadPool pool(2);
+  const int rows = 1000 + 8, cols = 576;
+  const std::vector<uint16_t> w(static_cast<size_t>(rows) * cols, 0x3C00);
+  for (int batch : {1, 17}) {
+    const auto x = test::random_input(static_cast<size_t>(batch) * cols, 33);
+    std::vector<float> y(static_cast<size_t>(batch) * rows);
+    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+      if (!isa_supported(isa)) continue;
+      hmatmul(w.data(), Half::F16, rows, cols, x.data(), y.data(), batch, pool, isa);
+      g_allocations = 0;
+      g_counting = true;
+      hmatmul(w.data(), Half::F16, rows, cols, x.data(), y.data(), batch, pool, isa);
+      g_counting = false;
+      EXPECT_EQ(g_allocations.load(), 0) << isa_name(isa) << " batch " << batch;
     }
   }
 }

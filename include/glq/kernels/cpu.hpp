@@ -9,6 +9,8 @@
 // to 16-bit fixed point with one scale per batch row (relative error ≤ 2^-16 of max|x̃|); the
 // code products are then exact integers, identical in every ISA. Results differ from
 // codec::matvec_reference only by that rounding and by float summation order in the transforms.
+// Exception: two-stage matrices (3 and 4 bpw) at large batches on AVX-512 take a float-tile path
+// (qmatmul_float_tiles()) that decodes weight tiles to float32 and keeps x̃ unrounded.
 #pragma once
 
 #include <cstdint>
