@@ -89,11 +89,13 @@ def rows(name):
 g = rows("gemv.jsonl")
 if g:
     print(f"card: {g[0]['card']}  date: {g[0]['date']}")
-    print(f"{'shape':>11} {'batch':>5} {'bpw':>3} {'glq us':>8} {'bf16 us':>8} {'speedup':>7} {'GB/s':>6} {'%bf16 bw':>8} {'kern us':>8} {'xform us':>8}")
+    print(f"{'shape':>11} {'batch':>5} {'bpw':>3} {'glq us':>8} {'bf16 us':>8} {'speedup':>7} {'GB/s':>6} {'%bf16 bw':>8} "
+          f"{'kern us':>8} {'xform us':>8} {'deq us':>7} {'cores us':>8} {'mma us':>8}")
     for j in g:
         print(f"{j['rows']:>5}x{j['cols']:<5} {j['batch']:>5} {j['bits']:>3} {j['us']:8.2f} {j['baseline_us']:8.2f} "
               f"{j['speedup']:7.2f} {j['gbps']:6.0f} {100*j['bw_fraction_of_bf16']:7.1f}% "
-              f"{j.get('kernel_us', 0):8.2f} {j.get('transforms_us', 0):8.2f}")
+              f"{j.get('kernel_us', 0):8.2f} {j.get('transforms_us', 0):8.2f} {j.get('dequant_us', 0):7.2f} "
+              f"{j.get('cuda_cores_path_us', 0):8.2f} {j.get('tensor_core_path_us', 0):8.2f}")
 for j in rows("model.jsonl"):
     print(f"llama3-8b synthetic {j['bits']:>2} bpw: decode {j['decode_tok_s']:7.1f} tok/s (limit {j['limit_tok_s']:6.0f}, "
           f"{100*j['fraction_of_limit']:.0f}%), prefill {j['prefill_tok_s']:8.0f} tok/s")

@@ -26,6 +26,7 @@
 #include "glq/codec/quantized_matrix.hpp"
 #include "glq/kernels/cuda.hpp"
 #include "glq/transform/hadamard.hpp"
+#include "kernels/cuda/launch.hpp"
 #endif
 
 namespace glq::cli {
@@ -185,7 +186,8 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
   const double baseline_gbps = dense_bytes / (baseline_us * 1e3);
 
   // ---- GLQ ----
-  double us = 0, kernel_us = 0, transforms_us = 0;
+  double us = 0, kernel_us = 0, transforms_us = 0, dequant_us = 0, cores_us = 0, mma_us = 0;
+  std::string plan;
   size_t weight_bytes = dense_bytes;
   std::string path;
   int n_sets = 0;
@@ -227,24 +229,48 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
       for (auto& v : xh) v = d(rng);
       for (int i = 0; i < n_sets; ++i) xs.push_back(cuda::to_device(xh));
       ctx.reserve(batch, rows, cols);
-      const cuda::QPath qp = batch <= 2 * cuda::kGemvMaxBatch ? cuda::QPath::Gemv : cuda::QPath::DequantGemm;
-      path = qp == cuda::QPath::Gemv ? "fused decode (CUDA cores)" : "dequantize to fp16 + cuBLAS fp16 GEMM";
+      // The path qmatmul takes by itself (QPath::Auto), named.
+      const cuda::QPath qp = batch <= cuda::kCoresMaxBatch ? cuda::QPath::Gemv
+                             : batch <= cuda::kMmaMaxBatch ? cuda::QPath::Mma : cuda::QPath::DequantGemm;
+      path = qp == cuda::QPath::DequantGemm ? "dequantize to fp16 + cuBLAS fp16 GEMM"
+             : qp == cuda::QPath::Gemv ? "input transform, decode on CUDA cores, output transform"
+                                       : "input transform, decode into tensor-core fragments (mma.sync), output transform";
       us = time_graph_us(stream, iters, [&](int i) {
         cuda::qmatmul(ctx, mats[i % n_sets], xs[i % n_sets].as<const float>(), y.as<float>(), batch, qp);
       });
-      // The parts alone, to see where the time goes: the decode kernel, and the two transforms.
-      if (qp == cuda::QPath::Gemv && batch <= cuda::kGemvMaxBatch) {
-        DeviceMemory xt(size_t(batch) * cols * 2), yt(size_t(batch) * rows * 4);
+      if (qp == cuda::QPath::Mma)  // as qmatmul launches it (the fused input transform is opt-in)
+        plan = cuda::detail::qmma_plan(info, mats[0], batch, false, batch > cuda::kGemvMaxBatch);
+      // The parts alone, to see where the time goes: the decode kernel (or the dequantization),
+      // and the two transforms.
+      DeviceMemory xt(size_t(batch) * cols * 2), yt(size_t(batch) * rows * 4);
+      if (qp != cuda::QPath::DequantGemm) {
         kernel_us = time_graph_us(stream, iters, [&](int i) {
           cuda::qgemv_hadamard_domain(ctx, mats[i % n_sets], xt.as<const uint16_t>(), yt.as<float>(), batch);
         });
-        transforms_us = time_graph_us(stream, iters, [&](int i) {
-          const auto& m = mats[i % n_sets];
-          cuda::hadamard_input(ctx, m.plan_in, m.sign_in.as<const float>(), xs[i % n_sets].as<const float>(),
-                               xt.as<uint16_t>(), batch);
-          cuda::hadamard_output(ctx, m.plan_out, m.sign_out.as<const float>(), yt.as<const float>(), y.as<float>(), batch);
+      } else {
+        DeviceMemory wt(size_t(rows) * cols * 2);
+        dequant_us = time_graph_us(stream, std::max(1, iters / 4), [&](int i) {
+          cuda::dequantize_hadamard_domain(ctx, mats[i % n_sets], wt.as<uint16_t>());
         });
       }
+      transforms_us = time_graph_us(stream, iters, [&](int i) {
+        const auto& m = mats[i % n_sets];
+        cuda::hadamard_input(ctx, m.plan_in, m.sign_in.as<const float>(), xs[i % n_sets].as<const float>(),
+                             xt.as<uint16_t>(), batch);
+        cuda::hadamard_output(ctx, m.plan_out, m.sign_out.as<const float>(), yt.as<const float>(), y.as<float>(), batch);
+      });
+      // The other decode kernel, for comparison: the CUDA-core one (batch ≤ 16) and the
+      // tensor-core one (batch ≤ 64), each in a whole product with the same transforms.
+      if (batch <= 2 * cuda::kGemvMaxBatch && qp != cuda::QPath::Gemv)
+        cores_us = time_graph_us(stream, iters, [&](int i) {
+          cuda::qmatmul(ctx, mats[i % n_sets], xs[i % n_sets].as<const float>(), y.as<float>(), batch,
+                        cuda::QPath::Gemv);
+        });
+      if (batch <= cuda::kMmaMaxBatch && qp != cuda::QPath::Mma)
+        mma_us = time_graph_us(stream, iters, [&](int i) {
+          cuda::qmatmul(ctx, mats[i % n_sets], xs[i % n_sets].as<const float>(), y.as<float>(), batch,
+                        cuda::QPath::Mma);
+        });
     }
   }
   const double gbps = weight_bytes / (us * 1e3);
@@ -270,9 +296,13 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
   j["baseline_tflops"] = flops / (baseline_us * 1e6);
   if (kernel_us > 0) {
     j["kernel_us"] = kernel_us;          // the decode kernel alone (x̃ → ỹ)
-    j["transforms_us"] = transforms_us;  // input and output transforms alone
     j["kernel_bw_fraction_of_bf16"] = (weight_bytes / (kernel_us * 1e3)) / baseline_gbps;
   }
+  if (transforms_us > 0) j["transforms_us"] = transforms_us;  // input and output transforms alone
+  if (dequant_us > 0) j["dequant_us"] = dequant_us;           // W̃ decoded to fp16 alone
+  if (cores_us > 0) j["cuda_cores_path_us"] = cores_us;       // whole product, CUDA-core decode kernel
+  if (mma_us > 0) j["tensor_core_path_us"] = mma_us;          // whole product, tensor-core decode kernel
+  if (!plan.empty()) j["kernel_plan"] = plan;
   j["iters"] = iters;
   j["weight_sets"] = n_sets;
   fmt::print(stderr,
@@ -283,6 +313,10 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
   if (kernel_us > 0)
     fmt::print(stderr, "  parts: decode kernel {:.2f} us ({:.1f}% of bf16 bandwidth), transforms {:.2f} us\n", kernel_us,
                100.0 * (weight_bytes / (kernel_us * 1e3)) / baseline_gbps, transforms_us);
+  if (dequant_us > 0)
+    fmt::print(stderr, "  parts: dequantize {:.2f} us, transforms {:.2f} us\n", dequant_us, transforms_us);
+  if (cores_us > 0) fmt::print(stderr, "  CUDA-core decode kernel path: {:.2f} us\n", cores_us);
+  if (mma_us > 0) fmt::print(stderr, "  tensor-core decode kernel path: {:.2f} us\n", mma_us);
   return j;
 }
 

@@ -9,6 +9,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "glq/codec/codebook.hpp"
@@ -17,6 +18,7 @@
 #include "glq/kernels/cuda.hpp"
 #include "glq/transform/hadamard.hpp"
 #include "kernels/cuda/e8_decode.cuh"
+#include "kernels/cuda/launch.hpp"
 
 namespace {
 
@@ -189,7 +191,10 @@ struct QCase {
 };
 
 std::string case_name(const QCase& c) {
-  const char* p = c.path == glq::cuda::QPath::Gemv ? "gemv" : c.path == glq::cuda::QPath::DequantGemm ? "dequant" : "auto";
+  const char* p = c.path == glq::cuda::QPath::Gemv          ? "gemv"
+                  : c.path == glq::cuda::QPath::DequantGemm ? "dequant"
+                  : c.path == glq::cuda::QPath::Mma         ? "mma"
+                                                            : "auto";
   return "r" + std::to_string(c.rows) + "_c" + std::to_string(c.cols) + "_b" + std::to_string(c.bits) +
          "_n" + std::to_string(c.batch) + "_" + p;
 }
@@ -223,8 +228,56 @@ INSTANTIATE_TEST_SUITE_P(
                       QCase{1024, 7912, 4, 8, QPath::Gemv}, QCase{256, 14336, 3, 1, QPath::Gemv},
                       QCase{4096, 4096, 2, 1, QPath::Gemv}, QCase{184, 4096, 2, 7, QPath::Gemv},
                       QCase{888, 152, 2, 13, QPath::Auto}, QCase{152, 888, 3, 19, QPath::Auto},
-                      QCase{576, 1536, 4, 40, QPath::Auto}, QCase{888, 152, 2, 3, QPath::DequantGemm}),
+                      QCase{576, 1536, 4, 40, QPath::Auto}, QCase{888, 152, 2, 3, QPath::DequantGemm},
+                      // Tensor-core decode kernel: row counts that leave partial 64-row slabs,
+                      // group counts that leave partial 4-group steps, 1 to 3 vector tiles,
+                      // several launches (70 vectors), every bit width.
+                      QCase{8, 8, 2, 1, QPath::Mma}, QCase{152, 88, 3, 1, QPath::Mma},
+                      QCase{888, 152, 2, 5, QPath::Mma}, QCase{1024, 7912, 4, 1, QPath::Mma},
+                      QCase{184, 4096, 3, 8, QPath::Mma}, QCase{576, 1536, 2, 13, QPath::Mma},
+                      QCase{1536, 576, 4, 33, QPath::Mma}, QCase{888, 1528, 3, 64, QPath::Mma},
+                      QCase{4096, 4096, 2, 1, QPath::Mma}, QCase{256, 14336, 2, 2, QPath::Mma},
+                      QCase{152, 888, 2, 70, QPath::Mma}, QCase{1024, 4096, 4, 19, QPath::Mma},
+                      // Many vectors: the per-vector transform kernels (small and large mixing
+                      // orders a) around the dequantize + GEMM path.
+                      QCase{152, 888, 3, 80, QPath::Auto}, QCase{1536, 576, 2, 40, QPath::DequantGemm},
+                      QCase{256, 14336, 2, 20, QPath::DequantGemm}),
     [](const auto& info) { return case_name(info.param); });
+
+// The tensor-core kernel with the input transform fused (batch 1) and its output in parts,
+// summed by the output transform (the path of GLQ_CUDA_FUSED_INPUT=1), through the internal API.
+TEST(CudaQmmaFusedInput, MatchesMatvecReference) {
+  SKIP_WITHOUT_GPU();
+  glq::cuda::Context ctx;
+  namespace d = glq::cuda::detail;
+  for (const auto& [rows, cols, bits] : {std::tuple{888, 152, 2}, std::tuple{1024, 4096, 3}, std::tuple{256, 14336, 4},
+                                         std::tuple{152, 7912, 2}}) {
+    const auto q = random_qmatrix(rows, cols, bits, 31 + rows + cols);
+    const auto dq = glq::cuda::upload(q);
+    ASSERT_TRUE(d::qmma_fused_supported(ctx.info(), dq)) << rows << "x" << cols;
+    const auto x = random_vector(cols, 5 + cols);
+    std::vector<float> ref(rows);
+    glq::codec::matvec_reference(q, x.data(), ref.data(), 1);
+    const int parts = d::qmma_parts(ctx.info(), dq, 1, true);
+    auto dx = glq::cuda::to_device(x);
+    glq::cuda::DeviceMemory yp(size_t(parts) * rows * 4);
+    std::vector<float> y(rows, std::numeric_limits<float>::quiet_NaN());
+    auto dy = glq::cuda::to_device(y);
+    d::launch_qmma_parts(ctx.info(), dq, ctx.tables(), nullptr, dx.as<const float>(), yp.as<float>(), 1, ctx.stream());
+    d::FinishParams f;
+    f.t = d::transform_shape(dq.plan_out, dq.sign_out.as<const float>());
+    f.yt = yp.as<const float>();
+    f.ld_in = rows;
+    f.y = dy.as<float>();
+    f.ld_out = rows;
+    f.parts = parts;
+    f.part_stride = size_t(rows);
+    d::launch_finish(ctx.info(), f, 1, ctx.stream());
+    GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+    dy.download(y.data(), y.size() * 4);
+    EXPECT_LT(relative_error(y, ref), 5e-3) << rows << "x" << cols << " " << bits << " bpw, " << parts << " parts";
+  }
+}
 
 TEST(CudaQmatmulNoTransform, MatchesMatvecReference) {
   SKIP_WITHOUT_GPU();

@@ -134,11 +134,14 @@ class Context {
 };
 
 enum class QPath {
-  Auto,          // Gemv for batch ≤ kGemvMaxBatch·2, else DequantGemm
+  Auto,          // Gemv for ≤ kCoresMaxBatch vectors, Mma up to kMmaMaxBatch, else DequantGemm
   Gemv,          // fused decode + dot products on CUDA cores, in chunks of ≤ 8 vectors
   DequantGemm,   // W̃ decoded to fp16 in scratch, then a cuBLAS fp16 GEMM (tensor cores)
+  Mma,           // fused decode into tensor-core fragments (mma.sync), ≤ kMmaMaxBatch vectors a launch
 };
 inline constexpr int kGemvMaxBatch = 8;
+inline constexpr int kMmaMaxBatch = 64;
+inline constexpr int kCoresMaxBatch = 4;
 
 // y (batch, rows) = x (batch, cols) · W^T, fp32 device pointers, transforms included. Runs on
 // ctx.stream(), asynchronously.
@@ -156,7 +159,7 @@ void hadamard_input(Context& ctx, const DeviceHadamard& plan, const float* sign,
 // y (batch, n) fp32 = sign ∘ (T^T yt); yt and y may be the same buffer.
 void hadamard_output(Context& ctx, const DeviceHadamard& plan, const float* sign, const float* yt,
                      float* y, int batch);
-// yt (batch, rows) fp32 = Σ_s scale_s ∘ (C_s xt): the decode kernel (batch ≤ kGemvMaxBatch).
+// yt (batch, rows) fp32 = Σ_s scale_s ∘ (C_s xt): the decode kernel (batch ≤ kMmaMaxBatch).
 void qgemv_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, const uint16_t* xt_half,
                            float* yt, int batch);
 // wt (rows, cols) fp16 = Σ_s diag(scale_s) C_s, the Hadamard-domain weight.

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -247,14 +248,24 @@ void* Context::scratch(int slot, size_t bytes) {
 
 void Context::reserve(int batch, int rows, int cols) {
   scratch(0, size_t(batch) * cols * 2);
-  scratch(1, size_t(batch) * rows * 4);
+  // ỹ: several parts for the tensor-core decode kernel
+  scratch(1, size_t(batch) * rows * 4 * (batch <= kMmaMaxBatch ? detail::qmma_max_parts(batch) : 1));
   scratch(3, size_t(batch) * cols * 2);
-  if (batch > 2 * kGemvMaxBatch) scratch(2, size_t(rows) * cols * 2);
+  if (batch > kMmaMaxBatch) scratch(2, size_t(rows) * cols * 2);
 }
 
 // ---- products -------------------------------------------------------------------------------
 
 namespace {
+
+// GLQ_CUDA_FUSED_INPUT=1: batch 1 runs the input transform inside the decode kernel.
+bool fused_batch1() {
+  static const bool on = [] {
+    const char* v = std::getenv("GLQ_CUDA_FUSED_INPUT");
+    return v && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
 
 void check_product(const char* what, int rows, int cols, const float* x, const float* y, int batch) {
   if (batch <= 0) throw_invalid(std::string(what) + ": batch must be positive, got " + std::to_string(batch));
@@ -276,11 +287,17 @@ void hadamard_output(Context& ctx, const DeviceHadamard& plan, const float* sign
 
 void qgemv_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, const uint16_t* xt_half,
                            float* yt, int batch) {
-  if (batch <= 0 || batch > kGemvMaxBatch)
-    throw_invalid("qgemv: batch must be 1.." + std::to_string(kGemvMaxBatch) + ", got " + std::to_string(batch));
-  if (detail::qgemv_needs_zeroed_output(ctx.info(), w, batch))
-    GLQ_CUDA_CHECK(cudaMemsetAsync(yt, 0, size_t(batch) * w.rows * 4, ctx.stream()));
-  detail::launch_qgemv(ctx.info(), w, ctx.tables(), xt_half, w.cols, yt, w.rows, batch, ctx.stream());
+  if (batch <= 0 || batch > kMmaMaxBatch)
+    throw_invalid("qgemv: batch must be 1.." + std::to_string(kMmaMaxBatch) + ", got " + std::to_string(batch));
+  if (batch <= kGemvMaxBatch) {
+    if (detail::qgemv_needs_zeroed_output(ctx.info(), w, batch))
+      GLQ_CUDA_CHECK(cudaMemsetAsync(yt, 0, size_t(batch) * w.rows * 4, ctx.stream()));
+    detail::launch_qgemv(ctx.info(), w, ctx.tables(), xt_half, w.cols, yt, w.rows, batch, ctx.stream());
+  } else {
+    if (detail::qmma_needs_zeroed_output(ctx.info(), w, batch))
+      GLQ_CUDA_CHECK(cudaMemsetAsync(yt, 0, size_t(batch) * w.rows * 4, ctx.stream()));
+    detail::launch_qmma(ctx.info(), w, ctx.tables(), xt_half, w.cols, yt, w.rows, batch, ctx.stream());
+  }
 }
 
 void dequantize_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, uint16_t* wt_half) {
@@ -290,19 +307,70 @@ void dequantize_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, ui
 void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float* y, int batch,
              QPath path) {
   check_product("qmatmul", w.rows, w.cols, x, y, batch);
-  if (path == QPath::Auto) path = batch <= 2 * kGemvMaxBatch ? QPath::Gemv : QPath::DequantGemm;
+  // Up to 4 vectors the CUDA-core kernel was measured faster than the tensor-core one (H100,
+  // docs/cuda.md).
+  if (path == QPath::Auto)
+    path = batch <= kCoresMaxBatch ? QPath::Gemv : batch <= kMmaMaxBatch ? QPath::Mma : QPath::DequantGemm;
   auto* xt = static_cast<uint16_t*>(ctx.scratch(0, size_t(batch) * w.cols * 2));
   auto* yt = static_cast<float*>(ctx.scratch(1, size_t(batch) * w.rows * 4));
   cudaStream_t stream = ctx.stream();
-  if (path == QPath::Gemv) {
+  if (path == QPath::Mma && batch > kGemvMaxBatch && batch <= kMmaMaxBatch) {
+    // One launch; column ranges write their own slices of ỹ, which the output transform sums
+    // (atomics would cost more than the product at these batch sizes).
+    const int parts = detail::qmma_parts(ctx.info(), w, batch, false);
+    auto* yp = static_cast<float*>(ctx.scratch(1, size_t(parts) * batch * w.rows * 4));
+    detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch, nullptr, 0,
+                            stream);
+    detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), xt, nullptr, yp, batch, stream);
+    detail::FinishParams f;
+    f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+    f.yt = yp;
+    f.ld_in = w.rows;
+    f.y = y;
+    f.ld_out = w.rows;
+    f.parts = parts;
+    f.part_stride = size_t(batch) * w.rows;
+    detail::launch_finish(ctx.info(), f, batch, stream);
+    return;
+  }
+  if (path == QPath::Mma && batch == 1 && fused_batch1() && detail::qmma_fused_supported(ctx.info(), w)) {
+    // One vector, input transform inside the decode kernel (GLQ_CUDA_FUSED_INPUT=1; measured
+    // slower than the separate transform on an H100: each block's share of the transform is
+    // latency-bound and delays its streaming).
+    const int parts = detail::qmma_parts(ctx.info(), w, 1, true);
+    auto* yp = static_cast<float*>(ctx.scratch(1, size_t(parts) * w.rows * 4));
+    detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), nullptr, x, yp, 1, stream);
+    detail::FinishParams f;
+    f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+    f.yt = yp;
+    f.ld_in = w.rows;
+    f.y = y;
+    f.ld_out = w.rows;
+    f.parts = parts;
+    f.part_stride = size_t(w.rows);
+    detail::launch_finish(ctx.info(), f, 1, stream);
+    return;
+  }
+  if (path == QPath::Gemv || path == QPath::Mma) {
+    const bool mma = path == QPath::Mma;
+    const int chunk = mma ? kMmaMaxBatch : kGemvMaxBatch;
     bool zero = false;
-    for (int c0 = 0; c0 < batch; c0 += kGemvMaxBatch)
-      zero = zero || detail::qgemv_needs_zeroed_output(ctx.info(), w, std::min(kGemvMaxBatch, batch - c0));
+    for (int c0 = 0; c0 < batch; c0 += chunk) {
+      const int n = std::min(chunk, batch - c0);
+      zero = zero || (mma ? detail::qmma_needs_zeroed_output(ctx.info(), w, n)
+                          : detail::qgemv_cores_needs_zeroed_output(ctx.info(), w, n));
+    }
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch,
                             zero ? yt : nullptr, zero ? w.rows : 0, stream);
-    for (int c0 = 0; c0 < batch; c0 += kGemvMaxBatch)
-      detail::launch_qgemv(ctx.info(), w, ctx.tables(), xt + size_t(c0) * w.cols, w.cols,
-                           yt + size_t(c0) * w.rows, w.rows, std::min(kGemvMaxBatch, batch - c0), stream);
+    for (int c0 = 0; c0 < batch; c0 += chunk) {
+      const int n = std::min(chunk, batch - c0);
+      if (mma)
+        detail::launch_qmma(ctx.info(), w, ctx.tables(), xt + size_t(c0) * w.cols, w.cols,
+                            yt + size_t(c0) * w.rows, w.rows, n, stream);
+      else
+        detail::launch_qgemv_cores(ctx.info(), w, ctx.tables(), xt + size_t(c0) * w.cols, w.cols,
+                                   yt + size_t(c0) * w.rows, w.rows, n, stream);
+    }
   } else {
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch,
                             nullptr, 0, stream);

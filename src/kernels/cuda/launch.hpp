@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 #include "glq/kernels/cuda.hpp"
 #include "kernels/cuda/transform_kernels.cuh"
@@ -29,6 +30,28 @@ bool qgemv_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatr
 void launch_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                   const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,
                   cudaStream_t stream);
+
+// The tensor-core decode kernel (qmma.cu), same contract as launch_qgemv for 1 ≤ batch ≤
+// kMmaMaxBatch vectors. launch_qgemv uses it for every batch unless GLQ_QGEMV_KERNEL=cores;
+// launch_qgemv_cores is the CUDA-core kernel (qgemv.cu), batch ≤ kGemvMaxBatch.
+bool qmma_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
+void launch_qmma(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                 const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch, cudaStream_t stream);
+// The same kernel writing column range k of the product to its own slice, yt_parts + k·batch·rows
+// (each (batch, rows)), with plain stores: no zeroing, no atomics; the output transform sums
+// the qmma_parts() slices (FinishParams::parts). With x (fp32, batch 1) instead of x̃, the input
+// transform runs inside the kernel: each block computes x̃ of its own columns.
+bool qmma_fused_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w);
+int qmma_max_parts(int batch);
+int qmma_parts(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch, bool fused);
+// The launch shape, for reports (parts: as launch_qmma_parts, else as launch_qmma).
+std::string qmma_plan(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch, bool fused, bool parts);
+void launch_qmma_parts(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                       const uint16_t* xt_half, const float* x, float* yt_parts, int batch, cudaStream_t stream);
+bool qgemv_cores_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
+void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                        const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,
+                        cudaStream_t stream);
 
 // wt (rows, cols) fp16 = Σ_s diag(scale_s) C_s.
 void launch_dequantize(const DeviceQuantizedMatrix& w, const uint32_t* tables, uint16_t* wt_half,

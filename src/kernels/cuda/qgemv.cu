@@ -357,13 +357,44 @@ QgemvPlan plan_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int
 
 }  // namespace
 
+namespace {
+
+// Which decode kernel launch_qgemv runs: the CUDA-core kernel below for up to 4 vectors
+// (measured faster than the tensor-core kernel at batch 1, 2 and 4 on an H100), the tensor-core
+// kernel (qmma.cu) for 5 to 8 (2x faster at batch 8). GLQ_QGEMV_KERNEL=cores or =mma forces
+// one, for comparisons.
+bool use_cores(int batch) {
+  static const int forced = [] {
+    const char* v = std::getenv("GLQ_QGEMV_KERNEL");
+    return !v ? 0 : std::string(v) == "cores" ? 1 : std::string(v) == "mma" ? 2 : 0;
+  }();
+  return forced ? forced == 1 : batch <= kCoresMaxBatch;
+}
+
+}  // namespace
+
 bool qgemv_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
-  return plan_qgemv(info, w, batch).n_kb > 1;
+  return use_cores(batch) ? qgemv_cores_needs_zeroed_output(info, w, batch) : qmma_needs_zeroed_output(info, w, batch);
 }
 
 void launch_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                   const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,
                   cudaStream_t stream) {
+  if (batch < 1 || batch > kGemvMaxBatch)
+    throw_invalid("qgemv: batch " + std::to_string(batch) + " outside 1.." + std::to_string(kGemvMaxBatch));
+  if (use_cores(batch))
+    launch_qgemv_cores(info, w, tables, xt_half, ld_x, yt, ld_y, batch, stream);
+  else
+    launch_qmma(info, w, tables, xt_half, ld_x, yt, ld_y, batch, stream);
+}
+
+bool qgemv_cores_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
+  return plan_qgemv(info, w, batch).n_kb > 1;
+}
+
+void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                        const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,
+                        cudaStream_t stream) {
   if (batch < 1 || batch > kGemvMaxBatch)
     throw_invalid("qgemv: batch " + std::to_string(batch) + " outside 1.." + std::to_string(kGemvMaxBatch));
   if (w.codes.empty() || w.codes.size() > 4) throw_invalid("qgemv: matrix has no stages");

@@ -52,6 +52,10 @@ struct FinishParams {
   float* y = nullptr;         // (batch, ld_out)
   int ld_out = 0;
   int accumulate = 0;         // y += result
+  // ỹ in `parts` slices to be summed (the column ranges of the tensor-core decode kernel):
+  // slice k at yt + k·part_stride.
+  int parts = 1;
+  size_t part_stride = 0;
 };
 
 }  // namespace glq::cuda::detail
