@@ -129,6 +129,26 @@ TEST(QuantizePipeline, CheckpointRunsLikeItsDequantizedWeights) {
   EXPECT_GT(max_diff(logits_of(*q2, tokens), lo), err3);
 }
 
+TEST(QuantizePipeline, AsymmetricTargetIsThePlainTargetWhereInputsAgree) {
+  // Layer 0's q/k/v read the embeddings, identical in the quantized and the unquantized model
+  // (Δ = 0): their quantization is the same with and without the asymmetric target. Later
+  // linears see the error of the ones before them, and the target changes them.
+  std::vector<std::unique_ptr<Model>> models;
+  std::vector<std::unique_ptr<Fixture>> fixtures;
+  for (double asym : {0.0, 1.0}) {
+    fixtures.push_back(std::make_unique<Fixture>());
+    QuantizeSettings s = small_settings(2);
+    s.asymmetric = asym;
+    s.residual_target = asym;
+    quantize_model_files(fixtures.back()->model, fixtures.back()->calib, fixtures.back()->out, s);
+    models.push_back(load_model(fixtures.back()->out));
+  }
+  auto dense = [&](int m, int layer, LinearKind k) { return models[static_cast<size_t>(m)]->layer(layer).linear(k).to_dense(); };
+  for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V}) EXPECT_EQ(dense(0, 0, k), dense(1, 0, k)) << linear_kind_name(k);
+  for (LinearKind k : {LinearKind::O, LinearKind::Down}) EXPECT_NE(dense(0, 0, k), dense(1, 0, k)) << linear_kind_name(k);
+  for (LinearKind k : kAllLinearKinds) EXPECT_NE(dense(0, 1, k), dense(1, 1, k)) << linear_kind_name(k);
+}
+
 TEST(QuantizePipeline, MixedPrecisionAveragesTheTarget) {
   Fixture f;
   const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, small_settings(2.5));
