@@ -191,8 +191,10 @@ std::string Model::describe() const {
       quantized += L.linear(k).is_quantized();
       deferred += L.linear(k).is_deferred();
     }
-  std::string weights = quantized ? fmt::format("{} of {} linears GLQ-quantized, rest fp32", quantized, 7 * num_layers())
-                                  : std::string("weights fp32");
+  const char* head = lm_head_.is_quantized() ? "GLQ-quantized" : lm_head_.is_dense16() ? "16-bit" : "fp32";
+  std::string weights = quantized ? fmt::format("{} of {} linears GLQ-quantized, output head {}", quantized,
+                                                7 * num_layers(), head)
+                                  : fmt::format("weights fp32, output head {}", head);
   if (deferred) weights = fmt::format("{} of {} linears in the mapped file, {} GLQ-quantized", deferred, 7 * num_layers(), quantized);
   return fmt::format("{}, {:.1f}M parameters, {} layers, hidden {}, heads {}/{} (kv), vocab {}, {}{}, context {}",
                      arch_name(c.arch), parameter_count() / 1e6, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
