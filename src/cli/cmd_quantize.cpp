@@ -144,7 +144,7 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
       ->check(CLI::Range(0.0, 2.0));
   app.add_option("--residual-target", a->s.residual_target,
                  "strength with which o_proj and down_proj also absorb the part of the residual stream's error that "
-                 "their inputs predict (0: off)")
+                 "their inputs predict (0: off; needs the unquantized hidden states, as --asym does)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 2.0));
   app.add_flag("--no-refit-scales", a->no_refit_scales,

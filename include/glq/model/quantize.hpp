@@ -52,7 +52,7 @@ struct QuantizeSettings {
   bool refit_scales = true;      // least-squares refit of the stage scales (QuantizeOptions)
   // Strength beta with which o_proj and down_proj also absorb the part of the residual stream's
   // error (unquantized minus quantized model) that their inputs predict (asymmetric_target's R).
-  double residual_target = 0;
+  double residual_target = 1;
   bool keep_head_16bit = true;   // false: lm_head is quantized too (at the nearest width)
   std::string dtype_16bit = "float16";  // "float16" | "bfloat16" | "float32" for kept tensors
   bool resume = true;            // reuse OUT.partial/ from an interrupted run with equal settings
