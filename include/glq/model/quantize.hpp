@@ -10,7 +10,12 @@
 //     before it; a hook accumulates H = Σ x xᵀ for each distinct linear input (q/k/v share one,
 //     gate/up share one, o_proj, down_proj) in float64; each linear is quantized with
 //     codec::quantize_matrix (RHT + block LDLQ + E8 codebooks); the layer's outputs are then
-//     recomputed with the quantized weights and fed to the next layer.
+//     recomputed with the quantized weights and fed to the next layer. By default the Hessians
+//     are collected true-sequentially (q/k/v, then o_proj on the quantized attention, gate/up,
+//     then down_proj), the unquantized model's hidden states run alongside so that each linear
+//     is quantized toward the asymmetric target of codec::asymmetric_target (it also corrects
+//     the error in its inputs, and o_proj/down_proj that of the residual stream), and the stage
+//     scales are refit by least squares after rounding (see docs/quantize.md).
 //  4. Each finished layer is written to OUT.partial/ (a run that is stopped resumes there); the
 //     checkpoint is assembled in a temporary directory and renamed to OUT when complete.
 //
