@@ -185,6 +185,120 @@ TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
 INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamard, ::testing::Values(8, 24, 152, 576, 1536, 4096, 7912, 14336),
                          [](const auto& info) { return "n" + std::to_string(info.param); });
 
+// Many vectors (more than the row kernels take): the block-per-vector kernels, both their
+// shapes (b ≤ 1024: one FWHT step; b > 1024: a second step over the high bits) and the shapes
+// that fall back to the general kernels (b < 32, a > 32).
+class CudaHadamardMany : public ::testing::TestWithParam<int> {};
+
+TEST_P(CudaHadamardMany, MatchesReferenceBothDirections) {
+  SKIP_WITHOUT_GPU();
+  const int n = GetParam();
+  const int batch = 37;
+  glq::cuda::Context ctx;
+  const auto plan = glq::transform::make_hadamard_plan(n);
+  glq::cuda::DeviceHadamard dplan;
+  dplan.n = plan.n;
+  dplan.a = plan.a;
+  dplan.b = plan.b;
+  if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
+  const auto sign = glq::transform::random_signs(n, 5);
+  const auto x = random_vector(size_t(batch) * n, 13 + n);
+  auto dsign = glq::cuda::to_device(sign);
+  auto dx = glq::cuda::to_device(x);
+
+  std::vector<float> ref = x;
+  for (int b = 0; b < batch; ++b) {
+    glq::transform::hadamard_transpose(plan, ref.data() + size_t(b) * n);
+    for (int i = 0; i < n; ++i) ref[size_t(b) * n + i] *= sign[i];
+  }
+  std::vector<float> y(x.size(), std::numeric_limits<float>::quiet_NaN());
+  auto dy = glq::cuda::to_device(y);
+  glq::cuda::hadamard_output(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dy.as<float>(), batch);
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  dy.download(y.data(), y.size() * 4);
+  EXPECT_LT(relative_error(y, ref), 1e-5) << "n=" << n << " a=" << plan.a << " b=" << plan.b;
+
+  std::vector<float> ref_in = x;
+  for (int b = 0; b < batch; ++b) {
+    for (int i = 0; i < n; ++i) ref_in[size_t(b) * n + i] *= sign[i];
+    glq::transform::hadamard_forward(plan, ref_in.data() + size_t(b) * n);
+  }
+  glq::cuda::DeviceMemory dh(x.size() * 2);
+  glq::cuda::hadamard_input(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dh.as<uint16_t>(), batch);
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  std::vector<uint16_t> h(x.size());
+  dh.download(h.data(), h.size() * 2);
+  std::vector<float> got(x.size());
+  for (size_t i = 0; i < h.size(); ++i) got[i] = half_bits_to_float(h[i]);
+  EXPECT_LT(relative_error(got, ref_in), 1e-3) << "n=" << n << " a=" << plan.a << " b=" << plan.b;
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamardMany,
+                         ::testing::Values(8, 152, 576, 1536, 2560, 4096, 14336, 24576),
+                         [](const auto& info) { return "n" + std::to_string(info.param); });
+
+// The fused pre-operations (RMSNorm, SwiGLU) and the zeroing of a following product's output
+// in the many-vector input transform, through the internal API.
+TEST(CudaHadamardManyPre, MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  namespace d = glq::cuda::detail;
+  glq::cuda::Context ctx;
+  for (const int n : {1536, 14336}) {
+    const int batch = 19;
+    const auto plan = glq::transform::make_hadamard_plan(n);
+    glq::cuda::DeviceHadamard dplan;
+    dplan.n = plan.n;
+    dplan.a = plan.a;
+    dplan.b = plan.b;
+    if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
+    const auto sign = glq::transform::random_signs(n, 9);
+    const auto norm_w = random_vector(n, 3 + n);
+    const auto x = random_vector(size_t(batch) * 2 * n, 17 + n);  // [gate | up] rows for SwiGLU
+    auto dsign = glq::cuda::to_device(sign);
+    auto dw = glq::cuda::to_device(norm_w);
+    auto dx = glq::cuda::to_device(x);
+    for (const auto pre : {d::PreOp::RmsNorm, d::PreOp::SwiGlu}) {
+      std::vector<float> ref(size_t(batch) * n);
+      for (int v = 0; v < batch; ++v) {
+        const float* xv = x.data() + size_t(v) * 2 * n;
+        float* r = ref.data() + size_t(v) * n;
+        double ss = 0.0;
+        for (int i = 0; i < n; ++i) ss += double(xv[i]) * xv[i];
+        const float scale = float(1.0 / std::sqrt(ss / n + 1e-5));
+        for (int i = 0; i < n; ++i) {
+          const float g = xv[i], u = xv[n + i];
+          r[i] = (pre == d::PreOp::RmsNorm ? g * scale * norm_w[i] : g / (1.0f + std::exp(-g)) * u) * sign[i];
+        }
+        glq::transform::hadamard_forward(plan, r);
+      }
+      const int zero_count = 111;
+      std::vector<float> junk(size_t(batch) * zero_count, 1.0f);
+      auto dz = glq::cuda::to_device(junk);
+      glq::cuda::DeviceMemory dh(ref.size() * 2);
+      d::PrepareParams p;
+      p.t = d::transform_shape(dplan, dsign.as<const float>());
+      p.pre = pre;
+      p.x = dx.as<const float>();
+      p.ld_x = 2 * n;
+      p.norm_w = dw.as<const float>();
+      p.eps = 1e-5f;
+      p.out = dh.as<uint16_t>();
+      p.ld_out = n;
+      p.zero_ptr = dz.as<float>();
+      p.zero_count = zero_count;
+      d::launch_prepare(ctx.info(), p, batch, ctx.stream());
+      GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+      std::vector<uint16_t> h(ref.size());
+      dh.download(h.data(), h.size() * 2);
+      std::vector<float> got(ref.size());
+      for (size_t i = 0; i < h.size(); ++i) got[i] = half_bits_to_float(h[i]);
+      EXPECT_LT(relative_error(got, ref), 1e-3) << "n=" << n << " pre=" << int(pre);
+      dz.download(junk.data(), junk.size() * 4);
+      EXPECT_EQ(std::count(junk.begin(), junk.end(), 0.0f), std::ptrdiff_t(junk.size())) << "n=" << n;
+    }
+  }
+}
+
 struct QCase {
   int rows, cols, bits, batch;
   glq::cuda::QPath path;

@@ -11,6 +11,10 @@
 // read) or bf16 (dense linears), and zeroes the output buffer of a following accumulating
 // product, which saves a memset node per product. finish_kernel (the output side) can add its
 // result into y, which fuses the residual add.
+//
+// For more than 16 vectors the input side of most shapes (a ≤ 32, b ≥ 32) runs
+// prepare_many_kernel instead: row groups per block, mixing in registers, the FWHT in registers
+// and warp shuffles (see the comment above it).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -18,6 +22,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -429,6 +434,195 @@ __global__ void finish_rows_kernel(const FinishParams p, int staged) {
   }
 }
 
+// ---- Many vectors, input side: row groups of a vector per block, every step coalesced -------
+//
+// Block (g, vec) computes rows [g·R, g·R + R) (R ≤ 8) of the a×b view of the result, in three
+// steps that read and write shared memory without bank conflicts:
+//   1. mixing (it commutes with the FWHT): thread j walks column j of X (coalesced loads, with
+//      sign and pre() applied) and accumulates its R mixed values in registers, with the R
+//      coefficients of each term one broadcast float4 pair from shared memory; the R rows go
+//      to z (R·b floats in shared memory);
+//   2. low FWHT bits: each warp takes chunks of C = min(b, 1024) contiguous elements, lane l
+//      holding elements c·32 + l (c < C/32) in registers: the bits above the lane are
+//      butterflies in registers, the 5 lane bits warp shuffles;
+//   3. high FWHT bits (b > 1024): thread (row, lo) holds elements lo + h·C of a row in
+//      registers, runs the remaining stages there and writes the result straight to global
+//      memory (consecutive threads, consecutive elements).
+// Below 256 vectors a vector is split into G = ceil(a/8) blocks (the grid stays full at batch
+// 64; the G blocks read it G times, mostly from L2); from 256 on one block takes all G groups.
+// Used for a ≤ 32 and 32 ≤ b ≤ 32768. (The same structure for the output side measured slower
+// than finish_rows_kernel / finish_kernel on an H100 at batch 64 and 2048, so it is not used
+// there; see docs/cuda.md.)
+constexpr int kManyThreads = 512;
+constexpr int kManyMaxA = 32;
+constexpr int kManyRows = 8;
+
+struct ManySplit {
+  int groups = 1, rows = 1;  // G blocks per vector, R rows each (the last may have fewer)
+};
+
+__host__ __device__ inline ManySplit many_split(int a) {
+  ManySplit s;
+  s.groups = (a + kManyRows - 1) / kManyRows;
+  s.rows = (a + s.groups - 1) / s.groups;
+  return s;
+}
+
+// qs[k·8 + r] = M[i0 + r, k] for r < rows (zero beyond), M = Q or Q^T.
+__device__ __forceinline__ void stage_q_rows(const TransformShape& t, float* qs, bool transpose, int i0, int rows) {
+  const int a = t.a;
+  for (int e = threadIdx.x; e < a * kManyRows; e += blockDim.x) {
+    const int k = e / kManyRows, r = e - k * kManyRows;
+    const int i = i0 + r;
+    qs[e] = r >= rows ? 0.0f : transpose ? __ldg(t.q + k * a + i) : __ldg(t.q + i * a + k);
+  }
+}
+
+// Step 1 for column j: z[r·b + j] = Σ_k qs[k·8 + r] · load(k·b + j), r < rows.
+template <typename Load>
+__device__ __forceinline__ void mix_rows(const float* qs, int a, int log2b, int j, int rows, float* z, Load load) {
+  float acc[kManyRows];
+#pragma unroll
+  for (int r = 0; r < kManyRows; ++r) acc[r] = 0.0f;
+  const float4* q4 = reinterpret_cast<const float4*>(qs);
+#pragma unroll 8
+  for (int k = 0; k < a; ++k) {
+    const float y = load((k << log2b) + j);
+    const float4 qa = q4[2 * k], qb = q4[2 * k + 1];
+    acc[0] = fmaf(qa.x, y, acc[0]);
+    acc[1] = fmaf(qa.y, y, acc[1]);
+    acc[2] = fmaf(qa.z, y, acc[2]);
+    acc[3] = fmaf(qa.w, y, acc[3]);
+    acc[4] = fmaf(qb.x, y, acc[4]);
+    acc[5] = fmaf(qb.y, y, acc[5]);
+    acc[6] = fmaf(qb.z, y, acc[6]);
+    acc[7] = fmaf(qb.w, y, acc[7]);
+  }
+#pragma unroll
+  for (int r = 0; r < kManyRows; ++r)
+    if (r < rows) z[(r << log2b) + j] = acc[r];
+}
+
+// Steps 2 and 3 on z (n = a·b floats); store(o, v) receives every element once, unscaled.
+template <typename Store>
+__device__ __forceinline__ void fwht_many(float* z, int n, int log2b, Store store) {
+  const int lc = min(log2b, 10), C = 1 << lc, E = C >> 5;
+  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int ch = threadIdx.x >> 5; ch < (n >> lc); ch += nw) {
+    float* base = z + (size_t(ch) << lc) + lane;
+    float v[32];
+#pragma unroll
+    for (int c = 0; c < 32; ++c)
+      if (c < E) v[c] = base[c * 32];
+#pragma unroll
+    for (int s = 0; s < 5; ++s) {
+      const int h = 1 << s;
+      if (h < E) {
+#pragma unroll
+        for (int c = 0; c < 32; ++c)
+          if (!(c & h) && c + h < E) {
+            const float u = v[c], w = v[c + h];
+            v[c] = u + w;
+            v[c + h] = u - w;
+          }
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < 5; ++s) {
+      const bool upper = (lane >> s) & 1;
+#pragma unroll
+      for (int c = 0; c < 32; ++c)
+        if (c < E) v[c] = butterfly(v[c], __shfl_xor_sync(0xFFFFFFFFu, v[c], 1 << s), upper);
+    }
+    if (lc == log2b) {
+      // No high bits: this chunk is one row (or part of one) and goes out from here.
+#pragma unroll
+      for (int c = 0; c < 32; ++c)
+        if (c < E) store((ch << lc) + c * 32 + lane, v[c]);
+    } else {
+#pragma unroll
+      for (int c = 0; c < 32; ++c)
+        if (c < E) base[c * 32] = v[c];
+    }
+  }
+  if (lc == log2b) return;
+  __syncthreads();
+  const int H = 1 << (log2b - lc);
+  for (int it = threadIdx.x; it < (n >> (log2b - lc)); it += blockDim.x) {
+    const int row = it >> lc, lo = it & (C - 1);
+    const int o0 = (row << log2b) + lo;
+    float v[32];
+#pragma unroll
+    for (int h = 0; h < 32; ++h)
+      if (h < H) v[h] = z[o0 + h * C];
+#pragma unroll
+    for (int s = 0; s < 5; ++s) {
+      const int d = 1 << s;
+      if (d < H) {
+#pragma unroll
+        for (int h = 0; h < 32; ++h)
+          if (!(h & d) && h + d < H) {
+            const float u = v[h], w = v[h + d];
+            v[h] = u + w;
+            v[h + d] = u - w;
+          }
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 32; ++h)
+      if (h < H) store(o0 + h * C, v[h]);
+  }
+}
+
+template <PreOp kPre>
+__global__ void __launch_bounds__(kManyThreads, 2) prepare_many_kernel(const PrepareParams p, int per_block) {
+  extern __shared__ float sm[];  // z (R·b), then the R coefficients per term (a, 8)
+  __shared__ float red[32];
+  const int n = p.t.n, a = p.t.a, log2b = p.t.log2b, b = 1 << log2b;
+  const ManySplit sp = many_split(a);
+  const int g = blockIdx.x, i0 = g * per_block * sp.rows, rows = min(per_block * sp.rows, a - i0);
+  const size_t vec = blockIdx.y;
+  float* z = sm;
+  float* qs = sm + (size_t(per_block * sp.rows) << log2b);
+  if (a > 1)
+    for (int lg = 0; lg * sp.rows < rows; ++lg)
+      stage_q_rows(p.t, qs + lg * a * kManyRows, false, i0 + lg * sp.rows, min(sp.rows, rows - lg * sp.rows));
+  float scale = 1.0f;
+  if (kPre == PreOp::RmsNorm) {
+    const float* xv = p.x + vec * p.ld_x;
+    float ss = 0.0f;
+#pragma unroll 8
+    for (int k = threadIdx.x; k < n; k += blockDim.x) ss += xv[k] * xv[k];
+    scale = rsqrtf(block_sum(ss, red) / float(n) + p.eps);
+  }
+  if (p.zero_ptr) {
+    const int per = (p.zero_count + sp.groups - 1) / sp.groups;
+    const int end = min(p.zero_count, (g + 1) * per);
+    for (int k = g * per + threadIdx.x; k < end; k += blockDim.x) p.zero_ptr[vec * p.zero_count + k] = 0.0f;
+  }
+  __syncthreads();
+  auto load = [&](int idx) { return pre_value<kPre>(p, vec, idx, scale) * (p.t.sign ? __ldg(p.t.sign + idx) : 1.0f); };
+  if (a == 1) {
+#pragma unroll 8
+    for (int j = threadIdx.x; j < b; j += blockDim.x) z[j] = load(j);
+  } else {
+    for (int lg = 0; lg * sp.rows < rows; ++lg)
+      for (int j = threadIdx.x; j < b; j += blockDim.x)
+        mix_rows(qs + lg * a * kManyRows, a, log2b, j, min(sp.rows, rows - lg * sp.rows),
+                 z + (size_t(lg * sp.rows) << log2b), load);
+  }
+  __syncthreads();
+  const float s = p.t.inv_sqrt_b;
+  const size_t base = vec * p.ld_out + (size_t(i0) << log2b);
+  if (p.out_type == OutType::Half) {
+    __half* out = static_cast<__half*>(p.out) + base;
+    fwht_many(z, rows << log2b, log2b, [&](int o, float v) { out[o] = __float2half_rn(v * s); });
+  } else {
+    __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out) + base;
+    fwht_many(z, rows << log2b, log2b, [&](int o, float v) { out[o] = __float2bfloat16_rn(v * s); });
+  }
+}
+
 __global__ void f32_to_bf16_kernel(const float* __restrict__ x, uint16_t* __restrict__ y, size_t n) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const __nv_bfloat16 b = __float2bfloat16_rn(x[i]);
@@ -453,6 +647,10 @@ size_t dynamic_limit(const DeviceInfo& info) {
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::Combine>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::Plain>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::RmsNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::Combine>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     return lim;
   }();
   return limit;
@@ -481,8 +679,9 @@ TransformShape transform_shape(const DeviceHadamard& plan, const float* sign) {
   return t;
 }
 
-// Few vectors: the row kernels (a blocks per vector). Many vectors with a mixing matrix: one
-// block per vector, whose mixing reads shared memory instead of re-reading the vector a times.
+// Few vectors: the row kernels (a blocks per vector). Many vectors with a mixing matrix: the
+// row-group kernel on the input side where it applies, else one block per vector, whose mixing
+// reads shared memory instead of re-reading the vector a times.
 constexpr int kRowKernelMaxBatch = 16;
 
 // Threads of a row block: b/4 (the fast FWHT's layout), at least 128; staged blocks use 1024
@@ -501,8 +700,48 @@ void launch_prepare_rows(const DeviceInfo& info, const PrepareParams& p, int bat
                  pdl_enabled(info), "prepare_rows_kernel", p, staged);
 }
 
+// Row groups per block: all of them (one block per vector) for large batches, where the grid
+// is full anyway and the G blocks of a split vector would read it G times; one otherwise.
+int many_per_block(const TransformShape& t, int batch) {
+  static const int split_below = [] {
+    const char* v = std::getenv("GLQ_CUDA_TRANSFORM_SPLIT_BELOW");
+    return v ? std::atoi(v) : 256;
+  }();
+  return batch < split_below ? 1 : many_split(t.a).groups;
+}
+
+size_t many_smem(const TransformShape& t, int per_block) {
+  const ManySplit sp = many_split(t.a);
+  return (size_t(per_block * sp.rows << t.log2b) + size_t(per_block) * t.a * kManyRows) * 4;
+}
+
+// Many vectors, input side: the row-group kernel of steps 1-3 where the shape allows
+// (GLQ_CUDA_TRANSFORM_MANY=0 turns it off, for comparison).
+bool many_shape(const DeviceInfo& info, const TransformShape& t, int batch) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("GLQ_CUDA_TRANSFORM_MANY");
+    return !(v && std::string(v) == "0");
+  }();
+  if (!enabled || batch <= kRowKernelMaxBatch) return false;
+  if ((t.a << t.log2b) != t.n || t.a > kManyMaxA || t.log2b < 5 || t.log2b > 15) return false;
+  return many_smem(t, many_per_block(t, batch)) <= dynamic_limit(info);
+}
+
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
+  if (many_shape(info, p.t, batch)) {
+    const int per_block = many_per_block(p.t, batch);
+    const size_t smem = many_smem(p.t, per_block);
+    const dim3 grid(many_split(p.t.a).groups / per_block, batch);
+    switch (p.pre) {
+      case PreOp::Plain: prepare_many_kernel<PreOp::Plain><<<grid, kManyThreads, smem, stream>>>(p, per_block); break;
+      case PreOp::RmsNorm: prepare_many_kernel<PreOp::RmsNorm><<<grid, kManyThreads, smem, stream>>>(p, per_block); break;
+      case PreOp::SwiGlu: prepare_many_kernel<PreOp::SwiGlu><<<grid, kManyThreads, smem, stream>>>(p, per_block); break;
+      case PreOp::Combine: prepare_many_kernel<PreOp::Combine><<<grid, kManyThreads, smem, stream>>>(p, per_block); break;
+    }
+    GLQ_CUDA_CHECK_LAUNCH("prepare_many_kernel");
+    return;
+  }
   // (a·b != n: the identity shape of dense linears, which the vector kernel handles.)
   if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
     switch (p.pre) {
