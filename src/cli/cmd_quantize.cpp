@@ -139,14 +139,15 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
                "attention, gate/up, then down_proj on the quantized MLP path)");
   app.add_option("--asym", a->s.asymmetric,
                  "strength of the asymmetric target W + a*W*D*H^-1, which also corrects the error already in a linear's "
-                 "inputs (the unquantized model's hidden states are run alongside); 0: plain GPTQ target")
+                 "inputs (the unquantized model's hidden states are run alongside); 0: plain GPTQ target; "
+                 "-1: 1 below 4 bits, 0 at 4 bits")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 2.0));
+      ->check(CLI::Range(-1.0, 2.0));
   app.add_option("--residual-target", a->s.residual_target,
                  "strength with which o_proj and down_proj also absorb the part of the residual stream's error that "
-                 "their inputs predict (0: off; needs the unquantized hidden states, as --asym does)")
+                 "their inputs predict (0: off; -1: 1 below 4 bits, 0 at 4 bits)")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 2.0));
+      ->check(CLI::Range(-1.0, 2.0));
   app.add_flag("--no-refit-scales", a->no_refit_scales,
                "keep the RMS-based stage scales (default: least-squares refit of each row's scales to its codes in the "
                "Hessian metric)");

@@ -133,6 +133,10 @@ struct CrossAccumulator {
   }
 };
 
+// The strength of a correction (QuantizeSettings::asymmetric, residual_target) for a linear of
+// `bits`: a negative setting means 1 below 4 bits and 0 at 4 bits.
+double correction_strength(double setting, int bits) { return setting >= 0 ? setting : (bits < 4 ? 1.0 : 0.0); }
+
 // Whether a linear's output is added to the residual stream (o_proj, down_proj).
 bool writes_residual(LinearKind k) { return k == LinearKind::O || k == LinearKind::Down; }
 
@@ -490,7 +494,11 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   std::vector<LinearReport> reports;
   auto hidden = embed_all(model, calibration);
   // The unquantized model's hidden states, for the asymmetric targets.
-  const bool asym = s.asymmetric != 0 || s.residual_target != 0;
+  bool asym = false, residual = false;  // whether any linear uses the corrections
+  for (const Job& j : jobs) {
+    asym = asym || correction_strength(s.asymmetric, j.bits) != 0 || correction_strength(s.residual_target, j.bits) != 0;
+    residual = residual || correction_strength(s.residual_target, j.bits) != 0;
+  }
   std::vector<std::vector<float>> hidden_fp;
   if (asym) hidden_fp = hidden;
   const auto t_layers = Clock::now();
@@ -524,7 +532,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       // The unquantized layer's inputs (and hidden_fp advanced through it) for the asymmetric
       // targets, before any of its linears is replaced.
       LayerInputs fp_inputs;
-      if (asym) fp_inputs = run_layer_capture(model, i, hidden_fp, seq_len, s.residual_target != 0);
+      if (asym) fp_inputs = run_layer_capture(model, i, hidden_fp, seq_len, residual);
       std::vector<format::StTensorData> tensors;
       for (const auto& group : linear_groups(s.true_sequential)) {
         std::map<LinearKind, HessianAccumulator> hs;
@@ -546,10 +554,12 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
           codec::QuantizedMatrix q;
           try {
             std::vector<float> target;
-            if (asym) {
+            const double alpha = correction_strength(s.asymmetric, job.bits);
+            const double beta = correction_strength(s.residual_target, job.bits);
+            if (asym && (alpha != 0 || beta != 0)) {
               const auto r = rs.find(k);
-              target = codec::asymmetric_target(W, job.rows, job.cols, H, ds.at(hessian_owner(k)).mean(), s.damp, s.asymmetric,
-                                                r != rs.end() ? r->second.mean() : std::vector<float>(), s.residual_target);
+              target = codec::asymmetric_target(W, job.rows, job.cols, H, ds.at(hessian_owner(k)).mean(), s.damp, alpha,
+                                                r != rs.end() ? r->second.mean() : std::vector<float>(), beta);
               W = target;
             }
             q = codec::quantize_matrix(W, job.rows, job.cols, H, o, &rep);

@@ -149,6 +149,29 @@ TEST(QuantizePipeline, AsymmetricTargetIsThePlainTargetWhereInputsAgree) {
   for (LinearKind k : kAllLinearKinds) EXPECT_NE(dense(0, 1, k), dense(1, 1, k)) << linear_kind_name(k);
 }
 
+TEST(QuantizePipeline, CorrectionsDefaultToOnBelowFourBitsAndOffAtFour) {
+  // The default strengths (-1) mean 1 below 4 bits and 0 at 4 bits: the same checkpoints as
+  // the explicit settings.
+  auto dense_of = [](double bits, double asym, double residual) {
+    Fixture f;
+    QuantizeSettings s = small_settings(bits);
+    s.asymmetric = asym;
+    s.residual_target = residual;
+    quantize_model_files(f.model, f.calib, f.out, s);
+    auto m = load_model(f.out);
+    std::vector<float> all;
+    for (int i = 0; i < 2; ++i)
+      for (LinearKind k : kAllLinearKinds) {
+        const auto d = m->layer(i).linear(k).to_dense();
+        all.insert(all.end(), d.begin(), d.end());
+      }
+    return all;
+  };
+  EXPECT_EQ(dense_of(4, -1, -1), dense_of(4, 0, 0));
+  EXPECT_EQ(dense_of(3, -1, -1), dense_of(3, 1, 1));
+  EXPECT_NE(dense_of(3, -1, -1), dense_of(3, 0, 0));
+}
+
 TEST(QuantizePipeline, MixedPrecisionAveragesTheTarget) {
   Fixture f;
   const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, small_settings(2.5));

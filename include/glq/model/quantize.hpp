@@ -52,12 +52,15 @@ struct QuantizeSettings {
   bool true_sequential = true;
   // Strength alpha of the asymmetric target W + alpha·W·Δ·H⁻¹ (codec::asymmetric_target): the
   // unquantized model's hidden states are propagated alongside the quantized ones so that each
-  // linear also corrects the error already in its inputs. 0: plain GPTQ target W.
-  double asymmetric = 1.0;
+  // linear also corrects the error already in its inputs. 0: plain GPTQ target W. Negative
+  // (the default): 1 for linears below 4 bits, 0 at 4 bits (measured: it helps at 2 and 3
+  // bits and not at 4, docs/quantize.md).
+  double asymmetric = -1;
   bool refit_scales = true;      // least-squares refit of the stage scales (QuantizeOptions)
   // Strength beta with which o_proj and down_proj also absorb the part of the residual stream's
   // error (unquantized minus quantized model) that their inputs predict (asymmetric_target's R).
-  double residual_target = 1;
+  // Negative (the default): 1 below 4 bits, 0 at 4 bits, as `asymmetric`.
+  double residual_target = -1;
   bool keep_head_16bit = true;   // false: lm_head is quantized too (at the nearest width)
   std::string dtype_16bit = "float16";  // "float16" | "bfloat16" | "float32" for kept tensors
   bool resume = true;            // reuse OUT.partial/ from an interrupted run with equal settings
