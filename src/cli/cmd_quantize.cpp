@@ -76,11 +76,13 @@ int run_quantize(QuantizeArgs& a) {
     for (const auto& r : reps)
       if (!r.warnings.empty()) fmt::print(stderr, "glq: warning: {}: {}\n", r.name, r.warnings);
   };
+  // A negative strength is chosen per linear by its width (1 below 4 bits, 0 at 4 bits).
+  auto strength = [](double v) { return v < 0 ? std::string("1 below 4 bits, 0 at 4 bits") : fmt::format("{:g}", v); };
   fmt::print(stderr,
              "glq: quantizing {} to {:g} bits per weight (calibration {} x {} tokens of {}, seed {:#x}, damp {:g}, RHT {}, LDLQ {}, "
-             "true-sequential {}, asymmetric target {:g}, residual target {:g}, scale refit {})\n",
+             "true-sequential {}, asymmetric target {}, residual target {}, scale refit {})\n",
              a.model, a.s.bits, a.s.calib_seqs, a.s.seq_len, a.calib, a.s.seed, a.s.damp, a.s.rht ? "on" : "off",
-             a.s.ldlq ? "on" : "off", a.s.true_sequential ? "on" : "off", a.s.asymmetric, a.s.residual_target,
+             a.s.ldlq ? "on" : "off", a.s.true_sequential ? "on" : "off", strength(a.s.asymmetric), strength(a.s.residual_target),
              a.s.refit_scales ? "on" : "off");
   const model::QuantizeResult r = model::quantize_model_files(a.model, a.calib, a.out, a.s, p);
 
