@@ -1,6 +1,5 @@
 // glq chat MODEL: an interactive conversation using the model's chat template. The KV cache
 // keeps the tokens of the conversation so far; each turn only the new tokens are evaluated.
-#include <functional>
 #include <iostream>
 #include <memory>
 #include <span>
@@ -30,31 +29,8 @@ int chat(ChatArgs& a) {
   const auto& tok = m->tokenizer();
   const int ctx = a.ctx > 0 ? std::min(a.ctx, m->config().max_context) : std::min(m->config().max_context, 4096);
   model::Sampler sampler(a.sampling.opt);
-  std::vector<float> logits(static_cast<size_t>(m->vocab_size()));
-  // The engine: the CPU model with its KV cache, or the model's weights on the GPU.
-  std::function<void(std::span<const int32_t>)> forward;
-  std::function<int()> cached_size;
-  std::function<void(int)> truncate;
-  model::KVCache cache;
-#ifdef GLQ_HAVE_CUDA
-  std::unique_ptr<model::CudaModel> gpu;
-#endif
-  if (a.device == "cuda") {
-#ifdef GLQ_HAVE_CUDA
-    gpu = cli::to_gpu_verbose(*m, ctx);
-    forward = [&](std::span<const int32_t> t) {
-      gpu->engine().forward(t.data(), static_cast<int>(t.size()));
-      logits = gpu->engine().logits_host(1);
-    };
-    cached_size = [&] { return gpu->engine().position(); };
-    truncate = [&](int n) { gpu->engine().truncate(n); };
-#endif
-  } else {
-    cache = m->make_cache(ctx);
-    forward = [&](std::span<const int32_t> t) { m->forward(t, cache, logits.data()); };
-    cached_size = [&] { return cache.size(); };
-    truncate = [&](int n) { cache.truncate(n); };
-  }
+  // The CPU model with its KV cache, or the model's weights on the GPU.
+  cli::SequenceEngine engine(*m, a.device, ctx);
   std::vector<model::ChatMessage> messages;
   if (!a.system.empty()) messages.push_back({"system", a.system});
   std::vector<int32_t> cached;  // tokens whose keys/values are in the cache
@@ -66,7 +42,7 @@ int chat(ChatArgs& a) {
     if (!std::getline(std::cin, line) || line == "/exit") break;
     if (line == "/reset") {
       messages.resize(a.system.empty() ? 0 : 1);
-      truncate(0);
+      engine.truncate(0);
       cached.clear();
       continue;
     }
@@ -82,22 +58,22 @@ int chat(ChatArgs& a) {
     // Reuse the cached prefix that the new rendering shares.
     size_t common = 0;
     while (common < cached.size() && common < ids.size() - 1 && cached[common] == ids[common]) ++common;
-    truncate(static_cast<int>(common));
+    engine.truncate(static_cast<int>(common));
     cached.resize(common);
     auto t0 = std::chrono::steady_clock::now();
-    forward(std::span<const int32_t>(ids).subspan(common));
+    engine.forward(std::span<const int32_t>(ids).subspan(common));
     const double prompt_s = cli::seconds_since(t0);
     const size_t prompt_n = ids.size() - common;
     cached = ids;
     std::vector<int32_t> reply;
     model::TokenStreamer streamer(tok);
     t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < a.n && cached_size() < ctx; ++i) {
-      const int32_t next = sampler.sample(logits, cached);
+    for (int i = 0; i < a.n && engine.position() < ctx; ++i) {
+      const int32_t next = sampler.sample(engine.logits(), cached);
       if (tok.is_stop(next)) break;
       reply.push_back(next);
       std::cout << streamer.push(next) << std::flush;
-      forward(std::span<const int32_t>(&next, 1));
+      engine.forward(std::span<const int32_t>(&next, 1));
       cached.push_back(next);
     }
     std::cout << streamer.flush() << std::endl;

@@ -1,7 +1,6 @@
 // glq run MODEL -p PROMPT [-n N]: generate a continuation, streaming it to stdout, and report
 // prompt and decode speed on stderr.
 #include <cstdio>
-#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -40,49 +39,29 @@ int run(const RunArgs& a) {
   if (static_cast<int64_t>(ids.size()) >= m->config().max_context)
     throw_invalid(fmt::format("prompt of {} tokens does not fit the context of {}", ids.size(), m->config().max_context));
   model::Sampler sampler(a.sampling.opt);
-  std::vector<float> logits(static_cast<size_t>(m->vocab_size()));
-  // The engine: the CPU model with its KV cache, or the model's weights on the GPU.
-  std::function<void(std::span<const int32_t>)> forward;
-  std::function<bool()> full;
-  model::KVCache cache;
-#ifdef GLQ_HAVE_CUDA
-  std::unique_ptr<model::CudaModel> gpu;
-#endif
-  if (a.device == "cuda") {
-#ifdef GLQ_HAVE_CUDA
-    gpu = cli::to_gpu_verbose(*m, capacity);
-    forward = [&](std::span<const int32_t> t) {
-      gpu->engine().forward(t.data(), static_cast<int>(t.size()));
-      logits = gpu->engine().logits_host(1);
-    };
-    full = [&] { return gpu->engine().position() >= capacity; };
-#endif
-  } else {
-    cache = m->make_cache(capacity);
-    forward = [&](std::span<const int32_t> t) { m->forward(t, cache, logits.data()); };
-    full = [&] { return cache.size() >= cache.capacity(); };
-  }
+  // The CPU model with its KV cache, or the model's weights on the GPU.
+  cli::SequenceEngine engine(*m, a.device, capacity);
   if (!a.chat) {
     std::fputs(text.c_str(), stdout);
     std::fflush(stdout);
   }
   auto t0 = std::chrono::steady_clock::now();
-  forward(ids);
+  engine.forward(ids);
   const double prompt_s = cli::seconds_since(t0);
   const size_t prompt_n = ids.size();
   model::TokenStreamer streamer(tok);
   int generated = 0;
   t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < a.n; ++i) {
-    const int32_t next = sampler.sample(logits, ids);
+    const int32_t next = sampler.sample(engine.logits(), ids);
     ids.push_back(next);
     ++generated;
     if (!a.ignore_eos && tok.is_stop(next)) break;
     const std::string piece = streamer.push(next);
     std::fputs(piece.c_str(), stdout);
     std::fflush(stdout);
-    if (i + 1 == a.n || full()) break;
-    forward(std::span<const int32_t>(&next, 1));
+    if (i + 1 == a.n || engine.full()) break;
+    engine.forward(std::span<const int32_t>(&next, 1));
   }
   const double decode_s = cli::seconds_since(t0);
   std::fputs(streamer.flush().c_str(), stdout);

@@ -7,7 +7,9 @@
 
 #include <chrono>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "glq/error.hpp"
 #include "glq/model/model.hpp"
@@ -43,5 +45,56 @@ inline std::unique_ptr<model::CudaModel> to_gpu_verbose(const model::Model& m, i
   return g;
 }
 #endif
+
+// One sequence stepped on the CPU model (with its KV cache) or on the GPU engine, for the
+// commands that generate one sequence (run, chat): append tokens, read the last token's logits.
+class SequenceEngine {
+ public:
+  SequenceEngine(const model::Model& m, const std::string& device, int capacity)
+      : m_(m), capacity_(capacity), logits_(static_cast<size_t>(m.vocab_size())) {
+    check_device(device);  // a build without CUDA refuses "cuda" here
+    if (device == "cuda") {
+#ifdef GLQ_HAVE_CUDA
+      gpu_ = to_gpu_verbose(m, capacity);
+#endif
+    } else {
+      cache_ = m.make_cache(capacity);
+    }
+  }
+  // Appends tokens; logits() then holds the last one's.
+  void forward(std::span<const int32_t> tokens) {
+#ifdef GLQ_HAVE_CUDA
+    if (gpu_) {
+      gpu_->engine().forward(tokens.data(), static_cast<int>(tokens.size()));
+      logits_ = gpu_->engine().logits_host(1);
+      return;
+    }
+#endif
+    m_.forward(tokens, cache_, logits_.data());
+  }
+  std::span<const float> logits() const { return logits_; }
+  int position() const {  // tokens in the cache
+#ifdef GLQ_HAVE_CUDA
+    if (gpu_) return gpu_->engine().position();
+#endif
+    return cache_.size();
+  }
+  bool full() const { return position() >= capacity_; }
+  void truncate(int n) {  // forgets tokens from position n on
+#ifdef GLQ_HAVE_CUDA
+    if (gpu_) return gpu_->engine().truncate(n);
+#endif
+    cache_.truncate(n);
+  }
+
+ private:
+  const model::Model& m_;
+  int capacity_;
+  std::vector<float> logits_;
+  model::KVCache cache_;
+#ifdef GLQ_HAVE_CUDA
+  std::unique_ptr<model::CudaModel> gpu_;
+#endif
+};
 
 }  // namespace glq::cli
