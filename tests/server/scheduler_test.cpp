@@ -11,29 +11,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Waits (bounded) for the end of a generation; returns its text.
-std::string drain(Generation& g, std::chrono::seconds limit = 60s) {
-  std::string text;
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!g.wait(50ms, text) && std::chrono::steady_clock::now() < deadline) {
-  }
-  EXPECT_TRUE(g.finished()) << "generation did not finish in time";
-  return text;
-}
-
-GenerationParams greedy(int max_tokens, bool ignore_eos = false) {
-  GenerationParams p;
-  p.max_tokens = max_tokens;
-  p.sampling.temperature = 0;
-  p.ignore_eos = ignore_eos;
-  return p;
-}
-
-std::vector<int32_t> tokens_of(const std::string& text) {
-  const model::Tokenizer& tok = shared_model()->tokenizer();
-  return tok.encode(text, tok.add_bos_default(), true);
-}
-
 TEST(Scheduler, ChunkedPrefillEqualsTheEngineAlone) {
   GLQ_REQUIRE_MODEL();
   SchedulerOptions o;

@@ -22,6 +22,7 @@
 
 #include "glq/model/loader.hpp"
 #include "glq/model/sampler.hpp"
+#include "glq/server/scheduler.hpp"
 #include "glq/server/server.hpp"
 
 namespace glq::server::test {
@@ -212,6 +213,30 @@ inline std::vector<std::string> sse_data(const std::string& body) {
     pos = end + 1;
   }
   return out;
+}
+
+// Scheduler tests: waits (bounded) for the end of a generation and returns its text.
+inline std::string drain(Generation& g, std::chrono::seconds limit = std::chrono::seconds(60)) {
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!g.wait(std::chrono::milliseconds(50), text) && std::chrono::steady_clock::now() < deadline) {
+  }
+  EXPECT_TRUE(g.finished()) << "generation did not finish in time";
+  return text;
+}
+
+inline GenerationParams greedy(int max_tokens, bool ignore_eos = false) {
+  GenerationParams p;
+  p.max_tokens = max_tokens;
+  p.sampling.temperature = 0;
+  p.ignore_eos = ignore_eos;
+  return p;
+}
+
+// The shared model's tokens of text, as the server encodes a prompt.
+inline std::vector<int32_t> tokens_of(const std::string& text) {
+  const model::Tokenizer& tok = shared_model()->tokenizer();
+  return tok.encode(text, tok.add_bos_default(), true);
 }
 
 }  // namespace glq::server::test
