@@ -27,7 +27,8 @@ inline std::unique_ptr<model::Model> load_model_verbose(const std::string& path)
   int quantized = 0;
   for (int l = 0; l < m->num_layers(); ++l)
     for (model::LinearKind k : model::kAllLinearKinds) quantized += m->layer(l).linear(k).is_quantized();
-  const std::string dtype = quantized ? fmt::format("GLQ-quantized ({} of {} linears) + fp32", quantized, 7 * m->num_layers())
+  const std::string dtype = quantized ? fmt::format("GLQ-quantized ({} of {} linears), output head {}", quantized, 7 * m->num_layers(),
+                                                            m->lm_head().is_quantized() ? "GLQ" : m->lm_head().is_dense16() ? "16-bit" : "fp32")
                                       : std::string("fp32");
   fmt::print(stderr, "glq: arch {}, {:.1f}M parameters, dtype {} ({}), context length {}\n", model::arch_name(c.arch),
              m->parameter_count() / 1e6, dtype, m->source_description(), c.max_context);
