@@ -13,6 +13,7 @@
 #include "glq/kernels/cuda.hpp"
 #include "glq/kernels/cuda_engine.hpp"
 #include "glq/transform/hadamard.hpp"
+#include "cuda_test_util.hpp"
 
 namespace {
 
@@ -40,31 +41,6 @@ uint16_t bf16_bits(float f) {
   f = bf16_round(f);
   std::memcpy(&u, &f, 4);
   return uint16_t(u >> 16);
-}
-
-glq::codec::QuantizedMatrix random_q(int rows, int cols, int bits, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  glq::codec::QuantizedMatrix q;
-  q.rows = rows;
-  q.cols = cols;
-  q.bits = bits;
-  float scale = 0.8f / std::sqrt(float(cols));
-  for (auto cb : glq::codec::stages_for_bits(bits)) {
-    glq::codec::CodeStage st;
-    st.codebook = cb;
-    st.codes.resize(size_t(rows) * (cols / 8) * glq::codec::code_bytes(cb));
-    for (auto& c : st.codes) c = uint8_t(rng());
-    std::uniform_real_distribution<float> d(0.7f * scale, 1.3f * scale);
-    st.scales.resize(rows);
-    for (auto& s : st.scales) s = d(rng);
-    q.stages.push_back(std::move(st));
-    scale *= 0.2f;
-  }
-  q.sign_in = glq::transform::random_signs(cols, seed + 1);
-  q.sign_out = glq::transform::random_signs(rows, seed + 2);
-  q.plan_in = glq::transform::make_hadamard_plan(cols);
-  q.plan_out = glq::transform::make_hadamard_plan(rows);
-  return q;
 }
 
 struct CpuLayer {
@@ -148,13 +124,7 @@ std::vector<std::vector<double>> cpu_forward(const TinyModel& m, const std::vect
 }
 
 double rel_err(const float* got, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(got[i])) return 1e30;
-    num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / den);
+  return glq::test::rel_err(got, ref.data(), ref.size());
 }
 
 TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {
@@ -179,7 +149,7 @@ TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {
   const int q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
   uint64_t seed = 100;
   auto quant = [&](int rows, int cols, int bits, Dense& cpu) {
-    const auto q = random_q(rows, cols, bits, seed++);
+    const auto q = glq::test::random_quantized(rows, cols, bits, seed++);
     cpu.rows = rows;
     cpu.cols = cols;
     cpu.w = glq::codec::dequantize(q);

@@ -20,35 +20,11 @@
 #include "glq/model/cuda_model.hpp"
 #include "glq/model/model.hpp"
 #include "glq/transform/hadamard.hpp"
+#include "cuda_test_util.hpp"
 
 namespace {
 
 using glq::model::Linear;
-
-glq::codec::QuantizedMatrix random_q(int rows, int cols, int bits, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  glq::codec::QuantizedMatrix q;
-  q.rows = rows;
-  q.cols = cols;
-  q.bits = bits;
-  float scale = 0.8f / std::sqrt(float(cols));
-  for (auto cb : glq::codec::stages_for_bits(bits)) {
-    glq::codec::CodeStage st;
-    st.codebook = cb;
-    st.codes.resize(size_t(rows) * (cols / 8) * glq::codec::code_bytes(cb));
-    for (auto& c : st.codes) c = uint8_t(rng());
-    std::uniform_real_distribution<float> d(0.7f * scale, 1.3f * scale);
-    st.scales.resize(rows);
-    for (auto& s : st.scales) s = d(rng);
-    q.stages.push_back(std::move(st));
-    scale *= 0.2f;
-  }
-  q.sign_in = glq::transform::random_signs(cols, seed + 1);
-  q.sign_out = glq::transform::random_signs(rows, seed + 2);
-  q.plan_in = glq::transform::make_hadamard_plan(cols);
-  q.plan_out = glq::transform::make_hadamard_plan(rows);
-  return q;
-}
 
 enum class Variant { Quantized, QkvBiases, Mixed };
 
@@ -94,13 +70,13 @@ std::unique_ptr<glq::model::Model> random_model(Variant variant, uint64_t seed) 
     for (auto& v : L.attn_norm) v = ud(rng);
     for (auto& v : L.mlp_norm) v = ud(rng);
     const int h = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), f = c.intermediate_size;
-    L.q = Linear::quantized(random_q(qd, h, 2, s++), biases ? vec(qd, 0.3f) : std::vector<float>{});
-    L.k = Linear::quantized(random_q(kvd, h, 3, s++), biases ? vec(kvd, 0.3f) : std::vector<float>{});
-    L.v = Linear::quantized(random_q(kvd, h, 4, s++), biases ? vec(kvd, 0.3f) : std::vector<float>{});
-    L.o = mixed ? Linear::dense(dense_weights(h, qd, s++), h, qd) : Linear::quantized(random_q(h, qd, 2, s++));
-    L.gate = mixed ? Linear::dense(dense_weights(f, h, s++), f, h) : Linear::quantized(random_q(f, h, 3, s++));
-    L.up = Linear::quantized(random_q(f, h, 2, s++));
-    L.down = Linear::quantized(random_q(h, f, 4, s++));
+    L.q = Linear::quantized(glq::test::random_quantized(qd, h, 2, s++), biases ? vec(qd, 0.3f) : std::vector<float>{});
+    L.k = Linear::quantized(glq::test::random_quantized(kvd, h, 3, s++), biases ? vec(kvd, 0.3f) : std::vector<float>{});
+    L.v = Linear::quantized(glq::test::random_quantized(kvd, h, 4, s++), biases ? vec(kvd, 0.3f) : std::vector<float>{});
+    L.o = mixed ? Linear::dense(dense_weights(h, qd, s++), h, qd) : Linear::quantized(glq::test::random_quantized(h, qd, 2, s++));
+    L.gate = mixed ? Linear::dense(dense_weights(f, h, s++), f, h) : Linear::quantized(glq::test::random_quantized(f, h, 3, s++));
+    L.up = Linear::quantized(glq::test::random_quantized(f, h, 2, s++));
+    L.down = Linear::quantized(glq::test::random_quantized(h, f, 4, s++));
     layers.push_back(std::move(L));
   }
   std::vector<float> final_norm(c.hidden_size);
@@ -112,15 +88,7 @@ std::unique_ptr<glq::model::Model> random_model(Variant variant, uint64_t seed) 
   return std::make_unique<glq::model::Model>(c, emb, std::move(layers), std::move(final_norm), std::move(head));
 }
 
-double rel_err(const float* got, const float* ref, int n) {
-  double num = 0, den = 0;
-  for (int i = 0; i < n; ++i) {
-    if (!std::isfinite(got[i])) return 1e30;
-    num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
-    den += double(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / den);
-}
+double rel_err(const float* got, const float* ref, int n) { return glq::test::rel_err(got, ref, size_t(n)); }
 
 std::vector<int32_t> tokens(int n, int vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
