@@ -65,6 +65,45 @@ TEST(KernelTables, E8r8PlanesMatchReferenceDecoderForAllCodes) {
   }
 }
 
+// The nibble form (AVX-512 integer kernel): B_k = nplane_k[idx] ^ affine(S, N_k); each nibble n
+// is the u8 weight itself, v = 2·(n − 8) + 1 in quarter units.
+TEST(KernelTables, E8pNibblePlanesMatchReferenceDecoderForAllCodes) {
+  const KernelTables& t = kernel_tables();
+  for (int code = 0; code < 65536; ++code) {
+    float ref[8];
+    codec::decode_e8p(static_cast<uint16_t>(code), codec::e8p_abs_table(), ref);
+    const uint8_t idx = static_cast<uint8_t>(code), s = static_cast<uint8_t>(code >> 8);
+    for (int k = 0; k < 4; ++k) {
+      const uint8_t b = t.e8p_nplane[k][idx] ^ gf2_affine(s, t.e8p_ngf[k]);
+      ASSERT_EQ(2 * ((b & 15) - 8) + 1, quarter_units(ref[2 * k])) << "code " << code;
+      ASSERT_EQ(2 * ((b >> 4) - 8) + 1, quarter_units(ref[2 * k + 1])) << "code " << code;
+    }
+  }
+}
+
+// E8R8 nibble form: v = 2·(n − 8).
+TEST(KernelTables, E8r8NibblePlanesMatchReferenceDecoderForAllCodes) {
+  const KernelTables& t = kernel_tables();
+  for (int code = 0; code < 256; ++code) {
+    float ref[8];
+    codec::decode_e8r8(static_cast<uint8_t>(code), codec::e8r8_table(), ref);
+    for (int k = 0; k < 4; ++k) {
+      const uint8_t b = t.e8r8_nplane[k][code];
+      EXPECT_EQ(2 * ((b & 15) - 8), quarter_units(ref[2 * k])) << "code " << code;
+      EXPECT_EQ(2 * ((b >> 4) - 8), quarter_units(ref[2 * k + 1])) << "code " << code;
+    }
+  }
+}
+
+// The sums Σ v·X = 2·Σ n·X − bias·Σ X: the biases follow from the nibble values above.
+TEST(KernelTables, NibbleBiasesMatchTheNibbleValues) {
+  // E8P16: v = 2n − 15; E8R8: v = 2n − 16.
+  for (int n = 0; n < 16; ++n) {
+    EXPECT_EQ(2 * (n - 8) + 1, 2 * n - kNibbleBiasE8P);
+    EXPECT_EQ(2 * (n - 8), 2 * n - kNibbleBiasE8R8);
+  }
+}
+
 TEST(KernelTables, WeightsFitUnsignedBytesWithRoomForProducts) {
   const KernelTables& t = kernel_tables();
   for (int j = 0; j < 64; ++j) {

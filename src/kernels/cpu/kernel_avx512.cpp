@@ -68,27 +68,90 @@ constexpr int kPrefetchBytes = 2048;
 // `groups` per row); xh[b], xl[b]: plane bases of batch row b ([8][gpad] bytes each).
 // prefetch: byte distance of the software prefetch (kPrefetchBytes when whole rows stream
 // through; one row's bytes when the caller walks a column block down the rows).
+// Look-up constants of one codebook in nibble form (kernel_common.hpp): plane k of the 256
+// entries as lo = entries 0..127 and hi = entries 128..255 XOR entries 0..127, so that
+// plane[idx] = vpermi2b(lo, idx) ^ (idx ≥ 128 ? vpermi2b(hi, idx) : 0) — the second look-up
+// zero-masked by idx bit 7 — and the XOR with the sign merge joins it in one vpternlog.
+struct PlaneTables {
+  __m512i lo[4][2], hi[4][2];
+  __m512i sel_lo, sel_hi;  // code bytes → pattern bytes, sign/shift bytes (E8P16)
+  long long gf[4];          // nibble merge matrices (E8P16)
+};
+
+template <codec::Codebook CB>
+inline PlaneTables plane_tables() {
+  const KernelTables& T = kernel_tables();
+  const uint8_t(*planes)[256] = CB == codec::Codebook::E8P16 ? T.e8p_nplane : T.e8r8_nplane;
+  PlaneTables p;
+  for (int k = 0; k < 4; ++k)
+    for (int j = 0; j < 2; ++j) {
+      p.lo[k][j] = _mm512_load_si512(planes[k] + 64 * j);
+      p.hi[k][j] = _mm512_xor_si512(_mm512_load_si512(planes[k] + 128 + 64 * j), p.lo[k][j]);
+    }
+  p.sel_lo = _mm512_load_si512(selectors().lo);
+  p.sel_hi = _mm512_load_si512(selectors().hi);
+  for (int k = 0; k < 4; ++k) p.gf[k] = static_cast<long long>(T.e8p_ngf[k]);
+  return p;
+}
+
+// One chunk of 64 codes (n valid, the rest read as zero) of one stage as (idx, S): pattern and
+// sign/shift bytes (E8R8: S unused).
+template <codec::Codebook CB>
+__attribute__((always_inline)) inline void load_chunk(const PlaneTables& t, const uint8_t* at, int n, __m512i& idx,
+                                                      __m512i& sgn) {
+  if constexpr (CB == codec::Codebook::E8P16) {
+    const uint16_t* c16 = reinterpret_cast<const uint16_t*>(at);
+    __m512i c0, c1;
+    if (n == kChunk) {
+      c0 = _mm512_loadu_si512(c16);
+      c1 = _mm512_loadu_si512(c16 + 32);
+    } else {
+      const __mmask32 m0 = n >= 32 ? ~__mmask32{0} : ((__mmask32{1} << n) - 1);
+      const __mmask32 m1 = n > 32 ? ((__mmask32{1} << (n - 32)) - 1) : 0;
+      c0 = _mm512_maskz_loadu_epi16(m0, c16);
+      c1 = _mm512_maskz_loadu_epi16(m1, c16 + 32);
+    }
+    idx = _mm512_permutex2var_epi8(c0, t.sel_lo, c1);
+    sgn = _mm512_permutex2var_epi8(c0, t.sel_hi, c1);
+  } else {
+    idx = n == kChunk ? _mm512_loadu_si512(at) : _mm512_maskz_loadu_epi8((__mmask64{1} << n) - 1, at);
+    sgn = _mm512_setzero_si512();
+  }
+}
+
+// Byte plane k of the merged nibbles of a chunk: nibble 2k (low) and 2k + 1 (high) of each of
+// the 64 groups.
+template <codec::Codebook CB>
+__attribute__((always_inline)) inline __m512i merged_plane(const PlaneTables& t, int k, __m512i idx, __mmask64 top,
+                                                           __m512i sgn) {
+  const __m512i r1 = _mm512_permutex2var_epi8(t.lo[k][0], idx, t.lo[k][1]);
+  const __m512i r2 = _mm512_maskz_permutex2var_epi8(top, t.hi[k][0], idx, t.hi[k][1]);
+  if constexpr (CB == codec::Codebook::E8P16) {
+    const __m512i m = _mm512_gf2p8affine_epi64_epi8(sgn, _mm512_set1_epi64(t.gf[k]), 0);
+    return _mm512_ternarylogic_epi64(r1, r2, m, 0x96);  // r1 ^ r2 ^ m
+  } else {
+    return _mm512_xor_si512(r1, r2);
+  }
+}
+
+// For rows [r0, r1) of one stage: Σ n·X over groups [g0, g1) (g0 a multiple of kChunk) of NB
+// batch rows, accumulated into dots[b · rows_stride + r] (n: the merged nibbles; the caller maps
+// the sums to Σ v·X). codes: the stage's codes (row-major, `groups` per row); xh[b], xl[b]:
+// plane bases of batch row b ([8][gpad] bytes each). prefetch: byte distance of the software
+// prefetch (kPrefetchBytes when whole rows stream through; one row's bytes when the caller walks
+// a column block down the rows).
 template <codec::Codebook CB, int NB>
 void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
               const int8_t* const* xh, const int8_t* const* xl, int64_t gpad, int64_t* dots,
               int64_t rows_stride, int64_t prefetch) {
-  const KernelTables& T = kernel_tables();
   constexpr bool kE8P = CB == codec::Codebook::E8P16;
   constexpr int kCodeBytes = kE8P ? 2 : 1;
-  const uint8_t(*planes)[256] = kE8P ? T.e8p_plane : T.e8r8_plane;
-  __m512i tab[4][4];
-  for (int k = 0; k < 4; ++k)
-    for (int j = 0; j < 4; ++j) tab[k][j] = _mm512_load_si512(planes[k] + 64 * j);
-  const __m512i lut = _mm512_load_si512(kE8P ? T.e8p_lut : T.e8r8_lut);
-  __m512i gf[4];
-  for (int k = 0; k < 4; ++k) gf[k] = _mm512_set1_epi64(static_cast<long long>(T.e8p_gf[k]));
-  const __m512i sel_lo = _mm512_load_si512(selectors().lo);
-  const __m512i sel_hi = _mm512_load_si512(selectors().hi);
+  const PlaneTables tab = plane_tables<CB>();
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
   // Independent accumulators per batch row and plane so that vpdpbusd latency is hidden.
-  // Lane bound: each accumulator gains at most 8/A · 4 · 22 · 128 per chunk, so int32 holds
+  // Lane bound: each accumulator gains at most 8/A · 4 · 15 · 128 per chunk, so int32 holds
   // well over a million groups per row.
   constexpr int A = NB == 1 ? 4 : (NB == 2 ? 2 : 1);
-  (void)groups;
 
   // Decodes one chunk (idx, S) and accumulates its products with the activation bytes at
   // column offset `col` of every coordinate row (stride gpad) of each batch row.
@@ -97,12 +160,9 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
     const __mmask64 top = _mm512_movepi8_mask(idx);
 #pragma GCC unroll 4
     for (int k = 0; k < 4; ++k) {
-      const __m512i r1 = _mm512_permutex2var_epi8(tab[k][0], idx, tab[k][1]);
-      const __m512i r2 = _mm512_permutex2var_epi8(tab[k][2], idx, tab[k][3]);
-      __m512i e = _mm512_mask_blend_epi8(top, r1, r2);
-      if constexpr (kE8P) e = _mm512_xor_si512(e, _mm512_gf2p8affine_epi64_epi8(sgn, gf[k], 0));
-      const __m512i w_even = _mm512_permutexvar_epi8(e, lut);
-      const __m512i w_odd = _mm512_permutexvar_epi8(_mm512_srli_epi16(e, 4), lut);
+      const __m512i e = merged_plane<CB>(tab, k, idx, top, sgn);
+      const __m512i w_even = _mm512_and_si512(e, low4);
+      const __m512i w_odd = _mm512_and_si512(_mm512_srli_epi16(e, 4), low4);
       const int64_t off_even = (2 * k) * gpad + col, off_odd = (2 * k + 1) * gpad + col;
 #pragma GCC unroll 4
       for (int b = 0; b < NB; ++b) {
@@ -121,7 +181,7 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
   };
   // Adds Σ over the dword lanes in `lanes` of each batch row's accumulators (256·Xh part +
   // Xl part) to out[b · rows_stride]. Within one call a lane holds at most 4 chunks' worth per
-  // accumulator at batch > 1 (≤ 4 · 8 · 4 · 22 · 128 · 257 < 2^31), so the planes are combined
+  // accumulator at batch > 1 (≤ 4 · 8 · 4 · 15 · 128 · 257 < 2^31), so the planes are combined
   // in int32 first and the batch rows are reduced together (a transposing add tree) instead of
   // one horizontal sum each, which dominated small matrices (576 columns: one chunk per row).
   auto add_totals = [&](__mmask16 lanes, int64_t* out) {
@@ -165,25 +225,8 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
       // Codes are contiguous across rows, so a fixed distance ahead also covers the next row.
       _mm_prefetch(reinterpret_cast<const char*>(at) + prefetch, _MM_HINT_T0);
       if constexpr (kE8P) _mm_prefetch(reinterpret_cast<const char*>(at) + prefetch + 64, _MM_HINT_T0);
-      __m512i idx, sgn = _mm512_setzero_si512();
-      if constexpr (kE8P) {
-        const uint16_t* c16 = reinterpret_cast<const uint16_t*>(at);
-        __m512i c0, c1;
-        if (n == kChunk) {
-          c0 = _mm512_loadu_si512(c16);
-          c1 = _mm512_loadu_si512(c16 + 32);
-        } else {
-          const __mmask32 m0 = n >= 32 ? ~__mmask32{0} : ((__mmask32{1} << n) - 1);
-          const __mmask32 m1 = n > 32 ? ((__mmask32{1} << (n - 32)) - 1) : 0;
-          c0 = _mm512_maskz_loadu_epi16(m0, c16);
-          c1 = _mm512_maskz_loadu_epi16(m1, c16 + 32);
-        }
-        idx = _mm512_permutex2var_epi8(c0, sel_lo, c1);
-        sgn = _mm512_permutex2var_epi8(c0, sel_hi, c1);
-      } else {
-        idx = n == kChunk ? _mm512_loadu_si512(at)
-                          : _mm512_maskz_loadu_epi8((__mmask64{1} << n) - 1, at);
-      }
+      __m512i idx, sgn;
+      load_chunk<CB>(tab, at, n, idx, sgn);
       chunk(idx, sgn, g);
     }
     if (g0 < g_main) add_totals(0xFFFF, dots + r);
@@ -216,12 +259,106 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
       }
       clear();
       if constexpr (kE8P)
-        chunk(_mm512_permutex2var_epi8(c0, sel_lo, c1), _mm512_permutex2var_epi8(c0, sel_hi, c1), tail_col);
+        chunk(_mm512_permutex2var_epi8(c0, tab.sel_lo, c1), _mm512_permutex2var_epi8(c0, tab.sel_hi, c1), tail_col);
       else
         chunk(c0, _mm512_setzero_si512(), tail_col);
       for (int j = 0; j < np; ++j) {
         add_totals(static_cast<__mmask16>(((1u << (span / 4)) - 1) << (j * span / 4)), dots + rp + j);
       }
+    }
+  }
+}
+
+// Batch 1, two E8P16 stages (4 bpw) in one pass. Zen 4 runs a 512-bit op in two halves, so
+// the kernel is bound by its count of vector ops (vpdpbusd and the two-source byte permutes
+// above all); this version saves every op it can against running dot_rows once per stage:
+//  - each coordinate's activation bytes are loaded once for both stages;
+//  - the two code streams are read side by side and share the look-up tables;
+//  - the high nibble is used in place, as 16·n (one AND, no shift), with its own accumulators;
+//  - the first table operand of each permute (which the instruction overwrites) is loaded from
+//    memory instead of copied from a register, so load ports do the work of register moves.
+// Rows [r0, r1), groups [0, g_end) (g_end: all groups, or the groups before the packed tails,
+// which the caller runs per stage). Σ n·X of stage s goes to dots_s[r].
+constexpr int kMaxFusedGroups = 1 << 17;
+struct alignas(64) PlaneMemory {
+  uint8_t lo0[4][64], hi0[4][64];  // first halves of PlaneTables::lo / hi
+  long long gf[4];
+};
+const PlaneMemory& e8p_plane_memory() {
+  static const PlaneMemory m = [] {
+    const KernelTables& T = kernel_tables();
+    PlaneMemory p{};
+    for (int k = 0; k < 4; ++k) {
+      for (int i = 0; i < 64; ++i) {
+        p.lo0[k][i] = T.e8p_nplane[k][i];
+        p.hi0[k][i] = T.e8p_nplane[k][128 + i] ^ T.e8p_nplane[k][i];
+      }
+      p.gf[k] = static_cast<long long>(T.e8p_ngf[k]);
+    }
+    return p;
+  }();
+  return m;
+}
+
+void dot_rows_two_e8p(const uint8_t* codes0, const uint8_t* codes1, int groups, int g_end, int r0, int r1,
+                      const int8_t* xh, const int8_t* xl, int64_t gpad, int64_t* dots0, int64_t* dots1) {
+  const PlaneTables tab = plane_tables<codec::Codebook::E8P16>();
+  const PlaneMemory* const mem = &e8p_plane_memory();
+  const __m512i low4 = _mm512_set1_epi8(0x0F), high4 = _mm512_set1_epi8(static_cast<char>(0xF0));
+  // acc[s][p][h]: stage s, activation plane p (Xh, Xl), low (h = 0) or high (h = 1, 16·n)
+  // nibbles. Lane bound: a high accumulator gains ≤ 4 · 4 · 240 · 128 per chunk and a low one
+  // a sixteenth of it, so the lanes and their 16-lane sums stay in int32 up to 4369 chunks per
+  // row (kMaxFusedGroups, 1M columns, keeps a margin; longer rows run per stage).
+  __m512i acc[2][2][2];
+  for (int r = r0; r < r1; ++r) {
+    const uint8_t* row0 = codes0 + static_cast<int64_t>(r) * groups * 2;
+    const uint8_t* row1 = codes1 + static_cast<int64_t>(r) * groups * 2;
+    for (auto& a : acc)
+      for (auto& b : a)
+        for (auto& c : b) c = _mm512_setzero_si512();
+    for (int g = 0; g < g_end; g += kChunk) {
+      const int n = std::min(kChunk, g_end - g);
+      const uint8_t* at0 = row0 + 2 * g;
+      const uint8_t* at1 = row1 + 2 * g;
+      _mm_prefetch(reinterpret_cast<const char*>(at0) + kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(at0) + kPrefetchBytes + 64, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(at1) + kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(at1) + kPrefetchBytes + 64, _MM_HINT_T0);
+      // The compiler must not keep the tables' first halves in registers (they would be copied
+      // before every permute): hide that the pointer is loop-invariant.
+      const PlaneMemory* t = mem;
+      asm("" : "+r"(t));
+      __m512i idx[2], sgn[2];
+      load_chunk<codec::Codebook::E8P16>(tab, at0, n, idx[0], sgn[0]);
+      load_chunk<codec::Codebook::E8P16>(tab, at1, n, idx[1], sgn[1]);
+      const __mmask64 top[2] = {_mm512_movepi8_mask(idx[0]), _mm512_movepi8_mask(idx[1])};
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        const int64_t off_even = (2 * k) * gpad + g, off_odd = (2 * k + 1) * gpad + g;
+        __m512i xeh = _mm512_loadu_si512(xh + off_even), xel = _mm512_loadu_si512(xl + off_even);
+        __m512i xoh = _mm512_loadu_si512(xh + off_odd), xol = _mm512_loadu_si512(xl + off_odd);
+        asm("" : "+v"(xeh), "+v"(xel), "+v"(xoh), "+v"(xol));  // one load each, for both stages
+#pragma GCC unroll 2
+        for (int s = 0; s < 2; ++s) {
+          const __m512i r1 = _mm512_permutex2var_epi8(_mm512_load_si512(t->lo0[k]), idx[s], tab.lo[k][1]);
+          const __m512i r2 = _mm512_maskz_permutex2var_epi8(top[s], _mm512_load_si512(t->hi0[k]), idx[s], tab.hi[k][1]);
+          const __m512i m = _mm512_gf2p8affine_epi64_epi8(sgn[s], _mm512_set1_epi64(t->gf[k]), 0);
+          const __m512i e = _mm512_ternarylogic_epi64(r1, r2, m, 0x96);  // r1 ^ r2 ^ m
+          const __m512i w_lo = _mm512_and_si512(e, low4), w_hi = _mm512_and_si512(e, high4);
+          acc[s][0][0] = _mm512_dpbusd_epi32(acc[s][0][0], w_lo, xeh);
+          acc[s][1][0] = _mm512_dpbusd_epi32(acc[s][1][0], w_lo, xel);
+          acc[s][0][1] = _mm512_dpbusd_epi32(acc[s][0][1], w_hi, xoh);
+          acc[s][1][1] = _mm512_dpbusd_epi32(acc[s][1][1], w_hi, xol);
+        }
+      }
+    }
+    for (int s = 0; s < 2; ++s) {
+      // Every high-nibble product is a multiple of 16: shift the lanes exactly, then reduce.
+      const int64_t h = static_cast<int64_t>(_mm512_reduce_add_epi32(acc[s][0][0])) +
+                        _mm512_reduce_add_epi32(_mm512_srai_epi32(acc[s][0][1], 4));
+      const int64_t l = static_cast<int64_t>(_mm512_reduce_add_epi32(acc[s][1][0])) +
+                        _mm512_reduce_add_epi32(_mm512_srai_epi32(acc[s][1][1], 4));
+      (s == 0 ? dots0 : dots1)[r] += 256 * h + l;
     }
   }
 }
@@ -322,7 +459,20 @@ void dots_avx512(const DotArgs& a, int r0, int r1) {
   for (int s = 0; s < a.n_stages; ++s)
     for (int b = 0; b < batch; ++b)
       std::fill_n(a.dots + (static_cast<int64_t>(s) * batch + b) * a.rows + r0, r1 - r0, 0);
-  if (batch == 1) {
+  if (batch == 1 && a.n_stages == 2 && a.stages[0].codebook == codec::Codebook::E8P16 &&
+      a.stages[1].codebook == codec::Codebook::E8P16 && a.groups <= kMaxFusedGroups) {
+    // 4 bpw: both stages in one pass over the rows; packed row tails (if any) per stage.
+    const int tail = a.groups % kChunk;
+    const bool packed_tails = tail > 0 && tail <= kChunk / 2;
+    const int g_end = packed_tails ? a.groups - tail : a.groups;
+    const int8_t* xh = a.act.planes;
+    const int8_t* xl = xh + a.act.plane_bytes;
+    if (g_end > 0)
+      dot_rows_two_e8p(a.stages[0].codes, a.stages[1].codes, a.groups, g_end, r0, r1, xh, xl,
+                                           a.act.groups_padded, a.dots, a.dots + a.rows);
+    if (packed_tails)
+      for (int s = 0; s < 2; ++s) dot_tile(a, s, r0, r1, 0, 1, g_end, a.groups);
+  } else if (batch == 1) {
     // Whole rows, one stage after the other: the codes stream through once.
     for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r0, r1, 0, 1, 0, a.groups);
   } else {
@@ -341,13 +491,15 @@ void dots_avx512(const DotArgs& a, int r0, int r1) {
       }
     }
   }
-  // Remove the u8 offset: Σ (v + off)·X = Σ v·X + off·Σ X.
-  for (int s = 0; s < a.n_stages; ++s)
+  // From nibbles to quarter units: Σ v·X = 2·Σ n·X − bias·Σ X (kernel_common.hpp).
+  for (int s = 0; s < a.n_stages; ++s) {
+    const int64_t bias = a.stages[s].codebook == codec::Codebook::E8P16 ? kNibbleBiasE8P : kNibbleBiasE8R8;
     for (int b = 0; b < batch; ++b) {
       int64_t* d = a.dots + (static_cast<int64_t>(s) * batch + b) * a.rows;
-      const int64_t corr = static_cast<int64_t>(kWeightOffset) * a.act.xsum[b];
-      for (int r = r0; r < r1; ++r) d[r] -= corr;
+      const int64_t corr = bias * a.act.xsum[b];
+      for (int r = r0; r < r1; ++r) d[r] = 2 * d[r] - corr;
     }
+  }
 }
 
 void hadamard_avx512(const transform::HadamardPlan& plan, bool transpose, float* x, float* tmp) {

@@ -51,7 +51,24 @@ struct KernelTables {
   alignas(32) uint32_t sign_lo[8];
   alignas(32) uint32_t sign_mid[8];
   alignas(32) uint32_t sign_hi[8];
+
+  // Nibble form (the AVX-512 integer kernel): after the merge every nibble n ∈ [0, 15] is itself
+  // the u8 weight, with v = 2·(n − 8) + 1 for E8P16 and v = 2·(n − 8) for E8R8, so
+  //   Σ v·X = 2·Σ n·X − kNibbleBias·Σ X    (kNibbleBias = 15 for E8P16, 16 for E8R8)
+  // and no nibble → weight look-up is needed (a mask and a shift split a byte's two nibbles).
+  // E8P16 nibble before the merge: 8 | 2·m | 1 with m = (2p − 1)/2 ∈ {0, 1, 2}; the merge XORs
+  // a coordinate's sign into bits 1-3 (8 + 2m + 1 − 8 = 2m + 1 becomes its ones' complement,
+  // −2m − 2) and the −¼ shift into bit 0. Coordinate 7's nibble is stored pre-complemented when
+  // the pattern's parity bit is set, and the merge XORs the parity of the seven stored signs.
+  // E8R8: the signed nibble 2·c XOR 8 (= 2·c + 8); no merge.
+  alignas(64) uint8_t e8p_nplane[4][256];
+  alignas(64) uint8_t e8r8_nplane[4][256];
+  // GF(2) affine matrices of the nibble merge for byte k: sign of 2k → bits 1-3, sign of 2k+1
+  // (k = 3: parity of the seven signs) → bits 5-7, shift → bits 0 and 4.
+  uint64_t e8p_ngf[4];
 };
+inline constexpr int kNibbleBiasE8P = 15;
+inline constexpr int kNibbleBiasE8R8 = 16;
 const KernelTables& kernel_tables();
 
 // One stage of a matrix as the kernels see it.

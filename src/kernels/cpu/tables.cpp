@@ -47,6 +47,30 @@ KernelTables build() {
     t.e8p_gf[k] = gf_row(0, 0x80) | gf_row(3, static_cast<uint8_t>(1u << (2 * k))) |
                   gf_row(4, 0x80) | gf_row(7, sign_hi_src);
   }
+  // Nibble form (see kernel_common.hpp).
+  for (int i = 0; i < 256; ++i) {
+    const uint32_t entry = abs[i];
+    const bool parity = entry >> 31;
+    for (int k = 0; k < 4; ++k) {
+      uint8_t b = 0;
+      for (int h = 0; h < 2; ++h) {
+        const int coord = 2 * k + h;
+        const uint32_t two_p = (entry >> (4 * coord)) & 7;  // 1, 3 or 5
+        uint32_t n = 8u | (two_p - 1) | 1u;                  // 8 | 2m | 1
+        if (coord == 7 && parity) n ^= 0xEu;
+        b |= static_cast<uint8_t>(n << (4 * h));
+      }
+      t.e8p_nplane[k][i] = b;
+      t.e8r8_nplane[k][i] = static_cast<uint8_t>(t.e8r8_plane[k][i] ^ 0x88u);
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    const uint8_t lo_sign = static_cast<uint8_t>(1u << (2 * k));
+    const uint8_t hi_sign = k < 3 ? static_cast<uint8_t>(1u << (2 * k + 1)) : 0x7F;
+    uint64_t m = gf_row(0, 0x80) | gf_row(4, 0x80);
+    for (int bit = 1; bit <= 3; ++bit) m |= gf_row(bit, lo_sign) | gf_row(bit + 4, hi_sign);
+    t.e8p_ngf[k] = m;
+  }
   // Dword form: sign j of coordinate j goes to bit 4j+3; bit 31 collects the parity of the
   // seven signs (XORed with the entry's parity bit it becomes the sign of coordinate 7).
   for (uint32_t n = 0; n < 8; ++n) {
