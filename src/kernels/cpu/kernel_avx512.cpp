@@ -2,21 +2,25 @@
 //
 // Why this shape. At batch 1 every code is used once, so the kernel must decode faster than
 // memory delivers codes; an fp32 decode-then-FMA needs 8 FMAs per code and is compute-bound at
-// about the speed of the dense fp32 product. Instead the weights stay integers (quarter lattice
-// units, + kWeightOffset so they are u8) and meet the 16-bit activations split into two s8 planes
-// in vpdpbusd (64 byte products per instruction). Decoding works on 64 consecutive groups of one
-// row at a time, in byte planes rather than per code:
+// about the speed of the dense fp32 product. Instead the weights stay small unsigned integers
+// and meet the 16-bit activations split into two s8 planes in vpdpbusd (64 byte products per
+// instruction). Decoding works on 64 consecutive groups of one row at a time, in byte planes
+// rather than per code, in the nibble form of kernel_common.hpp:
 //   codes (64 × u16)  --vpermt2b-->  idx (64 pattern bytes), S (64 sign/shift bytes)
-//   B_k = plane_k[idx] ^ gf2p8affine(S, M_k)      k = 0..3, byte k of the merged entry:
-//         plane_k is byte k of the 1 KiB abs table, held in 4 registers and looked up with two
-//         vpermi2b + one blend on idx bit 7; M_k moves sign bits 2k, 2k+1 (the parity of all
-//         seven for coordinate 7) to nibble bit 3 and flips nibble bit 0 for the −¼ shift.
-//   w_2k = vpermb(lut, B_k), w_2k+1 = vpermb(lut, B_k >> 4)   64 u8 weights of coordinate 2k,
-//         resp. 2k+1, of the 64 groups; dword lane l holds groups 4l .. 4l+3 of that coordinate.
-// The activations are stored coordinate-major ([coordinate][group], see pack_act_avx512), so the
-// matching bytes are one contiguous 64-byte load per coordinate, and dword lane l of vpdpbusd
-// sums exactly the four products of lane l. About 0.8 instructions per code at batch 1; at
-// batch > 1 the decoded registers feed up to kBatchTile rows of the batch before the next chunk.
+//   B_k = plane_k[idx] ^ gf2p8affine(S, N_k)      k = 0..3, byte k of the merged entry:
+//         plane_k is byte k of the 256 nibble-form entries, looked up with one vpermt2b over
+//         entries 0..127 and one zero-masked by idx bit 7 over (128..255) XOR (0..127); the
+//         three-way XOR is one vpternlog. N_k XORs the sign of each coordinate into its nibble's
+//         bits 1-3 (for coordinate 7 the parity of the seven stored signs) and the shift into
+//         bit 0, after which each nibble n is the u8 weight itself: v = 2·(n − 8) + 1.
+//   B_k & 0x0F, B_k & 0xF0     64 weights of coordinate 2k (n), resp. 2k+1 (16·n), of the 64
+//         groups; dword lane l holds groups 4l .. 4l+3 of that coordinate.
+// The activations are stored coordinate-major ([coordinate][group], see prepare_input_avx512), so
+// the matching bytes are one contiguous 64-byte load per coordinate, and dword lane l of
+// vpdpbusd sums exactly the four products of lane l. The sums are mapped back to quarter units
+// once per row: Σ v·X = 2·Σ n·X − bias·Σ X. At batch 1 all stages of a matrix run in one pass
+// (dot_rows_fused); at batch > 1 the decoded registers feed up to kBatchTile rows of the batch
+// before the next chunk (dot_rows).
 // GCC 12 reports its own intrinsics (_mm512_undefined_* inside masked loads and reductions) as
 // uninitialised; the values are never read.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -269,30 +273,34 @@ void dot_rows(const uint8_t* codes, int groups, int r0, int r1, int g0, int g1,
   }
 }
 
-// Batch 1, two E8P16 stages (4 bpw) in one pass. Zen 4 runs a 512-bit op in two halves, so
-// the kernel is bound by its count of vector ops (vpdpbusd and the two-source byte permutes
-// above all); this version saves every op it can against running dot_rows once per stage:
-//  - each coordinate's activation bytes are loaded once for both stages;
-//  - the two code streams are read side by side and share the look-up tables;
+// Batch 1, whole rows, all stages of a matrix in one pass (2 bpw: E8P16; 3 bpw: E8P16 + E8R8;
+// 4 bpw: E8P16 + E8P16). Zen 4 runs a 512-bit op in two halves, so the kernel is bound by its
+// count of vector ops (vpdpbusd and the two-source byte permutes above all); against running
+// dot_rows once per stage this version saves every op it can:
+//  - each coordinate's activation bytes are loaded once for all stages;
+//  - the code streams are read side by side; two E8P16 stages share the look-up tables;
 //  - the high nibble is used in place, as 16·n (one AND, no shift), with its own accumulators;
 //  - the first table operand of each permute (which the instruction overwrites) is loaded from
 //    memory instead of copied from a register, so load ports do the work of register moves.
 // Rows [r0, r1), groups [0, g_end) (g_end: all groups, or the groups before the packed tails,
-// which the caller runs per stage). Σ n·X of stage s goes to dots_s[r].
+// which the caller runs per stage). Σ n·X of stage s goes to dots[s · rows + r].
 constexpr int kMaxFusedGroups = 1 << 17;
 struct alignas(64) PlaneMemory {
-  uint8_t lo0[4][64], hi0[4][64];  // first halves of PlaneTables::lo / hi
-  long long gf[4];
+  uint8_t lo[4][2][64], hi[4][2][64];  // PlaneTables::lo / hi in memory
+  long long gf[4];                     // nibble merge matrices (E8P16)
 };
-const PlaneMemory& e8p_plane_memory() {
+template <codec::Codebook CB>
+const PlaneMemory& plane_memory() {
   static const PlaneMemory m = [] {
     const KernelTables& T = kernel_tables();
+    const uint8_t(*planes)[256] = CB == codec::Codebook::E8P16 ? T.e8p_nplane : T.e8r8_nplane;
     PlaneMemory p{};
     for (int k = 0; k < 4; ++k) {
-      for (int i = 0; i < 64; ++i) {
-        p.lo0[k][i] = T.e8p_nplane[k][i];
-        p.hi0[k][i] = T.e8p_nplane[k][128 + i] ^ T.e8p_nplane[k][i];
-      }
+      for (int j = 0; j < 2; ++j)
+        for (int i = 0; i < 64; ++i) {
+          p.lo[k][j][i] = planes[k][64 * j + i];
+          p.hi[k][j][i] = planes[k][128 + 64 * j + i] ^ planes[k][64 * j + i];
+        }
       p.gf[k] = static_cast<long long>(T.e8p_ngf[k]);
     }
     return p;
@@ -300,65 +308,91 @@ const PlaneMemory& e8p_plane_memory() {
   return m;
 }
 
-void dot_rows_two_e8p(const uint8_t* codes0, const uint8_t* codes1, int groups, int g_end, int r0, int r1,
-                      const int8_t* xh, const int8_t* xl, int64_t gpad, int64_t* dots0, int64_t* dots1) {
+// NS stages; stage 0 is E8P16, stage 1 (if any) is CB1.
+template <int NS, codec::Codebook CB1>
+void dot_rows_fused(const uint8_t* const* codes, int groups, int g_end, int rows, int r0, int r1, const int8_t* xh,
+                    const int8_t* xl, int64_t gpad, int64_t* dots) {
+  constexpr codec::Codebook kCB[2] = {codec::Codebook::E8P16, CB1};
+  constexpr int kBytes[2] = {2, CB1 == codec::Codebook::E8P16 ? 2 : 1};
+  // Stage 0's second table halves live in registers (shared with stage 1 when it is E8P16);
+  // an E8R8 stage reads both halves from memory (permute memory operands).
   const PlaneTables tab = plane_tables<codec::Codebook::E8P16>();
-  const PlaneMemory* const mem = &e8p_plane_memory();
+  const PlaneMemory* const mem[2] = {&plane_memory<codec::Codebook::E8P16>(), &plane_memory<CB1>()};
   const __m512i low4 = _mm512_set1_epi8(0x0F), high4 = _mm512_set1_epi8(static_cast<char>(0xF0));
   // acc[s][p][h]: stage s, activation plane p (Xh, Xl), low (h = 0) or high (h = 1, 16·n)
   // nibbles. Lane bound: a high accumulator gains ≤ 4 · 4 · 240 · 128 per chunk and a low one
   // a sixteenth of it, so the lanes and their 16-lane sums stay in int32 up to 4369 chunks per
   // row (kMaxFusedGroups, 1M columns, keeps a margin; longer rows run per stage).
-  __m512i acc[2][2][2];
+  // One stage alone runs two copies of each accumulator (A), so that each vpdpbusd chain is short.
+  constexpr int A = NS == 1 ? 2 : 1;
+  __m512i acc[NS][2][2][A];
   for (int r = r0; r < r1; ++r) {
-    const uint8_t* row0 = codes0 + static_cast<int64_t>(r) * groups * 2;
-    const uint8_t* row1 = codes1 + static_cast<int64_t>(r) * groups * 2;
+    const uint8_t* row[NS];
+    for (int s = 0; s < NS; ++s) row[s] = codes[s] + static_cast<int64_t>(r) * groups * kBytes[s];
     for (auto& a : acc)
       for (auto& b : a)
-        for (auto& c : b) c = _mm512_setzero_si512();
+        for (auto& c : b)
+          for (auto& d : c) d = _mm512_setzero_si512();
     for (int g = 0; g < g_end; g += kChunk) {
       const int n = std::min(kChunk, g_end - g);
-      const uint8_t* at0 = row0 + 2 * g;
-      const uint8_t* at1 = row1 + 2 * g;
-      _mm_prefetch(reinterpret_cast<const char*>(at0) + kPrefetchBytes, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(at0) + kPrefetchBytes + 64, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(at1) + kPrefetchBytes, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(at1) + kPrefetchBytes + 64, _MM_HINT_T0);
       // The compiler must not keep the tables' first halves in registers (they would be copied
-      // before every permute): hide that the pointer is loop-invariant.
-      const PlaneMemory* t = mem;
-      asm("" : "+r"(t));
-      __m512i idx[2], sgn[2];
-      load_chunk<codec::Codebook::E8P16>(tab, at0, n, idx[0], sgn[0]);
-      load_chunk<codec::Codebook::E8P16>(tab, at1, n, idx[1], sgn[1]);
-      const __mmask64 top[2] = {_mm512_movepi8_mask(idx[0]), _mm512_movepi8_mask(idx[1])};
+      // before every permute): hide that the pointers are loop-invariant.
+      const PlaneMemory* t[2] = {mem[0], mem[1]};
+      asm("" : "+r"(t[0]), "+r"(t[1]));
+      __m512i idx[NS], sgn[NS];
+      __mmask64 top[NS];
+#pragma GCC unroll 2
+      for (int s = 0; s < NS; ++s) {
+        const uint8_t* at = row[s] + static_cast<int64_t>(g) * kBytes[s];
+        _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetchBytes, _MM_HINT_T0);
+        if (kBytes[s] == 2) _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetchBytes + 64, _MM_HINT_T0);
+        if (kCB[s] == codec::Codebook::E8P16)
+          load_chunk<codec::Codebook::E8P16>(tab, at, n, idx[s], sgn[s]);
+        else
+          load_chunk<codec::Codebook::E8R8>(tab, at, n, idx[s], sgn[s]);
+        top[s] = _mm512_movepi8_mask(idx[s]);
+      }
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
         const int64_t off_even = (2 * k) * gpad + g, off_odd = (2 * k + 1) * gpad + g;
         __m512i xeh = _mm512_loadu_si512(xh + off_even), xel = _mm512_loadu_si512(xl + off_even);
         __m512i xoh = _mm512_loadu_si512(xh + off_odd), xol = _mm512_loadu_si512(xl + off_odd);
-        asm("" : "+v"(xeh), "+v"(xel), "+v"(xoh), "+v"(xol));  // one load each, for both stages
+        asm("" : "+v"(xeh), "+v"(xel), "+v"(xoh), "+v"(xol));  // one load each, for all stages
 #pragma GCC unroll 2
-        for (int s = 0; s < 2; ++s) {
-          const __m512i r1 = _mm512_permutex2var_epi8(_mm512_load_si512(t->lo0[k]), idx[s], tab.lo[k][1]);
-          const __m512i r2 = _mm512_maskz_permutex2var_epi8(top[s], _mm512_load_si512(t->hi0[k]), idx[s], tab.hi[k][1]);
-          const __m512i m = _mm512_gf2p8affine_epi64_epi8(sgn[s], _mm512_set1_epi64(t->gf[k]), 0);
-          const __m512i e = _mm512_ternarylogic_epi64(r1, r2, m, 0x96);  // r1 ^ r2 ^ m
+        for (int s = 0; s < NS; ++s) {
+          __m512i e;
+          if (kCB[s] == codec::Codebook::E8P16) {
+            const __m512i r1 = _mm512_permutex2var_epi8(_mm512_load_si512(t[0]->lo[k][0]), idx[s], tab.lo[k][1]);
+            const __m512i r2 =
+                _mm512_maskz_permutex2var_epi8(top[s], _mm512_load_si512(t[0]->hi[k][0]), idx[s], tab.hi[k][1]);
+            const __m512i m = _mm512_gf2p8affine_epi64_epi8(sgn[s], _mm512_set1_epi64(t[0]->gf[k]), 0);
+            e = _mm512_ternarylogic_epi64(r1, r2, m, 0x96);  // r1 ^ r2 ^ m
+          } else {
+            const __m512i r1 = _mm512_permutex2var_epi8(_mm512_load_si512(t[1]->lo[k][0]), idx[s],
+                                                        _mm512_load_si512(t[1]->lo[k][1]));
+            const __m512i r2 = _mm512_maskz_permutex2var_epi8(top[s], _mm512_load_si512(t[1]->hi[k][0]), idx[s],
+                                                              _mm512_load_si512(t[1]->hi[k][1]));
+            e = _mm512_xor_si512(r1, r2);
+          }
           const __m512i w_lo = _mm512_and_si512(e, low4), w_hi = _mm512_and_si512(e, high4);
-          acc[s][0][0] = _mm512_dpbusd_epi32(acc[s][0][0], w_lo, xeh);
-          acc[s][1][0] = _mm512_dpbusd_epi32(acc[s][1][0], w_lo, xel);
-          acc[s][0][1] = _mm512_dpbusd_epi32(acc[s][0][1], w_hi, xoh);
-          acc[s][1][1] = _mm512_dpbusd_epi32(acc[s][1][1], w_hi, xol);
+          const int a = k % A;
+          acc[s][0][0][a] = _mm512_dpbusd_epi32(acc[s][0][0][a], w_lo, xeh);
+          acc[s][1][0][a] = _mm512_dpbusd_epi32(acc[s][1][0][a], w_lo, xel);
+          acc[s][0][1][a] = _mm512_dpbusd_epi32(acc[s][0][1][a], w_hi, xoh);
+          acc[s][1][1][a] = _mm512_dpbusd_epi32(acc[s][1][1][a], w_hi, xol);
         }
       }
     }
-    for (int s = 0; s < 2; ++s) {
+    for (int s = 0; s < NS; ++s) {
       // Every high-nibble product is a multiple of 16: shift the lanes exactly, then reduce.
-      const int64_t h = static_cast<int64_t>(_mm512_reduce_add_epi32(acc[s][0][0])) +
-                        _mm512_reduce_add_epi32(_mm512_srai_epi32(acc[s][0][1], 4));
-      const int64_t l = static_cast<int64_t>(_mm512_reduce_add_epi32(acc[s][1][0])) +
-                        _mm512_reduce_add_epi32(_mm512_srai_epi32(acc[s][1][1], 4));
-      (s == 0 ? dots0 : dots1)[r] += 256 * h + l;
+      int64_t h = 0, l = 0;
+      for (int a = 0; a < A; ++a) {
+        h += static_cast<int64_t>(_mm512_reduce_add_epi32(acc[s][0][0][a])) +
+             _mm512_reduce_add_epi32(_mm512_srai_epi32(acc[s][0][1][a], 4));
+        l += static_cast<int64_t>(_mm512_reduce_add_epi32(acc[s][1][0][a])) +
+             _mm512_reduce_add_epi32(_mm512_srai_epi32(acc[s][1][1][a], 4));
+      }
+      dots[static_cast<int64_t>(s) * rows + r] += 256 * h + l;
     }
   }
 }
@@ -459,19 +493,28 @@ void dots_avx512(const DotArgs& a, int r0, int r1) {
   for (int s = 0; s < a.n_stages; ++s)
     for (int b = 0; b < batch; ++b)
       std::fill_n(a.dots + (static_cast<int64_t>(s) * batch + b) * a.rows + r0, r1 - r0, 0);
-  if (batch == 1 && a.n_stages == 2 && a.stages[0].codebook == codec::Codebook::E8P16 &&
-      a.stages[1].codebook == codec::Codebook::E8P16 && a.groups <= kMaxFusedGroups) {
-    // 4 bpw: both stages in one pass over the rows; packed row tails (if any) per stage.
+  const bool fused = batch == 1 && a.groups <= kMaxFusedGroups && a.stages[0].codebook == codec::Codebook::E8P16;
+  if (fused) {
+    // All stages in one pass over the rows; packed row tails (if any) per stage.
     const int tail = a.groups % kChunk;
     const bool packed_tails = tail > 0 && tail <= kChunk / 2;
     const int g_end = packed_tails ? a.groups - tail : a.groups;
     const int8_t* xh = a.act.planes;
     const int8_t* xl = xh + a.act.plane_bytes;
-    if (g_end > 0)
-      dot_rows_two_e8p(a.stages[0].codes, a.stages[1].codes, a.groups, g_end, r0, r1, xh, xl,
-                                           a.act.groups_padded, a.dots, a.dots + a.rows);
+    const uint8_t* codes[2] = {a.stages[0].codes, a.n_stages > 1 ? a.stages[1].codes : nullptr};
+    if (g_end > 0) {
+      if (a.n_stages == 1)
+        dot_rows_fused<1, codec::Codebook::E8P16>(codes, a.groups, g_end, a.rows, r0, r1, xh, xl,
+                                                  a.act.groups_padded, a.dots);
+      else if (a.stages[1].codebook == codec::Codebook::E8P16)
+        dot_rows_fused<2, codec::Codebook::E8P16>(codes, a.groups, g_end, a.rows, r0, r1, xh, xl,
+                                                  a.act.groups_padded, a.dots);
+      else
+        dot_rows_fused<2, codec::Codebook::E8R8>(codes, a.groups, g_end, a.rows, r0, r1, xh, xl,
+                                                 a.act.groups_padded, a.dots);
+    }
     if (packed_tails)
-      for (int s = 0; s < 2; ++s) dot_tile(a, s, r0, r1, 0, 1, g_end, a.groups);
+      for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r0, r1, 0, 1, g_end, a.groups);
   } else if (batch == 1) {
     // Whole rows, one stage after the other: the codes stream through once.
     for (int s = 0; s < a.n_stages; ++s) dot_tile(a, s, r0, r1, 0, 1, 0, a.groups);
