@@ -153,6 +153,11 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
   app.add_flag("--no-refit-scales", a->no_refit_scales,
                "keep the RMS-based stage scales (default: least-squares refit of each row's scales to its codes in the "
                "Hessian metric)");
+  app.add_option("--scale-search", a->s.scale_search,
+                 "multipliers of the RMS-based stage scales tried by LDLQ, each row keeping its best (comma-separated; "
+                 "1: one pass; default: 0.85,0.92,1,1.08,1.16)")
+      ->delimiter(',')
+      ->check(CLI::Range(0.05, 20.0));
   app.add_flag("--keep-head-fp16,!--quantize-head", a->s.keep_head_16bit,
                "keep lm_head in 16 bits (default: on); --quantize-head quantizes it at ceil(bits)")
       ->capture_default_str();

@@ -228,6 +228,12 @@ std::vector<std::vector<float>> embed_all(const Model& model, const std::vector<
   return hidden;
 }
 
+// The scale multipliers passed to the codec for a linear of `bits` bits.
+std::vector<float> scale_multipliers(const QuantizeSettings& s, int bits) {
+  const std::vector<double> m = s.scale_search.empty() ? default_scale_search(bits) : s.scale_search;
+  return std::vector<float>(m.begin(), m.end());
+}
+
 // The widths that a target of `bits` may use.
 std::pair<int, int> width_bounds(double bits) {
   const int lo = static_cast<int>(std::floor(bits + 1e-9));
@@ -291,6 +297,13 @@ std::vector<float> rms_norm_rows(const float* x, int tokens, int h, const std::v
 }
 
 }  // namespace
+
+std::vector<double> default_scale_search(int bits) {
+  if (bits < 2 || bits > 4) throw_invalid("default_scale_search: bits must be 2, 3 or 4, got " + std::to_string(bits));
+  // Measured at 2 bits (docs/quantize.md): mean proxy loss 0.0286 -> 0.0276, perplexity -5 %,
+  // for about 5 % more CPU time.
+  return {0.85, 0.92, 1.0, 1.08, 1.16};
+}
 
 // ---- calibration set and bit allocation ------------------------------------------------------
 
@@ -403,7 +416,8 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
                              {"rht", s.rht},                        {"ldlq", s.ldlq},
                              {"keep_head_16bit", s.keep_head_16bit}, {"format_version", format::kGlqFormatVersion},
                              {"true_sequential", s.true_sequential}, {"asymmetric", s.asymmetric},
-                             {"refit_scales", s.refit_scales}, {"residual_target", s.residual_target}};
+                             {"refit_scales", s.refit_scales}, {"residual_target", s.residual_target},
+                             {"scale_search", s.scale_search}};
   const fs::path manifest_path = partial / "manifest.json";
   if (fs::exists(manifest_path)) {
     const nlohmann::json old = read_json_file(manifest_path);
@@ -465,6 +479,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
             o.use_ldlq = s.ldlq;
             o.damp = s.damp;
             o.refit_scales = s.refit_scales;
+            o.scale_multipliers = scale_multipliers(s, o.bits);
             codec::QuantizeReport rep;
             codec::quantize_matrix(W, lin.rows(), lin.cols(), H, o, &rep);
             (b == lo ? e.loss_lo : e.loss_hi) = rep.proxy_loss * energy;
@@ -549,6 +564,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
           o.use_ldlq = s.ldlq;
           o.damp = s.damp;
           o.refit_scales = s.refit_scales;
+          o.scale_multipliers = scale_multipliers(s, o.bits);
           codec::QuantizeReport rep;
           std::span<const float> W(lin.dense_weight(), static_cast<size_t>(job.rows) * job.cols);
           codec::QuantizedMatrix q;
@@ -616,6 +632,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       o.use_ldlq = s.ldlq;
       o.damp = s.damp;
       o.refit_scales = s.refit_scales;
+      o.scale_multipliers = scale_multipliers(s, o.bits);
       codec::QuantizeReport rep;
       const Linear head = quantize_weights::materialized_head(model);  // float32 while it is quantized
       const std::span<const float> W(head.dense_weight(), static_cast<size_t>(head.rows()) * head.cols());

@@ -77,6 +77,10 @@ struct QuantizeOptions {
   // metric: a = argmin (Σ_s a_s c_s − w)ᵀ H (Σ_s a_s c_s − w) (a 1×1 or 2×2 system per row;
   // kept only where it lowers the row's loss and all scales stay positive). Needs H.
   bool refit_scales = true;
+  // Scale search (LDLQ only): one LDLQ pass per multiplier m of the RMS-based stage scales;
+  // each row keeps the pass with its least proxy loss (rows are independent under LDLQ).
+  // Empty: {1} (one pass).
+  std::vector<float> scale_multipliers;
 };
 
 struct QuantizeReport {

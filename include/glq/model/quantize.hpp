@@ -57,6 +57,9 @@ struct QuantizeSettings {
   // bits and not at 4, docs/quantize.md).
   double asymmetric = -1;
   bool refit_scales = true;      // least-squares refit of the stage scales (QuantizeOptions)
+  // Multipliers of the RMS-based stage scales tried by LDLQ, each row keeping its best
+  // (QuantizeOptions::scale_multipliers). Empty: the default grid, default_scale_search(bits).
+  std::vector<double> scale_search;
   // Strength beta with which o_proj and down_proj also absorb the part of the residual stream's
   // error (unquantized minus quantized model) that their inputs predict (asymmetric_target's R).
   // Negative (the default): 1 below 4 bits, 0 at 4 bits, as `asymmetric`.
@@ -66,6 +69,10 @@ struct QuantizeSettings {
   bool resume = true;            // reuse OUT.partial/ from an interrupted run with equal settings
   bool overwrite = false;        // replace an existing OUT
 };
+
+// The scale multipliers that QuantizeSettings::scale_search means when empty, for linears of
+// `bits` bits (2, 3 or 4).
+std::vector<double> default_scale_search(int bits);
 
 // One quantized linear in the report.
 struct LinearReport {

@@ -337,6 +337,11 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
     throw_invalid("quantize_matrix: damping must be finite and >= 0, got " +
                   std::to_string(options.damp));
   }
+  for (float m : options.scale_multipliers) {
+    if (!(m > 0) || !std::isfinite(m)) {
+      throw_invalid("quantize_matrix: scale multipliers must be finite and > 0, got " + std::to_string(m));
+    }
+  }
   for (int64_t i = 0; i < nW; ++i) {
     if (!std::isfinite(W[i])) {
       throw_numerical("quantize_matrix: W " + shape(rows, cols) + " has a non-finite value (" +
@@ -457,75 +462,115 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
     for (int s = 0; s < S; ++s) q.stages[s].scales[r] = static_cast<float>(factors[s] * rms);
   }
 
-  // Quantizes block k (columns 8k..8k+8) of every row from targets T, writing codes and E_k =
-  // Q̃_k − W̃_k; returns Σ_r η_rᵀ·D·η_r (η = Q̃_k − target) when D is given.
-  std::vector<float> E(static_cast<size_t>(nW), 0.0f);  // Q̃ − W̃ (rows, cols)
-  auto quantize_block = [&](const std::vector<float>& T, int k, const double* Dk) -> double {
-    ThreadPool& pool = ThreadPool::global();
-    std::vector<double> partial(pool.size(), 0.0);
-    pool.parallel_for(rows, [&](int64_t begin, int64_t end, int thread) {
+  // Quantizes block k (columns 8k..8k+8) of every row from targets T with the scales `sc`
+  // (per stage, per row), writing codes into `cs` and E_k = Q̃_k − W̃_k into `Eo`; adds
+  // η_rᵀ·D·η_r (η = Q̃_k − target) to rowloss[r] when D is given.
+  auto quantize_block = [&](const std::vector<float>& T, int k, const double* Dk, const std::vector<std::vector<float>>& sc,
+                            std::vector<std::vector<uint8_t>>& cs, std::vector<float>& Eo, std::vector<double>* rowloss) {
+    ThreadPool::global().parallel_for(rows, [&](int64_t begin, int64_t end, int) {
       float scales[4];
       uint16_t codes[4];
-      double local = 0;
       for (int64_t r = begin; r < end; ++r) {
         const size_t off = static_cast<size_t>(r) * cols + 8 * k;
-        for (int s = 0; s < S; ++s) scales[s] = q.stages[s].scales[r];
+        for (int s = 0; s < S; ++s) scales[s] = sc[s][r];
         float rec[8];
         quantize_group(&T[off], stages, scales, codes, rec);
         for (int s = 0; s < S; ++s) {
-          CodeStage& st = q.stages[s];
           const size_t g = static_cast<size_t>(r) * G + k;
-          if (st.codebook == Codebook::E8P16) {
-            st.codes[2 * g] = static_cast<uint8_t>(codes[s] & 0xFF);
-            st.codes[2 * g + 1] = static_cast<uint8_t>(codes[s] >> 8);
+          if (stages[s] == Codebook::E8P16) {
+            cs[s][2 * g] = static_cast<uint8_t>(codes[s] & 0xFF);
+            cs[s][2 * g + 1] = static_cast<uint8_t>(codes[s] >> 8);
           } else {
-            st.codes[g] = static_cast<uint8_t>(codes[s]);
+            cs[s][g] = static_cast<uint8_t>(codes[s]);
           }
         }
         double eta[8];
         for (int i = 0; i < 8; ++i) {
-          E[off + i] = rec[i] - Wt[off + i];
+          Eo[off + i] = rec[i] - Wt[off + i];
           eta[i] = static_cast<double>(rec[i]) - T[off + i];
         }
         if (Dk) {
+          double local = 0;
           for (int i = 0; i < 8; ++i) {
             double s = 0;
             for (int j = 0; j < 8; ++j) s += Dk[i * 8 + j] * eta[j];
             local += eta[i] * s;
           }
+          (*rowloss)[r] += local;
         }
       }
-      partial[thread] += local;
     });
-    double total = 0;
-    for (double v : partial) total += v;
-    return total;
   };
+  std::vector<float> E(static_cast<size_t>(nW), 0.0f);  // Q̃ − W̃ (rows, cols)
+  std::vector<std::vector<float>> base_scales(S);
+  std::vector<std::vector<uint8_t>> codes_out(S);
+  for (int s = 0; s < S; ++s) {
+    base_scales[s] = q.stages[s].scales;
+    codes_out[s] = q.stages[s].codes;
+  }
 
   // ---- 3. rounding: block LDLQ or nearest ----
   const double w_energy = frob2(Wt.data(), nW);
   double proxy_num = 0, proxy_den = 0;
   if (have_h && options.use_ldlq) {
     const BlockLdl f = factor_hessian(Ht, cols, options.damp, rep);
-    std::vector<float> T = Wt;  // targets with feedback applied
-    for (int k1 = G; k1 > 0; k1 -= kSuperBlock) {
-      const int k0 = std::max(0, k1 - kSuperBlock);
-      for (int k = k1 - 1; k >= k0; --k) {
-        proxy_num += quantize_block(T, k, &f.D[static_cast<size_t>(k) * 64]);
-        if (k > k0) {  // T[:, 8k0 : 8k] −= E_k · L[8k : 8k+8, 8k0 : 8k]
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, 8 * (k - k0), 8, -1.0f,
-                      &E[8 * k], cols, &f.L[static_cast<size_t>(8 * k) * cols + 8 * k0], cols, 1.0f,
-                      &T[8 * k0], cols);
+    // One LDLQ pass with the scales `sc`: codes into cs, E into Eo, each row's damped proxy
+    // loss tr(E_r (H̃+λI) E_rᵀ) − λ‖E_r‖² into rowloss.
+    auto ldlq_pass = [&](const std::vector<std::vector<float>>& sc, std::vector<std::vector<uint8_t>>& cs,
+                         std::vector<float>& Eo, std::vector<double>& rowloss) {
+      rowloss.assign(rows, 0.0);
+      std::vector<float> T = Wt;  // targets with feedback applied
+      for (int k1 = G; k1 > 0; k1 -= kSuperBlock) {
+        const int k0 = std::max(0, k1 - kSuperBlock);
+        for (int k = k1 - 1; k >= k0; --k) {
+          quantize_block(T, k, &f.D[static_cast<size_t>(k) * 64], sc, cs, Eo, &rowloss);
+          if (k > k0) {  // T[:, 8k0 : 8k] −= E_k · L[8k : 8k+8, 8k0 : 8k]
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, 8 * (k - k0), 8, -1.0f, &Eo[8 * k], cols,
+                        &f.L[static_cast<size_t>(8 * k) * cols + 8 * k0], cols, 1.0f, &T[8 * k0], cols);
+          }
+        }
+        if (k0 > 0) {  // T[:, 0 : 8k0] −= E[:, 8k0 : 8k1] · L[8k0 : 8k1, 0 : 8k0]
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, 8 * k0, 8 * (k1 - k0), -1.0f, &Eo[8 * k0], cols,
+                      &f.L[static_cast<size_t>(8 * k0) * cols], cols, 1.0f, T.data(), cols);
         }
       }
-      if (k0 > 0) {  // T[:, 0 : 8k0] −= E[:, 8k0 : 8k1] · L[8k0 : 8k1, 0 : 8k0]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, 8 * k0, 8 * (k1 - k0), -1.0f,
-                    &E[8 * k0], cols, &f.L[static_cast<size_t>(8 * k0) * cols], cols, 1.0f, T.data(),
-                    cols);
+      // tr(E·H̃·Eᵀ) = tr(E·(H̃+λI)·Eᵀ) − λ‖E‖² = Σ_k tr(η_k·D_k·η_kᵀ) − λ‖E‖², row by row.
+      for (int r = 0; r < rows; ++r) rowloss[r] -= f.lambda * frob2(&Eo[static_cast<size_t>(r) * cols], cols);
+    };
+    // Scale search: rows are independent under LDLQ (the feedback runs along a row), so each
+    // multiplier m of the RMS-based scales gets a full pass and every row keeps the pass with
+    // its least proxy loss.
+    std::vector<float> mults = options.scale_multipliers;
+    if (mults.empty()) mults = {1.0f};
+    std::vector<double> best_loss, loss;
+    std::vector<std::vector<float>> sc(S);
+    std::vector<std::vector<uint8_t>> cs = codes_out;
+    std::vector<float> Ec(static_cast<size_t>(nW));
+    for (size_t m = 0; m < mults.size(); ++m) {
+      for (int s = 0; s < S; ++s) {
+        sc[s] = base_scales[s];
+        for (float& v : sc[s]) v *= mults[m];
+      }
+      if (m == 0) {
+        ldlq_pass(sc, codes_out, E, best_loss);
+        for (int s = 0; s < S; ++s) q.stages[s].scales = sc[s];
+        continue;
+      }
+      ldlq_pass(sc, cs, Ec, loss);
+      for (int r = 0; r < rows; ++r) {
+        if (!(loss[r] < best_loss[r])) continue;
+        best_loss[r] = loss[r];
+        for (int s = 0; s < S; ++s) {
+          q.stages[s].scales[r] = sc[s][r];
+          const size_t per_row = static_cast<size_t>(G) * code_bytes(stages[s]);
+          std::copy_n(&cs[s][r * per_row], per_row, &codes_out[s][r * per_row]);
+        }
+        std::copy_n(&Ec[static_cast<size_t>(r) * cols], cols, &E[static_cast<size_t>(r) * cols]);
       }
     }
-    // tr(E·H̃·Eᵀ) = tr(E·(H̃+λI)·Eᵀ) − λ‖E‖² = Σ_k tr(η_k·D_k·η_kᵀ) − λ‖E‖².
-    proxy_num = std::max(0.0, proxy_num - f.lambda * frob2(E.data(), nW));
+    for (int s = 0; s < S; ++s) q.stages[s].codes.swap(codes_out[s]);
+    for (double v : best_loss) proxy_num += v;
+    proxy_num = std::max(0.0, proxy_num);
     // The same identity for W̃: tr(W̃·H̃·W̃ᵀ) = Σ_k tr(V_k·D_k·V_kᵀ) − λ‖W̃‖² with V = W̃·L (L is unit
     // lower triangular as a plain matrix: its strictly lower part is f.L), half a GEMM.
     std::vector<float> V = Wt;
@@ -546,7 +591,8 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
     proxy_den = den - f.lambda * w_energy;
   } else {
     if (have_h && !options.use_ldlq) rep.damp_used = 0;
-    for (int k = 0; k < G; ++k) quantize_block(Wt, k, nullptr);
+    for (int k = 0; k < G; ++k) quantize_block(Wt, k, nullptr, base_scales, codes_out, E, nullptr);
+    for (int s = 0; s < S; ++s) q.stages[s].codes.swap(codes_out[s]);
     if (have_h) {
       proxy_num = trace_quadratic(E.data(), rows, Ht.data(), cols);
       proxy_den = trace_quadratic(Wt.data(), rows, Ht.data(), cols);
