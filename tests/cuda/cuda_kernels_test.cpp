@@ -5,11 +5,13 @@
 
 #include <cmath>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "glq/codec/codebook.hpp"
@@ -19,6 +21,7 @@
 #include "glq/transform/hadamard.hpp"
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/qgemv_ring.cuh"
 
 namespace {
 
@@ -357,6 +360,36 @@ INSTANTIATE_TEST_SUITE_P(
                       QCase{152, 888, 3, 80, QPath::Auto}, QCase{1536, 576, 2, 40, QPath::DequantGemm},
                       QCase{256, 14336, 2, 20, QPath::DequantGemm}),
     [](const auto& info) { return case_name(info.param); });
+
+// The ring decode kernel (qgemv_ring.cu) that launch_qgemv_cores runs for 1 and 2 vectors of
+// the 2/3/4 bpw layouts: fewer than 16 row tiles (19), a partial last block of tiles (111 =
+// 6·16 + 15), one column range and many (989 groups: atomics into the zeroed ỹ), group counts
+// that leave a partial 32-lane word and an odd number of words per lane.
+TEST(CudaQgemvRing, MatchesMatvecReference) {
+  SKIP_WITHOUT_GPU();
+  glq::cuda::Context ctx;
+  const char* env = std::getenv("GLQ_QGEMV_RING");
+  const bool ring_on = !(env && std::string(env) == "0");
+  for (const auto& [rows, cols] : {std::pair{152, 88}, std::pair{888, 7912}, std::pair{8, 1528}, std::pair{1528, 152},
+                                   std::pair{2056, 4096}}) {
+    for (int bits : {2, 3, 4}) {
+      const auto q = random_qmatrix(rows, cols, bits, 7 * rows + cols + bits);
+      const auto dq = glq::cuda::upload(q);
+      for (int batch : {1, 2}) {
+        const std::string name = std::to_string(rows) + "x" + std::to_string(cols) + " " + std::to_string(bits) +
+                                 " bpw, batch " + std::to_string(batch);
+        EXPECT_EQ(glq::cuda::detail::qgemv_ring_supported(ctx.info(), dq, batch), ring_on) << name;
+        const auto x = random_vector(size_t(batch) * cols, 3 + rows + batch);
+        std::vector<float> ref(size_t(batch) * rows);
+        glq::codec::matvec_reference(q, x.data(), ref.data(), batch);
+        const auto y = run_qmatmul(ctx, dq, x, batch, QPath::Gemv);
+        EXPECT_LT(relative_error(y, ref), 5e-3) << name;
+        const auto y2 = run_qmatmul(ctx, dq, x, batch, QPath::Gemv);
+        EXPECT_LT(relative_error(y2, y), 1e-5) << name;
+      }
+    }
+  }
+}
 
 // The tensor-core kernel with the input transform fused (batch 1) and its output in parts,
 // summed by the output transform (the path of GLQ_CUDA_FUSED_INPUT=1), through the internal API.

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -330,15 +331,20 @@ __device__ __forceinline__ float pre_value(const PrepareParams& p, size_t vec, i
 // are all in flight at once rather than one dependent load per mixing term.
 template <PreOp kPre>
 __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
-  extern __shared__ float sm[];  // z (padded b), then the staged vector (n)
+  extern __shared__ float sm[];  // z (padded b), then the staged vector (n), then row i of Q (a)
   __shared__ float red[32];
-  pdl_trigger();
-  pdl_wait();
   const int i = blockIdx.x;
   const size_t vec = blockIdx.y;
   const int n = p.t.n, a = p.t.a, b = 1 << p.t.log2b;
   float* z = sm;
   float* xs = sm + zp(b);
+  float* qrow = xs + (staged ? n : 0);
+  // Q is a constant of the weight: fetched before waiting on the kernel that writes x, so that
+  // the mixing below reads shared memory instead of making its first global round trips then.
+  if (a > 1)
+    for (int k = threadIdx.x; k < a; k += blockDim.x) qrow[k] = __ldg(p.t.q + i * a + k);
+  pdl_trigger();
+  pdl_wait();
   float scale = 1.0f;
   if (kPre == PreOp::RmsNorm) {
     const float* xv = p.x + vec * p.ld_x;
@@ -357,25 +363,39 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
     for (int j = threadIdx.x; j < b; j += blockDim.x)
       z[zp(j)] = pre_value<kPre>(p, vec, j, scale) * (p.t.sign ? __ldg(p.t.sign + j) : 1.0f);
   } else if (staged) {
+    const float* xv = p.x + vec * p.ld_x;
+    if (kPre == PreOp::Plain && !((reinterpret_cast<uintptr_t>(xv) | reinterpret_cast<uintptr_t>(p.t.sign) |
+                                   reinterpret_cast<uintptr_t>(xs)) & 15)) {
+      // 16-byte loads: the whole vector in flight in one round trip (n is a multiple of 8).
+#pragma unroll 4
+      for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
+        float4 v = reinterpret_cast<const float4*>(xv)[k];
+        if (p.t.sign) {
+          const float4 sg = __ldg(reinterpret_cast<const float4*>(p.t.sign) + k);
+          v.x *= sg.x; v.y *= sg.y; v.z *= sg.z; v.w *= sg.w;
+        }
+        reinterpret_cast<float4*>(xs)[k] = v;
+      }
+    } else {
 #pragma unroll 8
-    for (int k = threadIdx.x; k < n; k += blockDim.x)
-      xs[k] = pre_value<kPre>(p, vec, k, scale) * (p.t.sign ? __ldg(p.t.sign + k) : 1.0f);
+      for (int k = threadIdx.x; k < n; k += blockDim.x)
+        xs[k] = pre_value<kPre>(p, vec, k, scale) * (p.t.sign ? __ldg(p.t.sign + k) : 1.0f);
+    }
     __syncthreads();
-    const float* qi = p.t.q + i * a;
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
 #pragma unroll 4
-      for (int k = 0; k < a; ++k) v = fmaf(__ldg(qi + k), xs[k * b + j], v);
+      for (int k = 0; k < a; ++k) v = fmaf(qrow[k], xs[k * b + j], v);
       z[zp(j)] = v;
     }
   } else {
-    const float* qi = p.t.q + i * a;
+    __syncthreads();
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
 #pragma unroll 4
       for (int k = 0; k < a; ++k) {
         const int idx = k * b + j;
-        v = fmaf(__ldg(qi + k), pre_value<kPre>(p, vec, idx, scale) * (p.t.sign ? __ldg(p.t.sign + idx) : 1.0f), v);
+        v = fmaf(qrow[k], pre_value<kPre>(p, vec, idx, scale) * (p.t.sign ? __ldg(p.t.sign + idx) : 1.0f), v);
       }
       z[zp(j)] = v;
     }
@@ -394,14 +414,23 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
 
 // Row-parallel output transform: block (i, vec) writes row i of sign ∘ (Q^T ⊗ H/√b) ỹ.
 __global__ void finish_rows_kernel(const FinishParams p, int staged) {
-  extern __shared__ float sm[];  // z (padded b), then the staged vector (n)
-  pdl_trigger();
-  pdl_wait();
+  // z (padded b), then the staged vector (n), column i of Q (a), the signs of row i (b)
+  extern __shared__ float sm[];
   const int i = blockIdx.x;
   const size_t vec = blockIdx.y;
   const int n = p.t.n, a = p.t.a, b = 1 << p.t.log2b;
   float* z = sm;
   float* ys = sm + zp(b);
+  float* qcol = ys + (staged ? n : 0);
+  float* sg = qcol + (a > 1 ? a : 0);
+  // Constants of the weight, fetched before waiting on the decode kernel that writes ỹ: the
+  // last step then reads its signs from shared memory instead of making one more round trip.
+  if (a > 1)
+    for (int k = threadIdx.x; k < a; k += blockDim.x) qcol[k] = __ldg(p.t.q + k * a + i);
+  if (p.t.sign)
+    for (int j = threadIdx.x; j < b; j += blockDim.x) sg[j] = __ldg(p.t.sign + i * b + j);
+  pdl_trigger();
+  pdl_wait();
   const float* yv = p.yt + vec * p.ld_in;
   if (a == 1) {
 #pragma unroll 4
@@ -413,14 +442,15 @@ __global__ void finish_rows_kernel(const FinishParams p, int staged) {
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
 #pragma unroll 4
-      for (int k = 0; k < a; ++k) v = fmaf(__ldg(p.t.q + k * a + i), ys[k * b + j], v);
+      for (int k = 0; k < a; ++k) v = fmaf(qcol[k], ys[k * b + j], v);
       z[zp(j)] = v;
     }
   } else {
+    __syncthreads();
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
 #pragma unroll 4
-      for (int k = 0; k < a; ++k) v = fmaf(__ldg(p.t.q + k * a + i), p.parts > 1 ? yt_value(p, vec, k * b + j) : yv[k * b + j], v);
+      for (int k = 0; k < a; ++k) v = fmaf(qcol[k], p.parts > 1 ? yt_value(p, vec, k * b + j) : yv[k * b + j], v);
       z[zp(j)] = v;
     }
   }
@@ -429,7 +459,7 @@ __global__ void finish_rows_kernel(const FinishParams p, int staged) {
   float* out = p.y + vec * p.ld_out + size_t(i) * b;
   for (int j = threadIdx.x; j < b; j += blockDim.x) {
     float v = z[zp(j)] * p.t.inv_sqrt_b;
-    if (p.t.sign) v *= __ldg(p.t.sign + i * b + j);
+    if (p.t.sign) v *= sg[j];
     out[j] = p.accumulate ? out[j] + v : v;
   }
 }
@@ -687,15 +717,21 @@ constexpr int kRowKernelMaxBatch = 16;
 // Threads of a row block: b/4 (the fast FWHT's layout), at least 128; staged blocks use 1024
 // so that the whole vector's loads are in flight at once.
 int row_threads(int b, bool staged) {
-  if (staged) return 1024;
+  // GLQ_CUDA_STAGED_ROW_THREADS (default 1024): threads of a staged row block, for tuning runs.
+  static const int staged_threads = [] {
+    const char* v = std::getenv("GLQ_CUDA_STAGED_ROW_THREADS");
+    return v ? std::clamp(std::atoi(v) / 32 * 32, 128, 1024) : 1024;
+  }();
+  if (staged) return std::max(staged_threads, b / 4);  // fwht_padded needs b/4 threads
   return std::min(1024, std::max(128, b / 4));
 }
 
 template <PreOp kPre>
 void launch_prepare_rows(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   const int b = 1 << p.t.log2b;
-  const int staged = p.t.a > 1 && size_t(b + b / 32 + p.t.n) * 4 <= dynamic_limit(info);
-  const size_t smem = smem_for(info, staged ? b + b / 32 + p.t.n : b + b / 32);
+  const int extra = p.t.a > 1 ? p.t.a : 0;  // row i of Q
+  const int staged = p.t.a > 1 && size_t(b + b / 32 + p.t.n + extra) * 4 <= dynamic_limit(info);
+  const size_t smem = smem_for(info, (staged ? b + b / 32 + p.t.n : b + b / 32) + extra);
   launch_checked(prepare_rows_kernel<kPre>, dim3(p.t.a, batch), dim3(row_threads(b, staged)), smem, stream,
                  pdl_enabled(info), "prepare_rows_kernel", p, staged);
 }
@@ -760,8 +796,9 @@ void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cud
   if (batch <= 0) return;
   if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
     const int b = 1 << p.t.log2b;
-    const int staged = p.t.a > 1 && size_t(b + b / 32 + p.t.n) * 4 <= dynamic_limit(info);
-    const size_t smem = smem_for(info, staged ? b + b / 32 + p.t.n : b + b / 32);
+    const int extra = (p.t.a > 1 ? p.t.a : 0) + (p.t.sign ? b : 0);  // column i of Q, signs of row i
+    const int staged = p.t.a > 1 && size_t(b + b / 32 + p.t.n + extra) * 4 <= dynamic_limit(info);
+    const size_t smem = smem_for(info, (staged ? b + b / 32 + p.t.n : b + b / 32) + extra);
     launch_checked(finish_rows_kernel, dim3(p.t.a, batch), dim3(row_threads(b, staged)), smem, stream,
                    pdl_enabled(info), "finish_rows_kernel", p, staged);
     return;

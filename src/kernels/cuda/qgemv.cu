@@ -1,4 +1,6 @@
 // The decode kernel: ỹ (B, rows) = Σ_s scale_s ∘ (C_s x̃) for B ≤ 8 vectors (decode, batch 1..8).
+// One and two vectors of the 2/3/4 bpw layouts run the ring kernel of qgemv_ring.cu instead
+// (same decode, codes streamed through shared memory from the kernel's first instruction).
 //
 // Work split. Rows come in tiles of 8 (the GPU layout stores the codes of one group of 8 columns
 // for 8 consecutive rows in one 16-byte word, see upload()). A warp owns one row tile at a time
@@ -31,6 +33,7 @@
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/qgemv_ring.cuh"
 
 namespace glq::cuda::detail {
 
@@ -388,7 +391,10 @@ void launch_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const 
     launch_qmma(info, w, tables, xt_half, ld_x, yt, ld_y, batch, stream);
 }
 
+// 1 and 2 vectors of the 2/3/4 bpw layouts go to the ring kernel (qgemv_ring.cu);
+// GLQ_QGEMV_RING=0 keeps them on the kernel below, for comparisons.
 bool qgemv_cores_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
+  if (qgemv_ring_supported(info, w, batch)) return qgemv_ring_needs_zeroed_output(info, w, batch);
   return plan_qgemv(info, w, batch).n_kb > 1;
 }
 
@@ -402,6 +408,10 @@ void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, 
     throw_unsupported("qgemv: unknown codebook");
   if ((reinterpret_cast<uintptr_t>(xt_half) & 15) || (ld_x % 8))
     throw_invalid("qgemv: x̃ must be 16-byte aligned with a row stride that is a multiple of 8");
+  if (qgemv_ring_supported(info, w, batch)) {
+    launch_qgemv_ring(info, w, tables, xt_half, ld_x, yt, ld_y, batch, stream);
+    return;
+  }
   const QgemvPlan plan = plan_qgemv(info, w, batch);
   QgemvParams p{};
   for (size_t s = 0; s < w.codes.size(); ++s) {

@@ -1,0 +1,512 @@
+// The batch-1/2 decode kernel: ỹ (B, rows) (+)= Σ_s scale_s ∘ (C_s x̃), B ≤ 2, for the stage
+// layouts of 2, 3 and 4 bpw (E8P16; E8P16 + E8R8; E8P16 + E8P16). Same decode as qgemv.cu (see
+// there and e8_decode.cuh); what differs is how the codes arrive and how the sums are kept.
+//
+// Why. At batch 1 a product is three short kernels (input transform, decode, output transform)
+// and each warp of the decode kernel has only ~14 16-byte words per lane to decode on the
+// large shapes: the previous kernel spent most of its time waiting — on the input transform
+// before its first code load, then on one load round trip per few words.
+//   - Codes go through a ring of D slots per lane in shared memory (cp.async, L1 bypassed),
+//     and the first D words of every lane are requested at the kernel's first instruction,
+//     before the tables are filled and before griddepcontrol.wait: with programmatic dependent
+//     launch the weights stream in while the input transform still runs (they do not depend on
+//     it). Each lane reads back only its own slots, so the ring needs no barrier.
+//   - One block of 16 warps per SM (one copy of the 64-96 KiB bank-private tables per SM, not
+//     two), one wave: block (x, y) covers row tiles 16x..16x+15 (one per warp) over column
+//     range y; the ranges are chosen so that the blocks fit one wave with the fewest words per
+//     lane (plan_ring).
+//   - Fewer instructions per code: both stages of a group are decoded against one staged x̃;
+//     the ±¼ shift of E8P16 enters the fp16 chain as its initial value, one LOP3 that flips the
+//     sign of the group's ¼Σx̃ (kept in fp16 beside x̃) by the code's shift bit; a row's fp16
+//     chain runs over kChain consecutive words (16 products) before it is converted and added
+//     to its fp32 sum; the row scales multiply once at the end; a reduce-scatter over the warp
+//     (9 shuffles per vector instead of 40) leaves row r in lanes 4r'.., one store each.
+// x̃ is staged in shared memory once per block, padded with zeros to whole chains, so lanes
+// past the range decode whatever their slot holds (always a finite codeword) against zeros and
+// never branch.
+#include "kernels/cuda/qgemv_ring.cuh"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <string>
+
+#include "glq/error.hpp"
+#include "kernels/cuda/e8_decode.cuh"
+#include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/pdl.cuh"
+
+namespace glq::cuda::detail {
+
+namespace {
+
+// Warps per block, one row tile each. (32 warps of 64 registers with a ring of 4 slots, for
+// one vector of 2 bpw, measured slower on an H100: 22.5 against 21.8 us for 4096x14336.)
+constexpr int kRingWarps = 16;
+constexpr int kRingThreads = kRingWarps * 32;
+constexpr int kTabE8pBytes = 2 * 256 * 32 * 4;  // E8P16 selector + sign tables, bank-private
+constexpr int kTabR8Bytes = 256 * 32 * 4;       // E8R8 table, bank-private
+// Words per fp16 chain: a row's products are summed in fp16 over this many consecutive words
+// (8·kChain products and kChain shift terms) before going to fp32.
+constexpr int kChain = 2;
+// Estimated fixed cost of a block (table fill, x̃ staging, reduction) in words per lane, for
+// choosing the launch shape: it makes a second wave cost what it does.
+constexpr int kBlockFixedWords = 6;
+
+enum class Layout : int { P = 0, PR = 1, PP = 2 };
+
+// Per layout: stages, bytes of a second-stage word, ring depth D (slots per lane). D keeps a
+// block under ~160 KiB of shared memory (a row block of the input transform, up to ~60 KiB,
+// still fits beside it on the same SM) with 48-64 KiB of codes in flight per SM.
+template <Layout L>
+struct LayoutTraits;
+template <>
+struct LayoutTraits<Layout::P> {
+  static constexpr int stages = 1, bytes1 = 0, depth = 8;
+  static constexpr bool r8 = false;
+};
+template <>
+struct LayoutTraits<Layout::PR> {
+  static constexpr int stages = 2, bytes1 = 8, depth = 4;
+  static constexpr bool r8 = true;
+};
+template <>
+struct LayoutTraits<Layout::PP> {
+  static constexpr int stages = 2, bytes1 = 16, depth = 4;
+  static constexpr bool r8 = false;
+};
+
+struct RingParams {
+  const uint4* codes0;          // (tiles, groups) E8P16 words of stage 0
+  const unsigned char* codes1;  // (tiles, groups) words of stage 1 (E8R8: 8 bytes, E8P16: 16)
+  const float* scales0;         // (rows)
+  const float* scales1;         // (rows) or null
+  int groups;                   // cols / 8
+  int tiles;                    // rows / 8
+  int kb_groups;                // groups per column range (blockIdx.y)
+  int words;                    // words per lane of a range, rounded up to whole chains
+  const __half* xt;             // (B, ld_x)
+  int ld_x;
+  float* yt;                    // (B, ld_y)
+  int ld_y;
+  const uint32_t* tables;       // kTableWords words
+  int atomic;                   // several column ranges: atomics into a zeroed yt
+  int early;                    // request the first D words before griddepcontrol.wait (else after)
+};
+
+__device__ __forceinline__ __half2 as_half2(uint32_t u) { return *reinterpret_cast<const __half2*>(&u); }
+
+__device__ __forceinline__ uint32_t opaque(uint32_t v) {
+  uint32_t r;
+  asm volatile("mov.b32 %0, %1;" : "=r"(r) : "r"(v));
+  return r;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ uint32_t lds32(const unsigned char* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// One E8P16 word (8 rows × one group) into the rows' fp16 chains h. sxl/sxh: ¼Σx̃ of the group
+// in the low / high half (other half zero); the shift bit (bit 15 of a code) flips its sign.
+template <int B>
+__device__ __forceinline__ void e8p_chain(const uint4 c, bool first, const __half2 (&xv)[B][4],
+                                          const uint32_t (&sxl)[B], const uint32_t (&sxh)[B],
+                                          const unsigned char* tab, uint32_t lane4, uint32_t blo, uint32_t bhi,
+                                          __half2 (&h)[8][B]) {
+  const uint32_t words[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const uint32_t w = words[r >> 1];
+    // bytes [lane·4, code byte, 0, 0]: the selector entry, then the sign entry 128 bytes on.
+    const uint32_t off_sel = byte_perm(lane4, w, (r & 1) ? 0x1160u : 0x1140u);
+    const uint32_t off_sign = byte_perm(lane4, w, (r & 1) ? 0x1170u : 0x1150u);
+    const uint32_t e = lds32(tab + off_sel) ^ lds32(tab + off_sign + 128);
+    uint32_t wv[4];
+    decode_pairs(e, blo, bhi, wv);
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      const uint32_t s = (r & 1) ? ((w & 0x80000000u) ^ sxh[b]) : ((w & 0x8000u) ^ sxl[b]);
+      __half2 a = first ? as_half2(s) : __hadd2(h[r][b], as_half2(s));
+      a = __hfma2(as_half2(wv[0]), xv[b][0], a);
+      a = __hfma2(as_half2(wv[1]), xv[b][1], a);
+      a = __hfma2(as_half2(wv[2]), xv[b][2], a);
+      h[r][b] = __hfma2(as_half2(wv[3]), xv[b][3], a);
+    }
+  }
+}
+
+// One E8R8 word (8 rows × one group, a byte each). The table entry e of lane l is at byte
+// e·128 + l·4: PRMT puts the code in byte 1 over lane·8 in byte 0, one shift halves it.
+template <int B>
+__device__ __forceinline__ void e8r_chain(const uint2 c, bool first, const __half2 (&xv)[B][4],
+                                          const unsigned char* tab_r8, uint32_t lane8, uint32_t blo,
+                                          uint32_t bhi, __half2 (&h)[8][B]) {
+  const uint32_t words[2] = {c.x, c.y};
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const uint32_t off = byte_perm(lane8, words[r >> 2], 0x1140u + ((r & 3) << 4)) >> 1;
+    uint32_t wv[4];
+    decode_pairs(lds32(tab_r8 + off), blo, bhi, wv);
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      __half2 a = first ? __hmul2(as_half2(wv[0]), xv[b][0]) : __hfma2(as_half2(wv[0]), xv[b][0], h[r][b]);
+      a = __hfma2(as_half2(wv[1]), xv[b][1], a);
+      a = __hfma2(as_half2(wv[2]), xv[b][2], a);
+      h[r][b] = __hfma2(as_half2(wv[3]), xv[b][3], a);
+    }
+  }
+}
+
+__device__ __forceinline__ float hsum(__half2 h) { return __half2float(__hadd(__low2half(h), __high2half(h))); }
+
+// Sum of v[r] over the warp, scattered: returns the sum of row 4·b4 + 2·b3 + b2 (bits of the
+// lane), in every lane. 9 shuffles instead of 8 × 5.
+__device__ __forceinline__ float reduce_scatter8(const float (&v)[8], int lane) {
+  const bool u16 = lane & 16, u8 = lane & 8, u4 = lane & 4;
+  float a[4], c[2];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float send = u16 ? v[j] : v[j + 4], keep = u16 ? v[j + 4] : v[j];
+    a[j] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 16);
+  }
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const float send = u8 ? a[j] : a[j + 2], keep = u8 ? a[j + 2] : a[j];
+    c[j] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 8);
+  }
+  const float send = u4 ? c[0] : c[1], keep = u4 ? c[1] : c[0];
+  float s = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 4);
+  s += __shfl_xor_sync(0xFFFFFFFFu, s, 2);
+  s += __shfl_xor_sync(0xFFFFFFFFu, s, 1);
+  return s;
+}
+
+// One vector of 2 bpw is held to 64 registers, so that a 1024-thread block of the input
+// transform (32 registers) still fits beside the block on one SM.
+template <int B, Layout L>
+__global__ void __launch_bounds__(kRingThreads, (B == 1 && L == Layout::P) ? 2 : 1)
+    qgemv_ring_kernel(const RingParams p) {
+  using T = LayoutTraits<L>;
+  constexpr int kWarps = kRingWarps;
+  constexpr int D = T::depth;
+  static_assert(D % kChain == 0, "the ring holds whole chains");
+  extern __shared__ uint4 smem4[];
+  unsigned char* tab = reinterpret_cast<unsigned char*>(smem4);         // (256, [sel, sign], 32 lanes)
+  unsigned char* tab_r8 = tab + kTabE8pBytes;                           // (256, 32 lanes), PR only
+  unsigned char* ring_base = tab + kTabE8pBytes + (T::r8 ? kTabR8Bytes : 0);
+  uint4* ring0 = reinterpret_cast<uint4*>(ring_base);                   // (D, warps, 32) stage 0
+  unsigned char* ring1 = ring_base + D * kRingThreads * 16;             // (D, warps, 32) stage 1
+  const int W = p.words, nx = W * 32;
+  uint4* xs = reinterpret_cast<uint4*>(ring1 + D * kRingThreads * T::bytes1);  // (B, nx) x̃
+  uint2* sxs = reinterpret_cast<uint2*>(xs + B * nx);                           // (B, nx) ¼Σx̃ lo/hi
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int tile = blockIdx.x * kWarps + warp;
+  const bool valid = tile < p.tiles;
+  const int g0 = blockIdx.y * p.kb_groups;
+  const int gn = min(p.kb_groups, p.groups - g0);
+  const size_t word0 = size_t(valid ? tile : 0) * p.groups + g0;
+
+  // 1. The table entries (one word per thread, all loads in one round trip: a loop of load +
+  //    store per entry costs one round trip each), then the first D words of this lane.
+  const int t = threadIdx.x;
+  const uint32_t tab_v = __ldg(p.tables + ((t & 1) ? kTableE8pSign : kTableE8pSel) + (t >> 1));
+  uint32_t tab_r8_v = 0;
+  if constexpr (T::r8)
+    if (t < 256) tab_r8_v = __ldg(p.tables + kTableE8r8Sel + t);
+  auto issue = [&](int i, int slot) {
+    const int gl = i * 32 + lane;
+    if (valid && gl < gn) {
+      const int at = (slot * kWarps + warp) * 32 + lane;
+      cp_async16(ring0 + at, p.codes0 + word0 + gl);
+      if constexpr (T::bytes1 == 16) cp_async16(ring1 + size_t(at) * 16, p.codes1 + (word0 + gl) * 16);
+      if constexpr (T::bytes1 == 8) cp_async8(ring1 + size_t(at) * 8, p.codes1 + (word0 + gl) * 8);
+    }
+    cp_async_commit();
+  };
+  if (p.early) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) issue(d, d);
+  }
+  float sc0[8], sc1[8];
+#pragma unroll
+  for (int r = 0; r < 8; ++r) sc0[r] = sc1[r] = 0.0f;
+  if (valid) {
+    const float4* s0 = reinterpret_cast<const float4*>(p.scales0 + size_t(tile) * 8);
+    const float4 a = __ldg(s0), b = __ldg(s0 + 1);
+    sc0[0] = a.x; sc0[1] = a.y; sc0[2] = a.z; sc0[3] = a.w; sc0[4] = b.x; sc0[5] = b.y; sc0[6] = b.z; sc0[7] = b.w;
+    if constexpr (T::stages > 1) {
+      const float4* s1 = reinterpret_cast<const float4*>(p.scales1 + size_t(tile) * 8);
+      const float4 c = __ldg(s1), e = __ldg(s1 + 1);
+      sc1[0] = c.x; sc1[1] = c.y; sc1[2] = c.z; sc1[3] = c.w; sc1[4] = e.x; sc1[5] = e.y; sc1[6] = e.z; sc1[7] = e.w;
+    }
+  }
+
+  // 2. Tables: thread t writes the 32 lane copies of its entry (8 16-byte stores at byte
+  //    (t >> 1)·256 + (t & 1)·128, the selector or sign half of entry t >> 1); the store order
+  //    is rotated by t so that the 8 threads of a store phase hit 8 different bank groups.
+  static_assert(kRingThreads == 2 * 256, "one thread per E8P16 table entry");
+#pragma unroll
+  for (int k = 0; k < 8; ++k) smem4[t * 8 + ((k + t) & 7)] = make_uint4(tab_v, tab_v, tab_v, tab_v);
+  if constexpr (T::r8)
+    if (t < 256)
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        reinterpret_cast<uint4*>(tab_r8)[t * 8 + ((k + t) & 7)] = make_uint4(tab_r8_v, tab_r8_v, tab_r8_v, tab_r8_v);
+
+  // 3. x̃ comes from the kernel before this one.
+  pdl_trigger();
+  pdl_wait();
+  if (!p.early) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) issue(d, d);
+  }
+  for (int i = threadIdx.x; i < B * nx; i += kRingThreads) {
+    const int b = i / nx, gl = i - b * nx;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (gl < gn) v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
+    xs[i] = v;
+    const float2 f0 = __half22float2(as_half2(v.x)), f1 = __half22float2(as_half2(v.y));
+    const float2 f2 = __half22float2(as_half2(v.z)), f3 = __half22float2(as_half2(v.w));
+    const float s = 0.25f * ((f0.x + f0.y) + (f1.x + f1.y) + (f2.x + f2.y) + (f3.x + f3.y));
+    const uint32_t hs = __half_as_ushort(__float2half_rn(s));
+    sxs[i] = make_uint2(hs, hs << 16);
+  }
+  __syncthreads();
+
+  // 4. The stream: wait for the oldest kChain words, read them, refill their slots D words on.
+  const uint32_t lane4 = opaque(uint32_t(lane) * 4), lane8 = opaque(uint32_t(lane) * 8);
+  const uint32_t p_lo = opaque(kE8pBytesLo), p_hi = opaque(kE8pBytesHi);
+  const uint32_t r_lo = opaque(kE8rBytesLo), r_hi = opaque(kE8rBytesHi);
+  float acc0[8][B], acc1[8][B];
+#pragma unroll
+  for (int r = 0; r < 8; ++r)
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc0[r][b] = acc1[r][b] = 0.0f;
+  int slot = 0;
+  for (int i = 0; i < W; i += kChain) {
+    cp_async_wait<D - kChain>();
+    uint4 c0[kChain];
+    uint4 c1[kChain];
+#pragma unroll
+    for (int k = 0; k < kChain; ++k) {
+      const int at = ((slot + k) * kWarps + warp) * 32 + lane;
+      c0[k] = ring0[at];
+      if constexpr (T::bytes1 == 16) c1[k] = reinterpret_cast<const uint4*>(ring1)[at];
+      if constexpr (T::bytes1 == 8) {
+        const uint2 v = reinterpret_cast<const uint2*>(ring1)[at];
+        c1[k] = make_uint4(v.x, v.y, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kChain; ++k) issue(i + D + k, slot + k);
+    __half2 h0[8][B], h1[8][B];
+#pragma unroll
+    for (int k = 0; k < kChain; ++k) {
+      const int gl = (i + k) * 32 + lane;
+      __half2 xv[B][4];
+      uint32_t sxl[B], sxh[B];
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const uint4 t = xs[b * nx + gl];
+        xv[b][0] = as_half2(t.x);
+        xv[b][1] = as_half2(t.y);
+        xv[b][2] = as_half2(t.z);
+        xv[b][3] = as_half2(t.w);
+        const uint2 s = sxs[b * nx + gl];
+        sxl[b] = s.x;
+        sxh[b] = s.y;
+      }
+      e8p_chain<B>(c0[k], k == 0, xv, sxl, sxh, tab, lane4, p_lo, p_hi, h0);
+      if constexpr (L == Layout::PP) e8p_chain<B>(c1[k], k == 0, xv, sxl, sxh, tab, lane4, p_lo, p_hi, h1);
+      if constexpr (L == Layout::PR) e8r_chain<B>(make_uint2(c1[k].x, c1[k].y), k == 0, xv, tab_r8, lane8, r_lo, r_hi, h1);
+    }
+#pragma unroll
+    for (int r = 0; r < 8; ++r)
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        acc0[r][b] += hsum(h0[r][b]);
+        if constexpr (T::stages > 1) acc1[r][b] += hsum(h1[r][b]);
+      }
+    slot += kChain;
+    if (slot == D) slot = 0;
+  }
+  cp_async_wait<0>();  // nothing may be in flight into shared memory when the block exits
+
+  // 5. Scales, warp sums, one store (or atomic) per row.
+  const int row = ((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1);
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    float v[8];
+#pragma unroll
+    for (int r = 0; r < 8; ++r) v[r] = T::stages > 1 ? sc0[r] * acc0[r][b] + sc1[r] * acc1[r][b] : sc0[r] * acc0[r][b];
+    const float s = reduce_scatter8(v, lane);
+    if (valid && (lane & 3) == 0) {
+      float* dst = p.yt + size_t(b) * p.ld_y + size_t(tile) * 8 + row;
+      if (p.atomic) atomicAdd(dst, s); else *dst = s;
+    }
+  }
+}
+
+struct RingPlan {
+  Layout layout = Layout::P;
+  int kb_groups = 0, n_kb = 0, blocks_x = 0, words = 0;
+  size_t smem = 0;
+};
+
+bool ring_layout(const DeviceQuantizedMatrix& w, Layout* out) {
+  using codec::Codebook;
+  const auto& c = w.codebooks;
+  if (c.size() == 1 && c[0] == Codebook::E8P16) *out = Layout::P;
+  else if (c.size() == 2 && c[0] == Codebook::E8P16 && c[1] == Codebook::E8R8) *out = Layout::PR;
+  else if (c.size() == 2 && c[0] == Codebook::E8P16 && c[1] == Codebook::E8P16) *out = Layout::PP;
+  else return false;
+  return true;
+}
+
+size_t ring_smem(Layout l, int batch, int words) {
+  const int depth = l == Layout::P    ? LayoutTraits<Layout::P>::depth
+                    : l == Layout::PR ? LayoutTraits<Layout::PR>::depth
+                                      : LayoutTraits<Layout::PP>::depth;
+  const int bytes1 = l == Layout::P    ? LayoutTraits<Layout::P>::bytes1
+                     : l == Layout::PR ? LayoutTraits<Layout::PR>::bytes1
+                                       : LayoutTraits<Layout::PP>::bytes1;
+  return size_t(kTabE8pBytes) + (l == Layout::PR ? kTabR8Bytes : 0) + size_t(depth) * kRingThreads * (16 + bytes1) +
+         size_t(batch) * words * 32 * (16 + 8);
+}
+
+// Column ranges: the count that gives the fewest (waves × (words per lane + fixed cost)), one
+// block per SM; ties go to fewer blocks (fewer atomics, fewer table fills).
+RingPlan plan_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch, Layout layout) {
+  RingPlan plan;
+  plan.layout = layout;
+  const int G = w.groups, tiles = w.rows / 8;
+  plan.blocks_x = (tiles + kRingWarps - 1) / kRingWarps;
+  // GLQ_QGEMV_RING_SMS: SMs the shape is planned for (default: all), for tuning runs.
+  static const int sms_env = [] { const char* v = std::getenv("GLQ_QGEMV_RING_SMS"); return v ? std::atoi(v) : 0; }();
+  const int sms = std::max(1, sms_env > 0 ? std::min(sms_env, info.sm_count) : info.sm_count);
+  long best = std::numeric_limits<long>::max();
+  for (int n = 1; n <= std::max(1, std::min(64, G / 32)); ++n) {
+    const int kb = std::min(G, ((G + n - 1) / n + 31) / 32 * 32);
+    const int n_kb = (G + kb - 1) / kb;
+    const int words = ((kb + 31) / 32 + kChain - 1) / kChain * kChain;
+    const size_t smem = ring_smem(layout, batch, words);
+    if (smem > info.smem_optin) continue;
+    const long blocks = long(plan.blocks_x) * n_kb;
+    const long cost = ((blocks + sms - 1) / sms) * (words + kBlockFixedWords);
+    if (cost < best || (cost == best && n_kb < plan.n_kb)) {
+      best = cost;
+      plan.kb_groups = kb;
+      plan.n_kb = n_kb;
+      plan.words = words;
+      plan.smem = smem;
+    }
+  }
+  return plan;  // n_kb == 0: no shape fits the device's shared memory
+}
+
+template <int B, Layout L>
+void* ring_kernel_ptr() { return reinterpret_cast<void*>(qgemv_ring_kernel<B, L>); }
+
+// The compiled configurations: (1 or 2 vectors) × (P, PR, PP).
+void* ring_kernel_for(int batch, Layout l) {
+  switch (batch * 3 + int(l)) {
+    case 3: return ring_kernel_ptr<1, Layout::P>();
+    case 4: return ring_kernel_ptr<1, Layout::PR>();
+    case 5: return ring_kernel_ptr<1, Layout::PP>();
+    case 6: return ring_kernel_ptr<2, Layout::P>();
+    case 7: return ring_kernel_ptr<2, Layout::PR>();
+    case 8: return ring_kernel_ptr<2, Layout::PP>();
+  }
+  throw_invalid("qgemv_ring: batch " + std::to_string(batch) + " outside 1.." + std::to_string(kRingMaxBatch));
+}
+
+void allow_ring_smem(const DeviceInfo& info, int batch, Layout l) {
+  static std::once_flag flags[kRingMaxBatch + 1][3];
+  std::call_once(flags[batch][int(l)], [&] {
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(ring_kernel_for(batch, l), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(info.smem_optin)));
+  });
+}
+
+// GLQ_QGEMV_RING_EARLY=0: request the first words after griddepcontrol.wait, for comparisons.
+bool ring_early() {
+  static const bool on = [] {
+    const char* v = std::getenv("GLQ_QGEMV_RING_EARLY");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+bool ring_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GLQ_QGEMV_RING");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+}  // namespace
+
+bool qgemv_ring_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
+  Layout l;
+  if (!ring_enabled() || batch < 1 || batch > kRingMaxBatch || info.cc_major < 8 || !ring_layout(w, &l)) return false;
+  return plan_ring(info, w, batch, l).n_kb > 0;
+}
+
+bool qgemv_ring_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
+  Layout l;
+  if (!ring_layout(w, &l)) return false;
+  return plan_ring(info, w, batch, l).n_kb > 1;
+}
+
+void launch_qgemv_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                       const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch, cudaStream_t stream) {
+  Layout l;
+  if (batch < 1 || batch > kRingMaxBatch || !ring_layout(w, &l))
+    throw_invalid("qgemv_ring: batch " + std::to_string(batch) + " or stage layout not supported");
+  if ((reinterpret_cast<uintptr_t>(xt_half) & 15) || (ld_x % 8))
+    throw_invalid("qgemv_ring: x̃ must be 16-byte aligned with a row stride that is a multiple of 8");
+  const RingPlan plan = plan_ring(info, w, batch, l);
+  if (plan.n_kb == 0)
+    throw_unsupported("qgemv_ring: no launch shape fits " + std::to_string(info.smem_optin) +
+                      " bytes of shared memory for " + std::to_string(w.groups) + " groups");
+  RingParams p{};
+  p.codes0 = static_cast<const uint4*>(w.codes[0].data());
+  p.codes1 = w.codes.size() > 1 ? static_cast<const unsigned char*>(w.codes[1].data()) : nullptr;
+  p.scales0 = w.scales[0].as<const float>();
+  p.scales1 = w.scales.size() > 1 ? w.scales[1].as<const float>() : nullptr;
+  p.groups = w.groups;
+  p.tiles = w.rows / 8;
+  p.kb_groups = plan.kb_groups;
+  p.words = plan.words;
+  p.xt = reinterpret_cast<const __half*>(xt_half);
+  p.ld_x = ld_x;
+  p.yt = yt;
+  p.ld_y = ld_y;
+  p.tables = tables;
+  p.atomic = plan.n_kb > 1;
+  p.early = ring_early();
+  allow_ring_smem(info, batch, l);
+  launch_checked(reinterpret_cast<void (*)(RingParams)>(ring_kernel_for(batch, l)), dim3(plan.blocks_x, plan.n_kb),
+                 dim3(kRingThreads), plan.smem, stream, pdl_enabled(info), "qgemv_ring_kernel", p);
+}
+
+}  // namespace glq::cuda::detail
