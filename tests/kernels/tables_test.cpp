@@ -81,6 +81,29 @@ TEST(KernelTables, E8pNibblePlanesMatchReferenceDecoderForAllCodes) {
   }
 }
 
+// The nibble form as dwords (AVX2 float tiles): W = nentry ^ nsign_lo[S&7] ^ nsign_mid[S>>3&7] ^
+// nsign_hi[S>>6]; nibble i of W is coordinate i, v = 2·(n − 8) + 1 (E8R8: 2·(n − 8), no merge).
+TEST(KernelTables, NibbleDwordMergeMatchesReferenceDecoderForAllCodes) {
+  const KernelTables& t = kernel_tables();
+  for (int code = 0; code < 65536; ++code) {
+    float ref[8];
+    codec::decode_e8p(static_cast<uint16_t>(code), codec::e8p_abs_table(), ref);
+    const uint32_t s = static_cast<uint32_t>(code) >> 8;
+    const uint32_t w = t.e8p_nentry[code & 0xFF] ^ t.nsign_lo[s & 7] ^ t.nsign_mid[(s >> 3) & 7] ^
+                       t.nsign_hi[s >> 6];
+    for (int i = 0; i < 8; ++i)
+      ASSERT_EQ(2 * (static_cast<int>((w >> (4 * i)) & 15) - 8) + 1, quarter_units(ref[i]))
+          << "code " << code << " coordinate " << i;
+  }
+  for (int code = 0; code < 256; ++code) {
+    float ref[8];
+    codec::decode_e8r8(static_cast<uint8_t>(code), codec::e8r8_table(), ref);
+    for (int i = 0; i < 8; ++i)
+      EXPECT_EQ(2 * (static_cast<int>((t.e8r8_nentry[code] >> (4 * i)) & 15) - 8), quarter_units(ref[i]))
+          << "code " << code << " coordinate " << i;
+  }
+}
+
 // E8R8 nibble form: v = 2·(n − 8).
 TEST(KernelTables, E8r8NibblePlanesMatchReferenceDecoderForAllCodes) {
   const KernelTables& t = kernel_tables();

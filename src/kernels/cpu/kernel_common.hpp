@@ -9,8 +9,10 @@
 //      and split into two signed bytes X = 256·Xh + Xl (Xh, Xl ∈ [−128, 127]) so that the
 //      SIMD kernels can use u8×s8 dot-product instructions (vpdpbusd, vpmaddubsw).
 //   3. Every decoded weight is an integer in quarter lattice units: E8P16 coordinates are
-//      4·(σ·p + t) ∈ [−11, 11], E8R8 coordinates are 4·c ∈ [−8, 8]. The SIMD kernels feed them
-//      as unsigned bytes v + kWeightOffset and remove the offset with Σ X afterwards.
+//      4·(σ·p + t) ∈ [−11, 11], E8R8 coordinates are 4·c ∈ [−8, 8]. The AVX2 kernel feeds them
+//      as unsigned bytes v + kWeightOffset and removes the offset with Σ X afterwards; the
+//      AVX-512 kernel feeds the merged nibbles n of the nibble form below (v = 2n − bias) and
+//      maps its sums back the same way: Σ v·X = 2·Σ n·X − bias·Σ X.
 //   4. dot_s[b][r] = Σ_g ⟨v(C_s[r, g]), X_b[8g .. 8g+8)⟩ exactly, in 64-bit integers.
 //   5. ỹ[b][r] = Σ_s scale_s[r] · xs_b / 4 · dot_s[b][r], then y = sign_out ∘ (T_out^T ỹ).
 // The only approximation against the float reference is step 2: a relative error of about
@@ -66,6 +68,14 @@ struct KernelTables {
   // GF(2) affine matrices of the nibble merge for byte k: sign of 2k → bits 1-3, sign of 2k+1
   // (k = 3: parity of the seven signs) → bits 5-7, shift → bits 0 and 4.
   uint64_t e8p_ngf[4];
+  // The nibble form as dword entries (AVX2 float tiles): nibble i of e8p_nentry[idx] ^
+  // nsign_lo[S & 7] ^ nsign_mid[(S >> 3) & 7] ^ nsign_hi[(S >> 6) & 3] is the merged nibble of
+  // coordinate i; e8r8_nentry needs no merge.
+  alignas(32) uint32_t e8p_nentry[256];
+  alignas(32) uint32_t e8r8_nentry[256];
+  alignas(32) uint32_t nsign_lo[8];
+  alignas(32) uint32_t nsign_mid[8];
+  alignas(32) uint32_t nsign_hi[8];
 };
 inline constexpr int kNibbleBiasE8P = 15;
 inline constexpr int kNibbleBiasE8R8 = 16;
@@ -142,6 +152,7 @@ struct FloatTileArgs {
 };
 // Rows [r0, r1) (r0 a multiple of kFloatTileRows) of every batch row.
 void gemm_tiles_avx512(const FloatTileArgs& a, int r0, int r1);
+void gemm_tiles_avx2(const FloatTileArgs& a, int r0, int r1);
 
 // 16-bit dense products (hmatmul): y[b][r] for rows [r0, r1) and every batch row b.
 struct HalfArgs {

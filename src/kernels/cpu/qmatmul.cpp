@@ -63,6 +63,9 @@ struct Workspace {
 // the integer one two vpdpbusd per 64 weights, stage and batch row. With one stage (2 bpw) the
 // integer kernel stays faster at every batch; with two, the float path wins from about 10 rows.
 constexpr int kFloatTileMinBatch[3] = {std::numeric_limits<int>::max(), 10, 10};
+// The same for the AVX2 float tiles (qgemm_avx2.cpp), measured against the AVX2 integer kernel
+// (docs/cpu-kernels.md).
+constexpr int kFloatTileMinBatchAvx2[3] = {std::numeric_limits<int>::max(), 24, 24};
 
 // parallel_for takes a std::function; a lambda that captures one pointer fits its small-object
 // buffer, so handing the pool a task allocates nothing (a lambda capturing many references would).
@@ -197,16 +200,18 @@ void transform_output(const codec::QuantizedMatrix& q, float* y, int batch, Isa 
 }
 
 bool qmatmul_float_tiles(const codec::QuantizedMatrix& q, int batch, Isa isa) {
-  return isa == Isa::Avx512 && q.bits >= 2 && q.bits <= 4 && batch >= kFloatTileMinBatch[q.bits - 2];
+  if (q.bits < 2 || q.bits > 4) return false;
+  if (isa == Isa::Avx512) return batch >= kFloatTileMinBatch[q.bits - 2];
+  if (isa == Isa::Avx2) return batch >= kFloatTileMinBatchAvx2[q.bits - 2];
+  return false;
 }
 
 namespace {
 
-// The float-tile path (AVX-512, large batches): x̃ = T_in (sign_in ∘ x) in float, packed into
-// batch tiles; ỹ from decoded float tiles; y = sign_out ∘ (T_out^T ỹ).
+// The float-tile path (AVX-512 or AVX2, large batches): x̃ = T_in (sign_in ∘ x) in float, packed
+// into batch tiles; ỹ from decoded float tiles; y = sign_out ∘ (T_out^T ỹ).
 void qmatmul_float(const codec::QuantizedMatrix& q, const float* x, float* y, int batch, ThreadPool& pool,
-                   Workspace& ws) {
-  const Isa isa = Isa::Avx512;
+                   Workspace& ws, Isa isa) {
   const int rows = q.rows, cols = q.cols;
   const int tiles = detail::panel_tiles(batch);
   const size_t tmp_len = static_cast<size_t>(std::max(rows, cols));
@@ -254,7 +259,12 @@ void qmatmul_float(const codec::QuantizedMatrix& q, const float* x, float* y, in
   fa.panel = panel;
   fa.batch = batch;
   fa.y = y;
-  const auto rows_task = [&fa](int64_t r0, int64_t r1, int) { detail::gemm_tiles_avx512(fa, int(r0), int(r1)); };
+  const auto rows_task = [&fa, isa](int64_t r0, int64_t r1, int) {
+    if (isa == Isa::Avx512)
+      detail::gemm_tiles_avx512(fa, int(r0), int(r1));
+    else
+      detail::gemm_tiles_avx2(fa, int(r0), int(r1));
+  };
   if (pool.size() == 1)
     rows_task(0, rows, 0);
   else
@@ -285,7 +295,7 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
   }
   thread_local Workspace ws;
   if (qmatmul_float_tiles(q, batch, isa)) {
-    qmatmul_float(q, x, y, batch, pool, ws);
+    qmatmul_float(q, x, y, batch, pool, ws, isa);
     return;
   }
 

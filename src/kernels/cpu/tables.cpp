@@ -71,6 +71,28 @@ KernelTables build() {
     for (int bit = 1; bit <= 3; ++bit) m |= gf_row(bit, lo_sign) | gf_row(bit + 4, hi_sign);
     t.e8p_ngf[k] = m;
   }
+  // Nibble form as dwords.
+  for (int i = 0; i < 256; ++i)
+    for (int k = 0; k < 4; ++k) {
+      t.e8p_nentry[i] |= static_cast<uint32_t>(t.e8p_nplane[k][i]) << (8 * k);
+      t.e8r8_nentry[i] |= static_cast<uint32_t>(t.e8r8_nplane[k][i]) << (8 * k);
+    }
+  for (uint32_t n = 0; n < 8; ++n) {
+    uint32_t lo = 0, mid = 0;
+    for (int j = 0; j < 3; ++j) {
+      if (n >> j & 1) {
+        lo |= 0xEu << (4 * j);
+        mid |= 0xEu << (4 * (j + 3));
+      }
+    }
+    const uint32_t par = (std::popcount(n) & 1) ? 0xEu << 28 : 0u;  // sign of coordinate 7
+    t.nsign_lo[n] = lo ^ par;
+    t.nsign_mid[n] = mid ^ par;
+    uint32_t hi = 0;
+    if (n & 1) hi ^= (0xEu << 24) ^ (0xEu << 28);  // sign of coordinate 6
+    if (n & 2) hi ^= 0x11111111u;                 // shift −¼: bit 0 of every nibble
+    t.nsign_hi[n] = hi;
+  }
   // Dword form: sign j of coordinate j goes to bit 4j+3; bit 31 collects the parity of the
   // seven signs (XORed with the entry's parity bit it becomes the sign of coordinate 7).
   for (uint32_t n = 0; n < 8; ++n) {
