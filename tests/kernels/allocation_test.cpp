@@ -29,7 +29,7 @@ namespace {
 TEST(Qmatmul, AllocatesNothingAfterWarmUp) {
   ThreadPool pool(2);
   for (int bits : {2, 3, 4}) {
-    for (int batch : {1, 5, 17, 33}) {  // 17, 33: the float-tile paths at 3 and 4 bits (AVX-512, AVX2)
+    for (int batch : {1, 5, 17, 33}) {  // 17, 33: the float-tile paths at 3 and 4 bits
       const auto q = test::random_qmatrix(1008, 576, bits, 31 + bits);
       const auto x = test::random_input(static_cast<size_t>(batch) * q.cols, 32);
       std::vector<float> y(static_cast<size_t>(batch) * q.rows);

@@ -65,7 +65,7 @@ struct Workspace {
 constexpr int kFloatTileMinBatch[3] = {std::numeric_limits<int>::max(), 10, 10};
 // The same for the AVX2 float tiles (qgemm_avx2.cpp), measured against the AVX2 integer kernel
 // (docs/cpu-kernels.md).
-constexpr int kFloatTileMinBatchAvx2[3] = {std::numeric_limits<int>::max(), 24, 24};
+constexpr int kFloatTileMinBatchAvx2[3] = {std::numeric_limits<int>::max(), 10, 14};
 
 // parallel_for takes a std::function; a lambda that captures one pointer fits its small-object
 // buffer, so handing the pool a task allocates nothing (a lambda capturing many references would).
