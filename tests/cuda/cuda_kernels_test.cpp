@@ -302,6 +302,220 @@ TEST(CudaHadamardManyPre, MatchesReference) {
   }
 }
 
+// Many vectors, whole vector per block (launch_prepare_wide / launch_finish_wide, which
+// launch_prepare / launch_finish take from kWideMinBatch vectors on), at any batch through the
+// internal launchers: both directions on every FWHT layout (b = 64 ... 8192, one or two passes)
+// and mixing order (a = 1, 12, 20, 28), fewer and more vectors than the persistent grid has
+// blocks, outputs poisoned first; the output side summing 3 parts into a strided, accumulated y.
+struct WideCase {
+  int n, batch;
+};
+
+class CudaHadamardWide : public ::testing::TestWithParam<WideCase> {};
+
+glq::cuda::DeviceHadamard device_plan(const glq::transform::HadamardPlan& plan) {
+  glq::cuda::DeviceHadamard dplan;
+  dplan.n = plan.n;
+  dplan.a = plan.a;
+  dplan.b = plan.b;
+  if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
+  return dplan;
+}
+
+std::vector<float> download_half(const glq::cuda::DeviceMemory& dh, size_t count) {
+  std::vector<uint16_t> h(count);
+  dh.download(h.data(), h.size() * 2);
+  std::vector<float> got(count);
+  for (size_t i = 0; i < count; ++i) got[i] = half_bits_to_float(h[i]);
+  return got;
+}
+
+TEST_P(CudaHadamardWide, MatchesReferenceBothDirections) {
+  SKIP_WITHOUT_GPU();
+  namespace d = glq::cuda::detail;
+  const auto [n, batch] = GetParam();
+  glq::cuda::Context ctx;
+  const auto plan = glq::transform::make_hadamard_plan(n);
+  const auto dplan = device_plan(plan);
+  const auto sign = glq::transform::random_signs(n, 21 + n);
+  const auto x = random_vector(size_t(batch) * n, 23 + n + batch);
+  auto dsign = glq::cuda::to_device(sign);
+  auto dx = glq::cuda::to_device(x);
+
+  std::vector<float> ref_in = x;
+  for (int v = 0; v < batch; ++v) {
+    for (int i = 0; i < n; ++i) ref_in[size_t(v) * n + i] *= sign[i];
+    glq::transform::hadamard_forward(plan, ref_in.data() + size_t(v) * n);
+  }
+  glq::cuda::DeviceMemory dh(x.size() * 2);
+  GLQ_CUDA_CHECK(cudaMemset(dh.data(), 0xFF, dh.bytes()));  // fp16 NaN
+  d::PrepareParams p;
+  p.t = d::transform_shape(dplan, dsign.as<const float>());
+  p.x = dx.as<const float>();
+  p.ld_x = n;
+  p.out = dh.as<uint16_t>();
+  p.ld_out = n;
+  ASSERT_TRUE(d::launch_prepare_wide(ctx.info(), p, batch, ctx.stream())) << "n=" << n;
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  EXPECT_LT(relative_error(download_half(dh, x.size()), ref_in), 1e-3)
+      << "n=" << n << " a=" << plan.a << " b=" << plan.b << " batch=" << batch;
+
+  // Output side: ỹ in 3 parts, y (row stride n + 4) accumulated; the 4 extra columns stay.
+  const int parts = 3, ld = n + 4;
+  const auto yparts = random_vector(size_t(parts) * batch * n, 29 + n);
+  const auto y0 = random_vector(size_t(batch) * ld, 31 + n);
+  std::vector<float> ref = y0;
+  std::vector<float> row(n);
+  for (int v = 0; v < batch; ++v) {
+    for (int i = 0; i < n; ++i) {
+      double s = 0.0;
+      for (int k = 0; k < parts; ++k) s += yparts[(size_t(k) * batch + v) * n + i];
+      row[i] = float(s);
+    }
+    glq::transform::hadamard_transpose(plan, row.data());
+    for (int i = 0; i < n; ++i) ref[size_t(v) * ld + i] += sign[i] * row[i];
+  }
+  auto dparts = glq::cuda::to_device(yparts);
+  auto dy = glq::cuda::to_device(y0);
+  d::FinishParams f;
+  f.t = d::transform_shape(dplan, dsign.as<const float>());
+  f.yt = dparts.as<const float>();
+  f.ld_in = n;
+  f.y = dy.as<float>();
+  f.ld_out = ld;
+  f.accumulate = 1;
+  f.parts = parts;
+  f.part_stride = size_t(batch) * n;
+  ASSERT_TRUE(d::launch_finish_wide(ctx.info(), f, batch, ctx.stream())) << "n=" << n;
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  std::vector<float> y(y0.size());
+  dy.download(y.data(), y.size() * 4);
+  EXPECT_LT(relative_error(y, ref), 1e-5) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " batch=" << batch;
+  for (int v = 0; v < batch; ++v)
+    for (int i = n; i < ld; ++i) ASSERT_EQ(y[size_t(v) * ld + i], y0[size_t(v) * ld + i]) << "v=" << v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaHadamardWide,
+                         ::testing::Values(WideCase{64, 130}, WideCase{256, 33}, WideCase{1536, 17},
+                                           WideCase{2560, 65}, WideCase{4096, 130}, WideCase{14336, 19},
+                                           WideCase{24576, 17},
+                                           // more vectors than blocks: each block loops, two buffers
+                                           WideCase{1536, 1000}, WideCase{14336, 300}),
+                         [](const auto& info) {
+                           return "n" + std::to_string(info.param.n) + "_batch" + std::to_string(info.param.batch);
+                         });
+
+// Shapes the wide kernels refuse (b < 32; a > 64) launch nothing and say so.
+TEST(CudaHadamardWide, RefusesShapesItCannotTake) {
+  SKIP_WITHOUT_GPU();
+  namespace d = glq::cuda::detail;
+  glq::cuda::Context ctx;
+  for (const int n : {576, 7912}) {
+    const auto plan = glq::transform::make_hadamard_plan(n);
+    const auto dplan = device_plan(plan);
+    glq::cuda::DeviceMemory dx(size_t(n) * 4), dh(size_t(n) * 2);
+    d::PrepareParams p;
+    p.t = d::transform_shape(dplan, nullptr);
+    p.x = dx.as<const float>();
+    p.ld_x = n;
+    p.out = dh.as<uint16_t>();
+    p.ld_out = n;
+    EXPECT_FALSE(d::launch_prepare_wide(ctx.info(), p, 1, ctx.stream())) << "n=" << n << " a=" << plan.a;
+  }
+}
+
+// The fused pre-operations, the zeroing of a following product's output and rows that are not
+// 16-byte aligned (plain loads instead of cp.async) in the wide input kernel.
+TEST(CudaHadamardWide, PreOperationsAndUnalignedRows) {
+  SKIP_WITHOUT_GPU();
+  namespace d = glq::cuda::detail;
+  glq::cuda::Context ctx;
+  for (const int n : {1536, 14336}) {
+    const int batch = 19;
+    const auto plan = glq::transform::make_hadamard_plan(n);
+    const auto dplan = device_plan(plan);
+    const auto sign = glq::transform::random_signs(n, 41);
+    const auto norm_w = random_vector(n, 43 + n);
+    const auto x = random_vector(size_t(batch) * 2 * n + 1, 47 + n);  // [gate | up] rows, one spare
+    auto dsign = glq::cuda::to_device(sign);
+    auto dw = glq::cuda::to_device(norm_w);
+    auto dx = glq::cuda::to_device(x);
+    for (const int mode : {0, 1, 2}) {  // RmsNorm, SwiGlu, Plain on rows offset by one float
+      const auto pre = mode == 0 ? d::PreOp::RmsNorm : mode == 1 ? d::PreOp::SwiGlu : d::PreOp::Plain;
+      const int off = mode == 2 ? 1 : 0;
+      std::vector<float> ref(size_t(batch) * n);
+      for (int v = 0; v < batch; ++v) {
+        const float* xv = x.data() + size_t(v) * 2 * n + off;
+        float* r = ref.data() + size_t(v) * n;
+        double ss = 0.0;
+        for (int i = 0; i < n; ++i) ss += double(xv[i]) * xv[i];
+        const float scale = float(1.0 / std::sqrt(ss / n + 1e-5));
+        for (int i = 0; i < n; ++i) {
+          const float g = xv[i], u = xv[n + i];
+          const float val = pre == d::PreOp::RmsNorm ? g * scale * norm_w[i]
+                            : pre == d::PreOp::SwiGlu ? g / (1.0f + std::exp(-g)) * u
+                                                      : g;
+          r[i] = val * sign[i];
+        }
+        glq::transform::hadamard_forward(plan, r);
+      }
+      const int zero_count = 111;
+      std::vector<float> junk(size_t(batch) * zero_count, 1.0f);
+      auto dz = glq::cuda::to_device(junk);
+      glq::cuda::DeviceMemory dh(ref.size() * 2);
+      GLQ_CUDA_CHECK(cudaMemset(dh.data(), 0xFF, dh.bytes()));
+      d::PrepareParams p;
+      p.t = d::transform_shape(dplan, dsign.as<const float>());
+      p.pre = pre;
+      p.x = dx.as<const float>() + off;
+      p.ld_x = 2 * n;
+      p.norm_w = dw.as<const float>();
+      p.eps = 1e-5f;
+      p.out = dh.as<uint16_t>();
+      p.ld_out = n;
+      p.zero_ptr = dz.as<float>();
+      p.zero_count = zero_count;
+      ASSERT_TRUE(d::launch_prepare_wide(ctx.info(), p, batch, ctx.stream()));
+      GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+      EXPECT_LT(relative_error(download_half(dh, ref.size()), ref), 1e-3) << "n=" << n << " mode=" << mode;
+      dz.download(junk.data(), junk.size() * 4);
+      EXPECT_EQ(std::count(junk.begin(), junk.end(), 0.0f), std::ptrdiff_t(junk.size())) << "n=" << n;
+    }
+  }
+}
+
+// Prefill-sized batches through the public transforms (the wide kernels by default), the output
+// side in place (yt = y).
+TEST(CudaHadamardWide, PrefillBatchesThroughPublicApi) {
+  SKIP_WITHOUT_GPU();
+  glq::cuda::Context ctx;
+  for (const auto& [n, batch] : {std::pair{14336, 2048}, std::pair{4096, 2048}, std::pair{14336, 130}}) {
+    const auto plan = glq::transform::make_hadamard_plan(n);
+    const auto dplan = device_plan(plan);
+    const auto sign = glq::transform::random_signs(n, 51);
+    const auto x = random_vector(size_t(batch) * n, 53 + n + batch);
+    auto dsign = glq::cuda::to_device(sign);
+    auto dx = glq::cuda::to_device(x);
+    std::vector<float> ref = x, ref_in = x;
+    glq::transform::hadamard_transpose_batch(plan, ref.data(), batch);
+    for (int v = 0; v < batch; ++v)
+      for (int i = 0; i < n; ++i) {
+        ref[size_t(v) * n + i] *= sign[i];
+        ref_in[size_t(v) * n + i] *= sign[i];
+      }
+    glq::transform::hadamard_forward_batch(plan, ref_in.data(), batch);
+    glq::cuda::DeviceMemory dh(x.size() * 2);
+    GLQ_CUDA_CHECK(cudaMemset(dh.data(), 0xFF, dh.bytes()));
+    glq::cuda::hadamard_input(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dh.as<uint16_t>(), batch);
+    glq::cuda::hadamard_output(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dx.as<float>(), batch);
+    GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+    EXPECT_LT(relative_error(download_half(dh, x.size()), ref_in), 1e-3) << "n=" << n << " batch=" << batch;
+    std::vector<float> y(x.size());
+    dx.download(y.data(), y.size() * 4);
+    EXPECT_LT(relative_error(y, ref), 1e-5) << "n=" << n << " batch=" << batch;
+  }
+}
+
 struct QCase {
   int rows, cols, bits, batch;
   glq::cuda::QPath path;
@@ -358,7 +572,11 @@ INSTANTIATE_TEST_SUITE_P(
                       // Many vectors: the per-vector transform kernels (small and large mixing
                       // orders a) around the dequantize + GEMM path.
                       QCase{152, 888, 3, 80, QPath::Auto}, QCase{1536, 576, 2, 40, QPath::DequantGemm},
-                      QCase{256, 14336, 2, 20, QPath::DequantGemm}),
+                      QCase{256, 14336, 2, 20, QPath::DequantGemm},
+                      // Prefill batches (the wide transform kernels on the sides that take them:
+                      // a = 28 in and out, a = 12 out, a = 1; 576 = 36 x 16 falls back).
+                      QCase{64, 14336, 2, 260, QPath::Auto}, QCase{14336, 64, 4, 257, QPath::Auto},
+                      QCase{1536, 576, 3, 300, QPath::Auto}, QCase{1536, 576, 2, 130, QPath::Auto}),
     [](const auto& info) { return case_name(info.param); });
 
 // The ring decode kernel (qgemv_ring.cu) that launch_qgemv_cores runs for 1 and 2 vectors of

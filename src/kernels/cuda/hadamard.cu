@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <string>
 
@@ -653,6 +654,304 @@ __global__ void __launch_bounds__(kManyThreads, 2) prepare_many_kernel(const Pre
   }
 }
 
+// ---- Many vectors, whole vector per block ("wide"): one read, one write, nothing else ---------
+//
+// Block vec transforms vector vec in three steps, every global access 16 bytes (8 for fp16
+// output) and coalesced, every element of x read once and of the result written once:
+//   1. the vector goes to shared memory: plain fp32 rows by 16-byte cp.async copies (all of a
+//      block's loads in flight at once, no registers held), fused pre-operations through
+//      pre_value() (SwiGLU, attention merge), else plain loads;
+//   2. the FWHT of its a rows, in place (it commutes with the mixing, so it runs first): chunks
+//      of C = min(b, 1024) per warp, lane l holding elements l + 32c in registers (the bits
+//      above the lane: butterflies in registers; the lane bits: shuffles, one FFMA each), the
+//      sign / RMSNorm factors and 1/√b applied as the chunk is read; for b > 1024 a second pass
+//      over the high bits, thread (row, lo) holding elements lo + 1024h;
+//   3. thread (g, c) mixes rows [g·R, g·R + R) of columns 4c..4c+3 (R ≤ 8: a float4 of z per
+//      term, the R coefficients one broadcast float4 pair) and stores them at once: fp16/bf16
+//      x̃, or sign ∘ y in fp32 (added into y for the fused residual).
+// 256 threads; a block holds n + 8·a·ceil(a/8) floats of shared memory (61 KB for 14336, 3
+// blocks per SM), so other blocks' loads overlap a block's arithmetic. Used for a ≤ 64,
+// 32 ≤ b ≤ 32768 and rows aligned to 16 bytes (GLQ_CUDA_TRANSFORM_WIDE=0: never;
+// GLQ_CUDA_TRANSFORM_WIDE_MIN=N: from N vectors on). Measured and not kept (H100, docs/cuda.md):
+// the mixing on the tensor cores (mma.m16n8k16, operands split into fp16 hi + lo parts) was as
+// fast on the input side and slower on the output side; persistent blocks of 512 threads with
+// two buffers (the next vector's copies in flight during the current one's arithmetic) were
+// 5-10% slower than three independent blocks per SM.
+constexpr int kWideThreads = 256;
+constexpr int kWideMaxA = 64;
+
+__device__ __forceinline__ void wide_cp16(float* smem, const float* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void wide_cp_wait() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+}
+
+__host__ __device__ constexpr int b_of(int log2b) { return 1 << log2b; }
+
+__host__ __device__ inline int wide_rows(int a) {
+  const int groups = (a + 7) / 8;
+  return (a + groups - 1) / groups;  // R: rows per group, a = groups·R or less in the last
+}
+
+// Position of element i of the a×b view in shared memory (rows of ld floats).
+__device__ __forceinline__ int wide_at(int i, int log2b, int ld) { return (i >> log2b) * ld + (i & ((1 << log2b) - 1)); }
+
+// qs[(g·a + k)·8 + r] = M[g·R + r, k] for g·R + r < min(a, g·R + R) (zero beyond), M = Q or Q^T.
+__device__ __forceinline__ void wide_stage_q(const TransformShape& t, float* qs, bool transpose) {
+  const int a = t.a, R = wide_rows(a), G = (a + R - 1) / R;
+  for (int e = threadIdx.x; e < G * a * 8; e += blockDim.x) {
+    const int r = e & 7, k = (e >> 3) % a, g = (e >> 3) / a;
+    const int i = g * R + r;
+    qs[e] = (r >= R || i >= a) ? 0.0f : transpose ? __ldg(t.q + k * a + i) : __ldg(t.q + i * a + k);
+  }
+}
+
+// Step 2, low bits: E = C/32 elements per lane; mul(i, v) gives the value of element i.
+template <int E, typename Mul>
+__device__ __forceinline__ void wide_fwht_low(float* z, int n, int log2b, int ld, Mul mul) {
+  constexpr int C = 32 * E;
+  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  float sgn[5];
+#pragma unroll
+  for (int s = 0; s < 5; ++s) sgn[s] = ((lane >> s) & 1) ? -1.0f : 1.0f;
+  for (int ch = threadIdx.x >> 5; ch < n / C; ch += nw) {
+    float* base = z + wide_at(ch * C, log2b, ld) + lane;
+    float v[E];
+#pragma unroll
+    for (int c = 0; c < E; ++c) v[c] = mul(ch * C + c * 32 + lane, base[c * 32]);
+#pragma unroll
+    for (int h = 1; h < E; h <<= 1)
+#pragma unroll
+      for (int c = 0; c < E; ++c)
+        if (!(c & h)) {
+          const float u = v[c], w = v[c + h];
+          v[c] = u + w;
+          v[c + h] = u - w;
+        }
+#pragma unroll
+    for (int s = 0; s < 5; ++s)
+#pragma unroll
+      for (int c = 0; c < E; ++c) v[c] = fmaf(sgn[s], v[c], __shfl_xor_sync(0xFFFFFFFFu, v[c], 1 << s));
+#pragma unroll
+    for (int c = 0; c < E; ++c) base[c * 32] = v[c];
+  }
+}
+
+// Step 2, high bits of b = 1024·H.
+template <int H>
+__device__ __forceinline__ void wide_fwht_high(float* z, int n, int ld) {
+  for (int it = threadIdx.x; it < n / H; it += blockDim.x) {
+    float* base = z + (it >> 10) * ld + (it & 1023);
+    float v[H];
+#pragma unroll
+    for (int h = 0; h < H; ++h) v[h] = base[h * 1024];
+#pragma unroll
+    for (int d = 1; d < H; d <<= 1)
+#pragma unroll
+      for (int h = 0; h < H; ++h)
+        if (!(h & d)) {
+          const float u = v[h], w = v[h + d];
+          v[h] = u + w;
+          v[h + d] = u - w;
+        }
+#pragma unroll
+    for (int h = 0; h < H; ++h) base[h * 1024] = v[h];
+  }
+}
+
+// Step 2 over all a rows of z (n = a·b), ending with a barrier.
+template <typename Mul>
+__device__ __forceinline__ void wide_fwht(float* z, int n, int log2b, int ld, Mul mul) {
+  switch (min(log2b, 10)) {
+    case 5: wide_fwht_low<1>(z, n, log2b, ld, mul); break;
+    case 6: wide_fwht_low<2>(z, n, log2b, ld, mul); break;
+    case 7: wide_fwht_low<4>(z, n, log2b, ld, mul); break;
+    case 8: wide_fwht_low<8>(z, n, log2b, ld, mul); break;
+    case 9: wide_fwht_low<16>(z, n, log2b, ld, mul); break;
+    default: wide_fwht_low<32>(z, n, log2b, ld, mul); break;
+  }
+  __syncthreads();
+  if (log2b <= 10) return;
+  switch (log2b) {
+    case 11: wide_fwht_high<2>(z, n, ld); break;
+    case 12: wide_fwht_high<4>(z, n, ld); break;
+    case 13: wide_fwht_high<8>(z, n, ld); break;
+    case 14: wide_fwht_high<16>(z, n, ld); break;
+    default: wide_fwht_high<32>(z, n, ld); break;
+  }
+  __syncthreads();
+}
+
+// Step 3 on the CUDA cores, R = wide_rows(a) rows per group (RT ≥ R accumulator rows;
+// coefficients beyond R are zero): store4(o, v) receives elements o..o+3 (o a multiple of 4).
+template <int RT, typename Store4>
+__device__ __forceinline__ void wide_mix_rows(const float* z, const float* qs, int a, int R, int log2b, Store4 store4) {
+  const int lq = log2b - 2, quads = 1 << lq, G = (a + R - 1) / R;
+  const float4* z4 = reinterpret_cast<const float4*>(z);
+  for (int it = threadIdx.x; it < (G << lq); it += blockDim.x) {
+    const int g = it >> lq, c = it & (quads - 1);
+    const float4* q4 = reinterpret_cast<const float4*>(qs) + size_t(g) * a * 2;
+    float acc[RT][4];
+#pragma unroll
+    for (int r = 0; r < RT; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = 0.0f;
+#pragma unroll 4
+    for (int k = 0; k < a; ++k) {
+      const float4 y = z4[(k << lq) + c];
+      const float4 qa = q4[2 * k];
+      const float4 qb = RT > 4 ? q4[2 * k + 1] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      const float q[8] = {qa.x, qa.y, qa.z, qa.w, qb.x, qb.y, qb.z, qb.w};
+#pragma unroll
+      for (int r = 0; r < RT; ++r) {
+        acc[r][0] = fmaf(q[r], y.x, acc[r][0]);
+        acc[r][1] = fmaf(q[r], y.y, acc[r][1]);
+        acc[r][2] = fmaf(q[r], y.z, acc[r][2]);
+        acc[r][3] = fmaf(q[r], y.w, acc[r][3]);
+      }
+    }
+    const int i0 = g * R;
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+      if (r < R && i0 + r < a) store4(((i0 + r) << log2b) + 4 * c, make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+  }
+}
+
+// Step 3: store4(o, v) receives elements o..o+3 of the result (o a multiple of 4).
+template <typename Store4>
+__device__ __forceinline__ void wide_mix(const float* z, const float* qs, int a, int log2b, Store4 store4) {
+  if (a == 1) {
+    const float4* z4 = reinterpret_cast<const float4*>(z);
+    for (int c = threadIdx.x; c < (1 << (log2b - 2)); c += blockDim.x) store4(4 * c, z4[c]);
+    return;
+  }
+  const int R = wide_rows(a);
+  if (R <= 4) wide_mix_rows<4>(z, qs, a, R, log2b, store4);
+  else if (R <= 6) wide_mix_rows<6>(z, qs, a, R, log2b, store4);
+  else if (R == 7) wide_mix_rows<7>(z, qs, a, R, log2b, store4);
+  else wide_mix_rows<8>(z, qs, a, R, log2b, store4);
+}
+
+// vec_load: x rows are 16-byte aligned (cp.async copies); else plain loads.
+template <PreOp kPre>
+__global__ void __launch_bounds__(kWideThreads, 3) prepare_wide_kernel(const PrepareParams p, int vec_load) {
+  extern __shared__ __align__(16) float wsm[];  // z (n), then the mixing coefficients
+  __shared__ float red[32];
+  const int n = p.t.n, a = p.t.a, log2b = p.t.log2b;
+  const size_t vec = blockIdx.x;
+  float* z = wsm;
+  float* qs = wsm + n;
+  constexpr bool kRaw = kPre == PreOp::Plain || kPre == PreOp::RmsNorm;  // factors applied in step 2
+  if (kRaw) {
+    const float* xv = p.x + vec * p.ld_x;
+    if (vec_load) {
+      for (int i = 4 * threadIdx.x; i < n; i += 4 * kWideThreads) wide_cp16(z + i, xv + i);
+    } else {
+#pragma unroll 8
+      for (int i = threadIdx.x; i < n; i += kWideThreads) z[i] = xv[i];
+    }
+  } else {
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n; i += kWideThreads)
+      z[i] = pre_value<kPre>(p, vec, i, 1.0f) * (p.t.sign ? __ldg(p.t.sign + i) : 1.0f);
+  }
+  if (a > 1) wide_stage_q(p.t, qs, false);
+  if (p.zero_ptr)
+    for (int i = threadIdx.x; i < p.zero_count; i += kWideThreads) p.zero_ptr[vec * p.zero_count + i] = 0.0f;
+  if (kRaw && vec_load) wide_cp_wait();
+  __syncthreads();
+  float scale = p.t.inv_sqrt_b;
+  if (kPre == PreOp::RmsNorm) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += kWideThreads) ss += z[i] * z[i];
+    scale *= rsqrtf(block_sum(ss, red) / float(n) + p.eps);
+  }
+  const float* sign = p.t.sign;
+  const float* norm_w = p.norm_w;
+  wide_fwht(z, n, log2b, b_of(log2b), [&](int i, float v) {
+    v *= scale;
+    if (kPre == PreOp::RmsNorm) v *= __ldg(norm_w + i);
+    if (kRaw && sign) v *= __ldg(sign + i);
+    return v;
+  });
+  if (p.out_type == OutType::Half) {
+    __half* out = static_cast<__half*>(p.out) + vec * p.ld_out;
+    wide_mix(z, qs, a, log2b, [&](int o, float4 v) {
+      const __half2 h0 = __floats2half2_rn(v.x, v.y), h1 = __floats2half2_rn(v.z, v.w);
+      uint2 u;
+      u.x = *reinterpret_cast<const uint32_t*>(&h0);
+      u.y = *reinterpret_cast<const uint32_t*>(&h1);
+      *reinterpret_cast<uint2*>(out + o) = u;
+    });
+  } else {
+    __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out) + vec * p.ld_out;
+    wide_mix(z, qs, a, log2b, [&](int o, float4 v) {
+      const __nv_bfloat162 h0 = __floats2bfloat162_rn(v.x, v.y), h1 = __floats2bfloat162_rn(v.z, v.w);
+      uint2 u;
+      u.x = *reinterpret_cast<const uint32_t*>(&h0);
+      u.y = *reinterpret_cast<const uint32_t*>(&h1);
+      *reinterpret_cast<uint2*>(out + o) = u;
+    });
+  }
+}
+
+// vec_load: ỹ rows (and part slices) are 16-byte aligned.
+__global__ void __launch_bounds__(kWideThreads, 3) finish_wide_kernel(const FinishParams p, int vec_load) {
+  extern __shared__ __align__(16) float wsm[];
+  const int n = p.t.n, a = p.t.a, log2b = p.t.log2b;
+  const size_t vec = blockIdx.x;
+  float* z = wsm;
+  float* qs = wsm + n;
+  const float* yv = p.yt + vec * p.ld_in;
+  if (vec_load && p.parts == 1) {
+    for (int i = 4 * threadIdx.x; i < n; i += 4 * kWideThreads) wide_cp16(z + i, yv + i);
+  } else if (vec_load) {
+#pragma unroll 2
+    for (int i = 4 * threadIdx.x; i < n; i += 4 * kWideThreads) {
+      float4 v = *reinterpret_cast<const float4*>(yv + i);
+#pragma unroll 4
+      for (int k = 1; k < p.parts; ++k) {
+        const float4 u = *reinterpret_cast<const float4*>(yv + k * p.part_stride + i);
+        v.x += u.x;
+        v.y += u.y;
+        v.z += u.z;
+        v.w += u.w;
+      }
+      *reinterpret_cast<float4*>(z + i) = v;
+    }
+  } else {
+#pragma unroll 8
+    for (int i = threadIdx.x; i < n; i += kWideThreads) z[i] = yt_value(p, vec, i);
+  }
+  if (a > 1) wide_stage_q(p.t, qs, true);
+  if (vec_load && p.parts == 1) wide_cp_wait();
+  __syncthreads();
+  const float s = p.t.inv_sqrt_b;
+  wide_fwht(z, n, log2b, b_of(log2b), [s](int, float v) { return v * s; });
+  float* y = p.y + vec * p.ld_out;
+  const float* sign = p.t.sign;
+  const int accumulate = p.accumulate;
+  wide_mix(z, qs, a, log2b, [&](int o, float4 v) {
+    if (sign) {
+      const float4 sg = __ldg(reinterpret_cast<const float4*>(sign + o));
+      v.x *= sg.x;
+      v.y *= sg.y;
+      v.z *= sg.z;
+      v.w *= sg.w;
+    }
+    float4* dst = reinterpret_cast<float4*>(y + o);
+    if (accumulate) {
+      const float4 old = *dst;
+      v.x += old.x;
+      v.y += old.y;
+      v.z += old.z;
+      v.w += old.w;
+    }
+    *dst = v;
+  });
+}
+
 __global__ void f32_to_bf16_kernel(const float* __restrict__ x, uint16_t* __restrict__ y, size_t n) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const __nv_bfloat16 b = __float2bfloat16_rn(x[i]);
@@ -763,8 +1062,73 @@ bool many_shape(const DeviceInfo& info, const TransformShape& t, int batch) {
   return many_smem(t, many_per_block(t, batch)) <= dynamic_limit(info);
 }
 
+// Many vectors, whole vector per block (prepare_wide_kernel / finish_wide_kernel): from
+// kWideMinBatch vectors on (measured faster than the row-group and per-vector kernels at 64,
+// 130 and 2048 vectors on an H100, docs/cuda.md; 17 to 63 vectors keep those kernels, which
+// spread a vector over more blocks).
+constexpr int kWideMinBatch = 64;
+
+int wide_min_batch() {
+  static const int v = [] {
+    const char* off = std::getenv("GLQ_CUDA_TRANSFORM_WIDE");
+    if (off && std::string(off) == "0") return std::numeric_limits<int>::max();
+    const char* m = std::getenv("GLQ_CUDA_TRANSFORM_WIDE_MIN");
+    return m ? std::max(1, std::atoi(m)) : kWideMinBatch;
+  }();
+  return v;
+}
+
+size_t wide_smem(const TransformShape& t) {
+  const int R = wide_rows(t.a), G = (t.a + R - 1) / R;
+  return (size_t(t.n) + (t.a > 1 ? size_t(G) * t.a * 8 : 0)) * 4;
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+// Shape the wide kernels take, within the shared memory they may opt into.
+bool wide_shape(const DeviceInfo& info, const TransformShape& t) {
+  if ((t.a << t.log2b) != t.n || t.a > kWideMaxA || t.log2b < 5 || t.log2b > 15) return false;
+  if (t.a > 1 && !t.q) return false;
+  static const size_t limit = [&] {
+    const size_t lim = dynamic_limit(info);
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_wide_kernel<PreOp::Plain>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_wide_kernel<PreOp::RmsNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_wide_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_wide_kernel<PreOp::Combine>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    return lim;
+  }();
+  return wide_smem(t) <= limit;
+}
+
+bool launch_prepare_wide(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
+  if (batch <= 0 || !wide_shape(info, p.t)) return false;
+  // 8-byte stores of 4 outputs.
+  if ((reinterpret_cast<uintptr_t>(p.out) & 7) != 0 || p.ld_out % 4 != 0) return false;
+  const int vec_load = aligned16(p.x) && p.ld_x % 4 == 0;
+  const size_t smem = wide_smem(p.t);
+  switch (p.pre) {
+    case PreOp::Plain: prepare_wide_kernel<PreOp::Plain><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
+    case PreOp::RmsNorm: prepare_wide_kernel<PreOp::RmsNorm><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
+    case PreOp::SwiGlu: prepare_wide_kernel<PreOp::SwiGlu><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
+    case PreOp::Combine: prepare_wide_kernel<PreOp::Combine><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
+  }
+  GLQ_CUDA_CHECK_LAUNCH("prepare_wide_kernel");
+  return true;
+}
+
+bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
+  if (batch <= 0 || !wide_shape(info, p.t)) return false;
+  if (!aligned16(p.y) || p.ld_out % 4 != 0 || (p.t.sign && !aligned16(p.t.sign))) return false;
+  const int vec_load = aligned16(p.yt) && p.ld_in % 4 == 0 && (p.parts == 1 || p.part_stride % 4 == 0);
+  finish_wide_kernel<<<batch, kWideThreads, wide_smem(p.t), stream>>>(p, vec_load);
+  GLQ_CUDA_CHECK_LAUNCH("finish_wide_kernel");
+  return true;
+}
+
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
+  if (batch >= wide_min_batch() && launch_prepare_wide(info, p, batch, stream)) return;
   if (many_shape(info, p.t, batch)) {
     const int per_block = many_per_block(p.t, batch);
     const size_t smem = many_smem(p.t, per_block);
@@ -794,6 +1158,7 @@ void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, c
 
 void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
+  if (batch >= wide_min_batch() && launch_finish_wide(info, p, batch, stream)) return;
   if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
     const int b = 1 << p.t.log2b;
     const int extra = (p.t.a > 1 ? p.t.a : 0) + (p.t.sign ? b : 0);  // column i of Q, signs of row i

@@ -15,6 +15,11 @@ namespace glq::cuda::detail {
 TransformShape transform_shape(const DeviceHadamard& plan, const float* sign);
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream);
 void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream);
+// The whole-vector-per-block kernels that launch_prepare / launch_finish use for many vectors,
+// at any batch (for tests and comparisons): false, with nothing launched, where the shape or the
+// alignment of the rows does not allow them.
+bool launch_prepare_wide(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream);
+bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream);
 
 // Hadamard transform of `batch` vectors of length plan.n (one block each; see hadamard.cu).
 //   input:  out_half (batch, n) = T (sign ∘ x);  also zeroes zero_ptr (batch, zero_count).
