@@ -9,8 +9,9 @@
 // to 16-bit fixed point with one scale per batch row (relative error ≤ 2^-16 of max|x̃|); the
 // code products are then exact integers, identical in every ISA. Results differ from
 // codec::matvec_reference only by that rounding and by float summation order in the transforms.
-// Exception: two-stage matrices (3 and 4 bpw) at large batches on AVX-512 take a float-tile path
-// (qmatmul_float_tiles()) that decodes weight tiles to float32 and keeps x̃ unrounded.
+// Exception: two-stage matrices (3 and 4 bpw) at large batches on AVX-512 and AVX2 take a
+// float-tile path (qmatmul_float_tiles()) that decodes weight tiles to float32 and keeps x̃
+// unrounded.
 #pragma once
 
 #include <cstdint>
@@ -63,7 +64,7 @@ inline void hmatmul(const uint16_t* w, Half type, int rows, int cols, const floa
 }
 
 // The pieces of qmatmul, for tests and benchmarks.
-// True when qmatmul(q, ·, ·, batch, ·, isa) takes the float-tile path (AVX-512, large batches:
+// True when qmatmul(q, ·, ·, batch, ·, isa) takes the float-tile path (AVX-512 or AVX2, large batches:
 // weights decoded tile by tile to float32 and multiplied with fp32 FMAs by the unrounded
 // activations; docs/cpu-kernels.md) instead of the integer model.
 bool qmatmul_float_tiles(const codec::QuantizedMatrix& q, int batch, Isa isa);

@@ -23,6 +23,7 @@ namespace {
 using detail::DotArgs;
 
 constexpr int kRowGrain = 8;  // rows per chunk of the pool's split (keeps output writes apart)
+constexpr int64_t kDynamicChunks = 16;  // row chunks per thread in the integer path's dynamic split
 // Below this many code uses (rows · groups · stages · batch) the product runs on the calling
 // thread: at about 0.25 ns per code use, 65536 is ~15 us, a few pool wake-ups (measured:
 // docs/cpu-kernels.md).
@@ -388,10 +389,23 @@ void qmatmul(const codec::QuantizedMatrix& q, const float* x, float* y, int batc
   // Waking the pool costs several microseconds; a product smaller than kMinParallelCodes code
   // uses (about 15 us of one core) runs on the calling thread alone.
   const int64_t work = static_cast<int64_t>(rows) * groups * n_stages * batch;
-  if (work < kMinParallelCodes || pool.size() == 1)
+  if (work < kMinParallelCodes || pool.size() == 1) {
     rows_task(0, rows, 0);
-  else
-    run_parallel(pool, rows, rows_task, kRowGrain);
+  } else {
+    // Rows are handed out in chunks from a shared counter rather than split in fixed shares: on a
+    // machine whose cores are also busy with other work, a thread that is descheduled for a
+    // while no longer holds up the call — the others take its remaining chunks. About
+    // kDynamicChunks chunks per thread keep the counter traffic negligible.
+    const int64_t threads = pool.size();
+    const int64_t chunk = std::max<int64_t>(
+        kRowGrain, (rows + threads * kDynamicChunks - 1) / (threads * kDynamicChunks) / kRowGrain * kRowGrain);
+    std::atomic<int64_t> next{0};
+    const auto worker = [&](int64_t, int64_t, int t) {
+      for (int64_t r0; (r0 = next.fetch_add(chunk, std::memory_order_relaxed)) < rows;)
+        rows_task(r0, std::min<int64_t>(rows, r0 + chunk), t);
+    };
+    run_parallel(pool, threads, worker);
+  }
 
   // 3. y = sign_out ∘ (T_out^T ỹ) (over batch rows).
   const auto output_task = [&](int64_t b0, int64_t b1, int t) {
