@@ -12,9 +12,10 @@
 // product, which saves a memset node per product. finish_kernel (the output side) can add its
 // result into y, which fuses the residual add.
 //
-// For more than 16 vectors the input side of most shapes (a ≤ 32, b ≥ 32) runs
+// For 17 to 63 vectors the input side of most shapes (a ≤ 32, b ≥ 32) runs
 // prepare_many_kernel instead: row groups per block, mixing in registers, the FWHT in registers
-// and warp shuffles (see the comment above it).
+// and warp shuffles (see the comment above it). From 64 vectors on both sides run the
+// whole-vector kernels (prepare_wide_kernel, finish_wide_kernel): one read, one write.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
