@@ -73,7 +73,7 @@ const Case kCases[] = {
     {24, 1000 + 8, 4, 1},  {72, 832, 4, 1},    {1000 + 8, 72, 4, 1}, {8, 14336, 4, 1},
     {24, 1000 + 8, 3, 1},  {72, 832, 3, 1},    {1000 + 8, 72, 3, 1}, {576, 576, 3, 1},
     {24, 1000 + 8, 2, 1},
-    // Float tiles (AVX-512 from batch 10; AVX2 from 10 at 3 bpw, 14 at 4 bpw): row tiles cut short
+    // Float tiles (AVX-512 from batch 8; AVX2 from 10 at 3 bpw, 14 at 4 bpw): row tiles cut short
     // (40 = 32 + 8, 1000 + 8 = 31·32 + 16), column blocks cut short (832: 104 groups = 6·16 + 8),
     // batch tiles of every width.
     {40, 832, 4, 33},      {1000 + 8, 72, 3, 24},  {24, 1000 + 8, 4, 30},
