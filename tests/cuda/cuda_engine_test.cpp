@@ -219,6 +219,18 @@ TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {
   for (size_t t = 0; t < longp.size(); t += 13)
     EXPECT_LT(rel_err(gpu3.data() + t * c.vocab, ref3[t]), 2e-2) << "long prefill token " << t;
   EXPECT_LT(rel_err(gpu3.data() + (longp.size() - 1) * c.vocab, ref3.back()), 2e-2);
+
+  // 80 tokens: the whole-vector transforms of 64+ vectors inside the engine (RMSNorm fused into
+  // the q/k/v input, the attention merge into o_proj's, the residual add into the outputs).
+  engine.reset();
+  std::vector<int32_t> prefill(80);
+  for (size_t i = 0; i < prefill.size(); ++i) prefill[i] = int32_t((i * 53 + 7) % c.vocab);
+  engine.forward(prefill.data(), int(prefill.size()), true);
+  const auto gpu4 = engine.logits_host(int(prefill.size()));
+  const auto ref4 = cpu_forward(m, prefill);
+  for (size_t t = 0; t < prefill.size(); t += 11)
+    EXPECT_LT(rel_err(gpu4.data() + t * c.vocab, ref4[t]), 2e-2) << "80-token prefill token " << t;
+  EXPECT_LT(rel_err(gpu4.data() + (prefill.size() - 1) * c.vocab, ref4.back()), 2e-2);
 }
 
 }  // namespace
