@@ -609,6 +609,63 @@ TEST(CudaQgemvRing, MatchesMatvecReference) {
   }
 }
 
+// The ring kernel with the output transform fused (its last block transforms the whole of ỹ),
+// through the internal API (whatever GLQ_FUSED_FINISH says): output lengths that are not powers of two (152 = 76·2 and
+// 1000 + 8 = 63·16 with a DCT mixing, 2056 = 257·8, 14336 = 28·512) and one that is (4096),
+// 1 and 2 vectors, written and added into y (the fused residual add), each launch run twice on
+// the same buffers (the done counter must come back to zero through the input transform, whose
+// buffer is poisoned first).
+TEST(CudaQgemvRingFused, OutputTransformInKernelMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  namespace d = glq::cuda::detail;
+  glq::cuda::Context ctx;
+  const char* env = std::getenv("GLQ_QGEMV_RING");
+  const bool ring_on = !(env && std::string(env) == "0");
+  int k = 0;
+  for (const auto& [rows, cols] : {std::pair{152, 88}, std::pair{1008, 1528}, std::pair{2056, 7912},
+                                   std::pair{14336, 256}, std::pair{4096, 1024}}) {
+    const int bits = 2 + (k++ % 3);
+    const auto q = random_qmatrix(rows, cols, bits, 11 * rows + cols + bits);
+    const auto dq = glq::cuda::upload(q);
+    for (int batch : {1, 2}) {
+      const std::string name = std::to_string(rows) + "x" + std::to_string(cols) + " " + std::to_string(bits) +
+                               " bpw, batch " + std::to_string(batch);
+      const bool supported = d::qgemv_ring_fused_supported(ctx.info(), dq, batch);
+      ASSERT_EQ(supported, ring_on && dq.plan_out.a <= d::kFusedFinishMaxA) << name;
+      if (!supported) continue;
+      const auto x = random_vector(size_t(batch) * cols, 5 + rows + batch);
+      std::vector<float> ref(size_t(batch) * rows);
+      glq::codec::matvec_reference(q, x.data(), ref.data(), batch);
+      const int ld = d::qgemv_ring_fused_ld(rows);
+      auto dx = glq::cuda::to_device(x);
+      glq::cuda::DeviceMemory xt(size_t(batch) * cols * 2), yf(size_t(batch) * ld * 4);
+      GLQ_CUDA_CHECK(cudaMemset(yf.data(), 0xFF, yf.bytes()));
+      for (int accumulate : {0, 1}) {
+        const auto y0 = random_vector(size_t(batch) * rows, 9 + rows + batch);
+        auto dy = glq::cuda::to_device(accumulate ? y0 : std::vector<float>(y0.size(), std::numeric_limits<float>::quiet_NaN()));
+        d::FinishParams f;
+        f.t = d::transform_shape(dq.plan_out, dq.sign_out.as<const float>());
+        f.y = dy.as<float>();
+        f.ld_out = rows;
+        f.accumulate = accumulate;
+        for (int run = 1; run <= 2; ++run) {
+          d::launch_hadamard(ctx.info(), dq.plan_in, true, dq.sign_in.as<const float>(), dx.as<const float>(),
+                             xt.data(), batch, yf.as<float>(), ld, ctx.stream());
+          d::launch_qgemv_ring_fused(ctx.info(), dq, ctx.tables(), xt.as<const uint16_t>(), cols, yf.as<float>(),
+                                     batch, f, ctx.stream());
+          GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+          std::vector<float> y(y0.size());
+          dy.download(y.data(), y.size() * 4);
+          std::vector<float> want = ref;
+          if (accumulate)
+            for (size_t i = 0; i < y.size(); ++i) y[i] = (y[i] - y0[i]) / float(run);
+          EXPECT_LT(relative_error(y, want), 5e-3) << name << ", accumulate " << accumulate << ", run " << run;
+        }
+      }
+    }
+  }
+}
+
 // The tensor-core kernel with the input transform fused (batch 1) and its output in parts,
 // summed by the output transform (the path of GLQ_CUDA_FUSED_INPUT=1), through the internal API.
 TEST(CudaQmmaFusedInput, MatchesMatvecReference) {

@@ -13,6 +13,7 @@
 #include "glq/kernels/cuda.hpp"
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/qgemv_ring.cuh"
 
 namespace glq::cuda {
 
@@ -349,6 +350,21 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
     f.parts = parts;
     f.part_stride = size_t(w.rows);
     detail::launch_finish(ctx.info(), f, 1, stream);
+    return;
+  }
+  if (path == QPath::Gemv && batch <= detail::kRingMaxBatch && detail::qgemv_ring_fused_enabled() &&
+      detail::qgemv_ring_fused_supported(ctx.info(), w, batch)) {
+    // 1-2 vectors, GLQ_FUSED_FINISH=1: the ring kernel's last block runs the output transform;
+    // ỹ and the kernel's done counter behind it are zeroed by the input transform.
+    const int ld = detail::qgemv_ring_fused_ld(w.rows);
+    auto* yf = static_cast<float*>(ctx.scratch(1, size_t(batch) * ld * 4));
+    detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch, yf, ld,
+                            stream);
+    detail::FinishParams f;
+    f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+    f.y = y;
+    f.ld_out = w.rows;
+    detail::launch_qgemv_ring_fused(ctx.info(), w, ctx.tables(), xt, w.cols, yf, batch, f, stream);
     return;
   }
   if (path == QPath::Gemv || path == QPath::Mma) {

@@ -20,6 +20,7 @@
 #include "glq/kernels/cuda_engine.hpp"
 #include "glq/transform/hadamard.hpp"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/qgemv_ring.cuh"
 
 namespace glq::cuda {
 
@@ -509,6 +510,38 @@ size_t Engine::bytes_per_token(int context) const {
   return weight_bytes() + size_t(config_.hidden) * 2 + kv;
 }
 
+namespace {
+
+// 1-2 vectors of a quantized linear, GLQ_FUSED_FINISH=1: the output transform runs in the ring
+// kernel's last block (qgemv_ring.cuh); ỹ, with the kernel's done counter behind it, is zeroed
+// by the input transform. False, with nothing launched, where that path does not apply.
+bool fused_linear(Context& ctx, const DeviceQuantizedMatrix& w, detail::PrepareParams p, size_t max_tokens,
+                  float* y, int ld_y, bool accumulate, int n) {
+  const auto& info = ctx.info();
+  const int ld = detail::qgemv_ring_fused_ld(w.rows);
+  if (n > detail::kRingMaxBatch || size_t(n) * ld > max_tokens * w.rows ||
+      !detail::qgemv_ring_fused_enabled() || !detail::qgemv_ring_fused_supported(info, w, n))
+    return false;
+  auto* xt = static_cast<uint16_t*>(ctx.scratch(0, max_tokens * w.cols * 2));
+  auto* yt = static_cast<float*>(ctx.scratch(1, max_tokens * w.rows * 4));
+  p.t = detail::transform_shape(w.plan_in, w.sign_in.as<const float>());
+  p.out_type = detail::OutType::Half;
+  p.out = xt;
+  p.ld_out = w.cols;
+  p.zero_ptr = yt;
+  p.zero_count = ld;
+  detail::launch_prepare(info, p, n, ctx.stream());
+  detail::FinishParams f;
+  f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+  f.y = y;
+  f.ld_out = ld_y;
+  f.accumulate = accumulate;
+  detail::launch_qgemv_ring_fused(info, w, ctx.tables(), xt, w.cols, yt, n, f, ctx.stream());
+  return true;
+}
+
+}  // namespace
+
 void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float* y, int ld_y,
                         bool accumulate, int n) {
   detail::PrepareParams p = *static_cast<const detail::PrepareParams*>(prepare_params);
@@ -516,7 +549,9 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
   cudaStream_t stream = ctx_.stream();
   auto handle = static_cast<cublasHandle_t>(ctx_.cublas_handle());
   const float alpha = 1.0f, beta_acc = 1.0f, beta_zero = 0.0f;
-  if (l.q) {
+  if (l.q && fused_linear(ctx_, *l.q, p, size_t(b_->max_tokens), y, ld_y, accumulate, n)) {
+    // (input transform, then the decode kernel with the output transform in its last block)
+  } else if (l.q) {
     const auto& w = *l.q;
     auto* xt = static_cast<uint16_t*>(ctx_.scratch(0, size_t(b_->max_tokens) * w.cols * 2));
     auto* yt = static_cast<float*>(ctx_.scratch(1, size_t(b_->max_tokens) * w.rows * 4));

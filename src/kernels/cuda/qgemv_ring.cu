@@ -97,6 +97,10 @@ struct RingParams {
   const uint32_t* tables;       // kTableWords words
   int atomic;                   // several column ranges: atomics into a zeroed yt
   int early;                    // request the first D words before griddepcontrol.wait (else after)
+  // Fused output transform (null: none): every block counts itself done here (zeroed before
+  // the launch) and the last one runs fin over the whole of yt (fin.yt is not used).
+  unsigned* done;
+  FinishParams fin;
 };
 
 __device__ __forceinline__ __half2 as_half2(uint32_t u) { return *reinterpret_cast<const __half2*>(&u); }
@@ -196,6 +200,74 @@ __device__ __forceinline__ float reduce_scatter8(const float (&v)[8], int lane) 
   s += __shfl_xor_sync(0xFFFFFFFFu, s, 2);
   s += __shfl_xor_sync(0xFFFFFFFFu, s, 1);
   return s;
+}
+
+// Padded shared-memory index of the fused output transform: one spare word per 32 keeps its
+// strided butterflies free of bank conflicts.
+__device__ __forceinline__ int zpad(int i) { return i + (i >> 5); }
+
+// The output transform of the whole of ỹ, run by the last block of a fused launch:
+// y (+)= sign ∘ (Q^T ⊗ H_b/√b) ỹ for each of the B vectors, in shared memory sm (reused: the
+// tables, ring and x̃ are dead by now). The FWHT runs in passes of up to 3 butterfly stages
+// in registers (radix 8, one barrier per pass); the mixing reads Q from shared memory while
+// writing y. yt was written by other blocks (atomics or stores that reached L2): read with
+// ld.global.cg.
+template <int B>
+__device__ __forceinline__ void ring_finish(const RingParams& p, float* sm) {
+  const FinishParams& f = p.fin;
+  const int n = f.t.n, a = f.t.a, lb = f.t.log2b, b = 1 << lb;
+  float* z = sm;
+  float* qs = sm + zpad(n);
+  if (a > 1)
+    for (int k = threadIdx.x; k < a * a; k += blockDim.x) qs[k] = __ldg(f.t.q + k);
+  for (int v = 0; v < B; ++v) {
+    const float* src = p.yt + size_t(v) * p.ld_y;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n; i += blockDim.x) z[zpad(i)] = __ldcg(src + i);
+    __syncthreads();
+    for (int s = 0; s < lb; s += 3) {
+      const int r = min(3, lb - s), R = 1 << r;
+      for (int q = threadIdx.x; q < (n >> r); q += blockDim.x) {
+        const int low = q & ((1 << s) - 1);
+        const int base = ((q >> s) << (s + r)) | low;
+        float e[8];
+#pragma unroll
+        for (int m = 0; m < 8; ++m) e[m] = m < R ? z[zpad(base + (m << s))] : 0.0f;
+#pragma unroll
+        for (int st = 0; st < 3; ++st) {
+          const int h = 1 << st;
+          if (st < r)
+#pragma unroll
+            for (int m = 0; m < 8; ++m)
+              if (!(m & h)) {
+                const float u = e[m], w = e[m + h];
+                e[m] = u + w;
+                e[m + h] = u - w;
+              }
+        }
+#pragma unroll
+        for (int m = 0; m < 8; ++m)
+          if (m < R) z[zpad(base + (m << s))] = e[m];
+      }
+      __syncthreads();
+    }
+    float* yv = f.y + size_t(v) * f.ld_out;
+    for (int o = threadIdx.x; o < n; o += blockDim.x) {
+      const int i = o >> lb, j = o & (b - 1);
+      float s;
+      if (a == 1) {
+        s = z[zpad(o)];
+      } else {
+        s = 0.0f;
+#pragma unroll 4
+        for (int k = 0; k < a; ++k) s = fmaf(qs[k * a + i], z[zpad((k << lb) + j)], s);
+      }
+      s *= f.t.inv_sqrt_b;
+      if (f.t.sign) s *= __ldg(f.t.sign + o);
+      yv[o] = f.accumulate ? yv[o] + s : s;
+    }
+    __syncthreads();  // z is refilled for the next vector
+  }
 }
 
 // One vector of 2 bpw is held to 64 registers, so that a 1024-thread block of the input
@@ -363,6 +435,17 @@ __global__ void __launch_bounds__(kRingThreads, (B == 1 && L == Layout::P) ? 2 :
       if (p.atomic) atomicAdd(dst, s); else *dst = s;
     }
   }
+
+  // 6. Fused output transform: the last block to finish runs it over the whole of ỹ.
+  if (p.done) {
+    __threadfence();  // this block's part of ỹ is visible before it counts itself done
+    __syncthreads();
+    const unsigned total = gridDim.x * gridDim.y;
+    if (__syncthreads_or(threadIdx.x == 0 && atomicAdd(p.done, 1u) == total - 1)) {
+      __threadfence();
+      ring_finish<B>(p, reinterpret_cast<float*>(smem4));
+    }
+  }
 }
 
 struct RingPlan {
@@ -477,8 +560,25 @@ bool qgemv_ring_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantize
   return plan_ring(info, w, batch, l).n_kb > 1;
 }
 
-void launch_qgemv_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
-                       const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch, cudaStream_t stream) {
+namespace {
+
+// Largest mixing order the fused output transform takes (GLQ_FUSED_FINISH_MAX_A, default
+// kFusedFinishMaxA): its one block does all a·n mixing terms alone.
+int fused_finish_max_a() {
+  static const int v = [] {
+    const char* e = std::getenv("GLQ_FUSED_FINISH_MAX_A");
+    return e ? std::atoi(e) : kFusedFinishMaxA;
+  }();
+  return v;
+}
+
+size_t fused_finish_smem(const TransformShape& t) {
+  return (size_t(t.n) + size_t(t.n) / 32 + 1 + (t.a > 1 ? size_t(t.a) * t.a : 0)) * sizeof(float);
+}
+
+void launch_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                 const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch, const FinishParams* fin,
+                 unsigned* done, cudaStream_t stream) {
   Layout l;
   if (batch < 1 || batch > kRingMaxBatch || !ring_layout(w, &l))
     throw_invalid("qgemv_ring: batch " + std::to_string(batch) + " or stage layout not supported");
@@ -504,9 +604,55 @@ void launch_qgemv_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
   p.tables = tables;
   p.atomic = plan.n_kb > 1;
   p.early = ring_early();
+  p.done = done;
+  size_t smem = plan.smem;
+  if (fin) {
+    p.fin = *fin;
+    smem = std::max(smem, fused_finish_smem(fin->t));
+  }
   allow_ring_smem(info, batch, l);
   launch_checked(reinterpret_cast<void (*)(RingParams)>(ring_kernel_for(batch, l)), dim3(plan.blocks_x, plan.n_kb),
-                 dim3(kRingThreads), plan.smem, stream, pdl_enabled(info), "qgemv_ring_kernel", p);
+                 dim3(kRingThreads), smem, stream, pdl_enabled(info), "qgemv_ring_kernel", p);
+}
+
+}  // namespace
+
+void launch_qgemv_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                       const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch, cudaStream_t stream) {
+  launch_ring(info, w, tables, xt_half, ld_x, yt, ld_y, batch, nullptr, nullptr, stream);
+}
+
+bool qgemv_ring_fused_enabled() {
+  // GLQ_FUSED_FINISH=1 turns it on; GLQ_QGEMV_KERNEL=mma sends launch_qgemv's few vectors to the
+  // tensor-core kernel instead.
+  static const bool on = [] {
+    const char* v = std::getenv("GLQ_FUSED_FINISH");
+    const char* k = std::getenv("GLQ_QGEMV_KERNEL");
+    return v && std::strcmp(v, "1") == 0 && !(k && std::strcmp(k, "mma") == 0);
+  }();
+  return on;
+}
+
+bool qgemv_ring_fused_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
+  if (!qgemv_ring_supported(info, w, batch)) return false;
+  if (w.plan_out.n != w.rows || size_t(w.plan_out.a) * w.plan_out.b != size_t(w.rows)) return false;
+  if (w.plan_out.a > fused_finish_max_a()) return false;
+  TransformShape t;
+  t.n = w.rows;
+  t.a = w.plan_out.a;
+  return fused_finish_smem(t) <= info.smem_optin;
+}
+
+void launch_qgemv_ring_fused(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                             const uint16_t* xt_half, int ld_x, float* yt, int batch, const FinishParams& fin,
+                             cudaStream_t stream) {
+  if (!qgemv_ring_fused_supported(info, w, batch))
+    throw_invalid("qgemv_ring: fused output transform not supported for this shape");
+  if (fin.t.n != w.rows || (fin.t.a << fin.t.log2b) != fin.t.n)
+    throw_invalid("qgemv_ring: output transform of length " + std::to_string(fin.t.n) + " for " +
+                  std::to_string(w.rows) + " rows");
+  unsigned* done = reinterpret_cast<unsigned*>(yt + w.rows);
+  launch_ring(info, w, tables, xt_half, ld_x, yt, qgemv_ring_fused_ld(w.rows), batch, &fin, done, stream);
 }
 
 }  // namespace glq::cuda::detail
