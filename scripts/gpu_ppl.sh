@@ -7,14 +7,18 @@
 #       ($BUNDLE, default .gpubundle), the checkpoints and the text ($TEXT, default
 #       /work/shared/data/text/brown-dev.txt) into one zstd stream with a long window (checkpoints
 #       of one model share their 16-bit tensors, which the window turns into back-references),
-#       cut into OUTDIR/p0, OUTDIR/p1, ... of at most 60 MB: one part per GPU call. p0 also
+#       with each checkpoint's CPU logits of a fixed prompt (glq logits --device cpu, the
+#       bundle's glq run here), cut into OUTDIR/p0, OUTDIR/p1, ... of at most 60 MB: one part per GPU call. p0 also
 #       carries this machine's zstd and its libraries, for GPU machines without one.
 #   scripts/gpu_ppl.sh run OUTDIR
 #       (on the GPU machine, once every part is there) unpacks and runs, for every checkpoint,
+#       the GPU logits of the prompt against the CPU's (glq logits --compare, bar 2e-2) and
 #       glq perplexity --device cuda --ctx 1024 at $PPL_TOKENS (default "20480 100000") tokens;
-#       one JSON line per run in $OUT/ppl.jsonl (default ./gpu-ppl-out), a table last.
+#       one JSON line per run in $OUT/ppl.jsonl and $OUT/logits.jsonl (default ./gpu-ppl-out),
+#       a table last.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PROMPT="The history of the printing press begins in the fifteenth century, when Johannes Gutenberg of Mainz combined movable metal type, oil-based ink and a wooden screw press into a system that could produce books quickly."
 
 pack() {
   local out=$1; shift
@@ -28,6 +32,8 @@ pack() {
     local name
     name=$(basename "$(dirname "$c")")-$(basename "$c")
     cp -r "$c" "$out/stage/ckpt/$name"
+    LD_LIBRARY_PATH="$bundle/lib" "$bundle/glq" logits "$c" -p "$PROMPT" --device cpu \
+      -o "$out/stage/ckpt/$name.ref_logits.bin" --json >/dev/null
   done
   tar cf - -C "$out/stage" . | zstd -q -T2 -3 --long=28 -o "$out/payload.tzst"
   rm -rf "$out/stage"
@@ -61,16 +67,23 @@ run() {
   export LD_LIBRARY_PATH="$w/bundle/lib:$cublas:${LD_LIBRARY_PATH:-}"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
   : >"$out/ppl.jsonl"
+  : >"$out/logits.jsonl"
   for c in "$w"/ckpt/*/; do
     c=${c%/}
+    "$w/bundle/glq" logits "$c" -p "$PROMPT" --device cuda --compare "$c.ref_logits.bin" --json 2>>"$out/ppl.log" |
+      python3 -c 'import json,sys; j=json.load(sys.stdin); j["checkpoint"]=sys.argv[1]; print(json.dumps(j))' \
+        "$(basename "$c")" >>"$out/logits.jsonl" || echo "FAILED: logits of $(basename "$c")" >&2
     for n in ${PPL_TOKENS:-20480 100000}; do
       "$w/bundle/glq" perplexity "$c" --text "$w/text.txt" --ctx 1024 --max-tokens "$n" --device cuda --json \
         2>>"$out/ppl.log" | python3 -c 'import json,sys; j=json.load(sys.stdin); j["checkpoint"]=sys.argv[1]; print(json.dumps(j))' \
-        "$(basename "$c")" >>"$out/ppl.jsonl"
+        "$(basename "$c")" >>"$out/ppl.jsonl" || echo "FAILED: perplexity of $(basename "$c") at $n tokens" >&2
     done
   done
-  python3 - "$out/ppl.jsonl" <<'PY'
+  python3 - "$out/ppl.jsonl" "$out/logits.jsonl" <<'PY'
 import json, sys
+for line in open(sys.argv[2]):
+    j = json.loads(line)
+    print(f"{j['checkpoint']:<28} logits vs CPU: max rel err {j['max_rel_err']:.3e}, pass {j['pass']}")
 print(f"{'checkpoint':<28} {'tokens':>7} {'ppl':>10} {'seconds':>8}")
 for line in open(sys.argv[1]):
     j = json.loads(line)
