@@ -158,6 +158,11 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
                  "1: one pass; default: 0.85,0.92,1,1.08,1.16)")
       ->delimiter(',')
       ->check(CLI::Range(0.05, 20.0));
+  app.add_option("--list-decode", a->s.list_decode,
+                 "list decoding: the K nearest first-stage codewords of each group, each followed by the residual "
+                 "stages, keeping the least error in the LDLQ objective (1: off)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   app.add_flag("--keep-head-fp16,!--quantize-head", a->s.keep_head_16bit,
                "keep lm_head in 16 bits (default: on); --quantize-head quantizes it at ceil(bits)")
       ->capture_default_str();

@@ -418,6 +418,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
                              {"true_sequential", s.true_sequential}, {"asymmetric", s.asymmetric},
                              {"refit_scales", s.refit_scales}, {"residual_target", s.residual_target},
                              {"scale_search", s.scale_search}};
+  if (s.list_decode > 1) manifest["list_decode"] = s.list_decode;
   const fs::path manifest_path = partial / "manifest.json";
   if (fs::exists(manifest_path)) {
     const nlohmann::json old = read_json_file(manifest_path);
@@ -480,6 +481,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
             o.damp = s.damp;
             o.refit_scales = s.refit_scales;
             o.scale_multipliers = scale_multipliers(s, o.bits);
+            o.list_decode = s.list_decode;
             codec::QuantizeReport rep;
             codec::quantize_matrix(W, lin.rows(), lin.cols(), H, o, &rep);
             (b == lo ? e.loss_lo : e.loss_hi) = rep.proxy_loss * energy;
@@ -565,6 +567,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
           o.damp = s.damp;
           o.refit_scales = s.refit_scales;
           o.scale_multipliers = scale_multipliers(s, o.bits);
+          o.list_decode = s.list_decode;
           codec::QuantizeReport rep;
           std::span<const float> W(lin.dense_weight(), static_cast<size_t>(job.rows) * job.cols);
           codec::QuantizedMatrix q;
@@ -633,6 +636,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       o.damp = s.damp;
       o.refit_scales = s.refit_scales;
       o.scale_multipliers = scale_multipliers(s, o.bits);
+      o.list_decode = s.list_decode;
       codec::QuantizeReport rep;
       const Linear head = quantize_weights::materialized_head(model);  // float32 while it is quantized
       const std::span<const float> W(head.dense_weight(), static_cast<size_t>(head.rows()) * head.cols());

@@ -81,6 +81,10 @@ struct QuantizeOptions {
   // each row keeps the pass with its least proxy loss (rows are independent under LDLQ).
   // Empty: {1} (one pass).
   std::vector<float> scale_multipliers;
+  // List decoding (1: off; at most 64): the K nearest E8P16 codewords of the first stage are
+  // each followed by the residual stages, and the group keeps the combination with the least
+  // error in the LDLQ objective η·D_k·ηᵀ (plain squared error without LDLQ).
+  int list_decode = 1;
 };
 
 struct QuantizeReport {

@@ -60,6 +60,7 @@ struct QuantizeSettings {
   // Multipliers of the RMS-based stage scales tried by LDLQ, each row keeping its best
   // (QuantizeOptions::scale_multipliers). Empty: the default grid, default_scale_search(bits).
   std::vector<double> scale_search;
+  int list_decode = 1;           // first-stage candidates of list decoding (QuantizeOptions)
   // Strength beta with which o_proj and down_proj also absorb the part of the residual stream's
   // error (unquantized minus quantized model) that their inputs predict (asymmetric_target's R).
   // Negative (the default): 1 below 4 bits, 0 at 4 bits, as `asymmetric`.

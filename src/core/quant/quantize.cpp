@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -311,6 +312,149 @@ void quantize_group(const float x[8], std::span<const Codebook> stages, const fl
   }
 }
 
+namespace {
+
+// The E8P16 abs patterns as doubles, with their squared norms and parity bits.
+struct E8pPatterns {
+  double m[256][8];
+  double norm2[256];
+  unsigned parity[256];
+};
+
+const E8pPatterns& e8p_patterns() {
+  static const E8pPatterns p = [] {
+    E8pPatterns t{};
+    const auto& tab = e8p_abs_table();
+    for (int k = 0; k < 256; ++k) {
+      t.norm2[k] = 0;
+      for (int i = 0; i < 8; ++i) {
+        t.m[k][i] = 0.5 * static_cast<double>((tab[k] >> (4 * i)) & 0x7);
+        t.norm2[k] += t.m[k][i] * t.m[k][i];
+      }
+      t.parity[k] = tab[k] >> 31;
+    }
+    return t;
+  }();
+  return p;
+}
+
+// The K nearest E8P16 codewords of y (lattice units), nearest first, by exhaustive search over
+// the 512 (pattern, shift) pairs, each with its best signs: σ_i = sign(y_i − t), and when the
+// number of minus signs has the wrong parity, the coordinate with the least p_i·|y_i − t|
+// flipped (cost 4·p_i·|y_i − t|). Returns the number found (K ≤ 512).
+int e8p_k_nearest(const float y[8], int K, uint16_t* codes, double* dist) {
+  const E8pPatterns& P = e8p_patterns();
+  int n = 0;
+  for (int h = 0; h < 2; ++h) {
+    const double shift = h ? -0.25 : 0.25;
+    double a[8], a2 = 0;
+    unsigned neg = 0;
+    for (int i = 0; i < 8; ++i) {
+      const double v = static_cast<double>(y[i]) - shift;
+      a[i] = std::fabs(v);
+      a2 += v * v;
+      if (v < 0) neg |= 1u << i;
+    }
+    const unsigned negpar = static_cast<unsigned>(__builtin_popcount(neg)) & 1u;
+    for (int k = 0; k < 256; ++k) {
+      double dot = 0, tmin = 1e300;
+      int imin = 0;
+      for (int i = 0; i < 8; ++i) {
+        const double t = a[i] * P.m[k][i];
+        dot += t;
+        if (t < tmin) {
+          tmin = t;
+          imin = i;
+        }
+      }
+      double d = a2 - 2 * dot + P.norm2[k];
+      unsigned signs = neg;
+      if (P.parity[k] != negpar) {
+        d += 4 * tmin;
+        signs ^= 1u << imin;
+      }
+      if (n == K && !(d < dist[n - 1])) continue;
+      int j = n < K ? n++ : n - 1;
+      while (j > 0 && dist[j - 1] > d) {
+        dist[j] = dist[j - 1];
+        codes[j] = codes[j - 1];
+        --j;
+      }
+      dist[j] = d;
+      codes[j] = static_cast<uint16_t>(k | ((signs & 0x7Fu) << 8) | (h ? 0x8000u : 0u));
+    }
+  }
+  return n;
+}
+
+// quantize_group with list decoding of the first stage (QuantizeOptions::list_decode): each of
+// the K nearest first-stage codewords is followed by the residual stages' nearest codewords, and
+// the combination with the least error (in the metric D when given, else Euclidean) is kept.
+void quantize_group_list(const float x[8], std::span<const Codebook> stages, const float* scales, int K,
+                         const double* D, uint16_t* codes, float* out) {
+  if (K <= 1 || stages.empty() || stages[0] != Codebook::E8P16) {
+    quantize_group(x, stages, scales, codes, out);
+    return;
+  }
+  const auto& e8p = e8p_abs_table();
+  const auto& e8r8 = e8r8_table();
+  constexpr int kMaxList = 64;
+  K = std::min(K, kMaxList);
+  uint16_t cand[kMaxList];
+  double cd[kMaxList];
+  const float inv0 = scales[0] != 0.0f ? 1.0f / scales[0] : 0.0f;
+  float y[8];
+  for (int i = 0; i < 8; ++i) y[i] = x[i] * inv0;
+  const int n = e8p_k_nearest(y, K, cand, cd);
+  double best = std::numeric_limits<double>::infinity();
+  for (int c = 0; c < n; ++c) {
+    uint16_t cc[4];
+    float acc[8], r[8], dec[8];
+    cc[0] = cand[c];
+    decode_e8p(cand[c], e8p, dec);
+    for (int i = 0; i < 8; ++i) {
+      acc[i] = scales[0] * dec[i];
+      r[i] = x[i] - acc[i];
+    }
+    for (size_t s = 1; s < stages.size(); ++s) {
+      const float inv = scales[s] != 0.0f ? 1.0f / scales[s] : 0.0f;
+      float ys[8];
+      for (int i = 0; i < 8; ++i) ys[i] = r[i] * inv;
+      if (stages[s] == Codebook::E8P16) {
+        cc[s] = encode_e8p(ys);
+        decode_e8p(cc[s], e8p, dec);
+      } else {
+        cc[s] = encode_e8r8(ys);
+        decode_e8r8(static_cast<uint8_t>(cc[s]), e8r8, dec);
+      }
+      for (int i = 0; i < 8; ++i) {
+        const float v = scales[s] * dec[i];
+        acc[i] += v;
+        r[i] -= v;
+      }
+    }
+    double err = 0;
+    if (D) {
+      for (int i = 0; i < 8; ++i) {
+        double t = 0;
+        for (int j = 0; j < 8; ++j) t += D[i * 8 + j] * static_cast<double>(r[j]);
+        err += static_cast<double>(r[i]) * t;
+      }
+    } else {
+      for (int i = 0; i < 8; ++i) err += static_cast<double>(r[i]) * r[i];
+    }
+    if (err < best) {
+      best = err;
+      for (size_t s = 0; s < stages.size(); ++s) codes[s] = cc[s];
+      if (out) {
+        for (int i = 0; i < 8; ++i) out[i] = acc[i];
+      }
+    }
+  }
+}
+
+}  // namespace
+
 QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
                                 std::span<const float> H, const QuantizeOptions& options,
                                 QuantizeReport* report) {
@@ -336,6 +480,9 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
   if (!(options.damp >= 0) || !std::isfinite(options.damp)) {
     throw_invalid("quantize_matrix: damping must be finite and >= 0, got " +
                   std::to_string(options.damp));
+  }
+  if (options.list_decode < 1 || options.list_decode > 64) {
+    throw_invalid("quantize_matrix: list_decode must be in [1, 64], got " + std::to_string(options.list_decode));
   }
   for (float m : options.scale_multipliers) {
     if (!(m > 0) || !std::isfinite(m)) {
@@ -474,7 +621,11 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
         const size_t off = static_cast<size_t>(r) * cols + 8 * k;
         for (int s = 0; s < S; ++s) scales[s] = sc[s][r];
         float rec[8];
-        quantize_group(&T[off], stages, scales, codes, rec);
+        if (options.list_decode > 1) {
+          quantize_group_list(&T[off], stages, scales, options.list_decode, Dk, codes, rec);
+        } else {
+          quantize_group(&T[off], stages, scales, codes, rec);
+        }
         for (int s = 0; s < S; ++s) {
           const size_t g = static_cast<size_t>(r) * G + k;
           if (stages[s] == Codebook::E8P16) {
