@@ -139,8 +139,9 @@ TEST(Half, ConversionsRoundToNearestEven) {
     const uint16_t bits = f32_to_f16(x);
     for (int dlt : {-1, 1}) {
       const float other = f16_to_f32(static_cast<uint16_t>(bits + dlt));
-      if (std::isfinite(other) && (std::signbit(other) == std::signbit(h) || other == 0.0f))
+      if (std::isfinite(other) && (std::signbit(other) == std::signbit(h) || other == 0.0f)) {
         EXPECT_LE(std::fabs(h - x), std::fabs(other - x)) << x;
+      }
     }
     const float b = bf16_to_f32(f32_to_bf16(x));
     EXPECT_LE(std::fabs(b - x), std::fabs(x) * (1.0f / 256.0f) + 1e-30f) << x;
@@ -232,7 +233,9 @@ TEST(QuantizedTensors, SignsAndMatrixRoundTrip) {
       EXPECT_EQ(codec::dequantize(back), codec::dequantize(q)) << bits << " bits, rht " << rht;
       EXPECT_EQ(back.rht, rht);
       // A width that disagrees with the stored codes is a format error, not garbage.
-      if (bits == 3) EXPECT_THROW(quantized_matrix_from_tensors(r, {"p", 4, rows, cols, rht, 0, 0, 0}), Error);
+      if (bits == 3) {
+        EXPECT_THROW(quantized_matrix_from_tensors(r, {"p", 4, rows, cols, rht, 0, 0, 0}), Error);
+      }
     }
 }
 
