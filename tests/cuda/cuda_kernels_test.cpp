@@ -138,12 +138,9 @@ TEST(CudaDevice, CountNeverThrows) { EXPECT_GE(glq::cuda::device_count(), 0); }
 
 // ---- GPU ------------------------------------------------------------------------------------
 
-class CudaHadamard : public ::testing::TestWithParam<int> {};
-
-TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
-  SKIP_WITHOUT_GPU();
-  const int n = GetParam();
-  const int batch = 3;
+// Both transform directions of `batch` vectors of length n against the reference (signs and
+// inputs drawn from the seeds).
+void check_hadamard_both_directions(int n, int batch, uint64_t sign_seed, uint64_t x_seed) {
   glq::cuda::Context ctx;
   const auto plan = glq::transform::make_hadamard_plan(n);
   glq::cuda::DeviceHadamard dplan;
@@ -151,8 +148,8 @@ TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
   dplan.a = plan.a;
   dplan.b = plan.b;
   if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
-  const auto sign = glq::transform::random_signs(n, 7);
-  const auto x = random_vector(size_t(batch) * n, 11 + n);
+  const auto sign = glq::transform::random_signs(n, sign_seed);
+  const auto x = random_vector(size_t(batch) * n, x_seed);
   auto dsign = glq::cuda::to_device(sign);
   auto dx = glq::cuda::to_device(x);
 
@@ -167,7 +164,7 @@ TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
   glq::cuda::hadamard_output(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dy.as<float>(), batch);
   GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
   dy.download(y.data(), y.size() * 4);
-  EXPECT_LT(relative_error(y, ref), 1e-5) << "n=" << n << " a=" << plan.a;
+  EXPECT_LT(relative_error(y, ref), 1e-5) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " batch " << batch;
 
   // Input direction, fp16 out: x̃ = T (sign ∘ x).
   std::vector<float> ref_in = x;
@@ -182,7 +179,14 @@ TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
   dh.download(h.data(), h.size() * 2);
   std::vector<float> got(x.size());
   for (size_t i = 0; i < h.size(); ++i) got[i] = half_bits_to_float(h[i]);
-  EXPECT_LT(relative_error(got, ref_in), 1e-3) << "n=" << n;
+  EXPECT_LT(relative_error(got, ref_in), 1e-3) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " batch " << batch;
+}
+
+class CudaHadamard : public ::testing::TestWithParam<int> {};
+
+TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
+  SKIP_WITHOUT_GPU();
+  check_hadamard_both_directions(GetParam(), 3, 7, 11 + GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamard, ::testing::Values(8, 24, 152, 576, 1536, 4096, 7912, 14336),
@@ -195,45 +199,7 @@ class CudaHadamardMany : public ::testing::TestWithParam<int> {};
 
 TEST_P(CudaHadamardMany, MatchesReferenceBothDirections) {
   SKIP_WITHOUT_GPU();
-  const int n = GetParam();
-  const int batch = 37;
-  glq::cuda::Context ctx;
-  const auto plan = glq::transform::make_hadamard_plan(n);
-  glq::cuda::DeviceHadamard dplan;
-  dplan.n = plan.n;
-  dplan.a = plan.a;
-  dplan.b = plan.b;
-  if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
-  const auto sign = glq::transform::random_signs(n, 5);
-  const auto x = random_vector(size_t(batch) * n, 13 + n);
-  auto dsign = glq::cuda::to_device(sign);
-  auto dx = glq::cuda::to_device(x);
-
-  std::vector<float> ref = x;
-  for (int b = 0; b < batch; ++b) {
-    glq::transform::hadamard_transpose(plan, ref.data() + size_t(b) * n);
-    for (int i = 0; i < n; ++i) ref[size_t(b) * n + i] *= sign[i];
-  }
-  std::vector<float> y(x.size(), std::numeric_limits<float>::quiet_NaN());
-  auto dy = glq::cuda::to_device(y);
-  glq::cuda::hadamard_output(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dy.as<float>(), batch);
-  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
-  dy.download(y.data(), y.size() * 4);
-  EXPECT_LT(relative_error(y, ref), 1e-5) << "n=" << n << " a=" << plan.a << " b=" << plan.b;
-
-  std::vector<float> ref_in = x;
-  for (int b = 0; b < batch; ++b) {
-    for (int i = 0; i < n; ++i) ref_in[size_t(b) * n + i] *= sign[i];
-    glq::transform::hadamard_forward(plan, ref_in.data() + size_t(b) * n);
-  }
-  glq::cuda::DeviceMemory dh(x.size() * 2);
-  glq::cuda::hadamard_input(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dh.as<uint16_t>(), batch);
-  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
-  std::vector<uint16_t> h(x.size());
-  dh.download(h.data(), h.size() * 2);
-  std::vector<float> got(x.size());
-  for (size_t i = 0; i < h.size(); ++i) got[i] = half_bits_to_float(h[i]);
-  EXPECT_LT(relative_error(got, ref_in), 1e-3) << "n=" << n << " a=" << plan.a << " b=" << plan.b;
+  check_hadamard_both_directions(GetParam(), 37, 5, 13 + GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamardMany,

@@ -7,8 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-#include <cstring>
+#include <algorithm>
 
 #include "glq/error.hpp"
 #include "kernels/cuda/e8_decode.cuh"
@@ -18,13 +17,7 @@ namespace glq::cuda::detail {
 
 namespace {
 
-struct DequantParams {
-  const void* codes[4];
-  const float* scales[4];
-  int codebook[4];
-  int stages;
-  int groups;
-  int tiles;
+struct DequantParams : StageArgs {
   int cols;
   const uint32_t* tables;
   __half* wt;  // (rows, cols)
@@ -39,60 +32,7 @@ __device__ __forceinline__ void add_pairs(const uint32_t w[4], float scale, floa
   }
 }
 
-__global__ void dequant_kernel(const DequantParams p) {
-  __shared__ uint32_t tab[kTableWords];
-  for (int i = threadIdx.x; i < kTableWords; i += blockDim.x) tab[i] = __ldg(p.tables + i);
-  __syncthreads();
-  const size_t total = size_t(p.tiles) * p.groups;
-  for (size_t idx = blockIdx.x * size_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += size_t(gridDim.x) * blockDim.x) {
-    const int tile = int(idx / p.groups);
-    const int g = int(idx - size_t(tile) * p.groups);
-    float w[8][8];
-#pragma unroll
-    for (int r = 0; r < 8; ++r)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) w[r][j] = 0.0f;
-    for (int s = 0; s < p.stages; ++s) {
-      const float* sc = p.scales[s] + size_t(tile) * 8;
-      if (p.codebook[s] == 1) {
-        const uint4 c = __ldcs(static_cast<const uint4*>(p.codes[s]) + idx);
-        const uint32_t words[4] = {c.x, c.y, c.z, c.w};
-#pragma unroll
-        for (int r = 0; r < 8; ++r) {
-          const uint32_t code = (r & 1) ? (words[r >> 1] >> 16) : (words[r >> 1] & 0xFFFFu);
-          uint32_t d[4];
-          decode_pairs(e8p_selector_word(code, tab + kTableE8pSel, tab + kTableE8pSign),
-                       kE8pBytesLo, kE8pBytesHi, d);
-          add_pairs(d, __ldg(sc + r), (code & 0x8000u) ? -0.25f : 0.25f, w[r]);
-        }
-      } else {
-        const uint2 c = __ldcs(static_cast<const uint2*>(p.codes[s]) + idx);
-        const uint32_t words[2] = {c.x, c.y};
-#pragma unroll
-        for (int r = 0; r < 8; ++r) {
-          const uint32_t code = (words[r >> 2] >> (8 * (r & 3))) & 0xFFu;
-          uint32_t d[4];
-          decode_pairs(tab[kTableE8r8Sel + code], kE8rBytesLo, kE8rBytesHi, d);
-          add_pairs(d, __ldg(sc + r), 0.0f, w[r]);
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 8; ++r) {
-      uint4 out;
-      __half2 h0 = __floats2half2_rn(w[r][0], w[r][1]), h1 = __floats2half2_rn(w[r][2], w[r][3]);
-      __half2 h2 = __floats2half2_rn(w[r][4], w[r][5]), h3 = __floats2half2_rn(w[r][6], w[r][7]);
-      out.x = *reinterpret_cast<uint32_t*>(&h0);
-      out.y = *reinterpret_cast<uint32_t*>(&h1);
-      out.z = *reinterpret_cast<uint32_t*>(&h2);
-      out.w = *reinterpret_cast<uint32_t*>(&h3);
-      *reinterpret_cast<uint4*>(p.wt + size_t(tile * 8 + r) * p.cols + size_t(g) * 8) = out;
-    }
-  }
-}
-
-// The same product, row by row: the code words of every stage are loaded first (all in flight),
+// One thread per (row tile, group): the code words of every stage are loaded first (all in flight),
 // then each of the 8 rows is decoded over the stages, scaled and stored at once: 8 live
 // accumulators instead of 64, so more threads per SM keep loads and stores in flight.
 __global__ void dequant_rows_kernel(const DequantParams p) {
@@ -158,34 +98,16 @@ __global__ void dequant_rows_kernel(const DequantParams p) {
 
 void launch_dequantize(const DeviceQuantizedMatrix& w, const uint32_t* tables, uint16_t* wt_half,
                        cudaStream_t stream) {
-  if (w.codes.empty() || w.codes.size() > 4) throw_invalid("dequantize: matrix has no stages");
   DequantParams p{};
-  for (size_t s = 0; s < w.codes.size(); ++s) {
-    p.codes[s] = w.codes[s].data();
-    p.scales[s] = w.scales[s].as<const float>();
-    p.codebook[s] = static_cast<int>(w.codebooks[s]);
-  }
-  p.stages = static_cast<int>(w.codes.size());
-  p.groups = w.groups;
-  p.tiles = w.rows / 8;
+  static_cast<StageArgs&>(p) = stage_args(w, "dequantize");
   p.cols = w.cols;
   p.tables = tables;
   p.wt = reinterpret_cast<__half*>(wt_half);
   const size_t total = size_t(p.tiles) * p.groups;
   const int threads = 256;
   const int blocks = int(std::min<size_t>((total + threads - 1) / threads, 65535));
-  // GLQ_CUDA_DEQUANT=blocks: the previous kernel (all 64 values of a block accumulated first).
-  static const bool rows = [] {
-    const char* v = std::getenv("GLQ_CUDA_DEQUANT");
-    return !(v && std::strcmp(v, "blocks") == 0);
-  }();
-  if (rows) {
-    dequant_rows_kernel<<<blocks, threads, 0, stream>>>(p);
-    GLQ_CUDA_CHECK_LAUNCH("dequant_rows_kernel");
-  } else {
-    dequant_kernel<<<blocks, threads, 0, stream>>>(p);
-    GLQ_CUDA_CHECK_LAUNCH("dequant_kernel");
-  }
+  dequant_rows_kernel<<<blocks, threads, 0, stream>>>(p);
+  GLQ_CUDA_CHECK_LAUNCH("dequant_rows_kernel");
 }
 
 }  // namespace glq::cuda::detail

@@ -535,6 +535,23 @@ __device__ __forceinline__ void mix_rows(const float* qs, int a, int log2b, int 
     if (r < rows) z[(r << log2b) + j] = acc[r];
 }
 
+// In-place Walsh-Hadamard butterflies over the first n registers of v (n a power of two ≤ N).
+template <int N>
+__device__ __forceinline__ void fwht_registers(float (&v)[N], int n) {
+#pragma unroll
+  for (int h = 1; h < N; h <<= 1) {
+    if (h < n) {
+#pragma unroll
+      for (int c = 0; c < N; ++c)
+        if (!(c & h) && c + h < n) {
+          const float u = v[c], w = v[c + h];
+          v[c] = u + w;
+          v[c + h] = u - w;
+        }
+    }
+  }
+}
+
 // Steps 2 and 3 on z (n = a·b floats); store(o, v) receives every element once, unscaled.
 template <typename Store>
 __device__ __forceinline__ void fwht_many(float* z, int n, int log2b, Store store) {
@@ -546,19 +563,7 @@ __device__ __forceinline__ void fwht_many(float* z, int n, int log2b, Store stor
 #pragma unroll
     for (int c = 0; c < 32; ++c)
       if (c < E) v[c] = base[c * 32];
-#pragma unroll
-    for (int s = 0; s < 5; ++s) {
-      const int h = 1 << s;
-      if (h < E) {
-#pragma unroll
-        for (int c = 0; c < 32; ++c)
-          if (!(c & h) && c + h < E) {
-            const float u = v[c], w = v[c + h];
-            v[c] = u + w;
-            v[c + h] = u - w;
-          }
-      }
-    }
+    fwht_registers(v, E);
 #pragma unroll
     for (int s = 0; s < 5; ++s) {
       const bool upper = (lane >> s) & 1;
@@ -587,19 +592,7 @@ __device__ __forceinline__ void fwht_many(float* z, int n, int log2b, Store stor
 #pragma unroll
     for (int h = 0; h < 32; ++h)
       if (h < H) v[h] = z[o0 + h * C];
-#pragma unroll
-    for (int s = 0; s < 5; ++s) {
-      const int d = 1 << s;
-      if (d < H) {
-#pragma unroll
-        for (int h = 0; h < 32; ++h)
-          if (!(h & d) && h + d < H) {
-            const float u = v[h], w = v[h + d];
-            v[h] = u + w;
-            v[h + d] = u - w;
-          }
-      }
-    }
+    fwht_registers(v, H);
 #pragma unroll
     for (int h = 0; h < 32; ++h)
       if (h < H) store(o0 + h * C, v[h]);
@@ -723,15 +716,7 @@ __device__ __forceinline__ void wide_fwht_low(float* z, int n, int log2b, int ld
     float v[E];
 #pragma unroll
     for (int c = 0; c < E; ++c) v[c] = mul(ch * C + c * 32 + lane, base[c * 32]);
-#pragma unroll
-    for (int h = 1; h < E; h <<= 1)
-#pragma unroll
-      for (int c = 0; c < E; ++c)
-        if (!(c & h)) {
-          const float u = v[c], w = v[c + h];
-          v[c] = u + w;
-          v[c + h] = u - w;
-        }
+    fwht_registers(v, E);
 #pragma unroll
     for (int s = 0; s < 5; ++s)
 #pragma unroll
@@ -749,15 +734,7 @@ __device__ __forceinline__ void wide_fwht_high(float* z, int n, int ld) {
     float v[H];
 #pragma unroll
     for (int h = 0; h < H; ++h) v[h] = base[h * 1024];
-#pragma unroll
-    for (int d = 1; d < H; d <<= 1)
-#pragma unroll
-      for (int h = 0; h < H; ++h)
-        if (!(h & d)) {
-          const float u = v[h], w = v[h + d];
-          v[h] = u + w;
-          v[h + d] = u - w;
-        }
+    fwht_registers(v, H);
 #pragma unroll
     for (int h = 0; h < H; ++h) base[h * 1024] = v[h];
   }

@@ -6,10 +6,37 @@
 #include <cstdint>
 #include <string>
 
+#include "glq/error.hpp"
 #include "glq/kernels/cuda.hpp"
 #include "kernels/cuda/transform_kernels.cuh"
 
 namespace glq::cuda::detail {
+
+// The code stages of one quantized matrix as the decode kernels take them (the first members of
+// their parameter structs).
+struct StageArgs {
+  const void* codes[4];    // per stage, tiled (tiles, groups, 8)
+  const float* scales[4];  // per stage (rows)
+  int codebook[4];         // codec::Codebook values
+  int stages;
+  int groups;              // cols / 8
+  int tiles;               // rows / 8
+};
+
+// `who` names the kernel in the error for a matrix without stages or with more than 4.
+inline StageArgs stage_args(const DeviceQuantizedMatrix& w, const char* who) {
+  if (w.codes.empty() || w.codes.size() > 4) throw_invalid(std::string(who) + ": matrix has no stages");
+  StageArgs a{};
+  for (size_t s = 0; s < w.codes.size(); ++s) {
+    a.codes[s] = w.codes[s].data();
+    a.scales[s] = w.scales[s].as<const float>();
+    a.codebook[s] = static_cast<int>(w.codebooks[s]);
+  }
+  a.stages = static_cast<int>(w.codes.size());
+  a.groups = w.groups;
+  a.tiles = w.rows / 8;
+  return a;
+}
 
 // The per-vector transform kernels with their fused pre- and post-operations (hadamard.cu).
 TransformShape transform_shape(const DeviceHadamard& plan, const float* sign);

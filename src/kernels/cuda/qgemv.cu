@@ -46,13 +46,7 @@ constexpr int kTableSmemWords = 256 * 32;  // one bank-private table
 // (64 KiB) this leaves room for two blocks per SM on Hopper/Ampere (228/164 KiB).
 constexpr int kXSmemBudget = 40 * 1024;
 
-struct QgemvParams {
-  const void* codes[4];     // per stage, tiled (tiles, groups, 8)
-  const float* scales[4];   // per stage (rows)
-  int codebook[4];          // codec::Codebook values
-  int stages;
-  int groups;               // cols / 8
-  int tiles;                // rows / 8
+struct QgemvParams : StageArgs {
   int kb_groups;            // groups per column range (blockIdx.y)
   const __half* xt;         // (B, ld_x)
   int ld_x;
@@ -414,14 +408,7 @@ void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, 
   }
   const QgemvPlan plan = plan_qgemv(info, w, batch);
   QgemvParams p{};
-  for (size_t s = 0; s < w.codes.size(); ++s) {
-    p.codes[s] = w.codes[s].data();
-    p.scales[s] = w.scales[s].as<const float>();
-    p.codebook[s] = static_cast<int>(w.codebooks[s]);
-  }
-  p.stages = static_cast<int>(w.codes.size());
-  p.groups = w.groups;
-  p.tiles = w.rows / 8;
+  static_cast<StageArgs&>(p) = stage_args(w, "qgemv");
   p.kb_groups = plan.kb_groups;
   p.xt = reinterpret_cast<const __half*>(xt_half);
   p.ld_x = ld_x;

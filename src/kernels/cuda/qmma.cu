@@ -51,12 +51,7 @@ constexpr int kTabE8pBytes = 256 * 256;  // selector and sign tables, interleave
 constexpr int kTabR8Bytes = 256 * 128;   // E8R8 selector table, bank-private
 constexpr int kXBudget = 160 * 1024;     // shared memory for x̃ of a block
 
-struct QmmaParams {
-  const void* codes[4];
-  const float* scales[4];
-  int codebook[4];
-  int stages;
-  int groups, tiles;
+struct QmmaParams : StageArgs {
   int sr, ks;        // row slabs per block, warps per slab
   int kb_groups;     // groups per block (column range blockIdx.y)
   int kw_groups;     // groups per warp, a multiple of 4
@@ -723,14 +718,7 @@ QmmaPlan plan_qmma(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
 QmmaParams make_params(const DeviceQuantizedMatrix& w, const QmmaPlan& plan, const uint32_t* tables, int batch,
                        float* yt, int ld_y) {
   QmmaParams p{};
-  for (size_t s = 0; s < w.codes.size(); ++s) {
-    p.codes[s] = w.codes[s].data();
-    p.scales[s] = w.scales[s].as<const float>();
-    p.codebook[s] = static_cast<int>(w.codebooks[s]);
-  }
-  p.stages = static_cast<int>(w.codes.size());
-  p.groups = w.groups;
-  p.tiles = w.rows / 8;
+  static_cast<StageArgs&>(p) = stage_args(w, "qmma");
   p.sr = plan.sr;
   p.ks = plan.ks;
   p.kb_groups = plan.kb;
