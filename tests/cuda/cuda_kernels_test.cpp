@@ -17,6 +17,7 @@
 #include "glq/codec/codebook.hpp"
 #include "glq/codec/quantized_matrix.hpp"
 #include "glq/error.hpp"
+#include "glq/kernels/cpu.hpp"
 #include "glq/kernels/cuda.hpp"
 #include "glq/transform/hadamard.hpp"
 #include "kernels/cuda/e8_decode.cuh"
@@ -359,6 +360,42 @@ TEST_P(CudaHadamardWide, MatchesReferenceBothDirections) {
   EXPECT_LT(relative_error(y, ref), 1e-5) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " batch=" << batch;
   for (int v = 0; v < batch; ++v)
     for (int i = n; i < ld; ++i) ASSERT_EQ(y[size_t(v) * ld + i], y0[size_t(v) * ld + i]) << "v=" << v;
+
+  // ỹ as fp16 (the dequantize + GEMM path), written over y, through the wide kernel and through
+  // launch_finish at a batch below the wide kernel's (the row kernels read it element by element).
+  std::vector<uint16_t> yh(size_t(batch) * n);
+  std::vector<float> yh_f(yh.size());
+  for (size_t i = 0; i < yh.size(); ++i) {
+    yh[i] = glq::cpu::float_to_half(yparts[i], glq::cpu::Half::F16);
+    yh_f[i] = half_bits_to_float(yh[i]);
+  }
+  std::vector<float> ref_h(size_t(batch) * ld, 0.0f);
+  for (int v = 0; v < batch; ++v) {
+    std::copy(yh_f.begin() + size_t(v) * n, yh_f.begin() + size_t(v + 1) * n, row.begin());
+    glq::transform::hadamard_transpose(plan, row.data());
+    for (int i = 0; i < n; ++i) ref_h[size_t(v) * ld + i] = sign[i] * row[i];
+  }
+  glq::cuda::DeviceMemory dyh(yh.size() * 2);
+  dyh.upload(yh.data(), yh.size() * 2);
+  for (int wide = 1; wide >= 0; --wide) {
+    GLQ_CUDA_CHECK(cudaMemset(dy.data(), 0, dy.bytes()));
+    d::FinishParams fh;
+    fh.t = d::transform_shape(dplan, dsign.as<const float>());
+    fh.yt_half = dyh.as<const uint16_t>();
+    fh.ld_in = n;
+    fh.y = dy.as<float>();
+    fh.ld_out = ld;
+    if (wide) {
+      ASSERT_TRUE(d::launch_finish_wide(ctx.info(), fh, batch, ctx.stream())) << "n=" << n;
+    } else {
+      const int nb = std::min(batch, 5);
+      d::launch_finish(ctx.info(), fh, nb, ctx.stream());
+      std::fill(ref_h.begin() + size_t(nb) * ld, ref_h.end(), 0.0f);
+    }
+    GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+    dy.download(y.data(), y.size() * 4);
+    EXPECT_LT(relative_error(y, ref_h), 1e-5) << "fp16 ỹ, wide " << wide << ", n=" << n << " batch=" << batch;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaHadamardWide,

@@ -194,6 +194,8 @@ struct Context::Impl {
   int device = 0;
   DeviceInfo info;
   cudaStream_t stream = nullptr;
+  cudaStream_t side = nullptr;
+  cudaEvent_t fork_event = nullptr, join_event = nullptr;
   cublasHandle_t cublas = nullptr;
   DeviceMemory cublas_workspace;
   DeviceMemory tables;
@@ -208,6 +210,9 @@ Context::Context(int device) : impl_(std::make_unique<Impl>()) {
   GLQ_CUDA_CHECK(cudaSetDevice(device));
   impl_->info = device_info(device);
   GLQ_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
+  GLQ_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->side, cudaStreamNonBlocking));
+  GLQ_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->fork_event, cudaEventDisableTiming));
+  GLQ_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->join_event, cudaEventDisableTiming));
   GLQ_CUBLAS_CHECK(cublasCreate(&impl_->cublas));
   GLQ_CUBLAS_CHECK(cublasSetStream(impl_->cublas, impl_->stream));
   // A fixed workspace keeps cuBLAS from allocating while a graph is captured.
@@ -222,10 +227,24 @@ Context::Context(int device) : impl_(std::make_unique<Impl>()) {
 
 Context::~Context() {
   if (impl_->cublas) cublasDestroy(impl_->cublas);
+  if (impl_->fork_event) cudaEventDestroy(impl_->fork_event);
+  if (impl_->join_event) cudaEventDestroy(impl_->join_event);
+  if (impl_->side) cudaStreamDestroy(impl_->side);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
 }
 
 cudaStream_t Context::stream() const { return impl_->stream; }
+cudaStream_t Context::side_stream() const { return impl_->side; }
+
+void Context::fork() {
+  GLQ_CUDA_CHECK(cudaEventRecord(impl_->fork_event, impl_->stream));
+  GLQ_CUDA_CHECK(cudaStreamWaitEvent(impl_->side, impl_->fork_event, 0));
+}
+
+void Context::join() {
+  GLQ_CUDA_CHECK(cudaEventRecord(impl_->join_event, impl_->side));
+  GLQ_CUDA_CHECK(cudaStreamWaitEvent(impl_->stream, impl_->join_event, 0));
+}
 void* Context::cublas_handle() const { return impl_->cublas; }
 const DeviceInfo& Context::info() const { return impl_->info; }
 const uint32_t* Context::tables() const { return impl_->tables.as<const uint32_t>(); }
@@ -303,6 +322,18 @@ void qgemv_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, const u
 
 void dequantize_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, uint16_t* wt_half) {
   detail::launch_dequantize(w, ctx.tables(), wt_half, ctx.stream());
+}
+
+detail::DequantGemmMode detail::dequant_gemm_mode() {
+  static const DequantGemmMode m = [] {
+    DequantGemmMode r;
+    const char* o = std::getenv("GLQ_CUDA_DEQUANT_OVERLAP");
+    const char* h = std::getenv("GLQ_CUDA_GEMM_HALF_OUT");
+    r.overlap = !(o && std::string(o) == "0");
+    r.half_out = !(h && std::string(h) == "0");
+    return r;
+  }();
+  return m;
 }
 
 void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float* y, int batch,
@@ -388,17 +419,36 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
                                    yt + size_t(c0) * w.rows, w.rows, n, stream);
     }
   } else {
+    auto* wt = static_cast<uint16_t*>(ctx.scratch(2, size_t(w.rows) * w.cols * 2));
+    const detail::DequantGemmMode mode = detail::dequant_gemm_mode();
+    // The weight decode runs on the side stream beside the input transform (they share no data);
+    // the GEMM waits for both.
+    if (mode.overlap) {
+      ctx.fork();
+      detail::launch_dequantize(w, ctx.tables(), wt, ctx.side_stream());
+    }
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch,
                             nullptr, 0, stream);
-    auto* wt = static_cast<uint16_t*>(ctx.scratch(2, size_t(w.rows) * w.cols * 2));
-    detail::launch_dequantize(w, ctx.tables(), wt, stream);
+    if (mode.overlap) ctx.join();
+    else detail::launch_dequantize(w, ctx.tables(), wt, stream);
     // Column-major view: ỹ^T (rows, batch) = W̃^T' (rows, cols) · x̃^T (cols, batch), where the
-    // row-major W̃ (rows, cols) is the column-major (cols, rows) matrix, used transposed.
+    // row-major W̃ (rows, cols) is the column-major (cols, rows) matrix, used transposed. ỹ in
+    // fp16 (fp32 accumulation): half the bytes written and read back by the output transform.
     const float alpha = 1.0f, beta = 0.0f;
     GLQ_CUBLAS_CHECK(cublasGemmEx(static_cast<cublasHandle_t>(ctx.cublas_handle()), CUBLAS_OP_T,
                                   CUBLAS_OP_N, w.rows, batch, w.cols, &alpha, wt, CUDA_R_16F, w.cols,
-                                  xt, CUDA_R_16F, w.cols, &beta, yt, CUDA_R_32F, w.rows,
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                  xt, CUDA_R_16F, w.cols, &beta, yt, mode.half_out ? CUDA_R_16F : CUDA_R_32F,
+                                  w.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (mode.half_out) {
+      detail::FinishParams f;
+      f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+      f.yt_half = reinterpret_cast<const uint16_t*>(yt);
+      f.ld_in = w.rows;
+      f.y = y;
+      f.ld_out = w.rows;
+      detail::launch_finish(ctx.info(), f, batch, stream);
+      return;
+    }
   }
   detail::launch_hadamard(ctx.info(), w.plan_out, false, w.sign_out.as<const float>(), yt, y, batch,
                           nullptr, 0, stream);

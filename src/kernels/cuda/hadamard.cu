@@ -265,6 +265,7 @@ __global__ void prepare_kernel(const PrepareParams p) {
 
 // Element i of ỹ of vector vec: the sum of its parts.
 __device__ __forceinline__ float yt_value(const FinishParams& p, size_t vec, int i) {
+  if (p.yt_half) return __half2float(reinterpret_cast<const __half*>(p.yt_half)[vec * p.ld_in + i]);
   const float* y = p.yt + vec * p.ld_in + i;
   if (p.parts == 1) return y[0];
   // Independent loads (unrolled, predicated): one round trip for all parts, not one each.
@@ -452,7 +453,7 @@ __global__ void finish_rows_kernel(const FinishParams p, int staged) {
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
 #pragma unroll 4
-      for (int k = 0; k < a; ++k) v = fmaf(qcol[k], p.parts > 1 ? yt_value(p, vec, k * b + j) : yv[k * b + j], v);
+      for (int k = 0; k < a; ++k) v = fmaf(qcol[k], p.parts > 1 || p.yt_half ? yt_value(p, vec, k * b + j) : yv[k * b + j], v);
       z[zp(j)] = v;
     }
   }
@@ -882,7 +883,19 @@ __global__ void __launch_bounds__(kWideThreads, 3) finish_wide_kernel(const Fini
   float* z = wsm;
   float* qs = wsm + n;
   const float* yv = p.yt + vec * p.ld_in;
-  if (vec_load && p.parts == 1) {
+  if (vec_load && p.yt_half) {  // fp16 ỹ: 16-byte loads of 8 values
+    const uint4* h = reinterpret_cast<const uint4*>(p.yt_half + vec * p.ld_in);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n / 8; i += kWideThreads) {
+      const uint4 u = __ldg(h + i);
+      const float2 f0 = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+      const float2 f1 = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+      const float2 f2 = __half22float2(*reinterpret_cast<const __half2*>(&u.z));
+      const float2 f3 = __half22float2(*reinterpret_cast<const __half2*>(&u.w));
+      reinterpret_cast<float4*>(z)[2 * i] = make_float4(f0.x, f0.y, f1.x, f1.y);
+      reinterpret_cast<float4*>(z)[2 * i + 1] = make_float4(f2.x, f2.y, f3.x, f3.y);
+    }
+  } else if (vec_load && p.parts == 1) {
     for (int i = 4 * threadIdx.x; i < n; i += 4 * kWideThreads) wide_cp16(z + i, yv + i);
   } else if (vec_load) {
 #pragma unroll 2
@@ -903,7 +916,7 @@ __global__ void __launch_bounds__(kWideThreads, 3) finish_wide_kernel(const Fini
     for (int i = threadIdx.x; i < n; i += kWideThreads) z[i] = yt_value(p, vec, i);
   }
   if (a > 1) wide_stage_q(p.t, qs, true);
-  if (vec_load && p.parts == 1) wide_cp_wait();
+  if (vec_load && p.parts == 1 && !p.yt_half) wide_cp_wait();
   __syncthreads();
   const float s = p.t.inv_sqrt_b;
   wide_fwht(z, n, log2b, b_of(log2b), [s](int, float v) { return v * s; });
@@ -1098,7 +1111,8 @@ bool launch_prepare_wide(const DeviceInfo& info, const PrepareParams& p, int bat
 bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0 || !wide_shape(info, p.t)) return false;
   if (!aligned16(p.y) || p.ld_out % 4 != 0 || (p.t.sign && !aligned16(p.t.sign))) return false;
-  const int vec_load = aligned16(p.yt) && p.ld_in % 4 == 0 && (p.parts == 1 || p.part_stride % 4 == 0);
+  const int vec_load = p.yt_half ? aligned16(p.yt_half) && p.ld_in % 8 == 0 && p.t.n % 8 == 0
+                                 : aligned16(p.yt) && p.ld_in % 4 == 0 && (p.parts == 1 || p.part_stride % 4 == 0);
   finish_wide_kernel<<<batch, kWideThreads, wide_smem(p.t), stream>>>(p, vec_load);
   GLQ_CUDA_CHECK_LAUNCH("finish_wide_kernel");
   return true;

@@ -316,14 +316,21 @@ __device__ __forceinline__ void cp_async_wait(int pending) {
 // instruction on, while it fills the tables and stages x̃; no warp ever waits on a chain of
 // dependent loads. kPlain (batch ≤ 8): A is the decoded codeword, the shift enters through
 // shift_mma and the row scales multiply C once per stage; otherwise A = c·scale/ref (HFMA2).
+//
+// kXr (the plain kernel without the fused transform, batch ≤ 8): x̃ is not staged in shared
+// memory. Each lane's B word (x̃ of vector g, group G + t: 16 bytes) travels with its code word
+// through a second ring, requested in the same commit group, and Σx̃ of the group (the shift
+// term) is summed from it. No staging pass, no barrier, and the ring fits 8 slots; the staged
+// layout cost the block its first microseconds (115 KB of x̃ at batch 8 before the first code).
 template <int NT, bool kFuse, bool kPlain>
 __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
+  constexpr bool kXr = kPlain && !kFuse && NT == 1;
   extern __shared__ uint4 smem4[];
   unsigned char* tab = reinterpret_cast<unsigned char*>(smem4);
   unsigned char* tab_r8 = tab + kTabE8pBytes;
   const int D = p.depth, dmask = p.depth - 1;
   uint4* ring = reinterpret_cast<uint4*>(tab + kTabE8pBytes + (p.has_r8 ? kTabR8Bytes : 0));
-  uint4* xs = ring + D * kThreads;                                     // (xvec, x_stride)
+  uint4* xs = ring + D * kThreads;  // (xvec, x_stride), or kXr: the x̃ ring (D, kThreads)
   __half* sx = reinterpret_cast<__half*>(xs + p.xvec * p.x_stride);    // (xvec, x_stride)
   float* fx = reinterpret_cast<float*>(xs + p.xvec * p.x_stride + (p.xvec * p.x_stride + 7) / 8);
 
@@ -349,9 +356,18 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
   const size_t lane_word0 = tile_ok ? size_t(tile) * p.groups + g0 + w0 + t : 0;
   int bytes = p.codebook[0] == 1 ? 16 : 8;
   const char* src = static_cast<const char*>(p.codes[0]) + lane_word0 * bytes;
+  // kXr: this lane's x̃ word of step ist: vector g, group g0 + w0 + t + 4·ist.
+  const int lane_xsteps = w0 + t < w1 && g < nvec ? (w1 - w0 - t + 3) / 4 : 0;
+  const __half* xsrc0 = kXr ? p.xt + size_t(v0 + min(g, nvec - 1)) * p.ld_x + size_t(g0 + w0 + t) * 8 : nullptr;
+  auto issue_x = [&](int slot, int step) {
+    cp_async_word(xs + slot * kThreads + threadIdx.x, xsrc0 + size_t(step) * 32, 16, step < lane_xsteps);
+  };
   auto issue = [&](int q) {
     if (q < total) {
       cp_async_word(my_ring + (iq & dmask) * kThreads, src, bytes, ist < lane_steps);
+      if constexpr (kXr) {
+        if (q >= D) issue_x(iq & dmask, ist);  // the first D come after the wait on x̃'s kernel
+      }
       src += 4 * bytes;
       if (++ist == steps) {
         ist = 0;
@@ -366,7 +382,8 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
     cp_async_commit();
   };
   auto take = [&](int q) -> uint4 {
-    if (D == 8) cp_async_wait(7); else if (D == 4) cp_async_wait(3); else cp_async_wait(D - 1);
+    if (kXr && q == 0) cp_async_wait(0);  // the first x̃ words were committed last
+    else if (D == 8) cp_async_wait(7); else if (D == 4) cp_async_wait(3); else cp_async_wait(D - 1);
     return my_ring[(q & dmask) * kThreads];
   };
   // The first D code words are requested before anything else.
@@ -408,7 +425,10 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
   // Everything above touches only constant data; x (x̃) comes from the kernel before this one.
   pdl_trigger();
   pdl_wait();
-  if constexpr (kFuse) {  // one vector
+  if constexpr (kXr) {  // x̃ words of the first D steps (step q of stage s is step q mod steps)
+    for (int q = 0; q < min(D, total); ++q) issue_x(q, q % steps);
+    cp_async_commit();
+  } else if constexpr (kFuse) {  // one vector
     fused_input_transform(p, g0, gn, reinterpret_cast<__half*>(xs), fx, fx + (p.a_in > 1 ? p.n_in : 0));
   } else {
 #pragma unroll 8
@@ -417,8 +437,8 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
       xs[v * p.x_stride + gl] = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(v0 + v) * p.ld_x) + g0 + gl);
     }
   }
-  __syncthreads();
-  if constexpr (kPlain) {  // Σ x̃ of each group (fp16), for the shift
+  __syncthreads();  // the tables (and the staged x̃)
+  if constexpr (kPlain && !kXr) {  // Σ x̃ of each group (fp16), for the shift
     for (int i = threadIdx.x; i < nvec * gn; i += kThreads) {
       const int v = i / gn, gl = i - v * gn;
       const uint4 q = xs[v * p.x_stride + gl];
@@ -461,15 +481,27 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
           const int gl = w0 + 4 * (st + u) + t;
           const bool ok = live && gl < w1;
           uint4 xb[NT];
+          if constexpr (!kXr) {
 #pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            const bool v_ok = ok && 8 * j + g < nvec;
-            xb[j] = v_ok ? xs[(8 * j + g) * p.x_stride + gl] : make_uint4(0, 0, 0, 0);
-            sh[j][u] = v_ok ? reinterpret_cast<const uint16_t*>(sx)[(8 * j + g) * p.x_stride + gl] : uint16_t(0);
+            for (int j = 0; j < NT; ++j) {
+              const bool v_ok = ok && 8 * j + g < nvec;
+              xb[j] = v_ok ? xs[(8 * j + g) * p.x_stride + gl] : make_uint4(0, 0, 0, 0);
+              sh[j][u] = v_ok ? reinterpret_cast<const uint16_t*>(sx)[(8 * j + g) * p.x_stride + gl] : uint16_t(0);
+            }
           }
           if (live) {
             const int q = s * steps + st + u;
             c[u] = take(q);
+            if constexpr (kXr) {  // zero-filled where the lane has no word
+              const uint4 xw = xs[(q & dmask) * kThreads + threadIdx.x];
+              xb[0] = xw;
+              const float2 f0 = __half22float2(*reinterpret_cast<const __half2*>(&xw.x));
+              const float2 f1 = __half22float2(*reinterpret_cast<const __half2*>(&xw.y));
+              const float2 f2 = __half22float2(*reinterpret_cast<const __half2*>(&xw.z));
+              const float2 f3 = __half22float2(*reinterpret_cast<const __half2*>(&xw.w));
+              const __half hs = __float2half_rn(((f0.x + f0.y) + (f1.x + f1.y)) + ((f2.x + f2.y) + (f3.x + f3.y)));
+              sh[0][u] = *reinterpret_cast<const uint16_t*>(&hs);
+            }
             if (cb == 1)
               e8p_mma_plain<NT>(c[u], tab, lane4, p_lo, p_hi, xb, cst);
             else
@@ -477,6 +509,7 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
             issue(q + D);
           } else {
             c[u] = make_uint4(0, 0, 0, 0);
+            if constexpr (kXr) sh[0][u] = 0;
           }
         }
         if (cb == 1) {
@@ -564,11 +597,12 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
           }
     return;
   }
-  // KS warps per slab: sum in shared memory (the table space is free now), then write.
-  float* red = reinterpret_cast<float*>(smem4);  // (sr, 64 rows, nvec)
-  const int red_n = p.sr * 64 * nvec;
-  __syncthreads();
-  for (int i = threadIdx.x; i < red_n; i += kThreads) red[i] = 0.0f;
+  // KS warps per slab: every warp stores its partial tile in its own slice of shared memory
+  // (free now), then each thread sums the KS slices of its outputs. (Float atomics on shared
+  // memory compile to compare-and-swap loops: with 16 warps on the same 64 rows they took a
+  // third of the kernel's time at batch 8.) Row stride nvec + 1: 2-way bank conflicts at most.
+  float* red = reinterpret_cast<float*>(smem4);  // (warp, 64 rows, nvec + 1)
+  const int rs = nvec + 1, slice = 64 * rs;
   __syncthreads();
 #pragma unroll
   for (int j = 0; j < NT; ++j)
@@ -578,15 +612,20 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
       for (int k = 0; k < 4; ++k) {
         const int v = 8 * j + 2 * t + (k & 1);
         const int rl = g * 8 + 2 * m + (k >> 1);
-        if (v < nvec) atomicAdd(red + (slab_local * 64 + rl) * nvec + v, acc[j][m][k] * ref);
+        if (v < nvec) red[warp * slice + rl * rs + v] = acc[j][m][k] * ref;
       }
   __syncthreads();
+  const int red_n = p.sr * 64 * nvec;
   for (int i = threadIdx.x; i < red_n; i += kThreads) {
     const int v = i % nvec, rr = i / nvec;  // rr = slab_local·64 + row in slab
+    const int sl = rr >> 6, rl = rr & 63;
+    const float* src = red + (sl * p.ks) * slice + rl * rs + v;
+    float sum = 0.0f;
+    for (int k = 0; k < p.ks; ++k) sum += src[k * slice];
     const int row = (blockIdx.x * p.sr) * 64 + rr;
     if (row < p.tiles * 8) {
       float* dst = ybase + size_t(v0 + v) * p.ld_y + row;
-      if (use_atomic) atomicAdd(dst, red[i]); else *dst = red[i];
+      if (use_atomic) atomicAdd(dst, sum); else *dst = sum;
     }
   }
 }
@@ -634,8 +673,9 @@ int max_parts(int) { return 16; }
 
 // Launch shape: the one with the least estimated time, in warp instructions per SM: waves × the
 // work of one block (~5.5 + NT/2 per 16-byte code word, the staging, the fused transform), plus
-// the output: atomics cost ~1 unit each (they serialise in L2: measured ~20 us for 129K on an
-// H100), parts cost the output transform's extra reads. A rough model; shapes whose shared
+// the output: a global atomic ~0.15 unit (at batch 8, 4096x14336, two column ranges by atomics
+// took 18.5 us against 24.3 for one range on half the SMs; H100), parts cost the output
+// transform's extra reads. A rough model; shapes whose shared
 // memory does not fit are skipped. One block per SM (512 threads, up to 128 registers).
 QmmaPlan plan_qmma(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch, bool fuse, bool parts) {
   QmmaPlan plan;
@@ -658,21 +698,29 @@ QmmaPlan plan_qmma(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
   int lb = 0;
   while ((1 << lb) < b) ++lb;
   const int cap = info.sm_count;
+  const bool xr = plain_for(plan.nt) && !fuse;  // the kernel's kXr
+  // GLQ_QMMA_SPLIT=N: N column ranges (or the most the shape allows) where it fits; for tuning.
+  static const int force_split = [] {
+    const char* v = std::getenv("GLQ_QMMA_SPLIT");
+    return v ? std::atoi(v) : 0;
+  }();
   const int split_cap = parts ? max_parts(batch) : 64;
   double best = -1;
   for (int sr : {1, 2, 4, 8, 16}) {
     const int ks = kWarps / sr;
-    if (ks > 1 && size_t(sr) * 64 * nvec * 4 > kTabE8pBytes) continue;  // reduction space
     const int bx = (slabs + sr - 1) / sr;
     const int max_split = std::max(1, std::min(split_cap, (G + 4 * ks - 1) / (4 * ks)));
     for (int split = 1; split <= max_split; ++split) {
+      if (force_split > 0 && split != std::min(force_split, max_split)) continue;
       const int kw = ((G + split * ks - 1) / (split * ks) + 3) / 4 * 4;
       const int kb = kw * ks;
       const int n_kb = (G + kb - 1) / kb;
       if (n_kb != split) continue;
       const int kbe = std::min(kb, G);
       const int stride = (kbe + 3) / 8 * 8 + 4;  // ≡ 4 (mod 8): conflict-free B loads
-      size_t fixed = tables + size_t(nvec) * stride * 16 + (size_t(nvec) * stride * 2 + 15) / 16 * 16;
+      // x̃ staged (nvec rows of stride words, their sums), or in a ring beside the codes' (xr)
+      size_t fixed = xr ? tables : tables + size_t(nvec) * stride * 16 + (size_t(nvec) * stride * 2 + 15) / 16 * 16;
+      const int rings = xr ? 2 : 1;
       double xform = 0;
       if (fuse) {
         const int rows_b = std::min(a, (8 * kbe + b - 1) / b + 1);
@@ -681,19 +729,21 @@ QmmaPlan plan_qmma(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
         xform = 4 * ((a > 1 ? (double(rows_b) * b * a * 3 + n * 3) / 32 : b * 2.0 / 32) +
                      double(rows_b) * b / 2 * lb * 6 / 32 + lb * 100.0);
       }
-      if (size_t(nvec) * stride * 16 > kXBudget) continue;
+      if (!xr && size_t(nvec) * stride * 16 > kXBudget) continue;
       int depth = 8;
-      while (depth > 1 && fixed + size_t(depth) * kThreads * 16 > info.smem_optin) depth /= 2;
-      const size_t smem = fixed + size_t(depth) * kThreads * 16;
+      while (depth > 1 && fixed + size_t(rings * depth) * kThreads * 16 > info.smem_optin) depth /= 2;
+      // (ks > 1: the partial tiles of all warps are summed in shared memory at the end)
+      const size_t red = ks > 1 ? size_t(kWarps) * 64 * (nvec + 1) * 4 : 0;
+      const size_t smem = std::max(fixed + size_t(rings * depth) * kThreads * 16, red);
       if (smem > info.smem_optin) continue;
       const long blocks = long(bx) * n_kb * plan.nz;
       const long waves = (blocks + cap - 1) / cap;
       const double words = double(sr) * 8 * kbe * stages;
-      const double block = words * (5.5 + 0.5 * plan.nt) + xform + 600 + nvec * kbe / 32.0 + (8 - depth) * 300.0;
+      const double block = words * (5.5 + 0.5 * plan.nt) + xform + 600 + (xr ? 0.0 : nvec * kbe / 32.0) + (8 - depth) * 300.0;
       double out = 0;
       // parts: the output transform reads them; with a_out = 1 one block per vector does it all
       if (n_kb > 1)
-        out = parts ? 1.0 * n_kb * double(w.rows) / std::max(1, w.plan_out.a) : 1.0 * double(blocks) * sr * 64 * nvec;
+        out = parts ? 1.0 * n_kb * double(w.rows) / std::max(1, w.plan_out.a) : 0.15 * double(blocks) * sr * 64 * nvec;
       const double cost = double(waves) * block + out;
       if (best < 0 || cost < best * 0.98) {
         best = cost;

@@ -48,6 +48,8 @@ struct PrepareParams {
 struct FinishParams {
   TransformShape t;
   const float* yt = nullptr;  // (batch, ld_in)
+  // ỹ as fp16 instead (the dequantize + GEMM path's output), with parts = 1; yt is then unused.
+  const uint16_t* yt_half = nullptr;
   int ld_in = 0;
   float* y = nullptr;         // (batch, ld_out)
   int ld_out = 0;
