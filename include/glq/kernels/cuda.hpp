@@ -127,13 +127,6 @@ class Context {
   void reserve(int batch, int rows, int cols);
   // Device copies of the decode tables (see e8_decode.cuh).
   const uint32_t* tables() const;
-  // A second stream, for work that overlaps stream()'s (the weight decode of the dequantize +
-  // GEMM path runs beside the input transform): fork() makes side_stream() wait for the work
-  // queued on stream() so far, join() makes stream() wait for the work queued on side_stream()
-  // so far. Both may be captured into a graph with stream().
-  cudaStream_t side_stream() const;
-  void fork();
-  void join();
 
  private:
   struct Impl;

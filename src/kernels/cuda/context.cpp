@@ -194,8 +194,6 @@ struct Context::Impl {
   int device = 0;
   DeviceInfo info;
   cudaStream_t stream = nullptr;
-  cudaStream_t side = nullptr;
-  cudaEvent_t fork_event = nullptr, join_event = nullptr;
   cublasHandle_t cublas = nullptr;
   DeviceMemory cublas_workspace;
   DeviceMemory tables;
@@ -210,9 +208,6 @@ Context::Context(int device) : impl_(std::make_unique<Impl>()) {
   GLQ_CUDA_CHECK(cudaSetDevice(device));
   impl_->info = device_info(device);
   GLQ_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking));
-  GLQ_CUDA_CHECK(cudaStreamCreateWithFlags(&impl_->side, cudaStreamNonBlocking));
-  GLQ_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->fork_event, cudaEventDisableTiming));
-  GLQ_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->join_event, cudaEventDisableTiming));
   GLQ_CUBLAS_CHECK(cublasCreate(&impl_->cublas));
   GLQ_CUBLAS_CHECK(cublasSetStream(impl_->cublas, impl_->stream));
   // A fixed workspace keeps cuBLAS from allocating while a graph is captured.
@@ -227,24 +222,10 @@ Context::Context(int device) : impl_(std::make_unique<Impl>()) {
 
 Context::~Context() {
   if (impl_->cublas) cublasDestroy(impl_->cublas);
-  if (impl_->fork_event) cudaEventDestroy(impl_->fork_event);
-  if (impl_->join_event) cudaEventDestroy(impl_->join_event);
-  if (impl_->side) cudaStreamDestroy(impl_->side);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
 }
 
 cudaStream_t Context::stream() const { return impl_->stream; }
-cudaStream_t Context::side_stream() const { return impl_->side; }
-
-void Context::fork() {
-  GLQ_CUDA_CHECK(cudaEventRecord(impl_->fork_event, impl_->stream));
-  GLQ_CUDA_CHECK(cudaStreamWaitEvent(impl_->side, impl_->fork_event, 0));
-}
-
-void Context::join() {
-  GLQ_CUDA_CHECK(cudaEventRecord(impl_->join_event, impl_->side));
-  GLQ_CUDA_CHECK(cudaStreamWaitEvent(impl_->stream, impl_->join_event, 0));
-}
 void* Context::cublas_handle() const { return impl_->cublas; }
 const DeviceInfo& Context::info() const { return impl_->info; }
 const uint32_t* Context::tables() const { return impl_->tables.as<const uint32_t>(); }
@@ -327,9 +308,7 @@ void dequantize_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, ui
 detail::DequantGemmMode detail::dequant_gemm_mode() {
   static const DequantGemmMode m = [] {
     DequantGemmMode r;
-    const char* o = std::getenv("GLQ_CUDA_DEQUANT_OVERLAP");
     const char* h = std::getenv("GLQ_CUDA_GEMM_HALF_OUT");
-    r.overlap = !(o && std::string(o) == "0");
     r.half_out = !(h && std::string(h) == "0");
     return r;
   }();
@@ -421,16 +400,9 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
   } else {
     auto* wt = static_cast<uint16_t*>(ctx.scratch(2, size_t(w.rows) * w.cols * 2));
     const detail::DequantGemmMode mode = detail::dequant_gemm_mode();
-    // The weight decode runs on the side stream beside the input transform (they share no data);
-    // the GEMM waits for both.
-    if (mode.overlap) {
-      ctx.fork();
-      detail::launch_dequantize(w, ctx.tables(), wt, ctx.side_stream());
-    }
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch,
                             nullptr, 0, stream);
-    if (mode.overlap) ctx.join();
-    else detail::launch_dequantize(w, ctx.tables(), wt, stream);
+    detail::launch_dequantize(w, ctx.tables(), wt, stream);
     // Column-major view: ỹ^T (rows, batch) = W̃^T' (rows, cols) · x̃^T (cols, batch), where the
     // row-major W̃ (rows, cols) is the column-major (cols, rows) matrix, used transposed. ỹ in
     // fp16 (fp32 accumulation): half the bytes written and read back by the output transform.

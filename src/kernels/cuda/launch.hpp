@@ -90,12 +90,11 @@ void launch_dequantize(const DeviceQuantizedMatrix& w, const uint32_t* tables, u
                        cudaStream_t stream);
 
 // Element-wise conversions.
-// The dequantize + GEMM path (more vectors than kMmaMaxBatch): the weight decode on the
-// context's side stream beside the input transform (GLQ_CUDA_DEQUANT_OVERLAP=0: after it, on one
-// stream), ỹ written by the GEMM in fp16 (GLQ_CUDA_GEMM_HALF_OUT=0: fp32). The switches are for
-// comparisons.
+// The dequantize + GEMM path (more vectors than kMmaMaxBatch): ỹ written by the GEMM in fp16
+// with fp32 accumulation, half the bytes of fp32 for the output transform to read
+// (GLQ_CUDA_GEMM_HALF_OUT=0: fp32, for comparisons).
 struct DequantGemmMode {
-  bool overlap = true, half_out = true;
+  bool half_out = true;
 };
 DequantGemmMode dequant_gemm_mode();
 
