@@ -699,14 +699,20 @@ QmmaPlan plan_qmma(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
   while ((1 << lb) < b) ++lb;
   const int cap = info.sm_count;
   const bool xr = plain_for(plan.nt) && !fuse;  // the kernel's kXr
-  // GLQ_QMMA_SPLIT=N: N column ranges (or the most the shape allows) where it fits; for tuning.
+  // GLQ_QMMA_SPLIT=N: N column ranges (or the most the shape allows) where it fits;
+  // GLQ_QMMA_SLABS=S: S row slabs of 64 rows per block. For tuning.
   static const int force_split = [] {
     const char* v = std::getenv("GLQ_QMMA_SPLIT");
+    return v ? std::atoi(v) : 0;
+  }();
+  static const int force_sr = [] {
+    const char* v = std::getenv("GLQ_QMMA_SLABS");
     return v ? std::atoi(v) : 0;
   }();
   const int split_cap = parts ? max_parts(batch) : 64;
   double best = -1;
   for (int sr : {1, 2, 4, 8, 16}) {
+    if (force_sr > 0 && sr != force_sr) continue;
     const int ks = kWarps / sr;
     const int bx = (slabs + sr - 1) / sr;
     const int max_split = std::max(1, std::min(split_cap, (G + 4 * ks - 1) / (4 * ks)));
