@@ -77,13 +77,15 @@ int run_quantize(QuantizeArgs& a) {
       if (!r.warnings.empty()) fmt::print(stderr, "glq: warning: {}: {}\n", r.name, r.warnings);
   };
   // A negative strength is chosen per linear by its width (1 below 4 bits, 0 at 4 bits).
+  const int list_decode = a.s.list_decode != 0 ? a.s.list_decode : model::default_list_decode(a.s.bits);
   auto strength = [](double v) { return v < 0 ? std::string("1 below 4 bits, 0 at 4 bits") : fmt::format("{:g}", v); };
   fmt::print(stderr,
              "glq: quantizing {} to {:g} bits per weight (calibration {} x {} tokens of {}, seed {:#x}, damp {:g}, RHT {}, LDLQ {}, "
-             "true-sequential {}, asymmetric target {}, residual target {}, scale refit {})\n",
-             a.model, a.s.bits, a.s.calib_seqs, a.s.seq_len, a.calib, a.s.seed, a.s.damp, a.s.rht ? "on" : "off",
+             "true-sequential {}, asymmetric target {}, residual target {}, scale refit {}, list decoding {})\n",
+             a.model, a.s.bits, a.s.calib_seqs != 0 ? a.s.calib_seqs : model::default_calib_seqs(a.s.bits), a.s.seq_len, a.calib, a.s.seed, a.s.damp, a.s.rht ? "on" : "off",
              a.s.ldlq ? "on" : "off", a.s.true_sequential ? "on" : "off", strength(a.s.asymmetric), strength(a.s.residual_target),
-             a.s.refit_scales ? "on" : "off");
+             a.s.refit_scales ? "on" : "off",
+             list_decode > 1 ? fmt::format("{} candidates", list_decode) : std::string("off"));
   const model::QuantizeResult r = model::quantize_model_files(a.model, a.calib, a.out, a.s, p);
 
   fmt::print(stderr, "\n{:<40} {:>4} {:>11} {:>11} {:>10}\n", "linear", "bits", "proxy loss", "rel. error", "KiB");
@@ -130,7 +132,10 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
       ->check(CLI::Range(2.0, 4.0));
   app.add_option("--calib", a->calib, "UTF-8 calibration text")->required();
   app.add_option("-o,--out", a->out, "output checkpoint directory (written as OUT.tmp-PID, renamed when complete)")->required();
-  app.add_option("--calib-seqs", a->s.calib_seqs, "number of calibration sequences")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--calib-seqs", a->s.calib_seqs,
+                 "number of calibration sequences (0: by width, 64 at 3 bits (3 <= B < 4), 32 otherwise)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seq-len", a->s.seq_len, "tokens per calibration sequence")->capture_default_str()->check(CLI::Range(2, 1 << 20));
   app.add_option("--seed", a->seed, "seed of the calibration draw and the sign vectors")->capture_default_str();
   app.add_option("--damp", a->s.damp, "relative Hessian damping: H + damp*mean(diag H)*I")->capture_default_str()->check(CLI::Range(0.0, 10.0));
@@ -160,9 +165,10 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
       ->check(CLI::Range(0.05, 20.0));
   app.add_option("--list-decode", a->s.list_decode,
                  "list decoding: the K nearest first-stage codewords of each group, each followed by the residual "
-                 "stages, keeping the least error in the LDLQ objective (1: off)")
+                 "stages, keeping the least error in the LDLQ objective (1: off; 0: by width, 8 from 3 bits up, "
+                 "off below)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 64));
+      ->check(CLI::Range(0, 64));
   app.add_flag("--keep-head-fp16,!--quantize-head", a->s.keep_head_16bit,
                "keep lm_head in 16 bits (default: on); --quantize-head quantizes it at ceil(bits)")
       ->capture_default_str();

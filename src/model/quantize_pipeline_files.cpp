@@ -107,9 +107,10 @@ QuantizeResult quantize_model_files(const std::string& model_path, const std::st
   const std::string text = read_text(calib_path);
   const Tokenizer& tok = model->tokenizer();
   const std::vector<int32_t> ids = tok.encode(text, tok.add_bos_default(), false);
+  const int seqs = settings.calib_seqs != 0 ? settings.calib_seqs : default_calib_seqs(settings.bits);
   note(fmt::format("calibration: {} has {} bytes, {} tokens; drawing {} x {} tokens", calib_path, text.size(), ids.size(),
-                   settings.calib_seqs, settings.seq_len));
-  const auto calib = make_calibration_set(ids, settings.calib_seqs, settings.seq_len, settings.seed, calib_path);
+                   seqs, settings.seq_len));
+  const auto calib = make_calibration_set(ids, seqs, settings.seq_len, settings.seed, calib_path);
   return quantize_model(*model, calib, source, out_dir, settings, progress);
 }
 

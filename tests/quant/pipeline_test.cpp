@@ -272,6 +272,51 @@ TEST(QuantizeErrors, MissingTokenizer) {
   EXPECT_FALSE(leftovers(f));
 }
 
+TEST(QuantizePipeline, CalibrationSizeAndListDecodingDefaultByWidth) {
+  // 0 means: 64 windows at 3 bits (3 <= B < 4) and 32 otherwise; 8 list-decoding candidates from
+  // 3 bits up and none below, by the requested average (a 2.5-bit mixed model keeps both off).
+  EXPECT_EQ(default_calib_seqs(2), 32);
+  EXPECT_EQ(default_calib_seqs(2.5), 32);
+  EXPECT_EQ(default_calib_seqs(3), 64);
+  EXPECT_EQ(default_calib_seqs(3.5), 64);
+  EXPECT_EQ(default_calib_seqs(4), 32);
+  EXPECT_EQ(default_list_decode(2), 1);
+  EXPECT_EQ(default_list_decode(2.75), 1);
+  EXPECT_EQ(default_list_decode(3), 8);
+  EXPECT_EQ(default_list_decode(4), 8);
+  EXPECT_EQ(QuantizeSettings{}.calib_seqs, 0);
+  EXPECT_EQ(QuantizeSettings{}.list_decode, 0);
+
+  // The default is the same checkpoint as the explicit setting, and list decoding changes it.
+  auto dense_of = [](double bits, int list_decode) {
+    Fixture f;
+    QuantizeSettings s = small_settings(bits);
+    s.list_decode = list_decode;
+    quantize_model_files(f.model, f.calib, f.out, s);
+    auto m = load_model(f.out);
+    std::vector<float> all;
+    for (int i = 0; i < 2; ++i)
+      for (LinearKind k : kAllLinearKinds) {
+        const auto d = m->layer(i).linear(k).to_dense();
+        all.insert(all.end(), d.begin(), d.end());
+      }
+    return all;
+  };
+  const auto d4 = dense_of(4, 0);
+  EXPECT_EQ(d4, dense_of(4, 8));
+  EXPECT_NE(d4, dense_of(4, 1));
+  EXPECT_EQ(dense_of(2, 0), dense_of(2, 1));
+
+  // Windows of 37 tokens from a text of about 1,800 bytes (one token per byte): 0 asks for 64
+  // windows (2,368 tokens) at 3 bits, which it does not hold.
+  Fixture f({}, 1800);
+  QuantizeSettings s = small_settings(3);
+  s.calib_seqs = 0;
+  expect_error([&] { quantize_model_files(f.model, f.calib, f.out, s); }, ErrorKind::InvalidArgument,
+               "need 64 sequences x 37 tokens");
+  EXPECT_FALSE(leftovers(f));
+}
+
 TEST(QuantizeErrors, CalibrationTooShort) {
   Fixture f({}, 100);
   expect_error([&] { quantize_model_files(f.model, f.calib, f.out, small_settings(2)); }, ErrorKind::InvalidArgument,
