@@ -163,7 +163,7 @@ def load(path: PathLike) -> Model:
 
 
 def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = None,
-             out: Optional[PathLike] = None, *, calib_seqs: int = 64, seq_len: int = 512,
+             out: Optional[PathLike] = None, *, calib_seqs: int = 0, seq_len: int = 512,
              seed: int = 0x5EED, damp: float = 0.01, rht: bool = True, ldlq: bool = True,
              keep_head_16bit: bool = True, dtype_16bit: str = "float16", resume: bool = True,
              overwrite: bool = False,
@@ -171,7 +171,8 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     """Quantizes a model (GGUF file or Hugging Face directory) into a GLQ checkpoint at `out`.
 
     bits: 2, 3, 4 or a fractional average such as 2.5 (per-linear widths are then allocated).
-    calib: a UTF-8 text file; calib_seqs windows of seq_len tokens are drawn from it.
+    calib: a UTF-8 text file; calib_seqs windows of seq_len tokens are drawn from it (0: by width,
+    as `glq quantize` chooses: 64 at 3 bits, 32 otherwise).
     progress: True prints progress to stderr, a callable receives each event as a dict
     ({"event": "note"|"step"|"layer", ...}), False is silent. Ctrl-C stops the run; the layers
     already done stay in OUT.partial/ and a later call with the same settings resumes there.
