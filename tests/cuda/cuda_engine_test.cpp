@@ -208,29 +208,25 @@ TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {
     if (gpu[(prompt.size() - 1) * c.vocab + i] > gpu[(prompt.size() - 1) * c.vocab + best]) best = i;
   EXPECT_EQ(gen[0], best);
 
-  // A longer prompt from an empty cache: the tensor-core path (dequantize + cuBLAS) and the
-  // per-vector transforms of large batches.
-  engine.reset();
-  std::vector<int32_t> longp(40);
-  for (size_t i = 0; i < longp.size(); ++i) longp[i] = int32_t((i * 37 + 11) % c.vocab);
-  engine.forward(longp.data(), int(longp.size()), true);
-  const auto gpu3 = engine.logits_host(int(longp.size()));
-  const auto ref3 = cpu_forward(m, longp);
-  for (size_t t = 0; t < longp.size(); t += 13)
-    EXPECT_LT(rel_err(gpu3.data() + t * c.vocab, ref3[t]), 2e-2) << "long prefill token " << t;
-  EXPECT_LT(rel_err(gpu3.data() + (longp.size() - 1) * c.vocab, ref3.back()), 2e-2);
-
+  // A prompt of n tokens (id i·mul + add) from an empty cache against the CPU forward pass:
+  // every step-th token's logits and the last one's.
+  auto check_prefill = [&](size_t n, size_t mul, size_t add, size_t step, const char* what) {
+    engine.reset();
+    std::vector<int32_t> p(n);
+    for (size_t i = 0; i < n; ++i) p[i] = int32_t((i * mul + add) % c.vocab);
+    engine.forward(p.data(), int(n), true);
+    const auto got = engine.logits_host(int(n));
+    const auto ref = cpu_forward(m, p);
+    for (size_t t = 0; t < n; t += step)
+      EXPECT_LT(rel_err(got.data() + t * c.vocab, ref[t]), 2e-2) << what << " token " << t;
+    EXPECT_LT(rel_err(got.data() + (n - 1) * c.vocab, ref.back()), 2e-2) << what << " last token";
+  };
+  // 40 tokens: the dequantize + cuBLAS path (fp16 ỹ) and the per-vector transforms of large
+  // batches.
+  check_prefill(40, 37, 11, 13, "long prefill");
   // 80 tokens: the whole-vector transforms of 64+ vectors inside the engine (RMSNorm fused into
   // the q/k/v input, the attention merge into o_proj's, the residual add into the outputs).
-  engine.reset();
-  std::vector<int32_t> prefill(80);
-  for (size_t i = 0; i < prefill.size(); ++i) prefill[i] = int32_t((i * 53 + 7) % c.vocab);
-  engine.forward(prefill.data(), int(prefill.size()), true);
-  const auto gpu4 = engine.logits_host(int(prefill.size()));
-  const auto ref4 = cpu_forward(m, prefill);
-  for (size_t t = 0; t < prefill.size(); t += 11)
-    EXPECT_LT(rel_err(gpu4.data() + t * c.vocab, ref4[t]), 2e-2) << "80-token prefill token " << t;
-  EXPECT_LT(rel_err(gpu4.data() + (prefill.size() - 1) * c.vocab, ref4.back()), 2e-2);
+  check_prefill(80, 53, 7, 11, "80-token prefill");
 }
 
 }  // namespace

@@ -8,17 +8,12 @@
 
 #include "glq/codec/quantized_matrix.hpp"
 #include "glq/error.hpp"
+#include "quant/quant_test_util.hpp"
 
 namespace glq::codec {
 namespace {
 
-std::vector<float> gaussian(size_t n, uint64_t seed, float scale) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> g;
-  std::vector<float> v(n);
-  for (float& x : v) x = scale * g(rng);
-  return v;
-}
+using quant_test::gaussian;
 
 // Squared error of every group of 8 of W − Q.
 std::vector<double> group_errors(const std::vector<float>& W, const std::vector<float>& Q) {

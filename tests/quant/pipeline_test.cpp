@@ -61,6 +61,20 @@ double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
+// Quantizes the tiny model with s and returns every linear's dequantized weights, in order.
+std::vector<float> quantized_weights(const QuantizeSettings& s) {
+  Fixture f;
+  quantize_model_files(f.model, f.calib, f.out, s);
+  auto m = load_model(f.out);
+  std::vector<float> all;
+  for (int i = 0; i < 2; ++i)
+    for (LinearKind k : kAllLinearKinds) {
+      const auto d = m->layer(i).linear(k).to_dense();
+      all.insert(all.end(), d.begin(), d.end());
+    }
+  return all;
+}
+
 bool leftovers(const Fixture& f) {
   for (const auto& e : fs::directory_iterator(f.dir.path)) {
     const std::string n = e.path().filename().string();
@@ -153,19 +167,10 @@ TEST(QuantizePipeline, CorrectionsDefaultToOnBelowFourBitsAndOffAtFour) {
   // The default strengths (-1) mean 1 below 4 bits and 0 at 4 bits: the same checkpoints as
   // the explicit settings.
   auto dense_of = [](double bits, double asym, double residual) {
-    Fixture f;
     QuantizeSettings s = small_settings(bits);
     s.asymmetric = asym;
     s.residual_target = residual;
-    quantize_model_files(f.model, f.calib, f.out, s);
-    auto m = load_model(f.out);
-    std::vector<float> all;
-    for (int i = 0; i < 2; ++i)
-      for (LinearKind k : kAllLinearKinds) {
-        const auto d = m->layer(i).linear(k).to_dense();
-        all.insert(all.end(), d.begin(), d.end());
-      }
-    return all;
+    return quantized_weights(s);
   };
   EXPECT_EQ(dense_of(4, -1, -1), dense_of(4, 0, 0));
   EXPECT_EQ(dense_of(3, -1, -1), dense_of(3, 1, 1));
@@ -289,18 +294,9 @@ TEST(QuantizePipeline, CalibrationSizeAndListDecodingDefaultByWidth) {
 
   // The default is the same checkpoint as the explicit setting, and list decoding changes it.
   auto dense_of = [](double bits, int list_decode) {
-    Fixture f;
     QuantizeSettings s = small_settings(bits);
     s.list_decode = list_decode;
-    quantize_model_files(f.model, f.calib, f.out, s);
-    auto m = load_model(f.out);
-    std::vector<float> all;
-    for (int i = 0; i < 2; ++i)
-      for (LinearKind k : kAllLinearKinds) {
-        const auto d = m->layer(i).linear(k).to_dense();
-        all.insert(all.end(), d.begin(), d.end());
-      }
-    return all;
+    return quantized_weights(s);
   };
   const auto d4 = dense_of(4, 0);
   EXPECT_EQ(d4, dense_of(4, 8));

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,15 @@
 namespace glq::quant_test {
 
 using model::test::TempDir;
+
+// n i.i.d. N(0, scale²) values.
+inline std::vector<float> gaussian(size_t n, uint64_t seed, float scale) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g;
+  std::vector<float> v(n);
+  for (float& x : v) x = scale * g(rng);
+  return v;
+}
 
 // GPT-2's byte → printable code point map, as UTF-8 strings.
 inline std::vector<std::string> byte_symbols() {

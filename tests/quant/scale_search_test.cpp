@@ -10,17 +10,12 @@
 #include "glq/codec/quantized_matrix.hpp"
 #include "glq/error.hpp"
 #include "glq/model/quantize.hpp"
+#include "quant/quant_test_util.hpp"
 
 namespace glq::codec {
 namespace {
 
-std::vector<float> gaussian(size_t n, uint64_t seed, float scale) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> g;
-  std::vector<float> v(n);
-  for (float& x : v) x = scale * g(rng);
-  return v;
-}
+using quant_test::gaussian;
 
 // H = XᵀX / N of AR(1) inputs (ρ = 0.8) with every 13th channel five times louder.
 std::vector<float> correlated_hessian(int n, uint64_t seed) {

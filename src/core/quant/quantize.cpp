@@ -283,13 +283,15 @@ std::vector<float> stage_scale_factors(int bits) {
   }
 }
 
-void quantize_group(const float x[8], std::span<const Codebook> stages, const float* scales,
-                    uint16_t* codes, float* out) {
+namespace {
+
+// Stages [first, end) of one group: each encodes the residual r in its scale's lattice units
+// (nearest codeword), then r loses and acc gains the decoded codeword times the scale.
+void encode_stages(std::span<const Codebook> stages, size_t first, const float* scales, float r[8], float acc[8],
+                   uint16_t* codes) {
   const auto& e8p = e8p_abs_table();
   const auto& e8r8 = e8r8_table();
-  float r[8], acc[8] = {};
-  for (int i = 0; i < 8; ++i) r[i] = x[i];
-  for (size_t s = 0; s < stages.size(); ++s) {
+  for (size_t s = first; s < stages.size(); ++s) {
     const float scale = scales[s];
     const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
     float y[8], c[8];
@@ -307,6 +309,15 @@ void quantize_group(const float x[8], std::span<const Codebook> stages, const fl
       r[i] -= v;
     }
   }
+}
+
+}  // namespace
+
+void quantize_group(const float x[8], std::span<const Codebook> stages, const float* scales,
+                    uint16_t* codes, float* out) {
+  float r[8], acc[8] = {};
+  for (int i = 0; i < 8; ++i) r[i] = x[i];
+  encode_stages(stages, 0, scales, r, acc, codes);
   if (out) {
     for (int i = 0; i < 8; ++i) out[i] = acc[i];
   }
@@ -390,6 +401,7 @@ int e8p_k_nearest(const float y[8], int K, uint16_t* codes, double* dist) {
 // quantize_group with list decoding of the first stage (QuantizeOptions::list_decode): each of
 // the K nearest first-stage codewords is followed by the residual stages' nearest codewords, and
 // the combination with the least error (in the metric D when given, else Euclidean) is kept.
+// K ≤ 1 (or a first stage other than E8P16) is quantize_group itself.
 void quantize_group_list(const float x[8], std::span<const Codebook> stages, const float* scales, int K,
                          const double* D, uint16_t* codes, float* out) {
   if (K <= 1 || stages.empty() || stages[0] != Codebook::E8P16) {
@@ -397,7 +409,6 @@ void quantize_group_list(const float x[8], std::span<const Codebook> stages, con
     return;
   }
   const auto& e8p = e8p_abs_table();
-  const auto& e8r8 = e8r8_table();
   constexpr int kMaxList = 64;
   K = std::min(K, kMaxList);
   uint16_t cand[kMaxList];
@@ -416,23 +427,7 @@ void quantize_group_list(const float x[8], std::span<const Codebook> stages, con
       acc[i] = scales[0] * dec[i];
       r[i] = x[i] - acc[i];
     }
-    for (size_t s = 1; s < stages.size(); ++s) {
-      const float inv = scales[s] != 0.0f ? 1.0f / scales[s] : 0.0f;
-      float ys[8];
-      for (int i = 0; i < 8; ++i) ys[i] = r[i] * inv;
-      if (stages[s] == Codebook::E8P16) {
-        cc[s] = encode_e8p(ys);
-        decode_e8p(cc[s], e8p, dec);
-      } else {
-        cc[s] = encode_e8r8(ys);
-        decode_e8r8(static_cast<uint8_t>(cc[s]), e8r8, dec);
-      }
-      for (int i = 0; i < 8; ++i) {
-        const float v = scales[s] * dec[i];
-        acc[i] += v;
-        r[i] -= v;
-      }
-    }
+    encode_stages(stages, 1, scales, r, acc, cc);
     double err = 0;
     if (D) {
       for (int i = 0; i < 8; ++i) {
@@ -621,11 +616,7 @@ QuantizedMatrix quantize_matrix(std::span<const float> W, int rows, int cols,
         const size_t off = static_cast<size_t>(r) * cols + 8 * k;
         for (int s = 0; s < S; ++s) scales[s] = sc[s][r];
         float rec[8];
-        if (options.list_decode > 1) {
-          quantize_group_list(&T[off], stages, scales, options.list_decode, Dk, codes, rec);
-        } else {
-          quantize_group(&T[off], stages, scales, codes, rec);
-        }
+        quantize_group_list(&T[off], stages, scales, options.list_decode, Dk, codes, rec);
         for (int s = 0; s < S; ++s) {
           const size_t g = static_cast<size_t>(r) * G + k;
           if (stages[s] == Codebook::E8P16) {

@@ -305,14 +305,12 @@ void dequantize_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, ui
   detail::launch_dequantize(w, ctx.tables(), wt_half, ctx.stream());
 }
 
-detail::DequantGemmMode detail::dequant_gemm_mode() {
-  static const DequantGemmMode m = [] {
-    DequantGemmMode r;
+bool detail::gemm_half_out() {
+  static const bool on = [] {
     const char* h = std::getenv("GLQ_CUDA_GEMM_HALF_OUT");
-    r.half_out = !(h && std::string(h) == "0");
-    return r;
+    return !(h && std::string(h) == "0");
   }();
-  return m;
+  return on;
 }
 
 void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float* y, int batch,
@@ -324,6 +322,7 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
     path = batch <= kCoresMaxBatch ? QPath::Gemv : batch <= kMmaMaxBatch ? QPath::Mma : QPath::DequantGemm;
   auto* xt = static_cast<uint16_t*>(ctx.scratch(0, size_t(batch) * w.cols * 2));
   auto* yt = static_cast<float*>(ctx.scratch(1, size_t(batch) * w.rows * 4));
+  bool yt_half = false;  // ỹ in fp16 (the dequantize + GEMM path)
   cudaStream_t stream = ctx.stream();
   if (path == QPath::Mma && batch > kGemvMaxBatch && batch <= kMmaMaxBatch) {
     // One launch; column ranges write their own slices of ỹ, which the output transform sums
@@ -399,7 +398,7 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
     }
   } else {
     auto* wt = static_cast<uint16_t*>(ctx.scratch(2, size_t(w.rows) * w.cols * 2));
-    const detail::DequantGemmMode mode = detail::dequant_gemm_mode();
+    yt_half = detail::gemm_half_out();
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch,
                             nullptr, 0, stream);
     detail::launch_dequantize(w, ctx.tables(), wt, stream);
@@ -409,21 +408,17 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
     const float alpha = 1.0f, beta = 0.0f;
     GLQ_CUBLAS_CHECK(cublasGemmEx(static_cast<cublasHandle_t>(ctx.cublas_handle()), CUBLAS_OP_T,
                                   CUBLAS_OP_N, w.rows, batch, w.cols, &alpha, wt, CUDA_R_16F, w.cols,
-                                  xt, CUDA_R_16F, w.cols, &beta, yt, mode.half_out ? CUDA_R_16F : CUDA_R_32F,
+                                  xt, CUDA_R_16F, w.cols, &beta, yt, yt_half ? CUDA_R_16F : CUDA_R_32F,
                                   w.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (mode.half_out) {
-      detail::FinishParams f;
-      f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
-      f.yt_half = reinterpret_cast<const uint16_t*>(yt);
-      f.ld_in = w.rows;
-      f.y = y;
-      f.ld_out = w.rows;
-      detail::launch_finish(ctx.info(), f, batch, stream);
-      return;
-    }
   }
-  detail::launch_hadamard(ctx.info(), w.plan_out, false, w.sign_out.as<const float>(), yt, y, batch,
-                          nullptr, 0, stream);
+  detail::FinishParams f;
+  f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+  if (yt_half) f.yt_half = reinterpret_cast<const uint16_t*>(yt);
+  else f.yt = yt;
+  f.ld_in = w.rows;
+  f.y = y;
+  f.ld_out = w.rows;
+  detail::launch_finish(ctx.info(), f, batch, stream);
 }
 
 void dense_matmul(Context& ctx, const DeviceDenseMatrix& w, const float* x, float* y, int batch) {

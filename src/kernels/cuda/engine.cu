@@ -566,16 +566,14 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     p.ld_out = w.cols;
     p.zero_ptr = zero ? yt : nullptr;
     p.zero_count = zero ? w.rows : 0;
-    // Dequantize + GEMM: ỹ in fp16 (context.cpp's qmatmul does the same).
-    const detail::DequantGemmMode mode = detail::dequant_gemm_mode();
-    auto* wt = gemv ? nullptr : static_cast<uint16_t*>(ctx_.scratch(2, size_t(w.rows) * w.cols * 2));
     detail::launch_prepare(info, p, n, stream);
-    const bool half_out = !gemv && mode.half_out;
+    const bool half_out = !gemv && detail::gemm_half_out();  // ỹ in fp16, as qmatmul's
     if (gemv) {
       for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
         detail::launch_qgemv(info, w, ctx_.tables(), xt + size_t(c0) * w.cols, w.cols, yt + size_t(c0) * w.rows,
                              w.rows, std::min(kGemvMaxBatch, n - c0), stream);
     } else {
+      auto* wt = static_cast<uint16_t*>(ctx_.scratch(2, size_t(w.rows) * w.cols * 2));
       detail::launch_dequantize(w, ctx_.tables(), wt, stream);
       check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, n, w.cols, &alpha, wt, CUDA_R_16F,
                                 w.cols, xt, CUDA_R_16F, w.cols, &beta_zero, yt, half_out ? CUDA_R_16F : CUDA_R_32F,

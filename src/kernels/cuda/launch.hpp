@@ -90,13 +90,10 @@ void launch_dequantize(const DeviceQuantizedMatrix& w, const uint32_t* tables, u
                        cudaStream_t stream);
 
 // Element-wise conversions.
-// The dequantize + GEMM path (more vectors than kMmaMaxBatch): ỹ written by the GEMM in fp16
-// with fp32 accumulation, half the bytes of fp32 for the output transform to read
-// (GLQ_CUDA_GEMM_HALF_OUT=0: fp32, for comparisons).
-struct DequantGemmMode {
-  bool half_out = true;
-};
-DequantGemmMode dequant_gemm_mode();
+// Whether the dequantize + GEMM path (more vectors than kMmaMaxBatch) has the GEMM write ỹ in
+// fp16 (fp32 accumulation): half the bytes of fp32 for the output transform to read. On unless
+// GLQ_CUDA_GEMM_HALF_OUT=0 (fp32, for comparisons).
+bool gemm_half_out();
 
 void launch_f32_to_bf16(const float* x, uint16_t* y, size_t n, cudaStream_t stream);
 
