@@ -6,10 +6,12 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <random>
 #include <vector>
 
 #include "glq/codec/quantized_matrix.hpp"
+#include "glq/error.hpp"
 #include "glq/kernels/cuda.hpp"
 #include "glq/kernels/cuda_engine.hpp"
 #include "glq/transform/hadamard.hpp"
@@ -127,12 +129,13 @@ double rel_err(const float* got, const std::vector<double>& ref) {
   return glq::test::rel_err(got, ref.data(), ref.size());
 }
 
-TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {
-  if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+// Prefill, graph decoding and long prompts of a tiny mixed 2/3/4-bit model against the CPU
+// forward pass in double precision, for one attention layout (query heads, kv heads, head_dim).
+void check_engine(int heads, int kv_heads, int head_dim) {
   TinyModel m;
   auto& c = m.cfg;
   c.vocab = 152; c.hidden = 64; c.intermediate = 96; c.layers = 2;
-  c.heads = 4; c.kv_heads = 2; c.head_dim = 16; c.max_context = 100; c.norm_eps = 1e-5f;
+  c.heads = heads; c.kv_heads = kv_heads; c.head_dim = head_dim; c.max_context = 100; c.norm_eps = 1e-5f;
   for (int i = 0; i < c.head_dim / 2; ++i) c.rope_inv_freq.push_back(std::pow(10000.0f, -2.0f * i / c.head_dim));
   std::mt19937_64 rng(42);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -225,8 +228,38 @@ TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {
   // batches.
   check_prefill(40, 37, 11, 13, "long prefill");
   // 80 tokens: the whole-vector transforms of 64+ vectors inside the engine (RMSNorm fused into
-  // the q/k/v input, the attention merge into o_proj's, the residual add into the outputs).
+  // the q/k/v input, the residual add into the outputs), and attention over two key chunks
+  // merged by the last block of each token.
   check_prefill(80, 53, 7, 11, "80-token prefill");
+}
+
+TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {
+  if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  check_engine(4, 2, 16);
+}
+
+// Ten query heads on one kv head (two head groups of the attention kernel) of 32 dimensions.
+TEST(CudaEngine, MatchesCpuForwardWithTenQueryHeadsPerKvHead) {
+  if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  check_engine(10, 1, 32);
+}
+
+// The attention kernel takes head_dim in multiples of 8 up to 256; others are refused.
+TEST(CudaEngine, RefusesHeadDimTheAttentionKernelCannotTake) {
+  if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  glq::cuda::EngineConfig c;
+  c.vocab = 16; c.hidden = 12; c.intermediate = 8; c.layers = 1;
+  c.heads = 1; c.kv_heads = 1; c.head_dim = 12; c.max_context = 8;
+  for (int i = 0; i < c.head_dim / 2; ++i) c.rope_inv_freq.push_back(1.0f);
+  glq::cuda::Context ctx;
+  glq::cuda::EngineWeights w;
+  try {
+    glq::cuda::Engine engine(ctx, c, std::move(w));
+    ADD_FAILURE() << "head_dim 12 was accepted";
+  } catch (const glq::Error& e) {
+    EXPECT_EQ(e.kind(), glq::ErrorKind::Unsupported);
+    EXPECT_NE(std::string(e.what()).find("head_dim 12"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -188,9 +188,10 @@ class CudaHadamard : public ::testing::TestWithParam<int> {};
 TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
   SKIP_WITHOUT_GPU();
   check_hadamard_both_directions(GetParam(), 3, 7, 11 + GetParam());
+  check_hadamard_both_directions(GetParam(), 1, 8, 12 + GetParam());  // (a = 1, b ≥ 2048: Sylvester rows)
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamard, ::testing::Values(8, 24, 152, 576, 1536, 4096, 7912, 14336),
+INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamard, ::testing::Values(8, 24, 152, 576, 1536, 2048, 4096, 7912, 8192, 14336),
                          [](const auto& info) { return "n" + std::to_string(info.param); });
 
 // Many vectors (more than the row kernels take): the block-per-vector kernels, both their
@@ -208,13 +209,15 @@ INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamardMany,
                          [](const auto& info) { return "n" + std::to_string(info.param); });
 
 // The fused pre-operations (RMSNorm, SwiGLU) and the zeroing of a following product's output
-// in the many-vector input transform, through the internal API.
+// in the many-vector and row input transforms, through the internal API.
 TEST(CudaHadamardManyPre, MatchesReference) {
   SKIP_WITHOUT_GPU();
   namespace d = glq::cuda::detail;
   glq::cuda::Context ctx;
-  for (const int n : {1536, 14336}) {
-    const int batch = 19;
+  // 19 vectors: the row-group kernel; 1-3: the row kernels, where a = 1 with b ≥ 2048 runs as
+  // Sylvester-mixed rows for 1-2 vectors (2048 = 32·64, 4096 = 64·64, 8192 = 64·128).
+  for (const auto& [n, batch] : {std::pair{1536, 19}, std::pair{14336, 19}, std::pair{2048, 1}, std::pair{4096, 2},
+                                 std::pair{4096, 3}, std::pair{8192, 2}}) {
     const auto plan = glq::transform::make_hadamard_plan(n);
     glq::cuda::DeviceHadamard dplan;
     dplan.n = plan.n;
@@ -433,8 +436,10 @@ TEST(CudaHadamardWide, PreOperationsAndUnalignedRows) {
   SKIP_WITHOUT_GPU();
   namespace d = glq::cuda::detail;
   glq::cuda::Context ctx;
-  for (const int n : {1536, 14336}) {
-    const int batch = 19;
+  // 19 vectors: the row-group kernel; 1-3: the row kernels, where a = 1 with b ≥ 2048 runs as
+  // Sylvester-mixed rows for 1-2 vectors (2048 = 32·64, 4096 = 64·64, 8192 = 64·128).
+  for (const auto& [n, batch] : {std::pair{1536, 19}, std::pair{14336, 19}, std::pair{2048, 1}, std::pair{4096, 2},
+                                 std::pair{4096, 3}, std::pair{8192, 2}}) {
     const auto plan = glq::transform::make_hadamard_plan(n);
     const auto dplan = device_plan(plan);
     const auto sign = glq::transform::random_signs(n, 41);

@@ -2,11 +2,11 @@
 // with the KV-cache write, chunked attention, greedy sampling) and the orchestration.
 //
 // Attention is split over chunks of kAttnChunk keys (flash-decoding): at batch 1 a single block
-// per head would read a whole head's cache alone and leave most SMs idle. Each (token, head,
-// chunk) block writes its partial max m, sum l and unnormalised output; the merge runs inside
-// the next kernel (the input transform of o_proj, PreOp::Combine). The grid covers the cache's
-// capacity, so the decode graph stays valid as the context grows; chunks past the current
-// length exit at once.
+// per head would read a whole head's cache alone and leave most SMs idle. Each (token, kv head,
+// chunk) block serves the query heads that share the kv head (grouped-query attention), so
+// each key and value row is read once; the last block of a token's chunks merges their
+// partials (see attention_kernel). The grid covers the cache's capacity, so the decode graph
+// stays valid as the context grows; chunks past the current length exit at once.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -28,6 +28,8 @@ namespace {
 
 constexpr int kAttnChunk = 64;        // keys per attention block
 constexpr int kAttnThreads = 128;
+constexpr int kAttnGroup = 8;         // query heads per attention block (of one kv head)
+constexpr int kAttnMaxHeadDim = 256;
 constexpr int kMaxStepTokens = 512;   // longer inputs are run in pieces of this many tokens
 
 void check_cublas(cublasStatus_t st, const char* what) {
@@ -57,91 +59,247 @@ __global__ void seq_positions_kernel(const int* __restrict__ pos, int n, int* __
 }
 
 // RoPE (rotate-half pairs (i, i + head_dim/2)) on q and k of each token, in place, and the
-// write of k and v into the cache of the token's slot at the token's position.
+// write of k and v into the cache of the token's slot at the token's position. Block (hh, t)
+// takes head hh of token t: the q heads, then the kv heads (whose blocks also copy v).
 __global__ void rope_cache_kernel(float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
                                   const float* __restrict__ inv_freq, const int* __restrict__ tok_pos,
                                   const int* __restrict__ tok_slot, size_t slot_stride,
                                   __half* __restrict__ k_cache, __half* __restrict__ v_cache) {
-  const int t = blockIdx.x;
+  const int hh = blockIdx.x, t = blockIdx.y;
   const int pos = tok_pos[t];
   const int half_d = head_dim / 2;
   float* row = qkv + size_t(t) * ld;
   const int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
-  const size_t at0 = size_t(tok_slot[t]) * slot_stride + size_t(pos) * kv_dim;
-  for (int p = threadIdx.x; p < (heads + kv_heads) * half_d; p += blockDim.x) {
-    const int hh = p / half_d, i = p - hh * half_d;
+  const size_t at = size_t(tok_slot[t]) * slot_stride + size_t(pos) * kv_dim + size_t(hh - heads) * head_dim;
+  float* base = row + hh * head_dim;  // q heads, then k heads (k starts at q_dim)
+  for (int i = threadIdx.x; i < half_d; i += blockDim.x) {
     float s, c;
     sincosf(float(pos) * inv_freq[i], &s, &c);
-    float* base = row + hh * head_dim;  // q heads, then k heads (k starts at q_dim)
     const float x0 = base[i], x1 = base[i + half_d];
     const float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
     if (hh < heads) {
       base[i] = y0;
       base[i + half_d] = y1;
     } else {
-      const size_t at = at0 + size_t(hh - heads) * head_dim;
       k_cache[at + i] = __float2half_rn(y0);
       k_cache[at + i + half_d] = __float2half_rn(y1);
     }
   }
-  for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
-    v_cache[at0 + i] = __float2half_rn(row[q_dim + kv_dim + i]);
+  if (hh >= heads)
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x)
+      v_cache[at + i] = __float2half_rn(row[q_dim + kv_dim + (hh - heads) * head_dim + i]);
 }
 
-// One block per (chunk, head, token): partial softmax-weighted sum over the chunk's keys.
+__device__ __forceinline__ void half8_to_float(const uint4 u, float* f) {
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 v = __half22float2(h[e]);
+    f[2 * e] = v.x;
+    f[2 * e + 1] = v.y;
+  }
+}
+
+// Dynamic shared memory of attention_kernel: q (kAttnGroup rows of 8·LK), the chunk's
+// probabilities (kAttnGroup rows of kAttnChunk) and the key slices' partial outputs
+// (kAttnThreads / LK slices of kAttnGroup rows of 8·LK = kAttnGroup · 8 · kAttnThreads floats).
+size_t attention_smem(int lk) { return size_t(kAttnGroup) * (8 * lk + kAttnChunk + 8 * kAttnThreads) * 4; }
+
+// Block (chunk c, kv head kvh · groups + gg, token t) attends the query heads h0 .. h0 + gn of
+// kv head kvh (at most kAttnGroup of its G = heads / kv_heads heads, so the chunk's keys and
+// values are read once for all of them) over the chunk's keys [64c, 64c + 64). LK lanes hold
+// one key or value row, 8 fp16 values each (one 16-byte load); the kAttnThreads / LK key
+// slices take keys s, s + S, ... Where the token's keys span several chunks, each block writes
+// its partial max m, sum l and unnormalised output, and the last block of the (token, head
+// group) to finish (a counter, reset by that block) merges them into `out`; a single chunk
+// writes `out` at once. Chunks past the token's position exit at once, so the grid may cover
+// the cache's capacity (one decode graph for every length).
+template <int LK>
 __global__ void __launch_bounds__(kAttnThreads)
 attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
                  const __half* __restrict__ k_cache_all, const __half* __restrict__ v_cache_all,
                  const int* __restrict__ tok_pos, const int* __restrict__ tok_slot, size_t slot_stride,
-                 float scale, int chunks,
-                 float* __restrict__ part_m, float* __restrict__ part_l, float* __restrict__ part_acc) {
-  extern __shared__ float sm[];
-  float* qs = sm;               // (head_dim)
-  float* ps = sm + head_dim;    // (kAttnChunk)
-  const int c = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
+                 float scale, int chunks, float* __restrict__ part_m, float* __restrict__ part_l,
+                 float* __restrict__ part_acc, int* __restrict__ done, float* __restrict__ out) {
+  constexpr int S = kAttnThreads / LK, HP = 8 * LK;  // key slices, padded head dim
+  extern __shared__ __align__(16) float sm[];
+  float* qs = sm;                              // (kAttnGroup, HP)
+  float* ps = qs + kAttnGroup * HP;            // (kAttnGroup, kAttnChunk)
+  float* red = ps + kAttnGroup * kAttnChunk;   // (S, kAttnGroup, HP)
+  __shared__ float ms[kAttnGroup], ls[kAttnGroup];
+  __shared__ int last;
+  const int G = heads / kv_heads, groups = (G + kAttnGroup - 1) / kAttnGroup;
+  const int c = blockIdx.x, kvh = blockIdx.y / groups, gg = blockIdx.y % groups, t = blockIdx.z;
+  const int h0 = kvh * G + gg * kAttnGroup, gn = min(kAttnGroup, G - gg * kAttnGroup);
   const int kv_len = tok_pos[t] + 1;
-  const __half* k_cache = k_cache_all + size_t(tok_slot[t]) * slot_stride;
-  const __half* v_cache = v_cache_all + size_t(tok_slot[t]) * slot_stride;
-  const int j0 = c * kAttnChunk, j1 = min(j0 + kAttnChunk, kv_len);
-  const size_t idx = (size_t(t) * heads + h) * chunks + c;
-  if (j0 >= j1) {
-    if (threadIdx.x == 0) {
-      part_m[idx] = -INFINITY;
-      part_l[idx] = 0.0f;
-    }
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) part_acc[idx * head_dim + d] = 0.0f;
-    return;
-  }
-  const int kvh = h / (heads / kv_heads);
+  const int active = (kv_len + kAttnChunk - 1) / kAttnChunk;
+  if (c >= active) return;
+  const int j0 = c * kAttnChunk, n = min(kAttnChunk, kv_len - j0);
   const int kv_dim = kv_heads * head_dim;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = qkv[size_t(t) * ld + h * head_dim + d] * scale;
-  __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-  for (int j = j0 + warp; j < j1; j += nwarps) {
-    const __half* kr = k_cache + size_t(j) * kv_dim + size_t(kvh) * head_dim;
-    float s = 0.0f;
-    for (int d = lane; d < head_dim; d += 32) s = fmaf(qs[d], __half2float(kr[d]), s);
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xFFFFFFFFu, s, off);
-    if (lane == 0) ps[j - j0] = s;
+  const size_t cache0 = size_t(tok_slot[t]) * slot_stride + size_t(j0) * kv_dim + size_t(kvh) * head_dim;
+  const int s = threadIdx.x / LK, l = threadIdx.x % LK;
+  const bool lane_on = l * 8 < head_dim;
+  // Every key and value row of the thread is requested before the first is used: one memory
+  // round trip for the chunk instead of one per key (values for R ≤ 8, to bound the registers).
+  constexpr int R = kAttnChunk / S > 0 ? kAttnChunk / S : 1;  // keys per thread
+  constexpr bool kPrefetchV = R <= 8;
+  uint4 kr[R], vr[kPrefetchV ? R : 1];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int j = s + r * S;
+    const bool on = j < n && lane_on;
+    kr[r] = on ? __ldg(reinterpret_cast<const uint4*>(k_cache_all + cache0 + size_t(j) * kv_dim) + l) : make_uint4(0, 0, 0, 0);
+    if (kPrefetchV)
+      vr[r] = on ? __ldg(reinterpret_cast<const uint4*>(v_cache_all + cache0 + size_t(j) * kv_dim) + l) : make_uint4(0, 0, 0, 0);
+  }
+  for (int e = threadIdx.x; e < gn * HP; e += kAttnThreads) {
+    const int g = e / HP, d = e - g * HP;
+    qs[e] = d < head_dim ? qkv[size_t(t) * ld + size_t(h0 + g) * head_dim + d] * scale : 0.0f;
   }
   __syncthreads();
-  const int n = j1 - j0;
-  float m = -INFINITY;
-  for (int j = 0; j < n; ++j) m = fmaxf(m, ps[j]);
-  __syncthreads();
-  for (int j = threadIdx.x; j < n; j += blockDim.x) ps[j] = __expf(ps[j] - m);
-  __syncthreads();
-  float l = 0.0f;
-  for (int j = 0; j < n; ++j) l += ps[j];
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float acc = 0.0f;
-    const __half* vr = v_cache + size_t(j0) * kv_dim + size_t(kvh) * head_dim + d;
-    for (int j = 0; j < n; ++j) acc = fmaf(ps[j], __half2float(vr[size_t(j) * kv_dim]), acc);
-    part_acc[idx * head_dim + d] = acc;
+  // Scores: every lane runs the same rounds (the shuffles need the whole warp).
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int j = s + r * S;
+    float kf[8];
+    half8_to_float(kr[r], kf);
+#pragma unroll
+    for (int g = 0; g < kAttnGroup; ++g) {
+      if (g >= gn) break;
+      const float4 qa = reinterpret_cast<const float4*>(qs + g * HP)[2 * l];
+      const float4 qb = reinterpret_cast<const float4*>(qs + g * HP)[2 * l + 1];
+      float d = qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
+                qb.z * kf[6] + qb.w * kf[7];
+#pragma unroll
+      for (int off = LK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xFFFFFFFFu, d, off);
+      if (l == 0 && j < n) ps[g * kAttnChunk + j] = d;
+    }
   }
-  if (threadIdx.x == 0) {
-    part_m[idx] = m;
-    part_l[idx] = l;
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int g = warp; g < gn; g += kAttnThreads / 32) {
+    float m = -INFINITY;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[g * kAttnChunk + j]);
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+    float sum = 0.0f;
+    for (int j = lane; j < n; j += 32) {
+      const float e = __expf(ps[g * kAttnChunk + j] - m);
+      ps[g * kAttnChunk + j] = e;
+      sum += e;
+    }
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, off);
+    if (lane == 0) {
+      ms[g] = m;
+      ls[g] = sum;
+    }
+  }
+  __syncthreads();
+  float acc[kAttnGroup][8];
+#pragma unroll
+  for (int g = 0; g < kAttnGroup; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int j = s + r * S;
+    if (j >= n || !lane_on) continue;
+    float vf[8];
+    half8_to_float(kPrefetchV ? vr[kPrefetchV ? r : 0]
+                              : __ldg(reinterpret_cast<const uint4*>(v_cache_all + cache0 + size_t(j) * kv_dim) + l),
+                   vf);
+#pragma unroll
+    for (int g = 0; g < kAttnGroup; ++g) {
+      if (g >= gn) break;
+      const float p = ps[g * kAttnChunk + j];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < kAttnGroup; ++g) {
+    if (g >= gn) break;
+    float4* r = reinterpret_cast<float4*>(red + (s * kAttnGroup + g) * HP + 8 * l);
+    r[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+    r[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+  }
+  __syncthreads();
+  const bool single = active == 1;
+  for (int e = threadIdx.x; e < gn * head_dim; e += kAttnThreads) {
+    const int g = e / head_dim, d = e - g * head_dim;
+    float v = 0.0f;
+    for (int k = 0; k < S; ++k) v += red[(k * kAttnGroup + g) * HP + d];
+    if (single)
+      out[size_t(t) * heads * head_dim + size_t(h0 + g) * head_dim + d] = v / ls[g];
+    else
+      part_acc[((size_t(t) * heads + h0 + g) * chunks + c) * head_dim + d] = v;
+  }
+  if (single) return;
+  if (threadIdx.x < gn) {
+    part_m[(size_t(t) * heads + h0 + threadIdx.x) * chunks + c] = ms[threadIdx.x];
+    part_l[(size_t(t) * heads + h0 + threadIdx.x) * chunks + c] = ls[threadIdx.x];
+  }
+  // The last block of this (token, head group) merges: every block's writes are made visible
+  // before it counts itself done, and the merging block reads them from L2.
+  __threadfence();
+  __syncthreads();
+  int* counter = done + (size_t(t) * kv_heads + kvh) * groups + gg;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == active - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int g = warp; g < gn; g += kAttnThreads / 32) {
+    const size_t base = (size_t(t) * heads + h0 + g) * chunks;
+    float m = -INFINITY;
+    for (int k = lane; k < active; k += 32) m = fmaxf(m, __ldcg(part_m + base + k));
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+    float sum = 0.0f;
+    for (int k = lane; k < active; k += 32) sum += __expf(__ldcg(part_m + base + k) - m) * __ldcg(part_l + base + k);
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, off);
+    if (lane == 0) {
+      ms[g] = m;
+      ls[g] = sum;
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < gn * head_dim; e += kAttnThreads) {
+    const int g = e / head_dim, d = e - g * head_dim;
+    const size_t base = (size_t(t) * heads + h0 + g) * chunks;
+    float v = 0.0f;
+#pragma unroll 4
+    for (int k = 0; k < active; ++k)
+      v = fmaf(__expf(__ldcg(part_m + base + k) - ms[g]), __ldcg(part_acc + (base + k) * head_dim + d), v);
+    out[size_t(t) * heads * head_dim + size_t(h0 + g) * head_dim + d] = v / ls[g];
+  }
+  if (threadIdx.x == 0) *counter = 0;
+}
+
+template <int LK>
+void launch_attention_lk(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
+                         int head_dim, const __half* kc, const __half* vc, const int* tok_pos, const int* tok_slot,
+                         size_t slot_stride, float scale, int chunks, float* pm, float* pl, float* pa, int* done,
+                         float* out) {
+  attention_kernel<LK><<<grid, kAttnThreads, attention_smem(LK), stream>>>(
+      qkv, ld, heads, kv_heads, head_dim, kc, vc, tok_pos, tok_slot, slot_stride, scale, chunks, pm, pl, pa, done, out);
+  GLQ_CUDA_CHECK_LAUNCH("attention_kernel");
+}
+
+// Lanes per key row: ceil(head_dim / 8) rounded up to a power of two.
+int attention_lanes(int head_dim) {
+  int lk = 1;
+  while (lk * 8 < head_dim) lk *= 2;
+  return lk;
+}
+
+template <typename... A>
+void launch_attention(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads, int head_dim,
+                      A... rest) {
+  switch (attention_lanes(head_dim)) {
+    case 1: launch_attention_lk<1>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 2: launch_attention_lk<2>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 4: launch_attention_lk<4>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 8: launch_attention_lk<8>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 16: launch_attention_lk<16>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    default: launch_attention_lk<32>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
   }
 }
 
@@ -394,7 +552,9 @@ struct Engine::Buffers {
   DeviceMemory hsel;    // (max_tokens, hidden) gathered rows for the output head
   DeviceMemory qkv;     // (max_tokens, q_dim + 2 kv_dim)
   DeviceMemory gu;      // (max_tokens, 2 intermediate)
-  DeviceMemory part_m, part_l, part_acc;  // attention partials
+  DeviceMemory part_m, part_l, part_acc;  // attention partials (token, head, chunk[, head_dim])
+  DeviceMemory attn_done;  // (max_tokens, kv_heads, head groups) int: chunks done, zero between steps
+  DeviceMemory attn;       // (max_tokens, q_dim) attention output
   DeviceMemory k_cache, v_cache;          // (layers, slots, capacity, kv_dim) fp16
   DeviceMemory logits;  // (max_tokens, vocab)
   DeviceMemory inv_freq;
@@ -409,6 +569,9 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
   if (c.hidden <= 0 || c.layers <= 0 || c.heads <= 0 || c.kv_heads <= 0 || c.heads % c.kv_heads ||
       c.head_dim <= 0 || c.head_dim % 2 || c.max_context <= 0 || c.vocab <= 0 || c.slots <= 0)
     throw_invalid("Engine: inconsistent configuration");
+  if (c.head_dim % 8 || c.head_dim > kAttnMaxHeadDim)
+    throw_unsupported("Engine: head_dim " + std::to_string(c.head_dim) + " (the attention kernel takes multiples of 8 up to " +
+                      std::to_string(kAttnMaxHeadDim) + ")");
   if (int(c.rope_inv_freq.size()) != c.head_dim / 2)
     throw_mismatch("Engine: rope_inv_freq size", std::to_string(c.head_dim / 2), std::to_string(c.rope_inv_freq.size()));
   if (int(w_.layers.size()) != c.layers)
@@ -441,6 +604,9 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
   b.part_m = DeviceMemory(T * c.heads * b.chunks * 4);
   b.part_l = DeviceMemory(T * c.heads * b.chunks * 4);
   b.part_acc = DeviceMemory(T * c.heads * b.chunks * c.head_dim * 4);
+  b.attn_done = DeviceMemory(T * c.kv_heads * ((c.heads / c.kv_heads + kAttnGroup - 1) / kAttnGroup) * 4);
+  GLQ_CUDA_CHECK(cudaMemset(b.attn_done.data(), 0, b.attn_done.bytes()));
+  b.attn = DeviceMemory(T * q_dim * 4);
   b.k_cache = DeviceMemory(size_t(c.layers) * c.slots * b.slot_stride * 2);
   b.v_cache = DeviceMemory(size_t(c.layers) * c.slots * b.slot_stride * 2);
   b.logits = DeviceMemory(T * c.vocab * 4);
@@ -621,6 +787,8 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
   cudaStream_t stream = ctx_.stream();
   const int q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
   const int ld_qkv = q_dim + 2 * kv_dim;
+  const int attn_groups = (c.heads / c.kv_heads + kAttnGroup - 1) / kAttnGroup;
+  const int rope_threads = std::min(128, std::max(32, (c.head_dim / 2 + 31) / 32 * 32));
   float* h = b.h.as<float>();
   float* qkv = b.qkv.as<float>();
   float* gu = b.gu.as<float>();
@@ -652,23 +820,18 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
       off += part.rows;
     }
     if (off != ld_qkv) throw_mismatch("Engine: q/k/v rows of layer " + std::to_string(li), std::to_string(ld_qkv), std::to_string(off));
-    rope_cache_kernel<<<n, 256, 0, stream>>>(qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, b.inv_freq.as<const float>(),
-                                             tok_pos, tok_slot, b.slot_stride, kc, vc);
+    rope_cache_kernel<<<dim3(c.heads + c.kv_heads, n), rope_threads, 0, stream>>>(
+        qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, b.inv_freq.as<const float>(), tok_pos, tok_slot, b.slot_stride, kc, vc);
     GLQ_CUDA_CHECK_LAUNCH("rope_cache_kernel");
-    const size_t attn_smem = size_t(c.head_dim + kAttnChunk) * 4;
-    attention_kernel<<<dim3(b.chunks, c.heads, n), kAttnThreads, attn_smem, stream>>>(
-        qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, kc, vc, tok_pos, tok_slot, b.slot_stride,
-        1.0f / std::sqrt(float(c.head_dim)), b.chunks, b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>());
-    GLQ_CUDA_CHECK_LAUNCH("attention_kernel");
-    // h += attention · Wo^T (the merge of the partials runs in o_proj's input transform)
+    launch_attention(dim3(b.chunks, c.kv_heads * attn_groups, n), stream, qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim,
+                     kc, vc, tok_pos, tok_slot, b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)), b.chunks,
+                     b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>(), b.attn_done.as<int>(),
+                     b.attn.as<float>());
+    // h += attention · Wo^T
     detail::PrepareParams pc;
-    pc.pre = detail::PreOp::Combine;
-    pc.part_m = b.part_m.as<const float>();
-    pc.part_l = b.part_l.as<const float>();
-    pc.part_acc = b.part_acc.as<const float>();
-    pc.heads = c.heads;
-    pc.chunks = b.chunks;
-    pc.head_dim = c.head_dim;
+    pc.pre = detail::PreOp::Plain;
+    pc.x = b.attn.as<const float>();
+    pc.ld_x = q_dim;
     run_linear(L.o, &pc, h, c.hidden, true, n);
     // [gate | up] = rmsnorm(h) · Wgu^T
     detail::PrepareParams pm = pn;

@@ -6,9 +6,9 @@
 // result to global memory, so no second buffer is needed. A vector of n floats must fit in the
 // shared memory a block may opt into (56K floats on H100/H200); longer ones throw Unsupported.
 //
-// prepare_kernel (the input side) also applies a fused pre-operation (RMSNorm, SwiGLU, or the
-// merge of attention partials; see transform_kernels.cuh), writes fp16 (what the decode kernels
-// read) or bf16 (dense linears), and zeroes the output buffer of a following accumulating
+// prepare_kernel (the input side) also applies a fused pre-operation (RMSNorm or SwiGLU; see
+// transform_kernels.cuh), writes fp16 (what the decode kernels read) or bf16 (dense linears),
+// and zeroes the output buffer of a following accumulating
 // product, which saves a memset node per product. finish_kernel (the output side) can add its
 // result into y, which fuses the residual add.
 //
@@ -222,20 +222,6 @@ __global__ void prepare_kernel(const PrepareParams p) {
     if (p.pre == PreOp::SwiGlu) {
       const float g = xv[i], u = xv[n + i];
       v = g / (1.0f + __expf(-g)) * u;
-    } else if (p.pre == PreOp::Combine) {
-      const int h = i / p.head_dim, d = i - h * p.head_dim;
-      const size_t base = (vec * p.heads + h) * p.chunks;
-      float m = -INFINITY;
-#pragma unroll 8
-      for (int c = 0; c < p.chunks; ++c) m = fmaxf(m, p.part_m[base + c]);
-      float l = 0.0f, acc = 0.0f;
-#pragma unroll 8
-      for (int c = 0; c < p.chunks; ++c) {
-        const float w = p.part_l[base + c] > 0.0f ? __expf(p.part_m[base + c] - m) : 0.0f;
-        l += w * p.part_l[base + c];
-        acc += w * p.part_acc[(base + c) * p.head_dim + d];
-      }
-      v = acc / l;
     } else {
       v = xv[i];
     }
@@ -304,26 +290,17 @@ __device__ __forceinline__ float pre_value(const PrepareParams& p, size_t vec, i
       const float g = xv[i], u = xv[n + i];
       return g / (1.0f + __expf(-g)) * u;
     }
-    case PreOp::Combine: {
-      const int h = i / p.head_dim, d = i - h * p.head_dim;
-      const size_t base = (vec * p.heads + h) * p.chunks;
-      float m = -INFINITY;
-#pragma unroll 8
-      for (int c = 0; c < p.chunks; ++c) m = fmaxf(m, p.part_m[base + c]);
-      float l = 0.0f, acc = 0.0f;
-#pragma unroll 8
-      for (int c = 0; c < p.chunks; ++c) {
-        const float w = p.part_l[base + c] > 0.0f ? __expf(p.part_m[base + c] - m) : 0.0f;
-        l += w * p.part_l[base + c];
-        acc += w * p.part_acc[(base + c) * p.head_dim + d];
-      }
-      return acc / l;
-    }
     case PreOp::RmsNorm:
       return p.x[vec * p.ld_x + i] * scale * __ldg(p.norm_w + i);
     default:
       return p.x[vec * p.ld_x + i];
   }
+}
+
+// Q[i, k] of a row kernel's shape.
+__device__ __forceinline__ float q_entry(const TransformShape& t, int i, int k) {
+  if (t.sylvester) return (__popc(i & k) & 1 ? -1.0f : 1.0f) * rsqrtf(float(t.a));
+  return __ldg(t.q + i * t.a + k);
 }
 
 // Row-parallel input transform, for few vectors: block (i, vec) computes row i of the a×b view
@@ -345,7 +322,7 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
   // Q is a constant of the weight: fetched before waiting on the kernel that writes x, so that
   // the mixing below reads shared memory instead of making its first global round trips then.
   if (a > 1)
-    for (int k = threadIdx.x; k < a; k += blockDim.x) qrow[k] = __ldg(p.t.q + i * a + k);
+    for (int k = threadIdx.x; k < a; k += blockDim.x) qrow[k] = q_entry(p.t, i, k);
   pdl_trigger();
   pdl_wait();
   float scale = 1.0f;
@@ -429,7 +406,7 @@ __global__ void finish_rows_kernel(const FinishParams p, int staged) {
   // Constants of the weight, fetched before waiting on the decode kernel that writes ỹ: the
   // last step then reads its signs from shared memory instead of making one more round trip.
   if (a > 1)
-    for (int k = threadIdx.x; k < a; k += blockDim.x) qcol[k] = __ldg(p.t.q + k * a + i);
+    for (int k = threadIdx.x; k < a; k += blockDim.x) qcol[k] = q_entry(p.t, k, i);
   if (p.t.sign)
     for (int j = threadIdx.x; j < b; j += blockDim.x) sg[j] = __ldg(p.t.sign + i * b + j);
   pdl_trigger();
@@ -965,12 +942,10 @@ size_t dynamic_limit(const DeviceInfo& info) {
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::Plain>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::RmsNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::Combine>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::Plain>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::RmsNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::Combine>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     return lim;
   }();
   return limit;
@@ -1016,8 +991,37 @@ int row_threads(int b, bool staged) {
   return std::min(1024, std::max(128, b / 4));
 }
 
+// The row kernels' shape for t: a = 1 with b ≥ 2^11 becomes a' = 2^k rows mixed by the Sylvester
+// matrix (the same transform, H_b = H_a' ⊗ H_b/a'), so that a' blocks share a vector instead of
+// one block running the whole FWHT alone. Each of the a' blocks reads the whole vector, so a'
+// shrinks as vectors grow: about kSplitFwhtBlocks blocks in all (a' = 32 for one vector of
+// 4096, 4 for eight), a' ≤ √b. GLQ_CUDA_SPLIT_FWHT=N: about N blocks instead; 0: never. On an
+// H100 (docs/cuda.md) 32 blocks beat 4-16 and 64-128 at one vector (4096x4096, 2 bpw: 9.6 us
+// for the product against 12.4 with 64 and 12.8 unsplit).
+constexpr int kSplitFwhtBlocks = 32;
+
+TransformShape row_shape(const TransformShape& t, int batch) {
+  static const int blocks = [] {
+    const char* v = std::getenv("GLQ_CUDA_SPLIT_FWHT");
+    return v ? std::max(0, std::atoi(v)) : kSplitFwhtBlocks;
+  }();
+  if (t.a != 1 || t.log2b < 11 || (1 << t.log2b) != t.n || batch <= 0) return t;
+  int la = 0;
+  while (la < t.log2b / 2 && (batch << (la + 1)) <= blocks) ++la;
+  if (la == 0) return t;
+  TransformShape r = t;
+  r.a = 1 << la;
+  r.log2b = t.log2b - la;
+  r.q = nullptr;
+  r.sylvester = 1;
+  r.inv_sqrt_b = 1.0f / std::sqrt(float(1 << r.log2b));
+  return r;
+}
+
 template <PreOp kPre>
-void launch_prepare_rows(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
+void launch_prepare_rows(const DeviceInfo& info, const PrepareParams& params, int batch, cudaStream_t stream) {
+  PrepareParams p = params;
+  p.t = row_shape(params.t, batch);
   const int b = 1 << p.t.log2b;
   const int extra = p.t.a > 1 ? p.t.a : 0;  // row i of Q
   const int staged = p.t.a > 1 && size_t(b + b / 32 + p.t.n + extra) * 4 <= dynamic_limit(info);
@@ -1085,7 +1089,6 @@ bool wide_shape(const DeviceInfo& info, const TransformShape& t) {
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_wide_kernel<PreOp::Plain>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_wide_kernel<PreOp::RmsNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_wide_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_wide_kernel<PreOp::Combine>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     return lim;
   }();
@@ -1102,7 +1105,6 @@ bool launch_prepare_wide(const DeviceInfo& info, const PrepareParams& p, int bat
     case PreOp::Plain: prepare_wide_kernel<PreOp::Plain><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
     case PreOp::RmsNorm: prepare_wide_kernel<PreOp::RmsNorm><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
     case PreOp::SwiGlu: prepare_wide_kernel<PreOp::SwiGlu><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
-    case PreOp::Combine: prepare_wide_kernel<PreOp::Combine><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
   }
   GLQ_CUDA_CHECK_LAUNCH("prepare_wide_kernel");
   return true;
@@ -1129,7 +1131,6 @@ void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, c
       case PreOp::Plain: prepare_many_kernel<PreOp::Plain><<<grid, kManyThreads, smem, stream>>>(p, per_block); break;
       case PreOp::RmsNorm: prepare_many_kernel<PreOp::RmsNorm><<<grid, kManyThreads, smem, stream>>>(p, per_block); break;
       case PreOp::SwiGlu: prepare_many_kernel<PreOp::SwiGlu><<<grid, kManyThreads, smem, stream>>>(p, per_block); break;
-      case PreOp::Combine: prepare_many_kernel<PreOp::Combine><<<grid, kManyThreads, smem, stream>>>(p, per_block); break;
     }
     GLQ_CUDA_CHECK_LAUNCH("prepare_many_kernel");
     return;
@@ -1140,7 +1141,6 @@ void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, c
       case PreOp::Plain: launch_prepare_rows<PreOp::Plain>(info, p, batch, stream); return;
       case PreOp::RmsNorm: launch_prepare_rows<PreOp::RmsNorm>(info, p, batch, stream); return;
       case PreOp::SwiGlu: launch_prepare_rows<PreOp::SwiGlu>(info, p, batch, stream); return;
-      case PreOp::Combine: launch_prepare_rows<PreOp::Combine>(info, p, batch, stream); return;
     }
   }
   const size_t smem = smem_for(info, p.t.n + p.t.a * ((p.t.a + 3) & ~3));
@@ -1148,10 +1148,12 @@ void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, c
   GLQ_CUDA_CHECK_LAUNCH("prepare_kernel");
 }
 
-void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
+void launch_finish(const DeviceInfo& info, const FinishParams& params, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
-  if (batch >= wide_min_batch() && launch_finish_wide(info, p, batch, stream)) return;
-  if ((p.t.a << p.t.log2b) == p.t.n && (p.t.a == 1 || batch <= kRowKernelMaxBatch)) {
+  if (batch >= wide_min_batch() && launch_finish_wide(info, params, batch, stream)) return;
+  if ((params.t.a << params.t.log2b) == params.t.n && (params.t.a == 1 || batch <= kRowKernelMaxBatch)) {
+    FinishParams p = params;
+    p.t = row_shape(params.t, batch);
     const int b = 1 << p.t.log2b;
     const int extra = (p.t.a > 1 ? p.t.a : 0) + (p.t.sign ? b : 0);  // column i of Q, signs of row i
     const int staged = p.t.a > 1 && size_t(b + b / 32 + p.t.n + extra) * 4 <= dynamic_limit(info);
@@ -1160,8 +1162,8 @@ void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cud
                    pdl_enabled(info), "finish_rows_kernel", p, staged);
     return;
   }
-  const size_t smem = smem_for(info, p.t.n + p.t.a * ((p.t.a + 3) & ~3));
-  finish_kernel<<<batch, threads_for(p.t.n), smem, stream>>>(p);
+  const size_t smem = smem_for(info, params.t.n + params.t.a * ((params.t.a + 3) & ~3));
+  finish_kernel<<<batch, threads_for(params.t.n), smem, stream>>>(params);
   GLQ_CUDA_CHECK_LAUNCH("finish_kernel");
 }
 

@@ -5,8 +5,6 @@
 //            Plain    x
 //            RmsNorm  x · rsqrt(mean(x²) + eps) ∘ norm_w               (fused pre-norm)
 //            SwiGlu   silu(x[0..n)) ∘ x[n..2n)   (x = [gate | up] row)  (fused MLP activation)
-//            Combine  the attention output of one token, merged from the per-chunk partials
-//                     of attention.cu (flash-decoding style: m, l, acc per head and chunk)
 // finish:  y (batch, n) (+)= sign ∘ (T^T ỹ)    (accumulate: fused residual add)
 #pragma once
 
@@ -14,7 +12,7 @@
 
 namespace glq::cuda::detail {
 
-enum class PreOp : int { Plain = 0, RmsNorm = 1, SwiGlu = 2, Combine = 3 };
+enum class PreOp : int { Plain = 0, RmsNorm = 1, SwiGlu = 2 };
 enum class OutType : int { Half = 0, BFloat16 = 1 };
 
 struct TransformShape {
@@ -22,6 +20,9 @@ struct TransformShape {
   int a = 1;                  // mixing order (1: none)
   int log2b = 0;              // FWHT length 2^log2b (0: none)
   const float* q = nullptr;   // (a, a) row-major
+  // Q is the Sylvester Hadamard matrix H_a / √a instead (q unused; a a power of two): the row
+  // kernels' view of a = 1, b = a'·b' as Q = H_a' / √a' ⊗ H_b' / √b' (H_a'b' = H_a' ⊗ H_b').
+  int sylvester = 0;
   const float* sign = nullptr;  // (n) or null (no sign)
   float inv_sqrt_b = 1.0f;
 };
@@ -33,11 +34,6 @@ struct PrepareParams {
   int ld_x = 0;
   const float* norm_w = nullptr;  // RmsNorm: (n)
   float eps = 1e-5f;
-  // Combine: partials of attention, (batch, heads, chunks) and (batch, heads, chunks, head_dim).
-  const float* part_m = nullptr;
-  const float* part_l = nullptr;
-  const float* part_acc = nullptr;
-  int heads = 0, chunks = 0, head_dim = 0;
   OutType out_type = OutType::Half;
   void* out = nullptr;        // (batch, ld_out)
   int ld_out = 0;
