@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <string>
 
@@ -288,6 +289,218 @@ int attention_lanes(int head_dim) {
   int lk = 1;
   while (lk * 8 < head_dim) lk *= 2;
   return lk;
+}
+
+// ---- Prefill attention on the tensor cores --------------------------------------------------
+//
+// The tokens of one sequence (a prompt, or a piece of one), FlashAttention-2 style: block (tile,
+// head) takes the kPfRows query rows of tokens tile·64 .. tile·64 + 63 of query head `head`, four
+// warps of 16 rows. It walks the keys 0 .. (its last token's position) in tiles of kPfKeys: the
+// tile's keys and values go to shared memory (fp16, zero past the last key), S = Q·Kᵀ by
+// mma.m16n8k16 (fp16 in, fp32 accumulators; Q scaled by 1/√d and rounded to fp16 once, held
+// in registers), the causal mask (key ≤ the row's position), the online softmax on the
+// accumulators (row max and sum across the four lanes of a row), P rounded to fp16 straight
+// from the accumulator layout into the A fragments of O += P·V (V through ldmatrix.trans).
+// Every key is read once per block instead of once per token; no partials to merge.
+constexpr int kPfRows = 64, kPfKeys = 64, kPfThreads = 128;
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int HD>
+constexpr int pf_ld() { return HD + 8; }  // halves per shared row: 16 bytes of padding spread ldmatrix rows over banks
+
+template <int HD>
+constexpr size_t pf_smem() { return size_t(kPfRows + 2 * kPfKeys) * pf_ld<HD>() * 2; }
+
+template <int HD>
+__global__ void __launch_bounds__(kPfThreads)
+attention_prefill_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
+                         const __half* __restrict__ k_cache_all, const __half* __restrict__ v_cache_all,
+                         const int* __restrict__ tok_pos, const int* __restrict__ tok_slot, size_t slot_stride,
+                         float scale, int n_tok, float* __restrict__ out) {
+  constexpr int LD = pf_ld<HD>(), KS = HD / 16, NT = kPfKeys / 8, OT = HD / 8;
+  extern __shared__ __align__(16) __half pf[];
+  __half* qsm = pf;                    // (kPfRows, LD)
+  __half* ksm = qsm + kPfRows * LD;    // (kPfKeys, LD)
+  __half* vsm = ksm + kPfKeys * LD;    // (kPfKeys, LD)
+  const int head = blockIdx.y, kvh = head / (heads / kv_heads);
+  const int t0 = blockIdx.x * kPfRows, nt = min(kPfRows, n_tok - t0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kv_dim = kv_heads * HD;
+  const __half* kc = k_cache_all + size_t(tok_slot[t0]) * slot_stride + size_t(kvh) * HD;
+  const __half* vc = v_cache_all + size_t(tok_slot[t0]) * slot_stride + size_t(kvh) * HD;
+  const int last_pos = tok_pos[t0 + nt - 1];
+  for (int e = threadIdx.x; e < kPfRows * HD / 2; e += kPfThreads) {
+    const int r = e / (HD / 2), d = 2 * (e - r * (HD / 2));
+    float2 v = make_float2(0.0f, 0.0f);
+    if (r < nt) v = *reinterpret_cast<const float2*>(qkv + size_t(t0 + r) * ld + size_t(head) * HD + d);
+    *reinterpret_cast<uint32_t*>(qsm + r * LD + d) = pack_half2(v.x * scale, v.y * scale);
+  }
+  __syncthreads();
+  uint32_t qa[KS][4];
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    const unsigned a = static_cast<unsigned>(
+        __cvta_generic_to_shared(qsm + (warp * 16 + (lane & 15)) * LD + ks * 16 + (lane >> 4) * 8));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(qa[ks][0]), "=r"(qa[ks][1]), "=r"(qa[ks][2]), "=r"(qa[ks][3])
+                 : "r"(a));
+  }
+  // This thread's two rows (lane / 4 and lane / 4 + 8 of the warp's 16) and their positions.
+  const int r0 = warp * 16 + (lane >> 2);
+  const int pos0 = r0 < nt ? tok_pos[t0 + r0] : -1, pos1 = r0 + 8 < nt ? tok_pos[t0 + r0 + 8] : -1;
+  float o[OT][4];
+#pragma unroll
+  for (int i = 0; i < OT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+  const int tiles = last_pos / kPfKeys + 1;
+  for (int kt = 0; kt < tiles; ++kt) {
+    const int key0 = kt * kPfKeys;
+    __syncthreads();  // the previous tile's K and V are no longer read
+    for (int e = threadIdx.x; e < kPfKeys * HD / 8; e += kPfThreads) {
+      const int j = e / (HD / 8), d = 8 * (e - j * (HD / 8));
+      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+      if (key0 + j <= last_pos) {
+        kv = __ldg(reinterpret_cast<const uint4*>(kc + size_t(key0 + j) * kv_dim + d));
+        vv = __ldg(reinterpret_cast<const uint4*>(vc + size_t(key0 + j) * kv_dim + d));
+      }
+      *reinterpret_cast<uint4*>(ksm + j * LD + d) = kv;
+      *reinterpret_cast<uint4*>(vsm + j * LD + d) = vv;
+    }
+    __syncthreads();
+    float sc[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t b0, b1;
+        const unsigned a = static_cast<unsigned>(
+            __cvta_generic_to_shared(ksm + (n * 8 + (lane & 7)) * LD + ks * 16 + ((lane >> 3) & 1) * 8));
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(a));
+        mma_f16(sc[n], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
+      }
+    }
+    // Causal mask and the tile's row maxima.
+    float tm0 = -INFINITY, tm1 = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int j = key0 + n * 8 + 2 * (lane & 3) + e;
+        if (j > pos0) sc[n][e] = -INFINITY;
+        if (j > pos1) sc[n][2 + e] = -INFINITY;
+        tm0 = fmaxf(tm0, sc[n][e]);
+        tm1 = fmaxf(tm1, sc[n][2 + e]);
+      }
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+      tm0 = fmaxf(tm0, __shfl_xor_sync(0xFFFFFFFFu, tm0, off));
+      tm1 = fmaxf(tm1, __shfl_xor_sync(0xFFFFFFFFu, tm1, off));
+    }
+    const float nm0 = fmaxf(m0, tm0), nm1 = fmaxf(m1, tm1);
+    // Rows with no key yet (past the sequence's tokens) keep m = -inf: their factors stay 0.
+    const float b0m = nm0 == -INFINITY ? 0.0f : nm0, b1m = nm1 == -INFINITY ? 0.0f : nm1;
+    const float al0 = __expf(m0 - b0m), al1 = __expf(m1 - b1m);
+    m0 = nm0;
+    m1 = nm1;
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      sc[n][0] = __expf(sc[n][0] - b0m);
+      sc[n][1] = __expf(sc[n][1] - b0m);
+      sc[n][2] = __expf(sc[n][2] - b1m);
+      sc[n][3] = __expf(sc[n][3] - b1m);
+      s0 += sc[n][0] + sc[n][1];
+      s1 += sc[n][2] + sc[n][3];
+    }
+    l0 = l0 * al0 + s0;  // (the quad's lanes sum their parts at the end)
+    l1 = l1 * al1 + s1;
+#pragma unroll
+    for (int i = 0; i < OT; ++i) {
+      o[i][0] *= al0;
+      o[i][1] *= al0;
+      o[i][2] *= al1;
+      o[i][3] *= al1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kPfKeys / 16; ++kk) {
+      const uint32_t a0 = pack_half2(sc[2 * kk][0], sc[2 * kk][1]), a1 = pack_half2(sc[2 * kk][2], sc[2 * kk][3]);
+      const uint32_t a2 = pack_half2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      const uint32_t a3 = pack_half2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+      for (int i = 0; i < OT; ++i) {
+        uint32_t b0, b1;
+        const unsigned a = static_cast<unsigned>(
+            __cvta_generic_to_shared(vsm + (kk * 16 + (lane & 15)) * LD + i * 8));
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(a));
+        mma_f16(o[i], a0, a1, a2, a3, b0, b1);
+      }
+    }
+  }
+#pragma unroll
+  for (int off = 1; off < 4; off <<= 1) {
+    l0 += __shfl_xor_sync(0xFFFFFFFFu, l0, off);
+    l1 += __shfl_xor_sync(0xFFFFFFFFu, l1, off);
+  }
+  const int q_dim = heads * HD;
+#pragma unroll
+  for (int i = 0; i < OT; ++i) {
+    const int d = i * 8 + 2 * (lane & 3);
+    if (r0 < nt)
+      *reinterpret_cast<float2*>(out + size_t(t0 + r0) * q_dim + size_t(head) * HD + d) =
+          make_float2(o[i][0] / l0, o[i][1] / l0);
+    if (r0 + 8 < nt)
+      *reinterpret_cast<float2*>(out + size_t(t0 + r0 + 8) * q_dim + size_t(head) * HD + d) =
+          make_float2(o[i][2] / l1, o[i][3] / l1);
+  }
+}
+
+template <int HD>
+void launch_prefill_hd(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
+                       const __half* kc, const __half* vc, const int* tok_pos, const int* tok_slot, size_t slot_stride,
+                       float scale, int n_tok, float* out) {
+  static const bool attr = [] {
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(pf_smem<HD>())));
+    return true;
+  }();
+  (void)attr;
+  attention_prefill_kernel<HD><<<grid, kPfThreads, pf_smem<HD>(), stream>>>(
+      qkv, ld, heads, kv_heads, kc, vc, tok_pos, tok_slot, slot_stride, scale, n_tok, out);
+  GLQ_CUDA_CHECK_LAUNCH("attention_prefill_kernel");
+}
+
+// The tensor-core prefill takes head_dim 16, 32, 64 and 128 (GLQ_CUDA_PREFILL_ATTENTION=0: never).
+bool prefill_attention_supported(int head_dim) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("GLQ_CUDA_PREFILL_ATTENTION");
+    return !(v && std::string(v) == "0");
+  }();
+  return enabled && (head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128);
+}
+
+void launch_prefill_attention(int n, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
+                              int head_dim, const __half* kc, const __half* vc, const int* tok_pos, const int* tok_slot,
+                              size_t slot_stride, float scale, float* out) {
+  const dim3 grid((n + kPfRows - 1) / kPfRows, heads);
+  switch (head_dim) {
+    case 16: launch_prefill_hd<16>(grid, stream, qkv, ld, heads, kv_heads, kc, vc, tok_pos, tok_slot, slot_stride, scale, n, out); break;
+    case 32: launch_prefill_hd<32>(grid, stream, qkv, ld, heads, kv_heads, kc, vc, tok_pos, tok_slot, slot_stride, scale, n, out); break;
+    case 64: launch_prefill_hd<64>(grid, stream, qkv, ld, heads, kv_heads, kc, vc, tok_pos, tok_slot, slot_stride, scale, n, out); break;
+    default: launch_prefill_hd<128>(grid, stream, qkv, ld, heads, kv_heads, kc, vc, tok_pos, tok_slot, slot_stride, scale, n, out); break;
+  }
 }
 
 template <typename... A>
@@ -823,10 +1036,14 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
     rope_cache_kernel<<<dim3(c.heads + c.kv_heads, n), rope_threads, 0, stream>>>(
         qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, b.inv_freq.as<const float>(), tok_pos, tok_slot, b.slot_stride, kc, vc);
     GLQ_CUDA_CHECK_LAUNCH("rope_cache_kernel");
-    launch_attention(dim3(b.chunks, c.kv_heads * attn_groups, n), stream, qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim,
-                     kc, vc, tok_pos, tok_slot, b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)), b.chunks,
-                     b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>(), b.attn_done.as<int>(),
-                     b.attn.as<float>());
+    if (single && n > 1 && prefill_attention_supported(c.head_dim))
+      launch_prefill_attention(n, stream, qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, kc, vc, tok_pos, tok_slot,
+                               b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)), b.attn.as<float>());
+    else
+      launch_attention(dim3(b.chunks, c.kv_heads * attn_groups, n), stream, qkv, ld_qkv, c.heads, c.kv_heads,
+                       c.head_dim, kc, vc, tok_pos, tok_slot, b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)),
+                       b.chunks, b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>(),
+                       b.attn_done.as<int>(), b.attn.as<float>());
     // h += attention · Wo^T
     detail::PrepareParams pc;
     pc.pre = detail::PreOp::Plain;
