@@ -223,6 +223,7 @@ void check_engine(int heads, int kv_heads, int head_dim) {
     for (size_t t = 0; t < n; t += step)
       EXPECT_LT(rel_err(got.data() + t * c.vocab, ref[t]), 2e-2) << what << " token " << t;
     EXPECT_LT(rel_err(got.data() + (n - 1) * c.vocab, ref.back()), 2e-2) << what << " last token";
+    return p;
   };
   // 40 tokens: the dequantize + cuBLAS path (fp16 ỹ) and the per-vector transforms of large
   // batches.
@@ -230,7 +231,15 @@ void check_engine(int heads, int kv_heads, int head_dim) {
   // 80 tokens: the whole-vector transforms of 64+ vectors inside the engine (RMSNorm fused into
   // the q/k/v input, the residual add into the outputs), and attention over two key chunks
   // merged by the last block of each token.
-  check_prefill(80, 53, 7, 11, "80-token prefill");
+  const auto p80 = check_prefill(80, 53, 7, 11, "80-token prefill");
+  // Decoding after it, through the graph: each step's attention spans two key chunks, merged by
+  // the last block to finish.
+  const auto gen80 = engine.generate_greedy(4);
+  std::vector<int32_t> all80 = p80;
+  all80.insert(all80.end(), gen80.begin(), gen80.end() - 1);
+  const auto ref80 = cpu_forward(m, all80);
+  const auto last80 = engine.logits_host(1);
+  EXPECT_LT(rel_err(last80.data(), ref80.back()), 2e-2) << "logits after decoding past the first key chunk";
 }
 
 TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {

@@ -248,13 +248,21 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
   __syncthreads();
   if (!last) return;
   __threadfence();
+  // Each chunk's weight exp(m_k - M) once, in shared memory (the slices' sums are consumed),
+  // where it fits; then every output element is a sum of independent loads.
+  float* wts = red;  // (gn, active)
+  const bool staged = gn * active <= kAttnGroup * 8 * kAttnThreads;
   for (int g = warp; g < gn; g += kAttnThreads / 32) {
     const size_t base = (size_t(t) * heads + h0 + g) * chunks;
     float m = -INFINITY;
     for (int k = lane; k < active; k += 32) m = fmaxf(m, __ldcg(part_m + base + k));
     for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
     float sum = 0.0f;
-    for (int k = lane; k < active; k += 32) sum += __expf(__ldcg(part_m + base + k) - m) * __ldcg(part_l + base + k);
+    for (int k = lane; k < active; k += 32) {
+      const float w = __expf(__ldcg(part_m + base + k) - m);
+      if (staged) wts[g * active + k] = w;
+      sum += w * __ldcg(part_l + base + k);
+    }
     for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, off);
     if (lane == 0) {
       ms[g] = m;
@@ -266,9 +274,14 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
     const int g = e / head_dim, d = e - g * head_dim;
     const size_t base = (size_t(t) * heads + h0 + g) * chunks;
     float v = 0.0f;
+    if (staged) {
+#pragma unroll 16
+      for (int k = 0; k < active; ++k) v = fmaf(wts[g * active + k], __ldcg(part_acc + (base + k) * head_dim + d), v);
+    } else {
 #pragma unroll 4
-    for (int k = 0; k < active; ++k)
-      v = fmaf(__expf(__ldcg(part_m + base + k) - ms[g]), __ldcg(part_acc + (base + k) * head_dim + d), v);
+      for (int k = 0; k < active; ++k)
+        v = fmaf(__expf(__ldcg(part_m + base + k) - ms[g]), __ldcg(part_acc + (base + k) * head_dim + d), v);
+    }
     out[size_t(t) * heads * head_dim + size_t(h0 + g) * head_dim + d] = v / ls[g];
   }
   if (threadIdx.x == 0) *counter = 0;
