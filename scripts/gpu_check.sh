@@ -79,6 +79,13 @@ run_all() {
       --prompt-tokens 512 --json >>"$OUT/model.jsonl" 2>>"$OUT/bench.log" ||
       echo "FAILED model $bits" | tee -a "$OUT/bench.log"
   done
+  # Long context: a 4000-token prompt (prefill attention dominates) and decode from 4000 tokens.
+  for bits in 2 16; do
+    [ "${GLQ_GPU_QUICK:-0}" = 1 ] && continue
+    $T "$bin/glq" bench model --device cuda --synthetic llama3-8b --bits "$bits" --ctx 4096 --decode-tokens 64 \
+      --prompt-tokens 4000 --json >>"$OUT/model.jsonl" 2>>"$OUT/bench.log" ||
+      echo "FAILED model $bits ctx 4096" | tee -a "$OUT/bench.log"
+  done
   tail -n 5 "$OUT/bench.log"
   python3 - "$OUT" <<'EOF'
 import json, sys, os
@@ -97,8 +104,9 @@ if g:
               f"{j.get('kernel_us', 0):8.2f} {j.get('transforms_us', 0):8.2f} {j.get('dequant_us', 0):7.2f} "
               f"{j.get('cuda_cores_path_us', 0):8.2f} {j.get('tensor_core_path_us', 0):8.2f}")
 for j in rows("model.jsonl"):
-    print(f"llama3-8b synthetic {j['bits']:>2} bpw: decode {j['decode_tok_s']:7.1f} tok/s (limit {j['limit_tok_s']:6.0f}, "
-          f"{100*j['fraction_of_limit']:.0f}%), prefill {j['prefill_tok_s']:8.0f} tok/s")
+    print(f"llama3-8b synthetic {j['bits']:>2} bpw, ctx {j['ctx']:>4}: decode {j['decode_tok_s']:7.1f} tok/s (limit "
+          f"{j['limit_tok_s']:6.0f}, {100*j['fraction_of_limit']:.0f}%), prefill of {j['prompt_tokens']} tokens "
+          f"{j['prefill_tok_s']:8.0f} tok/s")
 EOF
   return $test_rc
 }
