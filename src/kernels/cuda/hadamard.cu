@@ -8,9 +8,9 @@
 //
 // prepare_kernel (the input side) also applies a fused pre-operation (RMSNorm or SwiGLU; see
 // transform_kernels.cuh), writes fp16 (what the decode kernels read) or bf16 (dense linears),
-// and zeroes the output buffer of a following accumulating
-// product, which saves a memset node per product. finish_kernel (the output side) can add its
-// result into y, which fuses the residual add.
+// and zeroes the output buffer of a following accumulating product, which saves a memset node
+// per product. finish_kernel (the output side) can add its result into y, which fuses the
+// residual add.
 //
 // For 17 to 63 vectors the input side of most shapes (a ≤ 32, b ≥ 32) runs
 // prepare_many_kernel instead: row groups per block, mixing in registers, the FWHT in registers
