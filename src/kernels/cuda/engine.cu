@@ -21,6 +21,7 @@
 #include "glq/kernels/cuda_engine.hpp"
 #include "glq/transform/hadamard.hpp"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/qgemv_ring.cuh"
 
 namespace glq::cuda {
@@ -181,14 +182,14 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
   for (int g = warp; g < gn; g += kAttnThreads / 32) {
     float m = -INFINITY;
     for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[g * kAttnChunk + j]);
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+    m = detail::warp_max(m);
     float sum = 0.0f;
     for (int j = lane; j < n; j += 32) {
       const float e = __expf(ps[g * kAttnChunk + j] - m);
       ps[g * kAttnChunk + j] = e;
       sum += e;
     }
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, off);
+    sum = detail::warp_sum(sum);
     if (lane == 0) {
       ms[g] = m;
       ls[g] = sum;
@@ -256,14 +257,14 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
     const size_t base = (size_t(t) * heads + h0 + g) * chunks;
     float m = -INFINITY;
     for (int k = lane; k < active; k += 32) m = fmaxf(m, __ldcg(part_m + base + k));
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+    m = detail::warp_max(m);
     float sum = 0.0f;
     for (int k = lane; k < active; k += 32) {
       const float w = __expf(__ldcg(part_m + base + k) - m);
       if (staged) wts[g * active + k] = w;
       sum += w * __ldcg(part_l + base + k);
     }
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, off);
+    sum = detail::warp_sum(sum);
     if (lane == 0) {
       ms[g] = m;
       ls[g] = sum;
@@ -317,19 +318,6 @@ int attention_lanes(int head_dim) {
 // Every key is read once per block instead of once per token; no partials to merge.
 constexpr int kPfRows = 64, kPfKeys = 64, kPfThreads = 128;
 
-__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                        uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 template <int HD>
 constexpr int pf_ld() { return HD + 8; }  // halves per shared row: 16 bytes of padding spread ldmatrix rows over banks
 
@@ -358,7 +346,7 @@ attention_prefill_kernel(const float* __restrict__ qkv, int ld, int heads, int k
     const int r = e / (HD / 2), d = 2 * (e - r * (HD / 2));
     float2 v = make_float2(0.0f, 0.0f);
     if (r < nt) v = *reinterpret_cast<const float2*>(qkv + size_t(t0 + r) * ld + size_t(head) * HD + d);
-    *reinterpret_cast<uint32_t*>(qsm + r * LD + d) = pack_half2(v.x * scale, v.y * scale);
+    *reinterpret_cast<uint32_t*>(qsm + r * LD + d) = detail::pack_half2(v.x * scale, v.y * scale);
   }
   __syncthreads();
   uint32_t qa[KS][4];
@@ -402,7 +390,7 @@ attention_prefill_kernel(const float* __restrict__ qkv, int ld, int heads, int k
         const unsigned a = static_cast<unsigned>(
             __cvta_generic_to_shared(ksm + (n * 8 + (lane & 7)) * LD + ks * 16 + ((lane >> 3) & 1) * 8));
         asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(a));
-        mma_f16(sc[n], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
+        detail::mma16816(sc[n], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
       }
     }
     // Causal mask and the tile's row maxima.
@@ -449,16 +437,17 @@ attention_prefill_kernel(const float* __restrict__ qkv, int ld, int heads, int k
     }
 #pragma unroll
     for (int kk = 0; kk < kPfKeys / 16; ++kk) {
-      const uint32_t a0 = pack_half2(sc[2 * kk][0], sc[2 * kk][1]), a1 = pack_half2(sc[2 * kk][2], sc[2 * kk][3]);
-      const uint32_t a2 = pack_half2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      const uint32_t a3 = pack_half2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      const uint32_t a0 = detail::pack_half2(sc[2 * kk][0], sc[2 * kk][1]);
+      const uint32_t a1 = detail::pack_half2(sc[2 * kk][2], sc[2 * kk][3]);
+      const uint32_t a2 = detail::pack_half2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      const uint32_t a3 = detail::pack_half2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
 #pragma unroll
       for (int i = 0; i < OT; ++i) {
         uint32_t b0, b1;
         const unsigned a = static_cast<unsigned>(
             __cvta_generic_to_shared(vsm + (kk * 16 + (lane & 15)) * LD + i * 8));
         asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(b0), "=r"(b1) : "r"(a));
-        mma_f16(o[i], a0, a1, a2, a3, b0, b1);
+        detail::mma16816(o[i], a0, a1, a2, a3, b0, b1);
       }
     }
   }

@@ -39,6 +39,7 @@
 #include "glq/error.hpp"
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/pdl.cuh"
 
 namespace glq::cuda::detail {
@@ -91,17 +92,6 @@ __device__ __forceinline__ uint32_t hmul2u(uint32_t a, uint32_t b) {
   uint32_t d;
   asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
   return d;
-}
-
-__device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
 }
 
 __device__ __forceinline__ uint32_t lds32(const unsigned char* base, uint32_t off) {
