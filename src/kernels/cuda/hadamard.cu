@@ -265,6 +265,24 @@ __device__ __forceinline__ float yt_value(const FinishParams& p, size_t vec, int
   return v[0];
 }
 
+// Elements 4·k4 .. 4·k4 + 3 of ỹ of vector vec (the sums of its ≤ 4 parts); ld_in, part_stride
+// and the base 16-byte aligned.
+__device__ __forceinline__ float4 yt_value4(const FinishParams& p, size_t vec, int k4) {
+  if (p.yt_half) {
+    const uint2 u = reinterpret_cast<const uint2*>(p.yt_half + vec * p.ld_in)[k4];
+    const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+    const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+  }
+  const float4* y = reinterpret_cast<const float4*>(p.yt + vec * p.ld_in) + k4;
+  if (p.parts == 1) return y[0];
+  float4 v[4];  // parts ≤ 4 here (registers: the row kernels run 1024 threads)
+#pragma unroll
+  for (int k = 0; k < 4; ++k) v[k] = k < p.parts ? y[k * (p.part_stride / 4)] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  return make_float4((v[0].x + v[1].x) + (v[2].x + v[3].x), (v[0].y + v[1].y) + (v[2].y + v[3].y),
+                     (v[0].z + v[1].z) + (v[2].z + v[3].z), (v[0].w + v[1].w) + (v[2].w + v[3].w));
+}
+
 __global__ void finish_kernel(const FinishParams p) {
   extern __shared__ float buf[];  // (n) one vector, then Q (a, a)
   const int n = p.t.n;
@@ -303,6 +321,18 @@ __device__ __forceinline__ float q_entry(const TransformShape& t, int i, int k) 
   return __ldg(t.q + i * t.a + k);
 }
 
+// Row i of the a×b view of x̃ (padded z, length b) to the output, times 1/√b.
+__device__ __forceinline__ void store_row(const PrepareParams& p, size_t vec, int i, int b, const float* z) {
+  for (int j = threadIdx.x; j < b; j += blockDim.x) {
+    const float v = z[zp(j)] * p.t.inv_sqrt_b;
+    const size_t o = vec * p.ld_out + size_t(i) * b + j;
+    if (p.out_type == OutType::Half)
+      static_cast<__half*>(p.out)[o] = __float2half_rn(v);
+    else
+      static_cast<__nv_bfloat16*>(p.out)[o] = __float2bfloat16_rn(v);
+  }
+}
+
 // Row-parallel input transform, for few vectors: block (i, vec) computes row i of the a×b view
 // of T (sign ∘ pre(x)) = (Q ⊗ H/√b)(...): first its row of the mixing, z = Σ_k Q[i,k] x_k
 // (the mixing and the FWHT commute), then the FWHT of z in shared memory. The a blocks of a
@@ -323,6 +353,71 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
   // the mixing below reads shared memory instead of making its first global round trips then.
   if (a > 1)
     for (int k = threadIdx.x; k < a; k += blockDim.x) qrow[k] = q_entry(p.t, i, k);
+  // Staged with 16-byte loads (every pre-operation): one round trip for the whole vector after
+  // the wait. For RMSNorm the weight's factors (norm weight ∘ sign) are staged first, before the
+  // wait, x is multiplied in as it arrives and the 1/rms factor is applied to the mixed row.
+  const float* xv = p.x + vec * p.ld_x;
+  const bool vec4 = staged && !(n & 3) &&
+                    !((reinterpret_cast<uintptr_t>(xv) | reinterpret_cast<uintptr_t>(p.t.sign) |
+                       reinterpret_cast<uintptr_t>(p.norm_w) | reinterpret_cast<uintptr_t>(xs)) & 15) &&
+                    (kPre != PreOp::SwiGlu || !((reinterpret_cast<uintptr_t>(xv + n)) & 15));
+  if (vec4) {
+    float4* x4 = reinterpret_cast<float4*>(xs);
+    const float4* sg4 = reinterpret_cast<const float4*>(p.t.sign);
+    if (kPre == PreOp::RmsNorm) {
+      const float4* w4 = reinterpret_cast<const float4*>(p.norm_w);
+#pragma unroll 4
+      for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
+        float4 w = __ldg(w4 + k);
+        if (sg4) {
+          const float4 sg = __ldg(sg4 + k);
+          w.x *= sg.x; w.y *= sg.y; w.z *= sg.z; w.w *= sg.w;
+        }
+        x4[k] = w;  // read back by the same thread below
+      }
+    }
+    pdl_trigger();
+    pdl_wait();
+    float ss = 0.0f;
+    const float4* xv4 = reinterpret_cast<const float4*>(xv);
+#pragma unroll 4
+    for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
+      float4 v = xv4[k];
+      if (kPre == PreOp::SwiGlu) {
+        const float4 u = xv4[n / 4 + k];
+        v.x = v.x / (1.0f + __expf(-v.x)) * u.x;
+        v.y = v.y / (1.0f + __expf(-v.y)) * u.y;
+        v.z = v.z / (1.0f + __expf(-v.z)) * u.z;
+        v.w = v.w / (1.0f + __expf(-v.w)) * u.w;
+      }
+      if (kPre == PreOp::RmsNorm) {
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        const float4 w = x4[k];
+        v.x *= w.x; v.y *= w.y; v.z *= w.z; v.w *= w.w;
+      } else if (sg4) {
+        const float4 sg = __ldg(sg4 + k);
+        v.x *= sg.x; v.y *= sg.y; v.z *= sg.z; v.w *= sg.w;
+      }
+      x4[k] = v;
+    }
+    const float scale = kPre == PreOp::RmsNorm ? rsqrtf(block_sum(ss, red) / float(n) + p.eps) : 1.0f;
+    if (p.zero_ptr) {
+      const int per = (p.zero_count + a - 1) / a;
+      const int end = min(p.zero_count, (i + 1) * per);
+      for (int k = i * per + threadIdx.x; k < end; k += blockDim.x) p.zero_ptr[vec * p.zero_count + k] = 0.0f;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < b; j += blockDim.x) {
+      float v = 0.0f;
+#pragma unroll 4
+      for (int k = 0; k < a; ++k) v = fmaf(qrow[k], xs[k * b + j], v);
+      z[zp(j)] = v * scale;
+    }
+    __syncthreads();
+    fwht_padded(z, p.t.log2b);
+    store_row(p, vec, i, b, z);
+    return;
+  }
   pdl_trigger();
   pdl_wait();
   float scale = 1.0f;
@@ -343,24 +438,9 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
     for (int j = threadIdx.x; j < b; j += blockDim.x)
       z[zp(j)] = pre_value<kPre>(p, vec, j, scale) * (p.t.sign ? __ldg(p.t.sign + j) : 1.0f);
   } else if (staged) {
-    const float* xv = p.x + vec * p.ld_x;
-    if (kPre == PreOp::Plain && !((reinterpret_cast<uintptr_t>(xv) | reinterpret_cast<uintptr_t>(p.t.sign) |
-                                   reinterpret_cast<uintptr_t>(xs)) & 15)) {
-      // 16-byte loads: the whole vector in flight in one round trip (n is a multiple of 8).
-#pragma unroll 4
-      for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
-        float4 v = reinterpret_cast<const float4*>(xv)[k];
-        if (p.t.sign) {
-          const float4 sg = __ldg(reinterpret_cast<const float4*>(p.t.sign) + k);
-          v.x *= sg.x; v.y *= sg.y; v.z *= sg.z; v.w *= sg.w;
-        }
-        reinterpret_cast<float4*>(xs)[k] = v;
-      }
-    } else {
 #pragma unroll 8
-      for (int k = threadIdx.x; k < n; k += blockDim.x)
-        xs[k] = pre_value<kPre>(p, vec, k, scale) * (p.t.sign ? __ldg(p.t.sign + k) : 1.0f);
-    }
+    for (int k = threadIdx.x; k < n; k += blockDim.x)
+      xs[k] = pre_value<kPre>(p, vec, k, scale) * (p.t.sign ? __ldg(p.t.sign + k) : 1.0f);
     __syncthreads();
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
@@ -382,14 +462,7 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
   }
   __syncthreads();
   fwht_padded(z, p.t.log2b);
-  for (int j = threadIdx.x; j < b; j += blockDim.x) {
-    const float v = z[zp(j)] * p.t.inv_sqrt_b;
-    const size_t o = vec * p.ld_out + size_t(i) * b + j;
-    if (p.out_type == OutType::Half)
-      static_cast<__half*>(p.out)[o] = __float2half_rn(v);
-    else
-      static_cast<__nv_bfloat16*>(p.out)[o] = __float2bfloat16_rn(v);
-  }
+  store_row(p, vec, i, b, z);
 }
 
 // Row-parallel output transform: block (i, vec) writes row i of sign ∘ (Q^T ⊗ H/√b) ỹ.
@@ -416,8 +489,17 @@ __global__ void finish_rows_kernel(const FinishParams p, int staged) {
 #pragma unroll 4
     for (int j = threadIdx.x; j < b; j += blockDim.x) z[zp(j)] = yt_value(p, vec, j);
   } else if (staged) {
+    const bool vec4 = !(n & 3) && !(p.ld_in & 3) && !(p.part_stride & 3) && p.parts <= 4 &&
+                      !((reinterpret_cast<uintptr_t>(p.yt_half ? static_cast<const void*>(p.yt_half) : p.yt) |
+                         reinterpret_cast<uintptr_t>(ys)) & 15);
+    if (vec4) {
+      // 4 elements per load (16 bytes, 8 in fp16): the whole of ỹ in one round trip.
+#pragma unroll 4
+      for (int k = threadIdx.x; k < n / 4; k += blockDim.x) reinterpret_cast<float4*>(ys)[k] = yt_value4(p, vec, k);
+    } else {
 #pragma unroll 8
-    for (int k = threadIdx.x; k < n; k += blockDim.x) ys[k] = yt_value(p, vec, k);
+      for (int k = threadIdx.x; k < n; k += blockDim.x) ys[k] = yt_value(p, vec, k);
+    }
     __syncthreads();
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
