@@ -75,8 +75,8 @@ inline uint32_t byte_perm(uint32_t lo, uint32_t hi, uint32_t sel) {
 // Every nibble of e must have bit 3 clear (PRMT's sign-replicate mode).
 __host__ __device__ __forceinline__ void decode_pairs(uint32_t e, uint32_t bytes_lo,
                                                       uint32_t bytes_hi, uint32_t out[4]) {
-  const uint32_t lo = byte_perm(bytes_lo, bytes_hi, e & 0xFFFFu);  // high bytes of c0..c3
-  const uint32_t hi = byte_perm(bytes_lo, bytes_hi, e >> 16);      // high bytes of c4..c7
+  const uint32_t lo = byte_perm(bytes_lo, bytes_hi, e);  // high bytes of c0..c3 (PRMT ignores e >> 16)
+  const uint32_t hi = byte_perm(bytes_lo, bytes_hi, e >> 16);  // high bytes of c4..c7
   out[0] = byte_perm(lo, 0u, 0x1404u);  // [0, c0, 0, c1]
   out[1] = byte_perm(lo, 0u, 0x3424u);  // [0, c2, 0, c3]
   out[2] = byte_perm(hi, 0u, 0x1404u);

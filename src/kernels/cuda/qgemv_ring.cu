@@ -303,13 +303,21 @@ __global__ void __launch_bounds__(kRingThreads, (B == 1 && L == Layout::P) ? 2 :
   uint32_t tab_r8_v = 0;
   if constexpr (T::r8)
     if (t < 256) tab_r8_v = __ldg(p.tables + kTableE8r8Sel + t);
+  // Word i of this lane is word0 + 32·i + lane: a running source pointer and a bound computed
+  // once, so that a request is an add and a compare (recomputed from the parameters, the
+  // addresses cost ~1.5 instructions per code at 64 registers).
+  const int lane_words = valid ? gn - lane : 0;  // word i exists while 32·i < lane_words
+  const uint4* src0 = p.codes0 + word0 + lane;
+  const unsigned char* src1 = T::stages > 1 ? p.codes1 + (word0 + lane) * T::bytes1 : nullptr;
+  uint4* dst0 = ring0 + warp * 32 + lane;
   auto issue = [&](int i, int slot) {
-    const int gl = i * 32 + lane;
-    if (valid && gl < gn) {
-      const int at = (slot * kWarps + warp) * 32 + lane;
-      cp_async16(ring0 + at, p.codes0 + word0 + gl);
-      if constexpr (T::bytes1 == 16) cp_async16(ring1 + size_t(at) * 16, p.codes1 + (word0 + gl) * 16);
-      if constexpr (T::bytes1 == 8) cp_async8(ring1 + size_t(at) * 8, p.codes1 + (word0 + gl) * 8);
+    if (i * 32 < lane_words) {
+      const int at = slot * kRingThreads;
+      cp_async16(dst0 + at, src0 + size_t(i) * 32);
+      if constexpr (T::bytes1 == 16)
+        cp_async16(ring1 + (size_t(at) + warp * 32 + lane) * 16, src1 + size_t(i) * 32 * 16);
+      if constexpr (T::bytes1 == 8)
+        cp_async8(ring1 + (size_t(at) + warp * 32 + lane) * 8, src1 + size_t(i) * 32 * 8);
     }
     cp_async_commit();
   };
