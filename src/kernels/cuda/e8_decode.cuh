@@ -44,11 +44,16 @@ inline constexpr uint32_t kE8pBytesHi = 0xC1BEB800u;
 inline constexpr uint32_t kE8rBytesLo = 0x403C3800u;
 inline constexpr uint32_t kE8rBytesHi = 0xC0BCB800u;
 
-// The three 256-entry tables, in this order, in one array of kTableWords words.
+// The three 256-entry tables, in this order, in one array of kTableWords words, then
+// kE8pBytesLo and kE8rBytesLo. A kernel that reads these two from memory holds them in vector
+// registers: as immediates, ptxas keeps them in a uniform register and copies that into a vector
+// register before every PRMT reading it as its first operand (~2 instructions per code in the
+// batch-1 kernel's loop; a shuffle of the constant is folded back into the immediate).
 inline constexpr int kTableE8pSel = 0;
 inline constexpr int kTableE8pSign = 256;
 inline constexpr int kTableE8r8Sel = 512;
-inline constexpr int kTableWords = 768;
+inline constexpr int kTableBytesLo = 768;  // kE8pBytesLo, then kE8rBytesLo
+inline constexpr int kTableWords = 770;
 
 #if defined(__CUDA_ARCH__)
 // PRMT through inline assembly: __byte_perm() masks the selector with 0x7777 first (its

@@ -177,8 +177,8 @@ __global__ void __launch_bounds__(kThreads) qgemv_kernel(const QgemvParams p) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const uint32_t lane4 = opaque(uint32_t(lane) * 4);
   const uint32_t* my_r8 = tab_r8 + lane;
-  const uint32_t p_lo = opaque(kE8pBytesLo), p_hi = opaque(kE8pBytesHi);
-  const uint32_t r_lo = opaque(kE8rBytesLo), r_hi = opaque(kE8rBytesHi);
+  const uint32_t p_lo = __ldg(p.tables + kTableBytesLo), p_hi = kE8pBytesHi;  // see kTableBytesLo
+  const uint32_t r_lo = __ldg(p.tables + kTableBytesLo + 1), r_hi = kE8rBytesHi;
   for (int tile = blockIdx.x * kWarps + warp; tile < p.tiles; tile += gridDim.x * kWarps) {
     float acc[8][B];
 #pragma unroll

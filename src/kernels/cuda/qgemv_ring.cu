@@ -270,10 +270,12 @@ __device__ __forceinline__ void ring_finish(const RingParams& p, float* sm) {
   }
 }
 
-// One vector of 2 bpw is held to 64 registers, so that a 1024-thread block of the input
-// transform (32 registers) still fits beside the block on one SM.
+// Not held to 64 registers (which would let a 1024-thread block of the input transform fit
+// beside the block on one SM): at 64, ptxas rematerialises constants and addresses inside the
+// loop (394 instructions per 16 codes at one vector of 2 bpw against 363 with 72 registers), and
+// the whole product measured slower on an H100.
 template <int B, Layout L>
-__global__ void __launch_bounds__(kRingThreads, (B == 1 && L == Layout::P) ? 2 : 1)
+__global__ void __launch_bounds__(kRingThreads, 1)
     qgemv_ring_kernel(const RingParams p) {
   using T = LayoutTraits<L>;
   constexpr int kWarps = kRingWarps;
@@ -305,7 +307,7 @@ __global__ void __launch_bounds__(kRingThreads, (B == 1 && L == Layout::P) ? 2 :
     if (t < 256) tab_r8_v = __ldg(p.tables + kTableE8r8Sel + t);
   // Word i of this lane is word0 + 32·i + lane: a running source pointer and a bound computed
   // once, so that a request is an add and a compare (recomputed from the parameters, the
-  // addresses cost ~1.5 instructions per code at 64 registers).
+  // addresses cost ~1.5 instructions per code).
   const int lane_words = valid ? gn - lane : 0;  // word i exists while 32·i < lane_words
   const uint4* src0 = p.codes0 + word0 + lane;
   const unsigned char* src1 = T::stages > 1 ? p.codes1 + (word0 + lane) * T::bytes1 : nullptr;
@@ -373,8 +375,8 @@ __global__ void __launch_bounds__(kRingThreads, (B == 1 && L == Layout::P) ? 2 :
 
   // 4. The stream: wait for the oldest kChain words, read them, refill their slots D words on.
   const uint32_t lane4 = opaque(uint32_t(lane) * 4), lane8 = opaque(uint32_t(lane) * 8);
-  const uint32_t p_lo = opaque(kE8pBytesLo), p_hi = opaque(kE8pBytesHi);
-  const uint32_t r_lo = opaque(kE8rBytesLo), r_hi = opaque(kE8rBytesHi);
+  const uint32_t p_lo = __ldg(p.tables + kTableBytesLo), p_hi = kE8pBytesHi;  // see kTableBytesLo
+  const uint32_t r_lo = __ldg(p.tables + kTableBytesLo + 1), r_hi = kE8rBytesHi;
   float acc0[8][B], acc1[8][B];
 #pragma unroll
   for (int r = 0; r < 8; ++r)

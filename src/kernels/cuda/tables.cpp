@@ -52,6 +52,8 @@ void build_decode_tables(uint32_t out[kTableWords]) {
     }
     out[kTableE8r8Sel + code] = e;
   }
+  out[kTableBytesLo] = kE8pBytesLo;
+  out[kTableBytesLo + 1] = kE8rBytesLo;
 }
 
 }  // namespace glq::cuda::detail
