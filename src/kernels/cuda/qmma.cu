@@ -35,6 +35,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <type_traits>
 
 #include "glq/error.hpp"
 #include "kernels/cuda/e8_decode.cuh"
@@ -371,9 +372,23 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
     ++iq;
     cp_async_commit();
   };
+  // issue() for one stage of E8P16 words (2 bpw), called with q = iq: the same requests from a
+  // pointer and q alone, without the stage bookkeeping (the loop's control flow at batch 8).
+  // Used where D = 8 (take8: the same wait as take()'s, without its dispatch on D).
+  const char* src_one = src;
+  auto issue_one = [&](int q) {
+    if (q < total) {
+      cp_async_word(my_ring + (q & 7) * kThreads, src_one + size_t(q) * 64, 16, q < lane_steps);
+      if constexpr (kXr) issue_x(q & 7, q);  // q ≥ D here
+    }
+    cp_async_commit();
+  };
+  auto take8 = [&](int q) -> uint4 {
+    asm volatile("cp.async.wait_group 7;" ::: "memory");
+    return my_ring[(q & 7) * kThreads];
+  };
   auto take = [&](int q) -> uint4 {
-    if (kXr && q == 0) cp_async_wait(0);  // the first x̃ words were committed last
-    else if (D == 8) cp_async_wait(7); else if (D == 4) cp_async_wait(3); else cp_async_wait(D - 1);
+    if (D == 8) cp_async_wait(7); else if (D == 4) cp_async_wait(3); else cp_async_wait(D - 1);
     return my_ring[(q & dmask) * kThreads];
   };
   // The decode tables' loads go out first (3 KB, all blocks read the same words: L2 hits), then
@@ -452,6 +467,7 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
       for (int k = 0; k < 4; ++k) acc[j][m][k] = 0.0f;
 
   if constexpr (kPlain) {
+    if constexpr (kXr) cp_async_wait(0);  // the first x̃ words were committed last, in one group
     for (int s = 0; s < p.stages; ++s) {
       const int cb = pick(p.codebook, s);
       // This stage's row scales, requested now so their latency hides behind the stage's steps.
@@ -468,7 +484,11 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
         for (int m = 0; m < 4; ++m)
 #pragma unroll
           for (int k = 0; k < 4; ++k) cst[j][m][k] = 0.0f;
-      for (int st = 0; st < steps; st += 4) {
+      // Four steps, one shift mma. kFull: all four steps are live (every quad but the last), so
+      // the body has no per-step branches; the codebook is a template choice per stage.
+      auto quad = [&](int st, auto full_c, auto e8p_c, auto one_c) {
+        constexpr bool kFull = decltype(full_c)::value, kE8p = decltype(e8p_c)::value;
+        constexpr bool kOne = decltype(one_c)::value;  // issue_one, and a ring of 8 slots
         uint4 c[4];
         uint16_t sh[NT][4];
         // kXr: per step, the pairwise fp16 sums (x0+x1+x4+x5... as HADD2 lanes) of the lane's x̃
@@ -477,7 +497,7 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
         __half2 hp[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const bool live = st + u < steps;  // warp-uniform
+          const bool live = kFull || st + u < steps;  // warp-uniform
           const int gl = w0 + 4 * (st + u) + t;
           const bool ok = live && gl < w1;
           uint4 xb[NT];
@@ -491,24 +511,24 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
           }
           if (live) {
             const int q = s * steps + st + u;
-            c[u] = take(q);
+            c[u] = kOne ? take8(q) : take(q);
             if constexpr (kXr) {  // zero-filled where the lane has no word
-              const uint4 xw = xs[(q & dmask) * kThreads + threadIdx.x];
+              const uint4 xw = xs[(q & (kOne ? 7 : dmask)) * kThreads + threadIdx.x];
               xb[0] = xw;
               hp[u] = __hadd2(__hadd2(*reinterpret_cast<const __half2*>(&xw.x), *reinterpret_cast<const __half2*>(&xw.y)),
                               __hadd2(*reinterpret_cast<const __half2*>(&xw.z), *reinterpret_cast<const __half2*>(&xw.w)));
             }
-            if (cb == 1)
+            if constexpr (kE8p)
               e8p_mma_plain<NT>(c[u], tab, lane4, p_lo, p_hi, xb, cst);
             else
               e8r_mma_plain<NT>(c[u], tab_r8, lane8, r_lo, r_hi, xb, cst);
-            issue(q + D);
+            if constexpr (kOne) issue_one(q + 8); else issue(q + D);
           } else {
             c[u] = make_uint4(0, 0, 0, 0);
             if constexpr (kXr) hp[u] = __float2half2_rn(0.0f);
           }
         }
-        if (cb == 1) {
+        if constexpr (kE8p) {
           uint32_t sb[NT][2];
 #pragma unroll
           for (int j = 0; j < NT; ++j) {
@@ -524,7 +544,15 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
           }
           shift_mma<NT>(c, sb, cst);
         }
-      }
+      };
+      auto run = [&](auto e8p_c, auto one_c) {
+        int st = 0;
+        for (; st + 4 <= steps; st += 4) quad(st, std::true_type{}, e8p_c, one_c);
+        if (st < steps) quad(st, std::false_type{}, e8p_c, one_c);
+      };
+      if (cb == 1 && p.stages == 1 && D == 8) run(std::true_type{}, std::true_type{});
+      else if (cb == 1) run(std::true_type{}, std::false_type{});
+      else run(std::false_type{}, std::false_type{});
       const float sc[8] = {sa.x, sa.y, sa.z, sa.w, sb4.x, sb4.y, sb4.z, sb4.w};
 #pragma unroll
       for (int j = 0; j < NT; ++j)
