@@ -1077,14 +1077,15 @@ int row_threads(int b, bool staged) {
 // matrix (the same transform, H_b = H_a' ⊗ H_b/a'), so that a' blocks share a vector instead of
 // one block running the whole FWHT alone. Each of the a' blocks reads the whole vector, so a'
 // shrinks as vectors grow: about kSplitFwhtBlocks blocks in all (a' = 32 for one vector of
-// 4096), a' ≤ √b; from two vectors on about 4× as many blocks in all, with a' ≤ 16 (16 at 2-8
-// vectors of 4096, 8 at 16). GLQ_CUDA_SPLIT_FWHT=N: about N blocks at one vector (4N from two
-// on) instead; 0: never. On an H100 (docs/cuda.md) 32 blocks beat 4-16 and 64-128 at one vector
-// (4096x4096, 2 bpw: 9.6 us for the product against 12.4 with 64 and 12.8 unsplit); at 8
-// vectors a' = 16 beat 4 and 8 (4096x14336: 21.6 against 21.7-21.9 and 21.8 us) and 32 (23.4);
-// at 2 vectors a' = 16 beat 32 and 64 (19.9 against 20.4 and 21.7 us).
+// 4096), a' ≤ √b; at 2 to 8 vectors about 4× as many blocks in all, with a' ≤ 16 (16 for
+// vectors of 4096); from 9 on about 32 again (a' = 2 at 16). GLQ_CUDA_SPLIT_FWHT=N: about N
+// blocks (4N at 2-8 vectors) instead; 0: never. On an H100 (docs/cuda.md) 32 blocks beat 4-16
+// and 64-128 at one vector (4096x4096, 2 bpw: 9.6 us for the product against 12.4 with 64 and
+// 12.8 unsplit); at 8 vectors a' = 16 beat 4, 8 and 32 (4096x14336: 21.6 against 21.7-21.9,
+// 21.8 and 23.4 us); at 2 vectors (an earlier build) a' = 16 beat 32 and 64 (19.9 against 20.4
+// and 21.7 us).
 constexpr int kSplitFwhtBlocks = 32;
-constexpr int kSplitFwhtMaxLogManyVectors = 4;
+constexpr int kSplitFwhtMaxLogFewVectors = 4;
 
 TransformShape row_shape(const TransformShape& t, int batch) {
   static const int blocks = [] {
@@ -1092,8 +1093,9 @@ TransformShape row_shape(const TransformShape& t, int batch) {
     return v ? std::max(0, std::atoi(v)) : kSplitFwhtBlocks;
   }();
   if (t.a != 1 || t.log2b < 11 || (1 << t.log2b) != t.n || batch <= 0) return t;
-  const int cap = batch == 1 ? blocks : 4 * blocks;
-  const int max_la = batch == 1 ? t.log2b / 2 : std::min(t.log2b / 2, kSplitFwhtMaxLogManyVectors);
+  const bool few = batch >= 2 && batch <= 8;  // measured there (9-16 vectors were not)
+  const int cap = few ? 4 * blocks : blocks;
+  const int max_la = few ? std::min(t.log2b / 2, kSplitFwhtMaxLogFewVectors) : t.log2b / 2;
   int la = 0;
   while (la < max_la && (batch << (la + 1)) <= cap) ++la;
   if (la == 0) return t;
