@@ -122,14 +122,13 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
                  const __half* __restrict__ k_cache_all, const __half* __restrict__ v_cache_all,
                  const int* __restrict__ tok_pos, const int* __restrict__ tok_slot, size_t slot_stride,
                  float scale, int chunks, float* __restrict__ part_m, float* __restrict__ part_l,
-                 float* __restrict__ part_acc, int* __restrict__ done, float* __restrict__ out) {
+                 float* __restrict__ part_acc, unsigned* __restrict__ done, float* __restrict__ out) {
   constexpr int S = kAttnThreads / LK, HP = 8 * LK;  // key slices, padded head dim
   extern __shared__ __align__(16) float sm[];
   float* qs = sm;                              // (kAttnGroup, HP)
   float* ps = qs + kAttnGroup * HP;            // (kAttnGroup, kAttnChunk)
   float* red = ps + kAttnGroup * kAttnChunk;   // (S, kAttnGroup, HP)
   __shared__ float ms[kAttnGroup], ls[kAttnGroup];
-  __shared__ int last;
   const int G = heads / kv_heads, groups = (G + kAttnGroup - 1) / kAttnGroup;
   const int c = blockIdx.x, kvh = blockIdx.y / groups, gg = blockIdx.y % groups, t = blockIdx.z;
   const int h0 = kvh * G + gg * kAttnGroup, gn = min(kAttnGroup, G - gg * kAttnGroup);
@@ -240,15 +239,9 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
     part_m[(size_t(t) * heads + h0 + threadIdx.x) * chunks + c] = ms[threadIdx.x];
     part_l[(size_t(t) * heads + h0 + threadIdx.x) * chunks + c] = ls[threadIdx.x];
   }
-  // The last block of this (token, head group) merges: every block's writes are made visible
-  // before it counts itself done, and the merging block reads them from L2.
-  __threadfence();
-  __syncthreads();
-  int* counter = done + (size_t(t) * kv_heads + kvh) * groups + gg;
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == active - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  // The last block of this (token, head group) merges; it reads the partials from L2.
+  unsigned* counter = done + (size_t(t) * kv_heads + kvh) * groups + gg;
+  if (!detail::last_block_done(counter, unsigned(active))) return;
   // Each chunk's weight exp(m_k - M) once, in shared memory (the slices' sums are consumed),
   // where it fits; then every output element is a sum of independent loads.
   float* wts = red;  // (gn, active)
@@ -291,7 +284,7 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
 template <int LK>
 void launch_attention_lk(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
                          int head_dim, const __half* kc, const __half* vc, const int* tok_pos, const int* tok_slot,
-                         size_t slot_stride, float scale, int chunks, float* pm, float* pl, float* pa, int* done,
+                         size_t slot_stride, float scale, int chunks, float* pm, float* pl, float* pa, unsigned* done,
                          float* out) {
   attention_kernel<LK><<<grid, kAttnThreads, attention_smem(LK), stream>>>(
       qkv, ld, heads, kv_heads, head_dim, kc, vc, tok_pos, tok_slot, slot_stride, scale, chunks, pm, pl, pa, done, out);
@@ -548,10 +541,9 @@ __device__ __forceinline__ void argmax_block(float& bv, int& bi, float* sv, int*
 __global__ void __launch_bounds__(kArgmaxThreads)
 argmax_kernel(const float* __restrict__ logits, int vocab, int32_t* __restrict__ token, int32_t* __restrict__ out,
               int* __restrict__ step, int* __restrict__ pos, int advance, float* __restrict__ part_v,
-              int* __restrict__ part_i, int* __restrict__ done) {
+              int* __restrict__ part_i, unsigned* __restrict__ done) {
   __shared__ float sv[32];
   __shared__ int si[32];
-  __shared__ int last;
   const int per = (vocab + gridDim.x - 1) / gridDim.x;
   const int i0 = blockIdx.x * per, i1 = min(vocab, i0 + per);
   float bv = -INFINITY;
@@ -562,12 +554,8 @@ argmax_kernel(const float* __restrict__ logits, int vocab, int32_t* __restrict__
   if (threadIdx.x == 0) {
     part_v[blockIdx.x] = bv;
     part_i[blockIdx.x] = bi;
-    __threadfence();
-    last = atomicAdd(done, 1) == int(gridDim.x) - 1;
   }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!detail::last_block_done(done, gridDim.x)) return;
   bv = -INFINITY;
   bi = 0x7FFFFFFF;
   for (int k = threadIdx.x; k < int(gridDim.x); k += blockDim.x) argmax_merge(bv, bi, __ldcg(part_v + k), __ldcg(part_i + k));
@@ -800,7 +788,7 @@ struct Engine::Buffers {
   DeviceMemory qkv;     // (max_tokens, q_dim + 2 kv_dim)
   DeviceMemory gu;      // (max_tokens, 2 intermediate)
   DeviceMemory part_m, part_l, part_acc;  // attention partials (token, head, chunk[, head_dim])
-  DeviceMemory attn_done;  // (max_tokens, kv_heads, head groups) int: chunks done, zero between steps
+  DeviceMemory attn_done;  // (max_tokens, kv_heads, head groups) unsigned: chunks done, zero between steps
   DeviceMemory attn;       // (max_tokens, q_dim) attention output
   DeviceMemory argmax_v, argmax_i, argmax_done;  // greedy sampling: per-block results, blocks done
   DeviceMemory k_cache, v_cache;          // (layers, slots, capacity, kv_dim) fp16
@@ -1082,7 +1070,7 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
       launch_attention(dim3(b.chunks, c.kv_heads * attn_groups, n), stream, qkv, ld_qkv, c.heads, c.kv_heads,
                        c.head_dim, kc, vc, tok_pos, tok_slot, b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)),
                        b.chunks, b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>(),
-                       b.attn_done.as<int>(), b.attn.as<float>());
+                       b.attn_done.as<unsigned>(), b.attn.as<float>());
     // h += attention · Wo^T
     detail::PrepareParams pc;
     pc.pre = detail::PreOp::Plain;
@@ -1297,7 +1285,7 @@ std::vector<int32_t> Engine::generate_greedy(int n, double* graph_seconds) {
     argmax_kernel<<<kArgmaxBlocks, kArgmaxThreads, 0, stream>>>(
         b.logits.as<const float>() + size_t(row) * config_.vocab, config_.vocab, b.tokens.as<int32_t>(),
         b.generated.as<int32_t>(), b.step.as<int>(), b.pos.as<int>(), advance, b.argmax_v.as<float>(),
-        b.argmax_i.as<int>(), b.argmax_done.as<int>());
+        b.argmax_i.as<int>(), b.argmax_done.as<unsigned>());
     GLQ_CUDA_CHECK_LAUNCH("argmax_kernel");
   };
   sample(0);  // the first token from the logits of the last forward()

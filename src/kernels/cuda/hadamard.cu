@@ -321,18 +321,6 @@ __device__ __forceinline__ float q_entry(const TransformShape& t, int i, int k) 
   return __ldg(t.q + i * t.a + k);
 }
 
-// Row i of the a×b view of x̃ (padded z, length b) to the output, times 1/√b.
-__device__ __forceinline__ void store_row(const PrepareParams& p, size_t vec, int i, int b, const float* z) {
-  for (int j = threadIdx.x; j < b; j += blockDim.x) {
-    const float v = z[zp(j)] * p.t.inv_sqrt_b;
-    const size_t o = vec * p.ld_out + size_t(i) * b + j;
-    if (p.out_type == OutType::Half)
-      static_cast<__half*>(p.out)[o] = __float2half_rn(v);
-    else
-      static_cast<__nv_bfloat16*>(p.out)[o] = __float2bfloat16_rn(v);
-  }
-}
-
 // Row-parallel input transform, for few vectors: block (i, vec) computes row i of the a×b view
 // of T (sign ∘ pre(x)) = (Q ⊗ H/√b)(...): first its row of the mixing, z = Σ_k Q[i,k] x_k
 // (the mixing and the FWHT commute), then the FWHT of z in shared memory. The a blocks of a
@@ -361,23 +349,25 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
                     !((reinterpret_cast<uintptr_t>(xv) | reinterpret_cast<uintptr_t>(p.t.sign) |
                        reinterpret_cast<uintptr_t>(p.norm_w) | reinterpret_cast<uintptr_t>(xs)) & 15) &&
                     (kPre != PreOp::SwiGlu || !((reinterpret_cast<uintptr_t>(xv + n)) & 15));
-  if (vec4) {
-    float4* x4 = reinterpret_cast<float4*>(xs);
-    const float4* sg4 = reinterpret_cast<const float4*>(p.t.sign);
-    if (kPre == PreOp::RmsNorm) {
-      const float4* w4 = reinterpret_cast<const float4*>(p.norm_w);
+  float4* x4 = reinterpret_cast<float4*>(xs);
+  const float4* sg4 = reinterpret_cast<const float4*>(p.t.sign);
+  if (vec4 && kPre == PreOp::RmsNorm) {
+    const float4* w4 = reinterpret_cast<const float4*>(p.norm_w);
 #pragma unroll 4
-      for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
-        float4 w = __ldg(w4 + k);
-        if (sg4) {
-          const float4 sg = __ldg(sg4 + k);
-          w.x *= sg.x; w.y *= sg.y; w.z *= sg.z; w.w *= sg.w;
-        }
-        x4[k] = w;  // read back by the same thread below
+    for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
+      float4 w = __ldg(w4 + k);
+      if (sg4) {
+        const float4 sg = __ldg(sg4 + k);
+        w.x *= sg.x; w.y *= sg.y; w.z *= sg.z; w.w *= sg.w;
       }
+      x4[k] = w;  // read back by the same thread below
     }
-    pdl_trigger();
-    pdl_wait();
+  }
+  pdl_trigger();
+  pdl_wait();
+  float scale = 1.0f;      // RMSNorm's 1/rms as pre_value() reads x
+  float row_scale = 1.0f;  // ... or, staged with 16-byte loads, on the mixed row
+  if (vec4) {
     float ss = 0.0f;
     const float4* xv4 = reinterpret_cast<const float4*>(xv);
 #pragma unroll 4
@@ -400,29 +390,8 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
       }
       x4[k] = v;
     }
-    const float scale = kPre == PreOp::RmsNorm ? rsqrtf(block_sum(ss, red) / float(n) + p.eps) : 1.0f;
-    if (p.zero_ptr) {
-      const int per = (p.zero_count + a - 1) / a;
-      const int end = min(p.zero_count, (i + 1) * per);
-      for (int k = i * per + threadIdx.x; k < end; k += blockDim.x) p.zero_ptr[vec * p.zero_count + k] = 0.0f;
-    }
-    __syncthreads();
-    for (int j = threadIdx.x; j < b; j += blockDim.x) {
-      float v = 0.0f;
-#pragma unroll 4
-      for (int k = 0; k < a; ++k) v = fmaf(qrow[k], xs[k * b + j], v);
-      z[zp(j)] = v * scale;
-    }
-    __syncthreads();
-    fwht_padded(z, p.t.log2b);
-    store_row(p, vec, i, b, z);
-    return;
-  }
-  pdl_trigger();
-  pdl_wait();
-  float scale = 1.0f;
-  if (kPre == PreOp::RmsNorm) {
-    const float* xv = p.x + vec * p.ld_x;
+    if (kPre == PreOp::RmsNorm) row_scale = rsqrtf(block_sum(ss, red) / float(n) + p.eps);
+  } else if (kPre == PreOp::RmsNorm) {
     float ss = 0.0f;
 #pragma unroll 8
     for (int k = threadIdx.x; k < n; k += blockDim.x) ss += xv[k] * xv[k];
@@ -438,15 +407,17 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
     for (int j = threadIdx.x; j < b; j += blockDim.x)
       z[zp(j)] = pre_value<kPre>(p, vec, j, scale) * (p.t.sign ? __ldg(p.t.sign + j) : 1.0f);
   } else if (staged) {
+    if (!vec4) {
 #pragma unroll 8
-    for (int k = threadIdx.x; k < n; k += blockDim.x)
-      xs[k] = pre_value<kPre>(p, vec, k, scale) * (p.t.sign ? __ldg(p.t.sign + k) : 1.0f);
+      for (int k = threadIdx.x; k < n; k += blockDim.x)
+        xs[k] = pre_value<kPre>(p, vec, k, scale) * (p.t.sign ? __ldg(p.t.sign + k) : 1.0f);
+    }
     __syncthreads();
     for (int j = threadIdx.x; j < b; j += blockDim.x) {
       float v = 0.0f;
 #pragma unroll 4
       for (int k = 0; k < a; ++k) v = fmaf(qrow[k], xs[k * b + j], v);
-      z[zp(j)] = v;
+      z[zp(j)] = v * row_scale;
     }
   } else {
     __syncthreads();
@@ -462,7 +433,14 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
   }
   __syncthreads();
   fwht_padded(z, p.t.log2b);
-  store_row(p, vec, i, b, z);
+  for (int j = threadIdx.x; j < b; j += blockDim.x) {
+    const float v = z[zp(j)] * p.t.inv_sqrt_b;
+    const size_t o = vec * p.ld_out + size_t(i) * b + j;
+    if (p.out_type == OutType::Half)
+      static_cast<__half*>(p.out)[o] = __float2half_rn(v);
+    else
+      static_cast<__nv_bfloat16*>(p.out)[o] = __float2bfloat16_rn(v);
+  }
 }
 
 // Row-parallel output transform: block (i, vec) writes row i of sign ∘ (Q^T ⊗ H/√b) ỹ.

@@ -1,5 +1,5 @@
-// Tensor-core and warp helpers shared by the decode kernels (qmma.cu) and the engine's
-// attention (engine.cu).
+// Tensor-core, warp and block helpers shared by the decode kernels (qmma.cu, qgemv_ring.cu) and
+// the engine's kernels (engine.cu).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -35,6 +35,19 @@ __device__ __forceinline__ float warp_max(float v) {
 __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
   return v;
+}
+
+// "Last block done": every block of a grid calls it once, with all its threads, after writing
+// its part; it returns true, in every thread, in the one block that arrives last (of `total`),
+// which may then read all the parts (from L2: ld.global.cg). Each block's writes are made
+// visible before it counts itself. The caller resets the counter (or has it zeroed) for the
+// next launch.
+__device__ __forceinline__ bool last_block_done(unsigned* counter, unsigned total) {
+  __threadfence();
+  __syncthreads();  // every thread's writes and fence come before the count
+  const bool last = __syncthreads_or(threadIdx.x == 0 && atomicAdd(counter, 1u) == total - 1);
+  if (last) __threadfence();
+  return last;
 }
 
 }  // namespace glq::cuda::detail

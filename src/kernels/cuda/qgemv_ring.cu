@@ -39,6 +39,7 @@
 #include "glq/error.hpp"
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/pdl.cuh"
 
 namespace glq::cuda::detail {
@@ -447,15 +448,7 @@ __global__ void __launch_bounds__(kRingThreads, 1)
   }
 
   // 6. Fused output transform: the last block to finish runs it over the whole of ỹ.
-  if (p.done) {
-    __threadfence();  // this block's part of ỹ is visible before it counts itself done
-    __syncthreads();
-    const unsigned total = gridDim.x * gridDim.y;
-    if (__syncthreads_or(threadIdx.x == 0 && atomicAdd(p.done, 1u) == total - 1)) {
-      __threadfence();
-      ring_finish<B>(p, reinterpret_cast<float*>(smem4));
-    }
-  }
+  if (p.done && last_block_done(p.done, gridDim.x * gridDim.y)) ring_finish<B>(p, reinterpret_cast<float*>(smem4));
 }
 
 struct RingPlan {

@@ -384,7 +384,7 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
     cp_async_commit();
   };
   auto take8 = [&](int q) -> uint4 {
-    asm volatile("cp.async.wait_group 7;" ::: "memory");
+    cp_async_wait(7);
     return my_ring[(q & 7) * kThreads];
   };
   auto take = [&](int q) -> uint4 {
@@ -490,18 +490,18 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
         constexpr bool kFull = decltype(full_c)::value, kE8p = decltype(e8p_c)::value;
         constexpr bool kOne = decltype(one_c)::value;  // issue_one, and a ring of 8 slots
         uint4 c[4];
-        uint16_t sh[NT][4];
+        [[maybe_unused]] uint16_t sh[NT][4];  // x̃ group sums, staged x̃ (!kXr)
         // kXr: per step, the pairwise fp16 sums (x0+x1+x4+x5... as HADD2 lanes) of the lane's x̃
         // word; two steps' totals come out of one more HADD2 below. (Summing in fp32 cost 8
         // conversions, 7 FADD and a rounding per step: ~10% of the loop's instructions at batch 8.)
-        __half2 hp[4];
+        [[maybe_unused]] __half2 hp[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           const bool live = kFull || st + u < steps;  // warp-uniform
-          const int gl = w0 + 4 * (st + u) + t;
-          const bool ok = live && gl < w1;
           uint4 xb[NT];
           if constexpr (!kXr) {
+            const int gl = w0 + 4 * (st + u) + t;
+            const bool ok = live && gl < w1;
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
               const bool v_ok = ok && 8 * j + g < nvec;
