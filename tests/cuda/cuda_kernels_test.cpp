@@ -275,7 +275,7 @@ TEST(CudaHadamardManyPre, MatchesReference) {
 // Many vectors, whole vector per block (launch_prepare_wide / launch_finish_wide, which
 // launch_prepare / launch_finish take from kWideMinBatch vectors on), at any batch through the
 // internal launchers: both directions on every FWHT layout (b = 64 ... 8192, one or two passes)
-// and mixing order (a = 1, 12, 20, 28), fewer and more vectors than the persistent grid has
+// and mixing order (a = 1, 12, 20, 28, 44), fewer and more vectors than the persistent grid has
 // blocks, outputs poisoned first; the output side summing 3 parts into a strided, accumulated y.
 struct WideCase {
   int n, batch;
@@ -405,6 +405,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaHadamardWide,
                          ::testing::Values(WideCase{64, 130}, WideCase{256, 33}, WideCase{1536, 17},
                                            WideCase{2560, 65}, WideCase{4096, 130}, WideCase{14336, 19},
                                            WideCase{24576, 17},
+                                           // a = 44 (2816 = 44·64): a mixing order above 32
+                                           // (more than the row-group kernel takes)
+                                           WideCase{2816, 70},
                                            // more vectors than blocks: each block loops, two buffers
                                            WideCase{1536, 1000}, WideCase{14336, 300}),
                          [](const auto& info) {
