@@ -238,12 +238,24 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
       us = time_graph_us(stream, iters, [&](int i) {
         cuda::qmatmul(ctx, mats[i % n_sets], xs[i % n_sets].as<const float>(), y.as<float>(), batch, qp);
       });
-      if (qp == cuda::QPath::Mma)  // as qmatmul launches it (the fused input transform is opt-in)
+      const bool tiles = qp == cuda::QPath::Mma && cuda::detail::qmma_tiles_supported(info, mats[0], batch);
+      const int tile_parts = tiles ? cuda::detail::qmma_tiles_parts(info, rows, cols) : 0;
+      if (tiles) {
+        path = "input transform, decode into shared-memory tiles for the tensor cores (mma.sync), output transform";
+        plan = "256-row blocks x " + std::to_string(tile_parts) + " column ranges";
+      } else if (qp == cuda::QPath::Mma) {  // as qmatmul launches it (the fused input transform is opt-in)
         plan = cuda::detail::qmma_plan(info, mats[0], batch, false, batch > cuda::kGemvMaxBatch);
+      }
       // The parts alone, to see where the time goes: the decode kernel (or the dequantization),
       // and the two transforms.
       DeviceMemory xt(size_t(batch) * cols * 2), yt(size_t(batch) * rows * 4);
-      if (qp != cuda::QPath::DequantGemm) {
+      if (tiles) {
+        DeviceMemory yp(size_t(tile_parts) * batch * rows * 4);
+        kernel_us = time_graph_us(stream, iters, [&](int i) {
+          cuda::detail::launch_qmma_tiles(info, mats[i % n_sets], ctx.tables(), xt.as<const uint16_t>(), yp.as<float>(),
+                                          batch, tile_parts, stream);
+        });
+      } else if (qp != cuda::QPath::DequantGemm) {
         kernel_us = time_graph_us(stream, iters, [&](int i) {
           cuda::qgemv_hadamard_domain(ctx, mats[i % n_sets], xt.as<const uint16_t>(), yt.as<float>(), batch);
         });

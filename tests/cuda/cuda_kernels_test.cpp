@@ -580,6 +580,10 @@ INSTANTIATE_TEST_SUITE_P(
                       QCase{1536, 576, 4, 33, QPath::Mma}, QCase{888, 1528, 3, 64, QPath::Mma},
                       QCase{4096, 4096, 2, 1, QPath::Mma}, QCase{256, 14336, 2, 2, QPath::Mma},
                       QCase{152, 888, 2, 70, QPath::Mma}, QCase{1024, 4096, 4, 19, QPath::Mma},
+                      // The shared-memory tile kernel (33-64 vectors): partial 256-row blocks,
+                      // partial 64-column steps, one and several column ranges.
+                      QCase{184, 4096, 2, 47, QPath::Mma}, QCase{264, 1000, 2, 33, QPath::Mma},
+                      QCase{4096, 14336, 3, 64, QPath::Mma},
                       // Many vectors: the per-vector transform kernels (small and large mixing
                       // orders a) around the dequantize + GEMM path.
                       QCase{152, 888, 3, 80, QPath::Auto}, QCase{1536, 576, 2, 40, QPath::DequantGemm},
@@ -587,7 +591,11 @@ INSTANTIATE_TEST_SUITE_P(
                       // Prefill batches (the wide transform kernels on the sides that take them:
                       // a = 28 in and out, a = 12 out, a = 1; 576 = 36 x 16 falls back).
                       QCase{64, 14336, 2, 260, QPath::Auto}, QCase{14336, 64, 4, 257, QPath::Auto},
-                      QCase{1536, 576, 3, 300, QPath::Auto}, QCase{1536, 576, 2, 130, QPath::Auto}),
+                      QCase{1536, 576, 3, 300, QPath::Auto}, QCase{1536, 576, 2, 130, QPath::Auto},
+                      // The dequantize + GEMM path at every bit width, with more 8x8 weight
+                      // blocks to decode than one thread each (65,536 for 1024 x 4096).
+                      QCase{1024, 4096, 3, 100, QPath::Auto}, QCase{2048, 2048, 4, 64, QPath::Auto},
+                      QCase{4096, 1024, 2, 65, QPath::DequantGemm}),
     [](const auto& info) { return case_name(info.param); });
 
 // The ring decode kernel (qgemv_ring.cu) that launch_qgemv_cores runs for 1 and 2 vectors of

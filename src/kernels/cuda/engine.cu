@@ -962,6 +962,10 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     auto* xt = static_cast<uint16_t*>(ctx_.scratch(0, size_t(b_->max_tokens) * w.cols * 2));
     auto* yt = static_cast<float*>(ctx_.scratch(1, size_t(b_->max_tokens) * w.rows * 4));
     const bool gemv = n <= 2 * kGemvMaxBatch;
+    // 33-64 tokens: the shared-memory tile kernel, its column ranges' slices of ỹ in the same
+    // scratch (where they fit), summed by the output transform.
+    const int tile_parts = !gemv && detail::qmma_tiles_supported(info, w, n) ? detail::qmma_tiles_parts(info, w.rows, w.cols) : 0;
+    const bool tiles = tile_parts > 0 && size_t(tile_parts) * n <= size_t(b_->max_tokens);
     bool zero = false;
     if (gemv)
       for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
@@ -973,8 +977,10 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     p.zero_ptr = zero ? yt : nullptr;
     p.zero_count = zero ? w.rows : 0;
     detail::launch_prepare(info, p, n, stream);
-    const bool half_out = !gemv && detail::gemm_half_out();  // ỹ in fp16, as qmatmul's
-    if (gemv) {
+    const bool half_out = !gemv && !tiles && detail::gemm_half_out();  // ỹ in fp16, as qmatmul's
+    if (tiles) {
+      detail::launch_qmma_tiles(info, w, ctx_.tables(), xt, yt, n, tile_parts, stream);
+    } else if (gemv) {
       for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
         detail::launch_qgemv(info, w, ctx_.tables(), xt + size_t(c0) * w.cols, w.cols, yt + size_t(c0) * w.rows,
                              w.rows, std::min(kGemvMaxBatch, n - c0), stream);
@@ -994,6 +1000,10 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     f.y = y;
     f.ld_out = ld_y;
     f.accumulate = accumulate;
+    if (tiles) {
+      f.parts = tile_parts;
+      f.part_stride = size_t(n) * w.rows;
+    }
     detail::launch_finish(info, f, n, stream);
   } else if (l.dense) {
     const auto& w = *l.dense;

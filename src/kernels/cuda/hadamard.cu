@@ -12,10 +12,10 @@
 // per product. finish_kernel (the output side) can add its result into y, which fuses the
 // residual add.
 //
-// For 17 to 63 vectors the input side of most shapes (a ≤ 32, b ≥ 32) runs
-// prepare_many_kernel instead: row groups per block, mixing in registers, the FWHT in registers
-// and warp shuffles (see the comment above it). From 64 vectors on both sides run the
-// whole-vector kernels (prepare_wide_kernel, finish_wide_kernel): one read, one write.
+// From 17 vectors on both sides run the whole-vector kernels (prepare_wide_kernel,
+// finish_wide_kernel): one read, one write. Where those refuse the shape or the alignment, the
+// input side of 17 to 63 vectors (a ≤ 32, b ≥ 32) runs prepare_many_kernel: row groups per
+// block, mixing in registers, the FWHT in registers and warp shuffles (see the comment above it).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -1126,10 +1126,10 @@ bool many_shape(const DeviceInfo& info, const TransformShape& t, int batch) {
 }
 
 // Many vectors, whole vector per block (prepare_wide_kernel / finish_wide_kernel): from
-// kWideMinBatch vectors on (measured faster than the row-group and per-vector kernels at 64,
-// 130 and 2048 vectors on an H100, docs/cuda.md; 17 to 63 vectors keep those kernels, which
-// spread a vector over more blocks).
-constexpr int kWideMinBatch = 64;
+// kWideMinBatch vectors on (measured faster than the row-group and per-vector kernels at 17, 24,
+// 32, 40, 48, 64, 130 and 2048 vectors on an H100, docs/cuda.md; below 17 the kernels that
+// spread a vector over more blocks are faster).
+constexpr int kWideMinBatch = 17;
 
 int wide_min_batch() {
   static const int v = [] {

@@ -80,6 +80,15 @@ int qmma_parts(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch
 std::string qmma_plan(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch, bool fused, bool parts);
 void launch_qmma_parts(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                        const uint16_t* xt_half, const float* x, float* yt_parts, int batch, cudaStream_t stream);
+// The shared-memory tensor-core kernel (qmma_tiles.cu) for kTilesMinBatch ≤ batch ≤ kMmaMaxBatch
+// vectors of 2-4 bpw matrices: each weight decoded once for all vectors; column range k writes
+// yt_parts + k·batch·rows (parts from qmma_tiles_parts), summed by the output transform.
+// GLQ_CUDA_QMMA_TILES=0: never; GLQ_CUDA_QMMA_TILES_MIN=N: from N vectors on.
+inline constexpr int kTilesMinBatch = 33;
+bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
+int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols);
+void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                       const uint16_t* xt_half, float* yt_parts, int batch, int parts, cudaStream_t stream);
 bool qgemv_cores_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
 void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                         const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,

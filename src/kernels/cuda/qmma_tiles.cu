@@ -1,0 +1,317 @@
+// The tensor-core kernel for many vectors (kTilesMinBatch to kMmaMaxBatch): ỹ_k (B, rows) =
+// Σ_s scale_s ∘ (C_s x̃) over column range k, with each weight decoded once for all B vectors.
+//
+// qmma.cu decodes the codes straight into mma fragments, so a warp holds the accumulators of
+// every vector it serves: beyond 16 vectors it runs the weights again per chunk of vectors.
+// Here the decoded weights go through shared memory instead, and the warps that share them
+// split the rows:
+//   - a block (8 warps) owns 256 rows and one column range; per step of 64 columns every thread
+//     decodes one 8×8 item (row tile, group) of the 256×64 tile into fp16 (table decode as in
+//     qgemv.cu, then one HFMA2 per coordinate pair and stage: c·scale ± scale/4, the row's
+//     scales staged once per block as half2), while the x̃ tile of all 64 vectors (64×64, zero
+//     beyond B) arrives by cp.async. Both tiles are double-buffered, and each thread's code
+//     words come through a ring of three cp.async slots: the copies of steps s+1 (x̃) and s+2
+//     (codes) and the decode of step s+1 overlap the multiplies of step s;
+//   - warp w multiplies rows 32w..32w+31 (two m16 tiles) by all eight 8-vector tiles with
+//     mma.sync.m16n8k16 (fp16 operands from ldmatrix, fp32 accumulators: 64 per lane); each
+//     decoded weight serves 64 vectors;
+//   - rows of 128 bytes, their eight 16-byte chunks XOR-swizzled by row so that ldmatrix reads
+//     eight rows without bank conflicts;
+//   - column range k writes its own slice of ỹ with plain stores (no zeroing, no atomics); the
+//     output transform sums the slices (FinishParams::parts).
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
+#include "glq/error.hpp"
+#include "kernels/cuda/e8_decode.cuh"
+#include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/mma.cuh"
+
+namespace glq::cuda::detail {
+
+namespace {
+
+constexpr int kTileThreads = 256;                   // 8 warps
+constexpr int kTileRows = 256;                      // rows per block: 32 per warp
+constexpr int kTileK = 64;                          // columns per step: 8 groups
+constexpr int kTileVecs = 64;                       // vectors per launch (zero-filled beyond B)
+constexpr int kTileAHalfs = kTileRows * kTileK;     // 16384 (32 KB)
+constexpr int kTileXHalfs = kTileVecs * kTileK;     // 4096 (8 KB)
+constexpr int kTileBufHalfs = kTileAHalfs + kTileXHalfs;
+constexpr int kTileRing = 3;                        // code-word slots per thread (32 bytes each)
+constexpr size_t kTileSmem = size_t(2) * kTileBufHalfs * 2 +          // A and x̃, double-buffered
+                             size_t(kTileRing) * kTileThreads * 32 +  // code words
+                             size_t(kTileRows) * 2 * 8 +              // per row and stage: scale, scale/4
+                             size_t(kTableWords) * 4;                 // 113,672 bytes: 2 blocks per SM
+
+struct TileParams : StageArgs {
+  const uint32_t* tables;
+  const __half* xt;   // (batch, cols)
+  float* yt;          // (parts, batch, rows)
+  int rows, cols, batch;
+  int steps_per_part;  // steps of kTileK columns per column range
+};
+
+// Offset (in halfs) of chunk c (8 halfs) of row r in a tile of 64-half rows.
+__device__ __forceinline__ int swz(int r, int c) { return r * kTileK + ((c ^ (r & 7)) << 3); }
+
+__device__ __forceinline__ void cp_async(void* dst, const void* src, int bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if (bytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_zfill16(void* dst, const void* src, bool ok) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldsm4(uint32_t r[4], const __half* p) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+__device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
+  const __half2 r = __hfma2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b),
+                            *reinterpret_cast<const __half2*>(&c));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// Copies this thread's code words of item (tile, g) into its ring slot (nothing out of range:
+// decode_item then writes zeros).
+template <int kS1>
+__device__ __forceinline__ void load_codes(const TileParams& p, int tile, int g, unsigned char* slot) {
+  if (tile >= p.tiles || g >= p.groups) return;
+  const size_t idx = size_t(tile) * p.groups + g;
+  cp_async(slot, static_cast<const uint4*>(p.codes[0]) + idx, 16);
+  if (kS1 == 1) cp_async(slot + 16, static_cast<const uint4*>(p.codes[1]) + idx, 16);
+  if (kS1 == 2) cp_async(slot + 16, static_cast<const uint2*>(p.codes[1]) + idx, 8);
+}
+
+// Rows 8·lt .. 8·lt+7 (local tile lt) of chunk g of the A tile, from the code words in `slot`:
+// stage 0 E8P16, stage 1 (kS1) none, E8P16 or E8R8; zero where out of range.
+template <int kS1>
+__device__ __forceinline__ void decode_item(const uint32_t* tab, const uint2* scl, const unsigned char* slot, bool ok,
+                                            int lt, int g, __half* a, uint32_t lo_p, uint32_t lo_r) {
+  const uint4 c0 = *reinterpret_cast<const uint4*>(slot);
+  const uint4 c1 = kS1 ? *reinterpret_cast<const uint4*>(slot + 16) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const int row = lt * 8 + r;
+    uint4 out = make_uint4(0, 0, 0, 0);
+    if (ok) {
+      uint32_t w[4];
+      {
+        const uint2 sq = scl[row * 2];  // half2 (scale, scale), half2 (scale/4, scale/4)
+        const uint32_t word = r < 2 ? c0.x : r < 4 ? c0.y : r < 6 ? c0.z : c0.w;
+        const uint32_t code = (r & 1) ? (word >> 16) : (word & 0xFFFFu);
+        uint32_t d[4];
+        decode_pairs(e8p_selector_word(code, tab + kTableE8pSel, tab + kTableE8pSign), lo_p, kE8pBytesHi, d);
+        const uint32_t shift = sq.y ^ ((code >> 15) * 0x80008000u);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = hfma2(d[k], sq.x, shift);
+      }
+      if (kS1 == 1) {
+        const uint2 sq = scl[row * 2 + 1];
+        const uint32_t word = r < 2 ? c1.x : r < 4 ? c1.y : r < 6 ? c1.z : c1.w;
+        const uint32_t code = (r & 1) ? (word >> 16) : (word & 0xFFFFu);
+        uint32_t d[4];
+        decode_pairs(e8p_selector_word(code, tab + kTableE8pSel, tab + kTableE8pSign), lo_p, kE8pBytesHi, d);
+        const uint32_t shift = sq.y ^ ((code >> 15) * 0x80008000u);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = hfma2(d[k], sq.x, hfma2(shift, 0x3C003C00u, w[k]));  // (+shift) + d·s
+      } else if (kS1 == 2) {
+        const uint2 sq = scl[row * 2 + 1];
+        const uint32_t word = r < 4 ? c1.x : c1.y;
+        const uint32_t code = (word >> (8 * (r & 3))) & 0xFFu;
+        uint32_t d[4];
+        decode_pairs(tab[kTableE8r8Sel + code], lo_r, kE8rBytesHi, d);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = hfma2(d[k], sq.x, w[k]);
+      }
+      out = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    *reinterpret_cast<uint4*>(a + swz(row, g)) = out;
+  }
+}
+
+// x̃ tile of step `step`: vector v, chunk c (two 16-byte copies per thread, zero beyond B and
+// beyond the columns).
+__device__ __forceinline__ void load_x(const TileParams& p, int step, __half* xs) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int e = threadIdx.x + i * kTileThreads;  // 0..511
+    const int v = e >> 3, c = e & 7;
+    const int g = step * 8 + c;
+    const bool ok = v < p.batch && g < p.groups;
+    cp_zfill16(xs + swz(v, c), ok ? p.xt + size_t(v) * p.cols + size_t(g) * 8 : p.xt, ok);
+  }
+}
+
+template <int kS1>
+__global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileParams p) {
+  extern __shared__ __align__(16) unsigned char tsm[];
+  __half* buf = reinterpret_cast<__half*>(tsm);
+  unsigned char* ring = tsm + size_t(2) * kTileBufHalfs * 2;
+  uint2* scl = reinterpret_cast<uint2*>(ring + size_t(kTileRing) * kTileThreads * 32);
+  uint32_t* tab = reinterpret_cast<uint32_t*>(scl + kTileRows * 2);
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int tile0 = blockIdx.x * (kTileRows / 8);
+  const int lt = threadIdx.x >> 3, lg = threadIdx.x & 7;  // this thread's decode item
+  const int tile = tile0 + lt;
+  const int total_steps = (p.groups + 7) / 8;
+  const int s0 = blockIdx.y * p.steps_per_part;
+  const int s1 = min(total_steps, s0 + p.steps_per_part);
+  unsigned char* my_ring = ring + threadIdx.x * 32;
+  auto slot = [&](int step) { return my_ring + ((step - s0) % kTileRing) * (kTileThreads * 32); };
+
+  // Prologue: x̃ and codes of the first step, codes of the second; tables and scales meanwhile.
+  load_x(p, s0, buf + kTileAHalfs);
+  cp_commit();
+  load_codes<kS1>(p, tile, s0 * 8 + lg, slot(s0));
+  cp_commit();
+  if (s0 + 1 < s1) load_codes<kS1>(p, tile, (s0 + 1) * 8 + lg, slot(s0 + 1));
+  cp_commit();
+  for (int i = threadIdx.x; i < kTableWords; i += kTileThreads) tab[i] = __ldg(p.tables + i);
+  for (int i = threadIdx.x; i < kTileRows * 2; i += kTileThreads) {
+    const int row = tile0 * 8 + (i >> 1), s = i & 1;
+    const float sc = row < p.rows && s < p.stages ? __ldg(p.scales[s] + row) : 0.0f;
+    scl[i] = make_uint2(pack_half2(sc, sc), pack_half2(0.25f * sc, 0.25f * sc));
+  }
+  __syncthreads();  // tables, scales
+  const uint32_t lo_p = tab[kTableBytesLo], lo_r = tab[kTableBytesLo + 1];
+  cp_wait<1>();
+  decode_item<kS1>(tab, scl, slot(s0), tile < p.tiles && s0 * 8 + lg < p.groups, lt, lg, buf, lo_p, lo_r);
+
+  float acc[2][8][4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 8; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+
+  // ldmatrix addresses: A matrix (lane >> 3) of an m16k16 fragment: rows +8 for odd, k +8 for
+  // the upper two; B matrices: vector tiles 2j (k low, high), 2j+1 (k low, high).
+  const int mrow = (lane & 7) + ((lane >> 3) & 1) * 8, mchunk = lane >> 4;
+  const int brow = (lane & 7) + (lane >> 4) * 8, bchunk = (lane >> 3) & 1;
+
+  for (int step = s0; step < s1; ++step) {
+    const int cur = (step - s0) & 1;
+    const __half* a = buf + cur * kTileBufHalfs;
+    const __half* xs = a + kTileAHalfs;
+    cp_wait<1>();     // x̃ of this step (the codes of the next may still be in flight)
+    __syncthreads();  // tile `cur` decoded and copied; the other buffer free
+    const bool more = step + 1 < s1;
+    __half* na = buf + (cur ^ 1) * kTileBufHalfs;
+    if (more) load_x(p, step + 1, na + kTileAHalfs);
+    cp_commit();
+    if (step + 2 < s1) load_codes<kS1>(p, tile, (step + 2) * 8 + lg, slot(step + 2));
+    cp_commit();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {  // k16 sub-steps: chunks 2kk, 2kk+1
+      uint32_t af[2][4];
+#pragma unroll
+      for (int m = 0; m < 2; ++m) ldsm4(af[m], a + swz(warp * 32 + m * 16 + mrow, 2 * kk + mchunk));
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t bf[4];
+        ldsm4(bf, xs + swz(j * 16 + brow, 2 * kk + bchunk));
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          mma16816(acc[m][2 * j], af[m][0], af[m][1], af[m][2], af[m][3], bf[0], bf[1]);
+          mma16816(acc[m][2 * j + 1], af[m][0], af[m][1], af[m][2], af[m][3], bf[2], bf[3]);
+        }
+      }
+    }
+    if (more) {
+      cp_wait<2>();  // this thread's codes of step + 1
+      decode_item<kS1>(tab, scl, slot(step + 1), tile < p.tiles && (step + 1) * 8 + lg < p.groups, lt, lg, na, lo_p,
+                       lo_r);
+    }
+  }
+
+  // C fragment: rows g, g+8 of the m16 tile; vectors 2t, 2t+1 of the 8-vector tile.
+  float* y = p.yt + size_t(blockIdx.y) * p.batch * p.rows;
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+    const int r0 = tile0 * 8 + warp * 32 + m * 16 + g;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const int v = n * 8 + 2 * t;
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {
+        const int r = r0 + (h >> 1) * 8, vv = v + (h & 1);
+        if (r < p.rows && vv < p.batch) y[size_t(vv) * p.rows + r] = acc[m][n][h];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
+  if (batch < 1 || batch > kTileVecs || w.codes.empty() || w.codes.size() > 2 || info.cc_major < 8) return false;
+  if (w.codebooks[0] != codec::Codebook::E8P16) return false;
+  if (info.smem_optin < kTileSmem) return false;
+  if (w.cols % 8 != 0 || w.rows % 8 != 0) return false;
+  static const int min_batch = [] {
+    const char* off = std::getenv("GLQ_CUDA_QMMA_TILES");
+    if (off && std::string(off) == "0") return kTileVecs + 1;
+    const char* m = std::getenv("GLQ_CUDA_QMMA_TILES_MIN");
+    return m ? std::max(1, std::atoi(m)) : kTilesMinBatch;
+  }();
+  return batch >= min_batch;
+}
+
+int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols) {
+  const int row_blocks = (rows + kTileRows - 1) / kTileRows;
+  const int steps = (cols / 8 + 7) / 8;
+  // Two blocks per SM: about 2·SMs blocks in all, column ranges of at least 4 steps.
+  const int want = std::max(1, (2 * std::max(1, info.sm_count) + row_blocks / 2) / row_blocks);
+  const int parts = std::clamp(want, 1, std::max(1, steps / 4));
+  const int per = (steps + parts - 1) / parts;
+  return (steps + per - 1) / per;  // no empty range
+}
+
+void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                       const uint16_t* xt_half, float* yt_parts, int batch, int parts, cudaStream_t stream) {
+  if (!qmma_tiles_supported(info, w, batch)) throw_invalid("launch_qmma_tiles: unsupported shape or batch");
+  TileParams p{};
+  static_cast<StageArgs&>(p) = stage_args(w, "qmma_tiles");
+  p.tables = tables;
+  p.xt = reinterpret_cast<const __half*>(xt_half);
+  p.yt = yt_parts;
+  p.rows = w.rows;
+  p.cols = w.cols;
+  p.batch = batch;
+  const int steps = (w.groups + 7) / 8;
+  p.steps_per_part = (steps + parts - 1) / parts;
+  static const bool attr = [] {
+    for (const void* k : {reinterpret_cast<const void*>(qmma_tiles_kernel<0>),
+                          reinterpret_cast<const void*>(qmma_tiles_kernel<1>),
+                          reinterpret_cast<const void*>(qmma_tiles_kernel<2>)})
+      GLQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTileSmem)));
+    return true;
+  }();
+  (void)attr;
+  const dim3 grid((w.rows + kTileRows - 1) / kTileRows, parts);
+  if (p.stages == 1) qmma_tiles_kernel<0><<<grid, kTileThreads, kTileSmem, stream>>>(p);
+  else if (w.codebooks[1] == codec::Codebook::E8P16) qmma_tiles_kernel<1><<<grid, kTileThreads, kTileSmem, stream>>>(p);
+  else qmma_tiles_kernel<2><<<grid, kTileThreads, kTileSmem, stream>>>(p);
+  GLQ_CUDA_CHECK_LAUNCH("qmma_tiles_kernel");
+}
+
+}  // namespace glq::cuda::detail
