@@ -30,6 +30,7 @@
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace glq::cuda::detail {
 
@@ -178,9 +179,10 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   unsigned char* my_ring = ring + threadIdx.x * 32;
   auto slot = [&](int step) { return my_ring + ((step - s0) % kTileRing) * (kTileThreads * 32); };
 
-  // Prologue: x̃ and codes of the first step, codes of the second; tables and scales meanwhile.
-  load_x(p, s0, buf + kTileAHalfs);
-  cp_commit();
+  pdl_trigger();  // the output transform after this kernel may be scheduled (it waits for us)
+  // Prologue: the codes of the first two steps, tables and scales (none of which the input
+  // transform before this kernel writes: with programmatic dependent launch they overlap its
+  // tail), then x̃ of the first step once that kernel is done.
   load_codes<kS1>(p, tile, s0 * 8 + lg, slot(s0));
   cp_commit();
   if (s0 + 1 < s1) load_codes<kS1>(p, tile, (s0 + 1) * 8 + lg, slot(s0 + 1));
@@ -191,9 +193,12 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
     const float sc = row < p.rows && s < p.stages ? __ldg(p.scales[s] + row) : 0.0f;
     scl[i] = make_uint2(pack_half2(sc, sc), pack_half2(0.25f * sc, 0.25f * sc));
   }
+  pdl_wait();
+  load_x(p, s0, buf + kTileAHalfs);
+  cp_commit();
   __syncthreads();  // tables, scales
   const uint32_t lo_p = tab[kTableBytesLo], lo_r = tab[kTableBytesLo + 1];
-  cp_wait<1>();
+  cp_wait<2>();  // this thread's codes of the first step
   decode_item<kS1>(tab, scl, slot(s0), tile < p.tiles && s0 * 8 + lg < p.groups, lt, lg, buf, lo_p, lo_r);
 
   float acc[2][8][4];
@@ -211,7 +216,8 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
     const int cur = (step - s0) & 1;
     const __half* a = buf + cur * kTileBufHalfs;
     const __half* xs = a + kTileAHalfs;
-    cp_wait<1>();     // x̃ of this step (the codes of the next may still be in flight)
+    if (step == s0) cp_wait<0>();  // x̃ of the first step: the last group of the prologue
+    else cp_wait<1>();             // x̃ of this step (the codes of the next may still be in flight)
     __syncthreads();  // tile `cur` decoded and copied; the other buffer free
     const bool more = step + 1 < s1;
     __half* na = buf + (cur ^ 1) * kTileBufHalfs;
@@ -314,10 +320,11 @@ void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
   }();
   (void)attr;
   const dim3 grid((w.rows + kTileRows - 1) / kTileRows, parts);
-  if (p.stages == 1) qmma_tiles_kernel<0><<<grid, kTileThreads, kTileSmem, stream>>>(p);
-  else if (w.codebooks[1] == codec::Codebook::E8P16) qmma_tiles_kernel<1><<<grid, kTileThreads, kTileSmem, stream>>>(p);
-  else qmma_tiles_kernel<2><<<grid, kTileThreads, kTileSmem, stream>>>(p);
-  GLQ_CUDA_CHECK_LAUNCH("qmma_tiles_kernel");
+  const bool pdl = pdl_enabled(info);
+  auto* kernel = p.stages == 1 ? qmma_tiles_kernel<0>
+                 : w.codebooks[1] == codec::Codebook::E8P16 ? qmma_tiles_kernel<1>
+                                                              : qmma_tiles_kernel<2>;
+  launch_checked(kernel, grid, dim3(kTileThreads), kTileSmem, stream, pdl, "qmma_tiles_kernel", p);
 }
 
 }  // namespace glq::cuda::detail
