@@ -804,11 +804,12 @@ __device__ __forceinline__ void wide_fwht(float* z, int n, int log2b, int ld, Mu
 // Step 3 on the CUDA cores, R = wide_rows(a) rows per group (RT ≥ R accumulator rows;
 // coefficients beyond R are zero): store4(o, v) receives elements o..o+3 (o a multiple of 4).
 template <int RT, typename Store4>
-__device__ __forceinline__ void wide_mix_rows(const float* z, const float* qs, int a, int R, int log2b, Store4 store4) {
-  const int lq = log2b - 2, quads = 1 << lq, G = (a + R - 1) / R;
+__device__ __forceinline__ void wide_mix_rows(const float* z, const float* qs, int a, int R, int log2b, int g0, int g1,
+                                              Store4 store4) {
+  const int lq = log2b - 2, quads = 1 << lq;
   const float4* z4 = reinterpret_cast<const float4*>(z);
-  for (int it = threadIdx.x; it < (G << lq); it += blockDim.x) {
-    const int g = it >> lq, c = it & (quads - 1);
+  for (int it = threadIdx.x; it < ((g1 - g0) << lq); it += blockDim.x) {
+    const int g = g0 + (it >> lq), c = it & (quads - 1);
     const float4* q4 = reinterpret_cast<const float4*>(qs) + size_t(g) * a * 2;
     float acc[RT][4];
 #pragma unroll
@@ -834,7 +835,9 @@ __device__ __forceinline__ void wide_mix_rows(const float* z, const float* qs, i
   }
 }
 
-// Step 3: store4(o, v) receives elements o..o+3 of the result (o a multiple of 4).
+// Step 3: store4(o, v) receives elements o..o+3 of the result (o a multiple of 4). With
+// gridDim.y > 1 the row groups are split over the blocks of a vector (few vectors: each block
+// transforms the whole vector, then mixes and stores only its share of the rows).
 template <typename Store4>
 __device__ __forceinline__ void wide_mix(const float* z, const float* qs, int a, int log2b, Store4 store4) {
   if (a == 1) {
@@ -842,11 +845,13 @@ __device__ __forceinline__ void wide_mix(const float* z, const float* qs, int a,
     for (int c = threadIdx.x; c < (1 << (log2b - 2)); c += blockDim.x) store4(4 * c, z4[c]);
     return;
   }
-  const int R = wide_rows(a);
-  if (R <= 4) wide_mix_rows<4>(z, qs, a, R, log2b, store4);
-  else if (R <= 6) wide_mix_rows<6>(z, qs, a, R, log2b, store4);
-  else if (R == 7) wide_mix_rows<7>(z, qs, a, R, log2b, store4);
-  else wide_mix_rows<8>(z, qs, a, R, log2b, store4);
+  const int R = wide_rows(a), G = (a + R - 1) / R;
+  const int per = (G + gridDim.y - 1) / gridDim.y;
+  const int g0 = min(G, int(blockIdx.y) * per), g1 = min(G, g0 + per);
+  if (R <= 4) wide_mix_rows<4>(z, qs, a, R, log2b, g0, g1, store4);
+  else if (R <= 6) wide_mix_rows<6>(z, qs, a, R, log2b, g0, g1, store4);
+  else if (R == 7) wide_mix_rows<7>(z, qs, a, R, log2b, g0, g1, store4);
+  else wide_mix_rows<8>(z, qs, a, R, log2b, g0, g1, store4);
 }
 
 // vec_load: x rows are 16-byte aligned (cp.async copies); else plain loads.
@@ -874,7 +879,7 @@ __global__ void __launch_bounds__(kWideThreads, 3) prepare_wide_kernel(const Pre
       z[i] = pre_value<kPre>(p, vec, i, 1.0f) * (p.t.sign ? __ldg(p.t.sign + i) : 1.0f);
   }
   if (a > 1) wide_stage_q(p.t, qs, false);
-  if (p.zero_ptr)
+  if (p.zero_ptr && blockIdx.y == 0)
     for (int i = threadIdx.x; i < p.zero_count; i += kWideThreads) p.zero_ptr[vec * p.zero_count + i] = 0.0f;
   if (kRaw && vec_load) wide_cp_wait();
   __syncthreads();
@@ -1164,16 +1169,41 @@ bool wide_shape(const DeviceInfo& info, const TransformShape& t) {
   return wide_smem(t) <= limit;
 }
 
+// Blocks per vector of the wide kernels: with few vectors the mixing's row groups are split over
+// blocks (each block repeats the vector's load and FWHT, cheap beside the a multiply-adds per
+// element of the mixing). Measured on an H100 (docs/cuda.md): the input side gains while all
+// its blocks fit on the SMs at once (17 vectors of 14336: 11.1 against 13.2 us for both
+// transforms), and loses beyond, where its blocks hold back the decode kernel's; the output side
+// gains up to the SM count (14336x4096 at 17 / 40 / 64 vectors: 72.2 / 63.1 / 68.3 against
+// 76.0 / 66.3 / 70.4 us for the product). The output side reads all of ỹ in every block, so it
+// is not split when y and ỹ overlap (in place). GLQ_CUDA_WIDE_SPLIT=0: one block per vector.
+int wide_splits(const DeviceInfo& info, const TransformShape& t, int batch, bool input) {
+  static const bool on = [] {
+    const char* v = std::getenv("GLQ_CUDA_WIDE_SPLIT");
+    return !(v && std::string(v) == "0");
+  }();
+  if (!on || t.a == 1) return 1;
+  const int R = wide_rows(t.a), G = (t.a + R - 1) / R;
+  const bool split = input ? batch * G <= info.sm_count : batch < info.sm_count;
+  return split ? G : 1;
+}
+
+bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
+  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
 bool launch_prepare_wide(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0 || !wide_shape(info, p.t)) return false;
   // 8-byte stores of 4 outputs.
   if ((reinterpret_cast<uintptr_t>(p.out) & 7) != 0 || p.ld_out % 4 != 0) return false;
   const int vec_load = aligned16(p.x) && p.ld_x % 4 == 0;
   const size_t smem = wide_smem(p.t);
+  const dim3 grid(batch, wide_splits(info, p.t, batch, true));
   switch (p.pre) {
-    case PreOp::Plain: prepare_wide_kernel<PreOp::Plain><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
-    case PreOp::RmsNorm: prepare_wide_kernel<PreOp::RmsNorm><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
-    case PreOp::SwiGlu: prepare_wide_kernel<PreOp::SwiGlu><<<batch, kWideThreads, smem, stream>>>(p, vec_load); break;
+    case PreOp::Plain: prepare_wide_kernel<PreOp::Plain><<<grid, kWideThreads, smem, stream>>>(p, vec_load); break;
+    case PreOp::RmsNorm: prepare_wide_kernel<PreOp::RmsNorm><<<grid, kWideThreads, smem, stream>>>(p, vec_load); break;
+    case PreOp::SwiGlu: prepare_wide_kernel<PreOp::SwiGlu><<<grid, kWideThreads, smem, stream>>>(p, vec_load); break;
   }
   GLQ_CUDA_CHECK_LAUNCH("prepare_wide_kernel");
   return true;
@@ -1184,7 +1214,12 @@ bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch
   if (!aligned16(p.y) || p.ld_out % 4 != 0 || (p.t.sign && !aligned16(p.t.sign))) return false;
   const int vec_load = p.yt_half ? aligned16(p.yt_half) && p.ld_in % 8 == 0 && p.t.n % 8 == 0
                                  : aligned16(p.yt) && p.ld_in % 4 == 0 && (p.parts == 1 || p.part_stride % 4 == 0);
-  finish_wide_kernel<<<batch, kWideThreads, wide_smem(p.t), stream>>>(p, vec_load);
+  const size_t in_bytes = p.yt_half ? (size_t(batch - 1) * p.ld_in + p.t.n) * 2
+                                    : (size_t(p.parts - 1) * p.part_stride + size_t(batch - 1) * p.ld_in + p.t.n) * 4;
+  const bool in_place = overlaps(p.yt_half ? static_cast<const void*>(p.yt_half) : p.yt, in_bytes, p.y,
+                                 (size_t(batch - 1) * p.ld_out + p.t.n) * 4);
+  const int splits = in_place ? 1 : wide_splits(info, p.t, batch, false);
+  finish_wide_kernel<<<dim3(batch, splits), kWideThreads, wide_smem(p.t), stream>>>(p, vec_load);
   GLQ_CUDA_CHECK_LAUNCH("finish_wide_kernel");
   return true;
 }
