@@ -1176,7 +1176,8 @@ bool wide_shape(const DeviceInfo& info, const TransformShape& t) {
 // transforms), and loses beyond, where its blocks hold back the decode kernel's; the output side
 // gains up to the SM count (14336x4096 at 17 / 40 / 64 vectors: 72.2 / 63.1 / 68.3 against
 // 76.0 / 66.3 / 70.4 us for the product). The output side reads all of ỹ in every block, so it
-// is not split when y and ỹ overlap (in place). GLQ_CUDA_WIDE_SPLIT=0: one block per vector.
+// is not split when y and ỹ overlap (in place), nor the input side when x and x̃ do.
+// GLQ_CUDA_WIDE_SPLIT=0: one block per vector.
 int wide_splits(const DeviceInfo& info, const TransformShape& t, int batch, bool input) {
   static const bool on = [] {
     const char* v = std::getenv("GLQ_CUDA_WIDE_SPLIT");
@@ -1199,7 +1200,10 @@ bool launch_prepare_wide(const DeviceInfo& info, const PrepareParams& p, int bat
   if ((reinterpret_cast<uintptr_t>(p.out) & 7) != 0 || p.ld_out % 4 != 0) return false;
   const int vec_load = aligned16(p.x) && p.ld_x % 4 == 0;
   const size_t smem = wide_smem(p.t);
-  const dim3 grid(batch, wide_splits(info, p.t, batch, true));
+  const size_t row_in = p.pre == PreOp::SwiGlu ? 2 * size_t(p.t.n) : size_t(p.t.n);  // [gate | up]
+  const bool in_place = overlaps(p.x, ((batch - 1) * size_t(p.ld_x) + row_in) * 4, p.out,
+                                 ((batch - 1) * size_t(p.ld_out) + p.t.n) * 2);  // fp16 or bf16
+  const dim3 grid(batch, in_place ? 1 : wide_splits(info, p.t, batch, true));
   switch (p.pre) {
     case PreOp::Plain: prepare_wide_kernel<PreOp::Plain><<<grid, kWideThreads, smem, stream>>>(p, vec_load); break;
     case PreOp::RmsNorm: prepare_wide_kernel<PreOp::RmsNorm><<<grid, kWideThreads, smem, stream>>>(p, vec_load); break;
