@@ -1171,8 +1171,8 @@ bool wide_shape(const DeviceInfo& info, const TransformShape& t) {
 
 // Blocks per vector of the wide kernels: with few vectors the mixing's row groups are split over
 // blocks (each block repeats the vector's load and FWHT, cheap beside the a multiply-adds per
-// element of the mixing). Measured on an H100 (docs/cuda.md): the input side gains while all
-// its blocks fit on the SMs at once (17 vectors of 14336: 11.1 against 13.2 us for both
+// element of the mixing). Measured on an H100 (docs/cuda.md): the input side gains while its
+// blocks fill part of the SMs (17 vectors of 14336: 11.1 against 13.2 us for both
 // transforms), and loses beyond, where its blocks hold back the decode kernel's; the output side
 // gains up to the SM count (14336x4096 at 17 / 40 / 64 vectors: 72.2 / 63.1 / 68.3 against
 // 76.0 / 66.3 / 70.4 us for the product). The output side reads all of ỹ in every block, so it
@@ -1185,8 +1185,13 @@ int wide_splits(const DeviceInfo& info, const TransformShape& t, int batch, bool
   }();
   if (!on || t.a == 1) return 1;
   const int R = wide_rows(t.a), G = (t.a + R - 1) / R;
-  const bool split = input ? batch * G <= info.sm_count : batch < info.sm_count;
-  return split ? G : 1;
+  if (!input) return batch < info.sm_count ? G : 1;
+  // Input side: up to 3/4 of the SMs' worth of blocks at once (more holds back the decode
+  // kernel launched early by PDL: at 64 vectors of 14336, 2 blocks each, 61.3 against 60.5 us;
+  // at 40, 55.3 against 56.6), in equal shares of the G groups.
+  const int s = std::clamp(info.sm_count * 3 / 4 / std::max(1, batch), 1, G);
+  const int per = (G + s - 1) / s;
+  return (G + per - 1) / per;
 }
 
 bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
