@@ -326,33 +326,18 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
   auto* yt = static_cast<float*>(ctx.scratch(1, size_t(batch) * w.rows * 4));
   bool yt_half = false;  // ỹ in fp16 (the dequantize + GEMM path)
   cudaStream_t stream = ctx.stream();
-  if (path == QPath::Mma && detail::qmma_tiles_supported(ctx.info(), w, batch)) {
-    // Many vectors: the weights decoded once into shared-memory tiles for all of them; column
-    // ranges write their own slices of ỹ, summed by the output transform.
-    const int parts = detail::qmma_tiles_parts(ctx.info(), w.rows, w.cols);
-    auto* yp = static_cast<float*>(ctx.scratch(1, size_t(parts) * batch * w.rows * 4));
-    detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch, nullptr, 0,
-                            stream);
-    detail::launch_qmma_tiles(ctx.info(), w, ctx.tables(), xt, yp, batch, parts, stream);
-    detail::FinishParams f;
-    f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
-    f.yt = yp;
-    f.ld_in = w.rows;
-    f.y = y;
-    f.ld_out = w.rows;
-    f.parts = parts;
-    f.part_stride = size_t(batch) * w.rows;
-    detail::launch_finish(ctx.info(), f, batch, stream);
-    return;
-  }
-  if (path == QPath::Mma && batch > kGemvMaxBatch && batch <= kMmaMaxBatch) {
+  const bool tiles = path == QPath::Mma && detail::qmma_tiles_supported(ctx.info(), w, batch);
+  if (tiles || (path == QPath::Mma && batch > kGemvMaxBatch && batch <= kMmaMaxBatch)) {
     // One launch; column ranges write their own slices of ỹ, which the output transform sums
-    // (atomics would cost more than the product at these batch sizes).
-    const int parts = detail::qmma_parts(ctx.info(), w, batch, false);
+    // (atomics would cost more than the product at these batch sizes). From kTilesMinBatch
+    // vectors the weights are decoded once into shared-memory tiles for all of them.
+    const int parts = tiles ? detail::qmma_tiles_parts(ctx.info(), w.rows, w.cols)
+                            : detail::qmma_parts(ctx.info(), w, batch, false);
     auto* yp = static_cast<float*>(ctx.scratch(1, size_t(parts) * batch * w.rows * 4));
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch, nullptr, 0,
                             stream);
-    detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), xt, nullptr, yp, batch, stream);
+    if (tiles) detail::launch_qmma_tiles(ctx.info(), w, ctx.tables(), xt, yp, batch, parts, stream);
+    else detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), xt, nullptr, yp, batch, stream);
     detail::FinishParams f;
     f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
     f.yt = yp;

@@ -30,6 +30,7 @@
 #include <string>
 
 #include "glq/error.hpp"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/transform_kernels.cuh"
@@ -712,13 +713,9 @@ __global__ void __launch_bounds__(kManyThreads, 2) prepare_many_kernel(const Pre
 constexpr int kWideThreads = 256;
 constexpr int kWideMaxA = 64;
 
-__device__ __forceinline__ void wide_cp16(float* smem, const float* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
-}
 __device__ __forceinline__ void wide_cp_wait() {
-  asm volatile("cp.async.commit_group;" ::: "memory");
-  asm volatile("cp.async.wait_group 0;" ::: "memory");
+  cp_async_commit();
+  cp_async_wait<0>();
 }
 
 __host__ __device__ constexpr int b_of(int log2b) { return 1 << log2b; }
@@ -868,7 +865,7 @@ __global__ void __launch_bounds__(kWideThreads, 3) prepare_wide_kernel(const Pre
   if (kRaw) {
     const float* xv = p.x + vec * p.ld_x;
     if (vec_load) {
-      for (int i = 4 * threadIdx.x; i < n; i += 4 * kWideThreads) wide_cp16(z + i, xv + i);
+      for (int i = 4 * threadIdx.x; i < n; i += 4 * kWideThreads) cp_async16(z + i, xv + i);
     } else {
 #pragma unroll 8
       for (int i = threadIdx.x; i < n; i += kWideThreads) z[i] = xv[i];
@@ -939,7 +936,7 @@ __global__ void __launch_bounds__(kWideThreads, 3) finish_wide_kernel(const Fini
       reinterpret_cast<float4*>(z)[2 * i + 1] = make_float4(f2.x, f2.y, f3.x, f3.y);
     }
   } else if (vec_load && p.parts == 1) {
-    for (int i = 4 * threadIdx.x; i < n; i += 4 * kWideThreads) wide_cp16(z + i, yv + i);
+    for (int i = 4 * threadIdx.x; i < n; i += 4 * kWideThreads) cp_async16(z + i, yv + i);
   } else if (vec_load) {
 #pragma unroll 2
     for (int i = 4 * threadIdx.x; i < n; i += 4 * kWideThreads) {
@@ -1278,7 +1275,7 @@ void launch_finish(const DeviceInfo& info, const FinishParams& params, int batch
   const bool rows_ok = (params.t.a << params.t.log2b) == params.t.n && (params.t.a == 1 || batch <= kRowKernelMaxBatch);
   const bool parts_rows = params.parts > 1 && rows_ok && finish_parts_rows();
   if (!parts_rows && batch >= wide_min_batch() && launch_finish_wide(info, params, batch, stream)) return;
-  if ((params.t.a << params.t.log2b) == params.t.n && (params.t.a == 1 || batch <= kRowKernelMaxBatch)) {
+  if (rows_ok) {
     FinishParams p = params;
     p.t = row_shape(params.t, batch);
     const int b = 1 << p.t.log2b;

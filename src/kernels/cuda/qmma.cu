@@ -38,6 +38,7 @@
 #include <type_traits>
 
 #include "glq/error.hpp"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/mma.cuh"
@@ -281,24 +282,15 @@ __device__ __forceinline__ void fused_input_transform(const QmmaParams& p, int g
     xh[col] = __float2half_rn(zb[col + off] * p.inv_sqrt_b_in);
 }
 
-// cp.async (sm_80+): 16 (E8P16) or 8 (E8R8) bytes from global into shared memory, zero-filled
-// when !ok; one commit group per k-step, waited for D steps later.
-__device__ __forceinline__ void cp_async_word(void* dst, const void* src, int bytes, bool ok) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  const int n = ok ? bytes : 0;
-  if (bytes == 16)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(n) : "memory");
-  else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(d), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait(int pending) {
-  switch (pending) {  // the count must be an immediate
-    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
-    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
-    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
-    case 7: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 15;" ::: "memory"); break;
+// Code words come by cp.async (cp_async.cuh): 16 (E8P16) or 8 (E8R8) bytes, zero-filled when
+// !ok; one commit group per k-step, waited for D steps later. The count must be an immediate.
+__device__ __forceinline__ void cp_async_wait_n(int pending) {
+  switch (pending) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 7: cp_async_wait<7>(); break;
+    default: cp_async_wait<15>(); break;
   }
 }
 
@@ -351,11 +343,11 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
   const int lane_xsteps = w0 + t < w1 && g < nvec ? (w1 - w0 - t + 3) / 4 : 0;
   const __half* xsrc0 = kXr ? p.xt + size_t(v0 + min(g, nvec - 1)) * p.ld_x + size_t(g0 + w0 + t) * 8 : nullptr;
   auto issue_x = [&](int slot, int step) {
-    cp_async_word(xs + slot * kThreads + threadIdx.x, xsrc0 + size_t(step) * 32, 16, step < lane_xsteps);
+    cp_async_zfill(xs + slot * kThreads + threadIdx.x, xsrc0 + size_t(step) * 32, 16, step < lane_xsteps);
   };
   auto issue = [&](int q) {
     if (q < total) {
-      cp_async_word(my_ring + (iq & dmask) * kThreads, src, bytes, ist < lane_steps);
+      cp_async_zfill(my_ring + (iq & dmask) * kThreads, src, bytes, ist < lane_steps);
       if constexpr (kXr) {
         if (q >= D) issue_x(iq & dmask, ist);  // the first D come after the wait on x̃'s kernel
       }
@@ -378,17 +370,17 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
   const char* src_one = src;
   auto issue_one = [&](int q) {
     if (q < total) {
-      cp_async_word(my_ring + (q & 7) * kThreads, src_one + size_t(q) * 64, 16, q < lane_steps);
+      cp_async_zfill(my_ring + (q & 7) * kThreads, src_one + size_t(q) * 64, 16, q < lane_steps);
       if constexpr (kXr) issue_x(q & 7, q);  // q ≥ D here
     }
     cp_async_commit();
   };
   auto take8 = [&](int q) -> uint4 {
-    cp_async_wait(7);
+    cp_async_wait_n(7);
     return my_ring[(q & 7) * kThreads];
   };
   auto take = [&](int q) -> uint4 {
-    if (D == 8) cp_async_wait(7); else if (D == 4) cp_async_wait(3); else cp_async_wait(D - 1);
+    if (D == 8) cp_async_wait_n(7); else if (D == 4) cp_async_wait_n(3); else cp_async_wait_n(D - 1);
     return my_ring[(q & dmask) * kThreads];
   };
   // The decode tables' loads go out first (3 KB, all blocks read the same words: L2 hits), then
@@ -467,7 +459,7 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
       for (int k = 0; k < 4; ++k) acc[j][m][k] = 0.0f;
 
   if constexpr (kPlain) {
-    if constexpr (kXr) cp_async_wait(0);  // the first x̃ words were committed last, in one group
+    if constexpr (kXr) cp_async_wait_n(0);  // the first x̃ words were committed last, in one group
     for (int s = 0; s < p.stages; ++s) {
       const int cb = pick(p.codebook, s);
       // This stage's row scales, requested now so their latency hides behind the stage's steps.
@@ -597,7 +589,7 @@ __global__ void __launch_bounds__(kThreads, 1) qmma_kernel(const QmmaParams p) {
       }
     }
   }
-  cp_async_wait(0);
+  cp_async_wait_n(0);
 
   // Output: lane (g, t) holds rows 8·tile + 2m (+1) for vectors 8j + 2t (+1). With parts,
   // column range y writes its own slice (no atomics); else atomics into a zeroed ỹ when the

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "glq/error.hpp"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/mma.cuh"
@@ -60,23 +61,6 @@ struct TileParams : StageArgs {
 // Offset (in halfs) of chunk c (8 halfs) of row r in a tile of 64-half rows.
 __device__ __forceinline__ int swz(int r, int c) { return r * kTileK + ((c ^ (r & 7)) << 3); }
 
-__device__ __forceinline__ void cp_async(void* dst, const void* src, int bytes) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  if (bytes == 16)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
-  else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_zfill16(void* dst, const void* src, bool ok) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 __device__ __forceinline__ void ldsm4(uint32_t r[4], const __half* p) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
@@ -96,9 +80,22 @@ template <int kS1>
 __device__ __forceinline__ void load_codes(const TileParams& p, int tile, int g, unsigned char* slot) {
   if (tile >= p.tiles || g >= p.groups) return;
   const size_t idx = size_t(tile) * p.groups + g;
-  cp_async(slot, static_cast<const uint4*>(p.codes[0]) + idx, 16);
-  if (kS1 == 1) cp_async(slot + 16, static_cast<const uint4*>(p.codes[1]) + idx, 16);
-  if (kS1 == 2) cp_async(slot + 16, static_cast<const uint2*>(p.codes[1]) + idx, 8);
+  cp_async16(slot, static_cast<const uint4*>(p.codes[0]) + idx);
+  if (kS1 == 1) cp_async16(slot + 16, static_cast<const uint4*>(p.codes[1]) + idx);
+  if (kS1 == 2) cp_async8(slot + 16, static_cast<const uint2*>(p.codes[1]) + idx);
+}
+
+// Row r of an E8P16 code word c (the codes of 8 rows): w = d·scale ± scale/4, added to w unless
+// kFirst (sq: half2 (scale, scale), half2 (scale/4, scale/4)).
+template <bool kFirst>
+__device__ __forceinline__ void e8p_row(const uint32_t* tab, uint4 c, int r, uint2 sq, uint32_t lo_p, uint32_t w[4]) {
+  const uint32_t word = r < 2 ? c.x : r < 4 ? c.y : r < 6 ? c.z : c.w;
+  const uint32_t code = (r & 1) ? (word >> 16) : (word & 0xFFFFu);
+  uint32_t d[4];
+  decode_pairs(e8p_selector_word(code, tab + kTableE8pSel, tab + kTableE8pSign), lo_p, kE8pBytesHi, d);
+  const uint32_t shift = sq.y ^ ((code >> 15) * 0x80008000u);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) w[k] = hfma2(d[k], sq.x, kFirst ? shift : hfma2(shift, 0x3C003C00u, w[k]));
 }
 
 // Rows 8·lt .. 8·lt+7 (local tile lt) of chunk g of the A tile, from the code words in `slot`:
@@ -114,25 +111,9 @@ __device__ __forceinline__ void decode_item(const uint32_t* tab, const uint2* sc
     uint4 out = make_uint4(0, 0, 0, 0);
     if (ok) {
       uint32_t w[4];
-      {
-        const uint2 sq = scl[row * 2];  // half2 (scale, scale), half2 (scale/4, scale/4)
-        const uint32_t word = r < 2 ? c0.x : r < 4 ? c0.y : r < 6 ? c0.z : c0.w;
-        const uint32_t code = (r & 1) ? (word >> 16) : (word & 0xFFFFu);
-        uint32_t d[4];
-        decode_pairs(e8p_selector_word(code, tab + kTableE8pSel, tab + kTableE8pSign), lo_p, kE8pBytesHi, d);
-        const uint32_t shift = sq.y ^ ((code >> 15) * 0x80008000u);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) w[k] = hfma2(d[k], sq.x, shift);
-      }
+      e8p_row<true>(tab, c0, r, scl[row * 2], lo_p, w);
       if (kS1 == 1) {
-        const uint2 sq = scl[row * 2 + 1];
-        const uint32_t word = r < 2 ? c1.x : r < 4 ? c1.y : r < 6 ? c1.z : c1.w;
-        const uint32_t code = (r & 1) ? (word >> 16) : (word & 0xFFFFu);
-        uint32_t d[4];
-        decode_pairs(e8p_selector_word(code, tab + kTableE8pSel, tab + kTableE8pSign), lo_p, kE8pBytesHi, d);
-        const uint32_t shift = sq.y ^ ((code >> 15) * 0x80008000u);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) w[k] = hfma2(d[k], sq.x, hfma2(shift, 0x3C003C00u, w[k]));  // (+shift) + d·s
+        e8p_row<false>(tab, c1, r, scl[row * 2 + 1], lo_p, w);
       } else if (kS1 == 2) {
         const uint2 sq = scl[row * 2 + 1];
         const uint32_t word = r < 4 ? c1.x : c1.y;
@@ -157,7 +138,7 @@ __device__ __forceinline__ void load_x(const TileParams& p, int step, __half* xs
     const int v = e >> 3, c = e & 7;
     const int g = step * 8 + c;
     const bool ok = v < p.batch && g < p.groups;
-    cp_zfill16(xs + swz(v, c), ok ? p.xt + size_t(v) * p.cols + size_t(g) * 8 : p.xt, ok);
+    cp_async_zfill(xs + swz(v, c), ok ? p.xt + size_t(v) * p.cols + size_t(g) * 8 : p.xt, 16, ok);
   }
 }
 
@@ -184,9 +165,9 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   // transform before this kernel writes: with programmatic dependent launch they overlap its
   // tail), then x̃ of the first step once that kernel is done.
   load_codes<kS1>(p, tile, s0 * 8 + lg, slot(s0));
-  cp_commit();
+  cp_async_commit();
   if (s0 + 1 < s1) load_codes<kS1>(p, tile, (s0 + 1) * 8 + lg, slot(s0 + 1));
-  cp_commit();
+  cp_async_commit();
   for (int i = threadIdx.x; i < kTableWords; i += kTileThreads) tab[i] = __ldg(p.tables + i);
   for (int i = threadIdx.x; i < kTileRows * 2; i += kTileThreads) {
     const int row = tile0 * 8 + (i >> 1), s = i & 1;
@@ -195,10 +176,10 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   }
   pdl_wait();
   load_x(p, s0, buf + kTileAHalfs);
-  cp_commit();
+  cp_async_commit();
   __syncthreads();  // tables, scales
   const uint32_t lo_p = tab[kTableBytesLo], lo_r = tab[kTableBytesLo + 1];
-  cp_wait<2>();  // this thread's codes of the first step
+  cp_async_wait<2>();  // this thread's codes of the first step
   decode_item<kS1>(tab, scl, slot(s0), tile < p.tiles && s0 * 8 + lg < p.groups, lt, lg, buf, lo_p, lo_r);
 
   float acc[2][8][4];
@@ -216,15 +197,15 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
     const int cur = (step - s0) & 1;
     const __half* a = buf + cur * kTileBufHalfs;
     const __half* xs = a + kTileAHalfs;
-    if (step == s0) cp_wait<0>();  // x̃ of the first step: the last group of the prologue
-    else cp_wait<1>();             // x̃ of this step (the codes of the next may still be in flight)
+    if (step == s0) cp_async_wait<0>();  // x̃ of the first step: the last group of the prologue
+    else cp_async_wait<1>();             // x̃ of this step (the codes of the next may still be in flight)
     __syncthreads();  // tile `cur` decoded and copied; the other buffer free
     const bool more = step + 1 < s1;
     __half* na = buf + (cur ^ 1) * kTileBufHalfs;
     if (more) load_x(p, step + 1, na + kTileAHalfs);
-    cp_commit();
+    cp_async_commit();
     if (step + 2 < s1) load_codes<kS1>(p, tile, (step + 2) * 8 + lg, slot(step + 2));
-    cp_commit();
+    cp_async_commit();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {  // k16 sub-steps: chunks 2kk, 2kk+1
       uint32_t af[2][4];
@@ -242,7 +223,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
       }
     }
     if (more) {
-      cp_wait<2>();  // this thread's codes of step + 1
+      cp_async_wait<2>();  // this thread's codes of step + 1
       decode_item<kS1>(tab, scl, slot(step + 1), tile < p.tiles && (step + 1) * 8 + lg < p.groups, lt, lg, na, lo_p,
                        lo_r);
     }
