@@ -318,7 +318,7 @@ TEST_P(CudaHadamardWide, MatchesReferenceBothDirections) {
     glq::transform::hadamard_forward(plan, ref_in.data() + size_t(v) * n);
   }
   glq::cuda::DeviceMemory dh(x.size() * 2);
-  GLQ_CUDA_CHECK(cudaMemset(dh.data(), 0xFF, dh.bytes()));  // fp16 NaN
+  GLQ_CUDA_CHECK(cudaMemsetAsync(dh.data(), 0xFF, dh.bytes(), ctx.stream()));  // fp16 NaN
   d::PrepareParams p;
   p.t = d::transform_shape(dplan, dsign.as<const float>());
   p.x = dx.as<const float>();
@@ -381,7 +381,7 @@ TEST_P(CudaHadamardWide, MatchesReferenceBothDirections) {
   glq::cuda::DeviceMemory dyh(yh.size() * 2);
   dyh.upload(yh.data(), yh.size() * 2);
   for (int wide = 1; wide >= 0; --wide) {
-    GLQ_CUDA_CHECK(cudaMemset(dy.data(), 0, dy.bytes()));
+    GLQ_CUDA_CHECK(cudaMemsetAsync(dy.data(), 0, dy.bytes(), ctx.stream()));
     d::FinishParams fh;
     fh.t = d::transform_shape(dplan, dsign.as<const float>());
     fh.yt_half = dyh.as<const uint16_t>();
@@ -474,7 +474,7 @@ TEST(CudaHadamardWide, PreOperationsAndUnalignedRows) {
       std::vector<float> junk(size_t(batch) * zero_count, 1.0f);
       auto dz = glq::cuda::to_device(junk);
       glq::cuda::DeviceMemory dh(ref.size() * 2);
-      GLQ_CUDA_CHECK(cudaMemset(dh.data(), 0xFF, dh.bytes()));
+      GLQ_CUDA_CHECK(cudaMemsetAsync(dh.data(), 0xFF, dh.bytes(), ctx.stream()));
       d::PrepareParams p;
       p.t = d::transform_shape(dplan, dsign.as<const float>());
       p.pre = pre;
@@ -492,6 +492,151 @@ TEST(CudaHadamardWide, PreOperationsAndUnalignedRows) {
       dz.download(junk.data(), junk.size() * 4);
       EXPECT_EQ(std::count(junk.begin(), junk.end(), 0.0f), std::ptrdiff_t(junk.size())) << "n=" << n;
     }
+  }
+}
+
+// The transforms on the tensor cores (launch_prepare_tc, launch_finish_tc): every shape they take (a = 12, 20,
+// 28 with b = 256, 512, 1024; a = 1 with b = 4096, 8192, 16384), each pre-operation, the zeroing
+// of a following product's output, the signs as floats or as bits, odd batches; it refuses rows that are not 16-byte aligned and
+// shapes outside its set, launching nothing.
+TEST(CudaHadamardTc, BothSidesMatchReference) {
+  SKIP_WITHOUT_GPU();
+  namespace d = glq::cuda::detail;
+  glq::cuda::Context ctx;
+  for (const auto& [n, batch] : {std::pair{14336, 67}, std::pair{3072, 5}, std::pair{20480, 3}, std::pair{4096, 70},
+                                 std::pair{8192, 9}, std::pair{16384, 2}, std::pair{7168, 1}}) {
+    const auto plan = glq::transform::make_hadamard_plan(n);
+    const auto dplan = device_plan(plan);
+    const auto sign = glq::transform::random_signs(n, 61 + n);
+    const auto norm_w = random_vector(n, 63 + n);
+    const auto x = random_vector(size_t(batch) * 2 * n + 4, 67 + n);  // [gate | up] rows, spare
+    auto dsign = glq::cuda::to_device(sign);
+    auto dw = glq::cuda::to_device(norm_w);
+    auto dx = glq::cuda::to_device(x);
+    auto dbits = d::sign_bits_to_device(sign);
+    for (const int mode : {0, 1, 2, 3}) {  // RmsNorm, SwiGlu, Plain; Plain with the signs as bits
+      const auto pre = mode == 0 ? d::PreOp::RmsNorm : mode == 1 ? d::PreOp::SwiGlu : d::PreOp::Plain;
+      std::vector<float> ref(size_t(batch) * n);
+      for (int v = 0; v < batch; ++v) {
+        const float* xv = x.data() + size_t(v) * 2 * n;
+        float* r = ref.data() + size_t(v) * n;
+        double ss = 0.0;
+        for (int i = 0; i < n; ++i) ss += double(xv[i]) * xv[i];
+        const float scale = float(1.0 / std::sqrt(ss / n + 1e-5));
+        for (int i = 0; i < n; ++i) {
+          const float g = xv[i], u = xv[n + i];
+          const float val = pre == d::PreOp::RmsNorm ? g * scale * norm_w[i]
+                            : pre == d::PreOp::SwiGlu ? g / (1.0f + std::exp(-g)) * u
+                                                      : g;
+          r[i] = val * sign[i];
+        }
+        glq::transform::hadamard_forward(plan, r);
+      }
+      const int zero_count = 37;
+      std::vector<float> junk(size_t(batch) * zero_count, 1.0f);
+      auto dz = glq::cuda::to_device(junk);
+      const int ld_out = n + 8;
+      glq::cuda::DeviceMemory dh(size_t(batch) * ld_out * 2);
+      GLQ_CUDA_CHECK(cudaMemsetAsync(dh.data(), 0xFF, dh.bytes(), ctx.stream()));  // fp16 NaN
+      d::PrepareParams p;
+      p.t = d::transform_shape(dplan, mode == 3 ? nullptr : dsign.as<const float>(),
+                               mode == 3 ? dbits.as<const uint32_t>() : nullptr);
+      p.pre = pre;
+      p.x = dx.as<const float>();
+      p.ld_x = 2 * n;
+      p.norm_w = dw.as<const float>();
+      p.eps = 1e-5f;
+      p.out = dh.as<uint16_t>();
+      p.ld_out = ld_out;
+      p.zero_ptr = dz.as<float>();
+      p.zero_count = zero_count;
+      ASSERT_TRUE(d::launch_prepare_tc(ctx.info(), p, batch, ctx.stream())) << "n=" << n;
+      GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+      std::vector<uint16_t> bits(size_t(batch) * ld_out);
+      dh.download(bits.data(), bits.size() * 2);
+      std::vector<float> got(ref.size());
+      for (int v = 0; v < batch; ++v) {
+        for (int i = 0; i < n; ++i) got[size_t(v) * n + i] = half_bits_to_float(bits[size_t(v) * ld_out + i]);
+        for (int i = n; i < ld_out; ++i) EXPECT_EQ(bits[size_t(v) * ld_out + i], 0xFFFF) << "n=" << n << " vector " << v;
+      }
+      EXPECT_LT(relative_error(got, ref), 1e-3) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " mode=" << mode;
+      dz.download(junk.data(), junk.size() * 4);
+      EXPECT_EQ(std::count(junk.begin(), junk.end(), 0.0f), std::ptrdiff_t(junk.size())) << "n=" << n;
+      // Rows one float off 16-byte alignment: refused.
+      p.x = dx.as<const float>() + 1;
+      EXPECT_FALSE(d::launch_prepare_tc(ctx.info(), p, batch, ctx.stream())) << "n=" << n;
+    }
+  }
+  // Output side from fp16 ỹ (launch_finish_tc): y with row stride n + 6, written or accumulated,
+  // the signs as floats or as bits; the 6 extra columns stay.
+  for (const auto& [n, batch] : {std::pair{14336, 66}, std::pair{3072, 5}, std::pair{20480, 3}, std::pair{4096, 70},
+                                 std::pair{8192, 9}, std::pair{16384, 2}}) {
+    const auto plan = glq::transform::make_hadamard_plan(n);
+    const auto dplan = device_plan(plan);
+    const auto sign = glq::transform::random_signs(n, 73 + n);
+    std::mt19937 rng(79 + n);
+    std::vector<uint16_t> yh(size_t(batch) * n);
+    for (auto& h : yh) {  // |ỹ| in [2^-4, 2^2), random sign
+      const uint32_t r = rng();
+      h = uint16_t(((r >> 31) << 15) | ((11 + (r >> 16) % 6) << 10) | (r & 0x3FF));
+    }
+    const int ld = n + 6;
+    const auto y0 = random_vector(size_t(batch) * ld, 83 + n);
+    auto dsign = glq::cuda::to_device(sign);
+    auto dbits = d::sign_bits_to_device(sign);
+    auto dyh = glq::cuda::to_device(yh);
+    for (const int mode : {0, 1, 2, 3}) {  // bit 0: accumulate; bit 1: signs as bits
+      std::vector<float> ref(y0);
+      for (int v = 0; v < batch; ++v) {
+        std::vector<float> t(n);
+        for (int i = 0; i < n; ++i) t[i] = half_bits_to_float(yh[size_t(v) * n + i]);
+        glq::transform::hadamard_transpose(plan, t.data());
+        for (int i = 0; i < n; ++i) {
+          float& r = ref[size_t(v) * ld + i];
+          r = (mode & 1 ? r : 0.0f) + t[i] * sign[i];
+        }
+      }
+      auto dy = glq::cuda::to_device(y0);
+      d::FinishParams f;
+      f.t = d::transform_shape(dplan, mode & 2 ? nullptr : dsign.as<const float>(),
+                               mode & 2 ? dbits.as<const uint32_t>() : nullptr);
+      f.yt_half = dyh.as<const uint16_t>();
+      f.ld_in = n;
+      f.y = dy.as<float>();
+      f.ld_out = ld;
+      f.accumulate = mode & 1;
+      ASSERT_TRUE(d::launch_finish_tc(ctx.info(), f, batch, ctx.stream())) << "n=" << n;
+      GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+      std::vector<float> y(y0.size());
+      dy.download(y.data(), y.size() * 4);
+      std::string bad;
+      for (size_t k = 0, shown = 0; k < y.size() && shown < 8; ++k)
+        if (std::abs(y[k] - ref[k]) > 0.05) bad += " [" + std::to_string(k / ld) + "," + std::to_string(k % ld) + "] " + std::to_string(y[k]) + " vs " + std::to_string(ref[k]), ++shown;
+      EXPECT_LT(relative_error(y, ref), 1e-3) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " mode=" << mode << bad;
+      for (int v = 0; v < batch; ++v)
+        for (int i = n; i < ld; ++i) ASSERT_EQ(y[size_t(v) * ld + i], y0[size_t(v) * ld + i]) << "n=" << n;
+      // fp32 ỹ, or ỹ and y in one buffer: refused.
+      d::FinishParams g = f;
+      g.yt_half = nullptr;
+      g.yt = dy.as<const float>();
+      EXPECT_FALSE(d::launch_finish_tc(ctx.info(), g, batch, ctx.stream())) << "n=" << n;
+      g = f;
+      g.y = reinterpret_cast<float*>(dyh.as<uint16_t>());
+      g.ld_out = n / 2;
+      EXPECT_FALSE(d::launch_finish_tc(ctx.info(), g, batch, ctx.stream())) << "n=" << n;
+    }
+  }
+  for (const int n : {1536, 2048, 576, 11008, 32768}) {  // b = 128; b = 2048; a = 36; a = 43; b = 32768
+    const auto plan = glq::transform::make_hadamard_plan(n);
+    const auto dplan = device_plan(plan);
+    glq::cuda::DeviceMemory dx(size_t(n) * 4), dh(size_t(n) * 2);
+    d::PrepareParams p;
+    p.t = d::transform_shape(dplan, nullptr);
+    p.x = dx.as<const float>();
+    p.ld_x = n;
+    p.out = dh.as<uint16_t>();
+    p.ld_out = n;
+    EXPECT_FALSE(d::launch_prepare_tc(ctx.info(), p, 1, ctx.stream())) << "n=" << n;
   }
 }
 
@@ -516,7 +661,7 @@ TEST(CudaHadamardWide, PrefillBatchesThroughPublicApi) {
       }
     glq::transform::hadamard_forward_batch(plan, ref_in.data(), batch);
     glq::cuda::DeviceMemory dh(x.size() * 2);
-    GLQ_CUDA_CHECK(cudaMemset(dh.data(), 0xFF, dh.bytes()));
+    GLQ_CUDA_CHECK(cudaMemsetAsync(dh.data(), 0xFF, dh.bytes(), ctx.stream()));
     glq::cuda::hadamard_input(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dh.as<uint16_t>(), batch);
     glq::cuda::hadamard_output(ctx, dplan, dsign.as<const float>(), dx.as<const float>(), dx.as<float>(), batch);
     GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
@@ -658,7 +803,7 @@ TEST(CudaQgemvRingFused, OutputTransformInKernelMatchesReference) {
       const int ld = d::qgemv_ring_fused_ld(rows);
       auto dx = glq::cuda::to_device(x);
       glq::cuda::DeviceMemory xt(size_t(batch) * cols * 2), yf(size_t(batch) * ld * 4);
-      GLQ_CUDA_CHECK(cudaMemset(yf.data(), 0xFF, yf.bytes()));
+      GLQ_CUDA_CHECK(cudaMemsetAsync(yf.data(), 0xFF, yf.bytes(), ctx.stream()));
       for (int accumulate : {0, 1}) {
         const auto y0 = random_vector(size_t(batch) * rows, 9 + rows + batch);
         auto dy = glq::cuda::to_device(accumulate ? y0 : std::vector<float>(y0.size(), std::numeric_limits<float>::quiet_NaN()));

@@ -91,7 +91,9 @@ struct DeviceQuantizedMatrix {
   std::vector<DeviceMemory> codes;   // per stage: (rows/8, groups, 8) codes (tiled, see above)
   std::vector<DeviceMemory> scales;  // per stage: (rows) float32
   DeviceMemory sign_in;              // (cols) float32 ±1
+  DeviceMemory sign_in_bits;         // (cols/32 rounded up) uint32: bit k of word j set where sign_in[32j + k] < 0
   DeviceMemory sign_out;             // (rows) float32 ±1
+  DeviceMemory sign_out_bits;        // (rows/32 rounded up) uint32, as sign_in_bits
   DeviceHadamard plan_in, plan_out;
 
   // Bytes one product reads from the weight: codes and scales of every stage, sign vectors.

@@ -107,6 +107,9 @@ void DeviceMemory::upload(const void* host, size_t bytes, size_t offset) {
     throw_mismatch("DeviceMemory::upload", "at most " + std::to_string(bytes_) + " bytes",
                    std::to_string(offset + bytes));
   GLQ_CUDA_CHECK(cudaMemcpy(static_cast<char*>(ptr_) + offset, host, bytes, cudaMemcpyHostToDevice));
+  // From pageable memory cudaMemcpy may return before the DMA has landed, and the contexts'
+  // streams do not wait for the default stream: wait here, so that the copy is complete.
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 void DeviceMemory::download(void* host, size_t bytes, size_t offset) const {
   if (offset + bytes > bytes_)
@@ -122,6 +125,13 @@ size_t DeviceQuantizedMatrix::weight_bytes() const {
   for (const auto& c : codes) total += c.bytes();
   for (const auto& s : scales) total += s.bytes();
   return total;
+}
+
+DeviceMemory detail::sign_bits_to_device(const std::vector<float>& sign) {
+  std::vector<uint32_t> bits((sign.size() + 31) / 32, 0u);
+  for (size_t i = 0; i < sign.size(); ++i)
+    if (sign[i] < 0.0f) bits[i / 32] |= 1u << (i % 32);
+  return to_device(bits);
 }
 
 DeviceQuantizedMatrix upload(const codec::QuantizedMatrix& q) {
@@ -165,6 +175,8 @@ DeviceQuantizedMatrix upload(const codec::QuantizedMatrix& q) {
     d.scales.push_back(to_device(st.scales));
   }
   d.sign_in = to_device(q.sign_in);
+  d.sign_in_bits = detail::sign_bits_to_device(q.sign_in);
+  d.sign_out_bits = detail::sign_bits_to_device(q.sign_out);
   d.sign_out = to_device(q.sign_out);
   if (q.rht) {
     d.plan_in = upload_plan(q.plan_in, what + " plan_in");
@@ -304,7 +316,7 @@ void qgemv_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, const u
 }
 
 void dequantize_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, uint16_t* wt_half) {
-  detail::launch_dequantize(w, ctx.tables(), wt_half, ctx.stream());
+  detail::launch_dequantize(ctx.info(), w, ctx.tables(), wt_half, false, ctx.stream());
 }
 
 bool detail::gemm_half_out() {
@@ -335,11 +347,11 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
                             : detail::qmma_parts(ctx.info(), w, batch, false);
     auto* yp = static_cast<float*>(ctx.scratch(1, size_t(parts) * batch * w.rows * 4));
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch, nullptr, 0,
-                            stream);
+                            stream, w.sign_in_bits.as<const uint32_t>());
     if (tiles) detail::launch_qmma_tiles(ctx.info(), w, ctx.tables(), xt, yp, batch, parts, stream);
     else detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), xt, nullptr, yp, batch, stream);
     detail::FinishParams f;
-    f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+    f.t = detail::transform_out(w);
     f.yt = yp;
     f.ld_in = w.rows;
     f.y = y;
@@ -357,7 +369,7 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
     auto* yp = static_cast<float*>(ctx.scratch(1, size_t(parts) * w.rows * 4));
     detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), nullptr, x, yp, 1, stream);
     detail::FinishParams f;
-    f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+    f.t = detail::transform_out(w);
     f.yt = yp;
     f.ld_in = w.rows;
     f.y = y;
@@ -374,9 +386,9 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
     const int ld = detail::qgemv_ring_fused_ld(w.rows);
     auto* yf = static_cast<float*>(ctx.scratch(1, size_t(batch) * ld * 4));
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch, yf, ld,
-                            stream);
+                            stream, w.sign_in_bits.as<const uint32_t>());
     detail::FinishParams f;
-    f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+    f.t = detail::transform_out(w);
     f.y = y;
     f.ld_out = w.rows;
     detail::launch_qgemv_ring_fused(ctx.info(), w, ctx.tables(), xt, w.cols, yf, batch, f, stream);
@@ -392,7 +404,7 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
                           : detail::qgemv_cores_needs_zeroed_output(ctx.info(), w, n));
     }
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch,
-                            zero ? yt : nullptr, zero ? w.rows : 0, stream);
+                            zero ? yt : nullptr, zero ? w.rows : 0, stream, w.sign_in_bits.as<const uint32_t>());
     for (int c0 = 0; c0 < batch; c0 += chunk) {
       const int n = std::min(chunk, batch - c0);
       if (mma)
@@ -406,8 +418,8 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
     auto* wt = static_cast<uint16_t*>(ctx.scratch(2, size_t(w.rows) * w.cols * 2));
     yt_half = detail::gemm_half_out();
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch,
-                            nullptr, 0, stream);
-    detail::launch_dequantize(w, ctx.tables(), wt, stream);
+                            nullptr, 0, stream, w.sign_in_bits.as<const uint32_t>());
+    detail::launch_dequantize(ctx.info(), w, ctx.tables(), wt, true, stream);
     // Column-major view: ỹ^T (rows, batch) = W̃^T' (rows, cols) · x̃^T (cols, batch), where the
     // row-major W̃ (rows, cols) is the column-major (cols, rows) matrix, used transposed. ỹ in
     // fp16 (fp32 accumulation): half the bytes written and read back by the output transform.
@@ -418,7 +430,7 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
                                   w.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
   detail::FinishParams f;
-  f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+  f.t = detail::transform_out(w);
   if (yt_half) f.yt_half = reinterpret_cast<const uint16_t*>(yt);
   else f.yt = yt;
   f.ld_in = w.rows;

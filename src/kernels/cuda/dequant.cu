@@ -12,6 +12,7 @@
 #include "glq/error.hpp"
 #include "kernels/cuda/e8_decode.cuh"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/pdl.cuh"
 
 namespace glq::cuda::detail {
 
@@ -92,12 +93,13 @@ __global__ void dequant_rows_kernel(const DequantParams p) {
       *reinterpret_cast<uint4*>(dst + size_t(r) * p.cols) = out;
     }
   }
+  pdl_wait();  // launched with PDL: complete only after the kernel before it
 }
 
 }  // namespace
 
-void launch_dequantize(const DeviceQuantizedMatrix& w, const uint32_t* tables, uint16_t* wt_half,
-                       cudaStream_t stream) {
+void launch_dequantize(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                       uint16_t* wt_half, bool after_prepare, cudaStream_t stream) {
   DequantParams p{};
   static_cast<StageArgs&>(p) = stage_args(w, "dequantize");
   p.cols = w.cols;
@@ -106,8 +108,8 @@ void launch_dequantize(const DeviceQuantizedMatrix& w, const uint32_t* tables, u
   const size_t total = size_t(p.tiles) * p.groups;
   const int threads = 256;
   const int blocks = int(std::min<size_t>((total + threads - 1) / threads, 65535));
-  dequant_rows_kernel<<<blocks, threads, 0, stream>>>(p);
-  GLQ_CUDA_CHECK_LAUNCH("dequant_rows_kernel");
+  launch_checked(dequant_rows_kernel, dim3(blocks), dim3(threads), 0, stream, after_prepare && pdl_enabled(info),
+                 "dequant_rows_kernel", p);
 }
 
 }  // namespace glq::cuda::detail

@@ -696,8 +696,12 @@ DeviceQuantizedMatrix random_device_qmatrix(int rows, int cols, int bits, uint64
     scale *= 0.1f;
     ++s;
   }
-  d.sign_in = to_device(transform::random_signs(cols, seed + 101));
-  d.sign_out = to_device(transform::random_signs(rows, seed + 102));
+  const auto sign_in = transform::random_signs(cols, seed + 101);
+  d.sign_in = to_device(sign_in);
+  d.sign_in_bits = detail::sign_bits_to_device(sign_in);
+  const auto sign_out = transform::random_signs(rows, seed + 102);
+  d.sign_out = to_device(sign_out);
+  d.sign_out_bits = detail::sign_bits_to_device(sign_out);
   d.plan_in = device_plan(cols);
   d.plan_out = device_plan(rows);
   return d;
@@ -841,12 +845,12 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
   b.part_l = DeviceMemory(T * c.heads * b.chunks * 4);
   b.part_acc = DeviceMemory(T * c.heads * b.chunks * c.head_dim * 4);
   b.attn_done = DeviceMemory(T * c.kv_heads * ((c.heads / c.kv_heads + kAttnGroup - 1) / kAttnGroup) * 4);
-  GLQ_CUDA_CHECK(cudaMemset(b.attn_done.data(), 0, b.attn_done.bytes()));
+  GLQ_CUDA_CHECK(cudaMemsetAsync(b.attn_done.data(), 0, b.attn_done.bytes(), ctx_.stream()));
   b.attn = DeviceMemory(T * q_dim * 4);
   b.argmax_v = DeviceMemory(kArgmaxBlocks * 4);
   b.argmax_i = DeviceMemory(kArgmaxBlocks * 4);
   b.argmax_done = DeviceMemory(4);
-  GLQ_CUDA_CHECK(cudaMemset(b.argmax_done.data(), 0, 4));
+  GLQ_CUDA_CHECK(cudaMemsetAsync(b.argmax_done.data(), 0, 4, ctx_.stream()));
   b.k_cache = DeviceMemory(size_t(c.layers) * c.slots * b.slot_stride * 2);
   b.v_cache = DeviceMemory(size_t(c.layers) * c.slots * b.slot_stride * 2);
   b.logits = DeviceMemory(T * c.vocab * 4);
@@ -930,7 +934,7 @@ bool fused_linear(Context& ctx, const DeviceQuantizedMatrix& w, detail::PrepareP
     return false;
   auto* xt = static_cast<uint16_t*>(ctx.scratch(0, max_tokens * w.cols * 2));
   auto* yt = static_cast<float*>(ctx.scratch(1, max_tokens * w.rows * 4));
-  p.t = detail::transform_shape(w.plan_in, w.sign_in.as<const float>());
+  p.t = detail::transform_in(w);
   p.out_type = detail::OutType::Half;
   p.out = xt;
   p.ld_out = w.cols;
@@ -938,7 +942,7 @@ bool fused_linear(Context& ctx, const DeviceQuantizedMatrix& w, detail::PrepareP
   p.zero_count = ld;
   detail::launch_prepare(info, p, n, ctx.stream());
   detail::FinishParams f;
-  f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+  f.t = detail::transform_out(w);
   f.y = y;
   f.ld_out = ld_y;
   f.accumulate = accumulate;
@@ -970,7 +974,7 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     if (gemv)
       for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
         zero = zero || detail::qgemv_needs_zeroed_output(info, w, std::min(kGemvMaxBatch, n - c0));
-    p.t = detail::transform_shape(w.plan_in, w.sign_in.as<const float>());
+    p.t = detail::transform_in(w);
     p.out_type = detail::OutType::Half;
     p.out = xt;
     p.ld_out = w.cols;
@@ -986,14 +990,14 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
                              w.rows, std::min(kGemvMaxBatch, n - c0), stream);
     } else {
       auto* wt = static_cast<uint16_t*>(ctx_.scratch(2, size_t(w.rows) * w.cols * 2));
-      detail::launch_dequantize(w, ctx_.tables(), wt, stream);
+      detail::launch_dequantize(info, w, ctx_.tables(), wt, true, stream);
       check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, n, w.cols, &alpha, wt, CUDA_R_16F,
                                 w.cols, xt, CUDA_R_16F, w.cols, &beta_zero, yt, half_out ? CUDA_R_16F : CUDA_R_32F,
                                 w.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "cublasGemmEx (dequantized fp16)");
     }
     detail::FinishParams f;
-    f.t = detail::transform_shape(w.plan_out, w.sign_out.as<const float>());
+    f.t = detail::transform_out(w);
     f.yt = half_out ? nullptr : yt;
     f.yt_half = half_out ? reinterpret_cast<const uint16_t*>(yt) : nullptr;
     f.ld_in = w.rows;

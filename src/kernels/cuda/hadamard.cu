@@ -16,6 +16,9 @@
 // finish_wide_kernel): one read, one write. Where those refuse the shape or the alignment, the
 // input side of 17 to 63 vectors (a ≤ 32, b ≥ 32) runs prepare_many_kernel: row groups per
 // block, mixing in registers, the FWHT in registers and warp shuffles (see the comment above it).
+// From kTransformTcMinBatch (65) vectors on, the shapes the tensor-core kernels take (b = 256-1024
+// with a ≤ 32, or a = 1 with b = 4096-16384) run there instead (hadamard_tc.cu): the input side,
+// and the output side where ỹ is fp16 (the dequantize + GEMM path).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -1026,13 +1029,14 @@ size_t smem_for(const DeviceInfo& info, int n) {
 
 }  // namespace
 
-TransformShape transform_shape(const DeviceHadamard& plan, const float* sign) {
+TransformShape transform_shape(const DeviceHadamard& plan, const float* sign, const uint32_t* sign_bits) {
   TransformShape t;
   t.n = plan.n;
   t.a = plan.a;
   t.log2b = std::countr_zero(unsigned(plan.b));
   t.q = plan.a > 1 ? plan.q.as<const float>() : nullptr;
   t.sign = sign;
+  t.sign_bits = sign_bits;
   t.inv_sqrt_b = 1.0f / std::sqrt(float(plan.b));
   return t;
 }
@@ -1232,6 +1236,7 @@ bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch
 
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
+  if (use_transform_tc(batch) && launch_prepare_tc(info, p, batch, stream)) return;
   if (batch >= wide_min_batch() && launch_prepare_wide(info, p, batch, stream)) return;
   if (many_shape(info, p.t, batch)) {
     const int per_block = many_per_block(p.t, batch);
@@ -1272,6 +1277,7 @@ bool finish_parts_rows() {
 
 void launch_finish(const DeviceInfo& info, const FinishParams& params, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
+  if (params.yt_half && use_transform_tc(batch) && launch_finish_tc(info, params, batch, stream)) return;
   const bool rows_ok = (params.t.a << params.t.log2b) == params.t.n && (params.t.a == 1 || batch <= kRowKernelMaxBatch);
   const bool parts_rows = params.parts > 1 && rows_ok && finish_parts_rows();
   if (!parts_rows && batch >= wide_min_batch() && launch_finish_wide(info, params, batch, stream)) return;
@@ -1293,10 +1299,10 @@ void launch_finish(const DeviceInfo& info, const FinishParams& params, int batch
 
 void launch_hadamard(const DeviceInfo& info, const DeviceHadamard& plan, bool input,
                      const float* sign, const float* x, void* out, int batch, float* zero_ptr,
-                     int zero_count, cudaStream_t stream) {
+                     int zero_count, cudaStream_t stream, const uint32_t* sign_bits) {
   if (input) {
     PrepareParams p;
-    p.t = transform_shape(plan, sign);
+    p.t = transform_shape(plan, sign, sign_bits);
     p.x = x;
     p.ld_x = plan.n;
     p.out = out;

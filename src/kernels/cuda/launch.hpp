@@ -39,7 +39,17 @@ inline StageArgs stage_args(const DeviceQuantizedMatrix& w, const char* who) {
 }
 
 // The per-vector transform kernels with their fused pre- and post-operations (hadamard.cu).
-TransformShape transform_shape(const DeviceHadamard& plan, const float* sign);
+TransformShape transform_shape(const DeviceHadamard& plan, const float* sign, const uint32_t* sign_bits = nullptr);
+// The input side's shape of w (its signs also as bits).
+inline TransformShape transform_in(const DeviceQuantizedMatrix& w) {
+  return transform_shape(w.plan_in, w.sign_in.as<const float>(), w.sign_in_bits.as<const uint32_t>());
+}
+// The output side's shape of w.
+inline TransformShape transform_out(const DeviceQuantizedMatrix& w) {
+  return transform_shape(w.plan_out, w.sign_out.as<const float>(), w.sign_out_bits.as<const uint32_t>());
+}
+// Signs (±1) as the bits of TransformShape::sign_bits, on the device.
+DeviceMemory sign_bits_to_device(const std::vector<float>& sign);
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream);
 void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream);
 // The whole-vector-per-block kernels that launch_prepare / launch_finish use for many vectors,
@@ -47,13 +57,23 @@ void launch_finish(const DeviceInfo& info, const FinishParams& p, int batch, cud
 // alignment of the rows does not allow them.
 bool launch_prepare_wide(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream);
 bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream);
+// The transforms on the tensor cores (hadamard_tc.cu), which launch_prepare and launch_finish
+// (for fp16 ỹ) use from kTransformTcMinBatch vectors on (GLQ_CUDA_TRANSFORM_TC=0: never;
+// GLQ_CUDA_TRANSFORM_TC_MIN=N: from N on): shapes with b = 256, 512 or 1024 and 1 < a ≤ 32, or
+// a = 1 and b = 4096, 8192 or 16384; fp16 intermediates (relative error ~5e-4). false, with
+// nothing launched, where the shape, the types or the alignment do not allow them.
+constexpr int kTransformTcMinBatch = 65;
+bool tc_transform_shape(const TransformShape& t);
+bool use_transform_tc(int batch);
+bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream);
+bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream);
 
 // Hadamard transform of `batch` vectors of length plan.n (one block each; see hadamard.cu).
 //   input:  out_half (batch, n) = T (sign ∘ x);  also zeroes zero_ptr (batch, zero_count).
 //   output: out_float (batch, n) = sign ∘ (T^T x).
 void launch_hadamard(const DeviceInfo& info, const DeviceHadamard& plan, bool input,
                      const float* sign, const float* x, void* out, int batch, float* zero_ptr,
-                     int zero_count, cudaStream_t stream);
+                     int zero_count, cudaStream_t stream, const uint32_t* sign_bits = nullptr);
 
 // Decode kernel: yt (batch, rows) (+)= Σ_s scale_s ∘ (C_s xt), batch ≤ kGemvMaxBatch.
 // With accumulate, yt must be zero (or hold a partial sum) before the launch.
@@ -94,9 +114,12 @@ void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, 
                         const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,
                         cudaStream_t stream);
 
-// wt (rows, cols) fp16 = Σ_s diag(scale_s) C_s.
-void launch_dequantize(const DeviceQuantizedMatrix& w, const uint32_t* tables, uint16_t* wt_half,
-                       cudaStream_t stream);
+// wt (rows, cols) fp16 = Σ_s diag(scale_s) C_s. With after_prepare (where the kernel before it
+// in the stream is an input transform, which does not touch wt), it is launched with programmatic
+// dependent launch and runs beside that kernel's last blocks, then waits for it before it
+// completes: the GEMM after it sees both.
+void launch_dequantize(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                       uint16_t* wt_half, bool after_prepare, cudaStream_t stream);
 
 // Element-wise conversions.
 // Whether the dequantize + GEMM path (more vectors than kMmaMaxBatch) has the GEMM write ỹ in

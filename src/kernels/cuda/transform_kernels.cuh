@@ -24,6 +24,9 @@ struct TransformShape {
   // kernels' view of a = 1, b = a'·b' as Q = H_a' / √a' ⊗ H_b' / √b' (H_a'b' = H_a' ⊗ H_b').
   int sylvester = 0;
   const float* sign = nullptr;  // (n) or null (no sign)
+  // The same signs as bits (bit k of word j: element 32j + k is negated), or null; read where a
+  // kernel takes them (the tensor-core input transform) instead of 4 bytes per element.
+  const uint32_t* sign_bits = nullptr;
   float inv_sqrt_b = 1.0f;
 };
 
