@@ -1153,8 +1153,6 @@ size_t wide_smem(const TransformShape& t) {
   return (size_t(t.n) + (t.a > 1 ? size_t(G) * t.a * 8 : 0)) * 4;
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-
 // Shape the wide kernels take, within the shared memory they may opt into.
 bool wide_shape(const DeviceInfo& info, const TransformShape& t) {
   if ((t.a << t.log2b) != t.n || t.a > kWideMaxA || t.log2b < 5 || t.log2b > 15) return false;
@@ -1195,16 +1193,11 @@ int wide_splits(const DeviceInfo& info, const TransformShape& t, int batch, bool
   return (G + per - 1) / per;
 }
 
-bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
-  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-  return pa < pb + b_bytes && pb < pa + a_bytes;
-}
-
 bool launch_prepare_wide(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0 || !wide_shape(info, p.t)) return false;
   // 8-byte stores of 4 outputs.
   if ((reinterpret_cast<uintptr_t>(p.out) & 7) != 0 || p.ld_out % 4 != 0) return false;
-  const int vec_load = aligned16(p.x) && p.ld_x % 4 == 0;
+  const int vec_load = aligned_to(p.x, 16) && p.ld_x % 4 == 0;
   const size_t smem = wide_smem(p.t);
   const size_t row_in = p.pre == PreOp::SwiGlu ? 2 * size_t(p.t.n) : size_t(p.t.n);  // [gate | up]
   const bool in_place = overlaps(p.x, ((batch - 1) * size_t(p.ld_x) + row_in) * 4, p.out,
@@ -1221,9 +1214,9 @@ bool launch_prepare_wide(const DeviceInfo& info, const PrepareParams& p, int bat
 
 bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0 || !wide_shape(info, p.t)) return false;
-  if (!aligned16(p.y) || p.ld_out % 4 != 0 || (p.t.sign && !aligned16(p.t.sign))) return false;
-  const int vec_load = p.yt_half ? aligned16(p.yt_half) && p.ld_in % 8 == 0 && p.t.n % 8 == 0
-                                 : aligned16(p.yt) && p.ld_in % 4 == 0 && (p.parts == 1 || p.part_stride % 4 == 0);
+  if (!aligned_to(p.y, 16) || p.ld_out % 4 != 0 || (p.t.sign && !aligned_to(p.t.sign, 16))) return false;
+  const int vec_load = p.yt_half ? aligned_to(p.yt_half, 16) && p.ld_in % 8 == 0 && p.t.n % 8 == 0
+                                 : aligned_to(p.yt, 16) && p.ld_in % 4 == 0 && (p.parts == 1 || p.part_stride % 4 == 0);
   const size_t in_bytes = p.yt_half ? (size_t(batch - 1) * p.ld_in + p.t.n) * 2
                                     : (size_t(p.parts - 1) * p.part_stride + size_t(batch - 1) * p.ld_in + p.t.n) * 4;
   const bool in_place = overlaps(p.yt_half ? static_cast<const void*>(p.yt_half) : p.yt, in_bytes, p.y,

@@ -380,8 +380,6 @@ __global__ void __launch_bounds__(kTcThreads, 5) finish_tc_kernel(const FinishPa
   });
 }
 
-bool aligned(const void* ptr, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(ptr) & (bytes - 1)) == 0; }
-
 int tc_min_batch() {
   static const int v = [] {
     const char* off = std::getenv("GLQ_CUDA_TRANSFORM_TC");
@@ -421,11 +419,6 @@ void set_smem_attributes() {
   (void)done;
 }
 
-bool overlap(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
-  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-  return pa < pb + b_bytes && pb < pa + a_bytes;
-}
-
 }  // namespace
 
 bool tc_transform_shape(const TransformShape& t) {
@@ -437,8 +430,8 @@ bool use_transform_tc(int batch) { return batch >= tc_min_batch(); }
 
 bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0 || info.cc_major < 8 || p.out_type != OutType::Half || !tc_transform_shape(p.t)) return false;
-  if (!aligned(p.x, 16) || p.ld_x % 4 != 0 || !aligned(p.out, 16) || p.ld_out % 8 != 0) return false;
-  if ((p.t.sign && !aligned(p.t.sign, 16)) || (p.pre == PreOp::RmsNorm && !aligned(p.norm_w, 16))) return false;
+  if (!aligned_to(p.x, 16) || p.ld_x % 4 != 0 || !aligned_to(p.out, 16) || p.ld_out % 8 != 0) return false;
+  if ((p.t.sign && !aligned_to(p.t.sign, 16)) || (p.pre == PreOp::RmsNorm && !aligned_to(p.norm_w, 16))) return false;
   const TcView v = tc_view(p.t);
   set_smem_attributes();
   switch (p.pre) {
@@ -452,10 +445,10 @@ bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch
 
 bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0 || info.cc_major < 8 || !p.yt_half || p.parts != 1 || !tc_transform_shape(p.t)) return false;
-  if (!aligned(p.yt_half, 16) || p.ld_in % 8 != 0 || !aligned(p.y, 8) || p.ld_out % 2 != 0) return false;
-  if (p.t.sign && !aligned(p.t.sign, 8)) return false;
+  if (!aligned_to(p.yt_half, 16) || p.ld_in % 8 != 0 || !aligned_to(p.y, 8) || p.ld_out % 2 != 0) return false;
+  if (p.t.sign && !aligned_to(p.t.sign, 8)) return false;
   // Every block reads its whole ỹ before it writes y, but not before other blocks write theirs.
-  if (overlap(p.yt_half, (size_t(batch - 1) * p.ld_in + p.t.n) * 2, p.y, (size_t(batch - 1) * p.ld_out + p.t.n) * 4))
+  if (overlaps(p.yt_half, (size_t(batch - 1) * p.ld_in + p.t.n) * 2, p.y, (size_t(batch - 1) * p.ld_out + p.t.n) * 4))
     return false;
   const TcView v = tc_view(p.t);
   set_smem_attributes();

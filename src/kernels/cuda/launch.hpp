@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -47,6 +48,13 @@ inline TransformShape transform_in(const DeviceQuantizedMatrix& w) {
 // The output side's shape of w.
 inline TransformShape transform_out(const DeviceQuantizedMatrix& w) {
   return transform_shape(w.plan_out, w.sign_out.as<const float>(), w.sign_out_bits.as<const uint32_t>());
+}
+// Whether ptr is a multiple of `bytes` (a power of two), and whether two byte ranges overlap:
+// the launchers' checks before vector loads and before kernels that must not run in place.
+inline bool aligned_to(const void* ptr, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(ptr) & (bytes - 1)) == 0; }
+inline bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
+  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return pa < pb + b_bytes && pb < pa + a_bytes;
 }
 // Signs (±1) as the bits of TransformShape::sign_bits, on the device.
 DeviceMemory sign_bits_to_device(const std::vector<float>& sign);
