@@ -16,7 +16,7 @@
 // finish_wide_kernel): one read, one write. Where those refuse the shape or the alignment, the
 // input side of 17 to 63 vectors (a ≤ 32, b ≥ 32) runs prepare_many_kernel: row groups per
 // block, mixing in registers, the FWHT in registers and warp shuffles (see the comment above it).
-// From kTransformTcMinBatch (65) vectors on, the shapes the tensor-core kernels take (b = 256-1024
+// From kTransformTcMinBatch (49) vectors on, the shapes the tensor-core kernels take (b = 256-1024
 // with a ≤ 32, or a = 1 with b = 4096-16384) run there instead (hadamard_tc.cu): the input side,
 // and the output side where ỹ is fp16 (the dequantize + GEMM path).
 #include <cuda_bf16.h>

@@ -70,7 +70,10 @@ bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch
 // GLQ_CUDA_TRANSFORM_TC_MIN=N: from N on): shapes with b = 256, 512 or 1024 and 1 < a ≤ 32, or
 // a = 1 and b = 4096, 8192 or 16384; fp16 intermediates (relative error ~5e-4). false, with
 // nothing launched, where the shape, the types or the alignment do not allow them.
-constexpr int kTransformTcMinBatch = 65;
+// From 49 vectors: at 64 the input side of 4096x14336 takes the product from 60.4 to 58.2 us and
+// of 14336x4096 from 68.4 to 64.9 (56 vectors: 59.8 / 66.2 to 57.7 / 64.2), equal at 48, slower
+// at 24 and 40 (53.3 against 54.7 us), H100, 2 bpw.
+constexpr int kTransformTcMinBatch = 49;
 bool tc_transform_shape(const TransformShape& t);
 bool use_transform_tc(int batch);
 bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream);
