@@ -433,6 +433,30 @@ TEST(CudaHadamardWide, RefusesShapesItCannotTake) {
   }
 }
 
+// T (sign ∘ pre(x)) of `batch` rows of x (row stride ld, [gate | up] for SwiGlu), with the
+// pre-operations as transform_kernels.cuh defines them (RMSNorm eps 1e-5).
+std::vector<float> prepare_reference(const glq::transform::HadamardPlan& plan, const float* x, int ld, int batch,
+                                     glq::cuda::detail::PreOp pre, const std::vector<float>& norm_w,
+                                     const std::vector<float>& sign) {
+  using glq::cuda::detail::PreOp;
+  const int n = plan.n;
+  std::vector<float> ref(size_t(batch) * n);
+  for (int v = 0; v < batch; ++v) {
+    const float* xv = x + size_t(v) * ld;
+    float* r = ref.data() + size_t(v) * n;
+    double ss = 0.0;
+    for (int i = 0; i < n; ++i) ss += double(xv[i]) * xv[i];
+    const float scale = float(1.0 / std::sqrt(ss / n + 1e-5));
+    for (int i = 0; i < n; ++i) {
+      const float g = xv[i], u = xv[n + i];
+      const float val = pre == PreOp::RmsNorm ? g * scale * norm_w[i] : pre == PreOp::SwiGlu ? g / (1.0f + std::exp(-g)) * u : g;
+      r[i] = val * sign[i];
+    }
+    glq::transform::hadamard_forward(plan, r);
+  }
+  return ref;
+}
+
 // The fused pre-operations, the zeroing of a following product's output and rows that are not
 // 16-byte aligned (plain loads instead of cp.async) in the wide input kernel.
 TEST(CudaHadamardWide, PreOperationsAndUnalignedRows) {
@@ -454,22 +478,7 @@ TEST(CudaHadamardWide, PreOperationsAndUnalignedRows) {
     for (const int mode : {0, 1, 2}) {  // RmsNorm, SwiGlu, Plain on rows offset by one float
       const auto pre = mode == 0 ? d::PreOp::RmsNorm : mode == 1 ? d::PreOp::SwiGlu : d::PreOp::Plain;
       const int off = mode == 2 ? 1 : 0;
-      std::vector<float> ref(size_t(batch) * n);
-      for (int v = 0; v < batch; ++v) {
-        const float* xv = x.data() + size_t(v) * 2 * n + off;
-        float* r = ref.data() + size_t(v) * n;
-        double ss = 0.0;
-        for (int i = 0; i < n; ++i) ss += double(xv[i]) * xv[i];
-        const float scale = float(1.0 / std::sqrt(ss / n + 1e-5));
-        for (int i = 0; i < n; ++i) {
-          const float g = xv[i], u = xv[n + i];
-          const float val = pre == d::PreOp::RmsNorm ? g * scale * norm_w[i]
-                            : pre == d::PreOp::SwiGlu ? g / (1.0f + std::exp(-g)) * u
-                                                      : g;
-          r[i] = val * sign[i];
-        }
-        glq::transform::hadamard_forward(plan, r);
-      }
+      const auto ref = prepare_reference(plan, x.data() + off, 2 * n, batch, pre, norm_w, sign);
       const int zero_count = 111;
       std::vector<float> junk(size_t(batch) * zero_count, 1.0f);
       auto dz = glq::cuda::to_device(junk);
@@ -516,22 +525,7 @@ TEST(CudaHadamardTc, BothSidesMatchReference) {
     auto dbits = d::sign_bits_to_device(sign);
     for (const int mode : {0, 1, 2, 3}) {  // RmsNorm, SwiGlu, Plain; Plain with the signs as bits
       const auto pre = mode == 0 ? d::PreOp::RmsNorm : mode == 1 ? d::PreOp::SwiGlu : d::PreOp::Plain;
-      std::vector<float> ref(size_t(batch) * n);
-      for (int v = 0; v < batch; ++v) {
-        const float* xv = x.data() + size_t(v) * 2 * n;
-        float* r = ref.data() + size_t(v) * n;
-        double ss = 0.0;
-        for (int i = 0; i < n; ++i) ss += double(xv[i]) * xv[i];
-        const float scale = float(1.0 / std::sqrt(ss / n + 1e-5));
-        for (int i = 0; i < n; ++i) {
-          const float g = xv[i], u = xv[n + i];
-          const float val = pre == d::PreOp::RmsNorm ? g * scale * norm_w[i]
-                            : pre == d::PreOp::SwiGlu ? g / (1.0f + std::exp(-g)) * u
-                                                      : g;
-          r[i] = val * sign[i];
-        }
-        glq::transform::hadamard_forward(plan, r);
-      }
+      const auto ref = prepare_reference(plan, x.data(), 2 * n, batch, pre, norm_w, sign);
       const int zero_count = 37;
       std::vector<float> junk(size_t(batch) * zero_count, 1.0f);
       auto dz = glq::cuda::to_device(junk);

@@ -1139,12 +1139,7 @@ bool many_shape(const DeviceInfo& info, const TransformShape& t, int batch) {
 constexpr int kWideMinBatch = 17;
 
 int wide_min_batch() {
-  static const int v = [] {
-    const char* off = std::getenv("GLQ_CUDA_TRANSFORM_WIDE");
-    if (off && std::string(off) == "0") return std::numeric_limits<int>::max();
-    const char* m = std::getenv("GLQ_CUDA_TRANSFORM_WIDE_MIN");
-    return m ? std::max(1, std::atoi(m)) : kWideMinBatch;
-  }();
+  static const int v = env_min_batch("GLQ_CUDA_TRANSFORM_WIDE", "GLQ_CUDA_TRANSFORM_WIDE_MIN", kWideMinBatch);
   return v;
 }
 

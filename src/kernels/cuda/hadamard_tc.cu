@@ -162,6 +162,13 @@ __device__ __forceinline__ void stage_padding_and_q(uint4* sm, __half* qs, const
 __device__ __forceinline__ int ld_k() { return (((threadIdx.x & 31) >> 3) & 1) * 8 + (threadIdx.x & 7); }
 __device__ __forceinline__ int ld_h() { return (threadIdx.x & 31) >> 4; }
 
+// acc (two n8 tiles) += A · B for one k16 step: B from ldsm4t (registers 0/1 n-tile 0, 2/3 n-tile 1).
+__device__ __forceinline__ void mma_n16(float acc[2][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        const uint32_t b[4]) {
+  mma16816(acc[0], a0, a1, a2, a3, b[0], b[1]);
+  mma16816(acc[1], a0, a1, a2, a3, b[2], b[3]);
+}
+
 // Step 2, in place: X_i ← (H_bh/4) X_i for every real row i, one warp per i. hp: H_16/4.
 __device__ __forceinline__ void tc_step2(uint4* sm, const TcView& v, const uint32_t hp[4]) {
   const int bh = v.bh, KT = bh >> 4, kr = ld_k(), hh = ld_h();
@@ -178,9 +185,7 @@ __device__ __forceinline__ void tc_step2(uint4* sm, const TcView& v, const uint3
       for (int kt = 0; kt < 4; ++kt) {
         if (kt >= KT) break;
         const uint32_t neg = (__popc(mt & kt) & 1) ? 0x80008000u : 0u;  // Sylvester sign of the block
-        const uint32_t a0 = hp[0] ^ neg, a1 = hp[1] ^ neg, a2 = hp[2] ^ neg, a3 = hp[3] ^ neg;
-        mma16816(acc[0], a0, a1, a2, a3, bf[kt][0], bf[kt][1]);
-        mma16816(acc[1], a0, a1, a2, a3, bf[kt][2], bf[kt][3]);
+        mma_n16(acc, hp[0] ^ neg, hp[1] ^ neg, hp[2] ^ neg, hp[3] ^ neg, bf[kt]);
       }
       store_acc(sm, acc, 1.0f, [&](int r, int nt) { return tc_chunk(i, mt * 16 + r, nt, bh); });
     }
@@ -218,8 +223,7 @@ __device__ __forceinline__ void tc_step3(const uint4* sm, const __half* qs, cons
 #pragma unroll
       for (int kt = 0; kt < 2; ++kt) {
         if (kt >= KA) break;
-        mma16816(acc[0], qf[mt][kt][0], qf[mt][kt][1], qf[mt][kt][2], qf[mt][kt][3], bf[kt][0], bf[kt][1]);
-        mma16816(acc[1], qf[mt][kt][0], qf[mt][kt][1], qf[mt][kt][2], qf[mt][kt][3], bf[kt][2], bf[kt][3]);
+        mma_n16(acc, qf[mt][kt][0], qf[mt][kt][1], qf[mt][kt][2], qf[mt][kt][3], bf[kt]);
       }
       emit(mt, jh, acc);
     }
@@ -381,12 +385,7 @@ __global__ void __launch_bounds__(kTcThreads, 5) finish_tc_kernel(const FinishPa
 }
 
 int tc_min_batch() {
-  static const int v = [] {
-    const char* off = std::getenv("GLQ_CUDA_TRANSFORM_TC");
-    if (off && std::string(off) == "0") return std::numeric_limits<int>::max();
-    const char* m = std::getenv("GLQ_CUDA_TRANSFORM_TC_MIN");
-    return m ? std::max(1, std::atoi(m)) : kTransformTcMinBatch;
-  }();
+  static const int v = env_min_batch("GLQ_CUDA_TRANSFORM_TC", "GLQ_CUDA_TRANSFORM_TC_MIN", kTransformTcMinBatch);
   return v;
 }
 
