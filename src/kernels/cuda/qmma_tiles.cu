@@ -254,12 +254,7 @@ bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w
   if (w.codebooks[0] != codec::Codebook::E8P16) return false;
   if (info.smem_optin < kTileSmem) return false;
   if (w.cols % 8 != 0 || w.rows % 8 != 0) return false;
-  static const int min_batch = [] {
-    const char* off = std::getenv("GLQ_CUDA_QMMA_TILES");
-    if (off && std::string(off) == "0") return kTileVecs + 1;
-    const char* m = std::getenv("GLQ_CUDA_QMMA_TILES_MIN");
-    return m ? std::max(1, std::atoi(m)) : kTilesMinBatch;
-  }();
+  static const int min_batch = env_min_batch("GLQ_CUDA_QMMA_TILES", "GLQ_CUDA_QMMA_TILES_MIN", kTilesMinBatch);
   return batch >= min_batch;
 }
 
