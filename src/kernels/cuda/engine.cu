@@ -855,6 +855,26 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
   b.v_cache = DeviceMemory(size_t(c.layers) * c.slots * b.slot_stride * 2);
   b.logits = DeviceMemory(T * c.vocab * 4);
   b.inv_freq = to_device(c.rope_inv_freq);
+  // ỹ scratch: the tile kernel (33-64 tokens) writes one slice per column range (or cluster of
+  // them), so it may need more than max_tokens rows; reserved now, since a captured graph cannot
+  // grow it.
+  size_t yt_bytes = 0;
+  auto reserve_yt = [&](const EngineLinear& l) {
+    if (!l.q) return;
+    const int n = std::min<int>(kMmaMaxBatch, b.max_tokens);
+    const int parts = n >= detail::kTilesMinBatch && detail::qmma_tiles_supported(ctx_.info(), *l.q, n)
+                          ? detail::qmma_tiles_parts(ctx_.info(), l.q->rows, l.q->cols)
+                          : 1;
+    yt_bytes = std::max(yt_bytes, std::max(T, size_t(parts) * n) * l.q->rows * 4);
+  };
+  for (const auto& L : w_.layers) {
+    for (const auto& l : L.qkv) reserve_yt(l);
+    for (const auto& l : L.gate_up) reserve_yt(l);
+    reserve_yt(L.o);
+    reserve_yt(L.down);
+  }
+  reserve_yt(w_.lm_head);
+  if (yt_bytes) ctx_.scratch(1, yt_bytes);
   reset();
 }
 
@@ -964,12 +984,13 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
   } else if (l.q) {
     const auto& w = *l.q;
     auto* xt = static_cast<uint16_t*>(ctx_.scratch(0, size_t(b_->max_tokens) * w.cols * 2));
-    auto* yt = static_cast<float*>(ctx_.scratch(1, size_t(b_->max_tokens) * w.rows * 4));
     const bool gemv = n <= 2 * kGemvMaxBatch;
-    // 33-64 tokens: the shared-memory tile kernel, its column ranges' slices of ỹ in the same
-    // scratch (where they fit), summed by the output transform.
+    // 33-64 tokens: the shared-memory tile kernel, its slices of ỹ in the same scratch (reserved
+    // for them by the constructor), summed by the output transform.
     const int tile_parts = !gemv && detail::qmma_tiles_supported(info, w, n) ? detail::qmma_tiles_parts(info, w.rows, w.cols) : 0;
-    const bool tiles = tile_parts > 0 && size_t(tile_parts) * n <= size_t(b_->max_tokens);
+    const bool tiles = tile_parts > 0;
+    auto* yt = static_cast<float*>(
+        ctx_.scratch(1, std::max(size_t(b_->max_tokens), size_t(std::max(tile_parts, 1)) * n) * w.rows * 4));
     bool zero = false;
     if (gemv)
       for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)

@@ -122,9 +122,11 @@ std::string qmma_plan(const DeviceInfo& info, const DeviceQuantizedMatrix& w, in
 void launch_qmma_parts(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                        const uint16_t* xt_half, const float* x, float* yt_parts, int batch, cudaStream_t stream);
 // The shared-memory tensor-core kernel (qmma_tiles.cu) for kTilesMinBatch ≤ batch ≤ kMmaMaxBatch
-// vectors of 2-4 bpw matrices: each weight decoded once for all vectors; column range k writes
-// yt_parts + k·batch·rows (parts from qmma_tiles_parts), summed by the output transform.
-// GLQ_CUDA_QMMA_TILES=0: never; GLQ_CUDA_QMMA_TILES_MIN=N: from N vectors on.
+// vectors of 2-4 bpw matrices: each weight decoded once for all vectors; slice k of ỹ is
+// yt_parts + k·batch·rows (parts = qmma_tiles_parts slices: on sm_90 the column ranges of a
+// thread-block cluster sum their tiles in distributed shared memory and write one slice),
+// summed by the output transform. GLQ_CUDA_QMMA_TILES=0: never; GLQ_CUDA_QMMA_TILES_MIN=N: from
+// N vectors on; GLQ_CUDA_TILES_CLUSTER=N: clusters of at most N column ranges (1: none).
 inline constexpr int kTilesMinBatch = 33;
 bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
 int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols);

@@ -36,21 +36,38 @@ inline bool pdl_enabled(const DeviceInfo& info) {
   return info.cc_major >= 9 && !env_off;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with PDL when `pdl`; checked.
+// kernel<<<grid, block, smem, stream>>>(args...), with PDL when `pdl` and thread-block clusters
+// of `cluster` blocks (grid a multiple of it) when its volume exceeds 1; checked.
 template <typename... Params, typename... Args>
-void launch_checked(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                    bool pdl, const char* name, Args&&... args) {
+void launch_checked_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                            bool pdl, dim3 cluster, const char* name, Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster.x;
+    attr[n].val.clusterDim.y = cluster.y;
+    attr[n++].val.clusterDim.z = cluster.z;
+  }
   config.attrs = attr;
-  config.numAttrs = pdl ? 1 : 0;
+  config.numAttrs = n;
   check(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), name, __FILE__, __LINE__);
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with PDL when `pdl`; checked.
+template <typename... Params, typename... Args>
+void launch_checked(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                    bool pdl, const char* name, Args&&... args) {
+  launch_checked_cluster(kernel, grid, block, smem, stream, pdl, dim3(1, 1, 1), name, std::forward<Args>(args)...);
 }
 
 }  // namespace glq::cuda::detail

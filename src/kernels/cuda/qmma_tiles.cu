@@ -18,7 +18,11 @@
 //   - rows of 128 bytes, their eight 16-byte chunks XOR-swizzled by row so that ldmatrix reads
 //     eight rows without bank conflicts;
 //   - column range k writes its own slice of ỹ with plain stores (no zeroing, no atomics); the
-//     output transform sums the slices (FinishParams::parts).
+//     output transform sums the slices (FinishParams::parts). On sm_90, where a row block has
+//     2 to 8 column ranges, they run as one thread-block cluster: each block leaves its
+//     partial tile in its shared memory, and block q of the cluster sums its share of the rows
+//     of all C tiles through distributed shared memory and writes them: one slice of ỹ.
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -49,6 +53,8 @@ constexpr size_t kTileSmem = size_t(2) * kTileBufHalfs * 2 +          // A and x
                              size_t(kTileRing) * kTileThreads * 32 +  // code words
                              size_t(kTileRows) * 2 * 8 +              // per row and stage: scale, scale/4
                              size_t(kTableWords) * 4;                 // 113,672 bytes: 2 blocks per SM
+constexpr int kPartialLd = kTileRows + 4;  // floats per vector of a partial tile: conflict-free stores
+static_assert(size_t(kTileVecs) * kPartialLd * 4 <= size_t(2) * kTileBufHalfs * 2, "partial tile fits the tile buffers");
 
 struct TileParams : StageArgs {
   const uint32_t* tables;
@@ -56,6 +62,7 @@ struct TileParams : StageArgs {
   float* yt;          // (parts, batch, rows)
   int rows, cols, batch;
   int steps_per_part;  // steps of kTileK columns per column range
+  int cluster;         // column ranges per thread-block cluster (1: each writes its own slice)
 };
 
 // Offset (in halfs) of chunk c (8 halfs) of row r in a tile of 64-half rows.
@@ -230,8 +237,44 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   }
 
   // C fragment: rows g, g+8 of the m16 tile; vectors 2t, 2t+1 of the 8-vector tile.
-  float* y = p.yt + size_t(blockIdx.y) * p.batch * p.rows;
   const int g = lane >> 2, t = lane & 3;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (p.cluster > 1) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the tiles: their buffers take the partial tile
+    float* part = reinterpret_cast<float*>(tsm);  // (kTileVecs, kPartialLd)
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int h = 0; h < 4; ++h)
+          part[(n * 8 + 2 * t + (h & 1)) * kPartialLd + warp * 32 + m * 16 + g + (h >> 1) * 8] = acc[m][n][h];
+    cl.sync();  // every partial tile of the cluster written
+    // Block q of the cluster sums row quads [q·64/C, (q+1)·64/C) of the 256-row tile.
+    const int rank = int(cl.block_rank()), q0 = rank * (kTileRows / 4) / p.cluster;
+    const int quads = (rank + 1) * (kTileRows / 4) / p.cluster - q0;
+    float* y = p.yt + size_t(blockIdx.y / p.cluster) * p.batch * p.rows;
+    for (int e = threadIdx.x; e < p.batch * quads; e += kTileThreads) {
+      const int v = e / quads, r = (q0 + e % quads) * 4;
+      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (int q = 0; q < p.cluster; ++q) {
+        const float4 u = *reinterpret_cast<const float4*>(cl.map_shared_rank(part, q) + v * kPartialLd + r);
+        sum.x += u.x;
+        sum.y += u.y;
+        sum.z += u.z;
+        sum.w += u.w;
+      }
+      const int row = tile0 * 8 + r;  // rows % 8 == 0: a quad is wholly in or out
+      if (row < p.rows) *reinterpret_cast<float4*>(y + size_t(v) * p.rows + row) = sum;
+    }
+    cl.sync();  // no block leaves while the others still read its partial tile
+    return;
+  }
+#endif
+  float* y = p.yt + size_t(blockIdx.y) * p.batch * p.rows;
 #pragma unroll
   for (int m = 0; m < 2; ++m) {
     const int r0 = tile0 * 8 + warp * 32 + m * 16 + g;
@@ -247,6 +290,17 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   }
 }
 
+void set_tiles_smem_attribute() {
+  static const bool attr = [] {
+    for (const void* k : {reinterpret_cast<const void*>(qmma_tiles_kernel<0>),
+                          reinterpret_cast<const void*>(qmma_tiles_kernel<1>),
+                          reinterpret_cast<const void*>(qmma_tiles_kernel<2>)})
+      GLQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTileSmem)));
+    return true;
+  }();
+  (void)attr;
+}
+
 }  // namespace
 
 bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
@@ -258,7 +312,47 @@ bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w
   return batch >= min_batch;
 }
 
-int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols) {
+namespace {
+
+struct TilesSplit {
+  int ranges;   // column ranges (grid.y)
+  int cluster;  // column ranges per cluster
+};
+
+// Column ranges per cluster: all of them (one slice of ỹ) where there are 2 to 8
+// (GLQ_CUDA_TILES_CLUSTER=N: to N) and that many clusters fit on the device at once
+// (cudaOccupancyMaxActiveClusters: a cluster runs within one GPC); otherwise none. Measured on
+// an H100 at 64 vectors (docs/cuda.md): one slice instead of 2 or 4 gains 2-8 us (14336x4096,
+// 28672x4096), while clusters of 8 of 16 ranges (2 slices instead of 16) lose 1.5-2.5 us
+// (4096x4096, 4096x14336): the output transform reads the slices from L2 at little cost.
+int tiles_cluster(const DeviceInfo& info, int ranges, int row_blocks) {
+  static const int cap = [] {
+    const char* v = std::getenv("GLQ_CUDA_TILES_CLUSTER");
+    return v ? std::clamp(std::atoi(v), 1, 8) : 8;
+  }();
+  if (info.cc_major < 9 || ranges < 2 || ranges > cap) return 1;
+  static int active[9] = {};  // per cluster size, found once: same kernel resources throughout
+  if (!active[ranges]) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(1, ranges);
+    config.blockDim = dim3(kTileThreads);
+    config.dynamicSmemBytes = kTileSmem;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = 1;
+    attr.val.clusterDim.y = ranges;
+    attr.val.clusterDim.z = 1;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    int n = 0;
+    set_tiles_smem_attribute();
+    GLQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, qmma_tiles_kernel<0>, &config));
+    active[ranges] = std::max(n, -1);  // -1: none fit
+  }
+  return active[ranges] >= row_blocks ? ranges : 1;
+}
+
+TilesSplit tiles_split(const DeviceInfo& info, int rows, int cols) {
   const int row_blocks = (rows + kTileRows - 1) / kTileRows;
   const int steps = (cols / 8 + 7) / 8;
   // Two blocks per SM: at most 2·SMs blocks in all (one wave: a few blocks of a second wave
@@ -271,7 +365,15 @@ int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols) {
   const int want = forced ? forced : std::max(1, 2 * std::max(1, info.sm_count) / row_blocks);
   const int parts = std::clamp(want, 1, std::max(1, steps / 4));
   const int per = (steps + parts - 1) / parts;
-  return (steps + per - 1) / per;  // no empty range
+  const int ranges = (steps + per - 1) / per;  // no empty range
+  return {ranges, tiles_cluster(info, ranges, row_blocks)};
+}
+
+}  // namespace
+
+int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols) {
+  const TilesSplit s = tiles_split(info, rows, cols);
+  return s.ranges / s.cluster;
 }
 
 void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
@@ -285,22 +387,21 @@ void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
   p.rows = w.rows;
   p.cols = w.cols;
   p.batch = batch;
+  const TilesSplit split = tiles_split(info, w.rows, w.cols);
+  if (parts != split.ranges / split.cluster)
+    throw_invalid("launch_qmma_tiles: " + std::to_string(parts) + " slices of ỹ asked, the split writes " +
+                  std::to_string(split.ranges / split.cluster) + " (qmma_tiles_parts)");
   const int steps = (w.groups + 7) / 8;
-  p.steps_per_part = (steps + parts - 1) / parts;
-  static const bool attr = [] {
-    for (const void* k : {reinterpret_cast<const void*>(qmma_tiles_kernel<0>),
-                          reinterpret_cast<const void*>(qmma_tiles_kernel<1>),
-                          reinterpret_cast<const void*>(qmma_tiles_kernel<2>)})
-      GLQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTileSmem)));
-    return true;
-  }();
-  (void)attr;
-  const dim3 grid((w.rows + kTileRows - 1) / kTileRows, parts);
+  p.steps_per_part = (steps + split.ranges - 1) / split.ranges;
+  p.cluster = split.cluster;
+  set_tiles_smem_attribute();
+  const dim3 grid((w.rows + kTileRows - 1) / kTileRows, split.ranges);
   const bool pdl = pdl_enabled(info);
   auto* kernel = p.stages == 1 ? qmma_tiles_kernel<0>
                  : w.codebooks[1] == codec::Codebook::E8P16 ? qmma_tiles_kernel<1>
                                                               : qmma_tiles_kernel<2>;
-  launch_checked(kernel, grid, dim3(kTileThreads), kTileSmem, stream, pdl, "qmma_tiles_kernel", p);
+  launch_checked_cluster(kernel, grid, dim3(kTileThreads), kTileSmem, stream, pdl, dim3(1, split.cluster, 1),
+                         "qmma_tiles_kernel", p);
 }
 
 }  // namespace glq::cuda::detail
