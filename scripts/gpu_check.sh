@@ -17,7 +17,7 @@ MODE=${1:-full}
 BUNDLE=${2:-$ROOT/.gpubundle}
 OUT=${OUT:-$ROOT/gpu-check-out}
 BUILD=${GLQ_CUDA_BUILD:-$ROOT/build/cuda}
-ARCHS=${GLQ_CUDA_ARCHS:-90}
+ARCHS=${GLQ_CUDA_ARCHS:-90a}
 
 build() {
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGLQ_CUDA=ON \

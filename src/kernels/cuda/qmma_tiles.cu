@@ -52,7 +52,8 @@ constexpr int kTileRing = 3;                        // code-word slots per threa
 constexpr size_t kTileSmem = size_t(2) * kTileBufHalfs * 2 +          // A and x̃, double-buffered
                              size_t(kTileRing) * kTileThreads * 32 +  // code words
                              size_t(kTileRows) * 2 * 8 +              // per row and stage: scale, scale/4
-                             size_t(kTableWords) * 4;                 // 113,672 bytes: 2 blocks per SM
+                             size_t(kTableWords) * 4 +                // 113,672 bytes
+                             1024;  // the tiles aligned to 1024 bytes (swizzle atoms): 2 blocks per SM
 constexpr int kPartialLd = kTileRows + 4;  // floats per vector of a partial tile: conflict-free stores
 static_assert(size_t(kTileVecs) * kPartialLd * 4 <= size_t(2) * kTileBufHalfs * 2, "partial tile fits the tile buffers");
 
@@ -68,12 +69,47 @@ struct TileParams : StageArgs {
 // Offset (in halfs) of chunk c (8 halfs) of row r in a tile of 64-half rows.
 __device__ __forceinline__ int swz(int r, int c) { return r * kTileK + ((c ^ (r & 7)) << 3); }
 
+// Hopper's warpgroup MMA (sm_90a): the four warps of a warpgroup multiply a 64-row slab of the
+// A tile by the whole x̃ tile, both read from shared memory by the tensor cores (no ldmatrix),
+// through descriptors of the 128-byte swizzle that the tiles already use: rows of 128 bytes,
+// chunk c of row r at c ^ (r & 7), atoms of 8 rows (1024 bytes, 1024-aligned).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GLQ_TILES_WGMMA 1
+__device__ __forceinline__ uint64_t sw128_desc(const void* p) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// Orders this thread's generic-proxy writes of shared memory (stores, cp.async) before later
+// reads of the async proxy (wgmma).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// d (m64n64, fp32) += A (64×16, K-major) · B (64×16, K-major)ᵀ.
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t da, uint64_t db) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, 1, 1, 1, 0, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db));
+}
+#endif
+
+#ifndef GLQ_TILES_WGMMA
 __device__ __forceinline__ void ldsm4(uint32_t r[4], const __half* p) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s));
 }
+#endif
 
 __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
   const __half2 r = __hfma2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b),
@@ -151,7 +187,8 @@ __device__ __forceinline__ void load_x(const TileParams& p, int step, __half* xs
 
 template <int kS1>
 __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileParams p) {
-  extern __shared__ __align__(16) unsigned char tsm[];
+  extern __shared__ __align__(16) unsigned char tsm_raw[];
+  unsigned char* tsm = tsm_raw + ((1024 - (static_cast<uint32_t>(__cvta_generic_to_shared(tsm_raw)) & 1023)) & 1023);
   __half* buf = reinterpret_cast<__half*>(tsm);
   unsigned char* ring = tsm + size_t(2) * kTileBufHalfs * 2;
   uint2* scl = reinterpret_cast<uint2*>(ring + size_t(kTileRing) * kTileThreads * 32);
@@ -195,10 +232,12 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
 #pragma unroll
     for (int n = 0; n < 8; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
 
+#ifndef GLQ_TILES_WGMMA
   // ldmatrix addresses: A matrix (lane >> 3) of an m16k16 fragment: rows +8 for odd, k +8 for
   // the upper two; B matrices: vector tiles 2j (k low, high), 2j+1 (k low, high).
   const int mrow = (lane & 7) + ((lane >> 3) & 1) * 8, mchunk = lane >> 4;
   const int brow = (lane & 7) + (lane >> 4) * 8, bchunk = (lane >> 3) & 1;
+#endif
 
   for (int step = s0; step < s1; ++step) {
     const int cur = (step - s0) & 1;
@@ -206,6 +245,9 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
     const __half* xs = a + kTileAHalfs;
     if (step == s0) cp_async_wait<0>();  // x̃ of the first step: the last group of the prologue
     else cp_async_wait<1>();             // x̃ of this step (the codes of the next may still be in flight)
+#ifdef GLQ_TILES_WGMMA
+    fence_proxy_async();  // this thread's decode and copies of tile `cur`, before the tensor cores read them
+#endif
     __syncthreads();  // tile `cur` decoded and copied; the other buffer free
     const bool more = step + 1 < s1;
     __half* na = buf + (cur ^ 1) * kTileBufHalfs;
@@ -213,6 +255,19 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
     cp_async_commit();
     if (step + 2 < s1) load_codes<kS1>(p, tile, (step + 2) * 8 + lg, slot(step + 2));
     cp_async_commit();
+#ifdef GLQ_TILES_WGMMA
+    // Warpgroup wg: rows 128·wg + 64·m .. + 63 (m = 0, 1) by all 64 vectors, issued now and
+    // waited for after the next tile's decode.
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint64_t db = sw128_desc(xs + kk * 16);
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+        wgmma_m64n64k16(reinterpret_cast<float(&)[32]>(acc[m]), sw128_desc(a + ((warp >> 2) * 128 + m * 64) * kTileK + kk * 16), db);
+    }
+    wgmma_commit();
+#else
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {  // k16 sub-steps: chunks 2kk, 2kk+1
       uint32_t af[2][4];
@@ -229,12 +284,24 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
         }
       }
     }
+#endif
     if (more) {
       cp_async_wait<2>();  // this thread's codes of step + 1
       decode_item<kS1>(tab, scl, slot(step + 1), tile < p.tiles && (step + 1) * 8 + lg < p.groups, lt, lg, na, lo_p,
                        lo_r);
     }
+#ifdef GLQ_TILES_WGMMA
+    wgmma_wait_all();  // tile `cur` is rewritten after the next barrier
+#endif
   }
+
+  // Row (within the block's 256) of accumulator (m, h): mma.sync gives warp w rows 32w..32w+31
+  // in m16 tiles; wgmma gives the warpgroup 128 rows in m64 tiles, warp w%4 16 rows of each.
+#ifdef GLQ_TILES_WGMMA
+  const int row_base = (warp >> 2) * 128 + (warp & 3) * 16, m_stride = 64;
+#else
+  const int row_base = warp * 32, m_stride = 16;
+#endif
 
   // C fragment: rows g, g+8 of the m16 tile; vectors 2t, 2t+1 of the 8-vector tile.
   const int g = lane >> 2, t = lane & 3;
@@ -251,7 +318,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int h = 0; h < 4; ++h)
-          part[(n * 8 + 2 * t + (h & 1)) * kPartialLd + warp * 32 + m * 16 + g + (h >> 1) * 8] = acc[m][n][h];
+          part[(n * 8 + 2 * t + (h & 1)) * kPartialLd + row_base + m * m_stride + g + (h >> 1) * 8] = acc[m][n][h];
     cl.sync();  // every partial tile of the cluster written
     // Block q of the cluster sums row quads [q·64/C, (q+1)·64/C) of the 256-row tile.
     const int rank = int(cl.block_rank()), q0 = rank * (kTileRows / 4) / p.cluster;
@@ -277,7 +344,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   float* y = p.yt + size_t(blockIdx.y) * p.batch * p.rows;
 #pragma unroll
   for (int m = 0; m < 2; ++m) {
-    const int r0 = tile0 * 8 + warp * 32 + m * 16 + g;
+    const int r0 = tile0 * 8 + row_base + m * m_stride + g;
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
       const int v = n * 8 + 2 * t;
