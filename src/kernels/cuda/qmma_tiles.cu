@@ -49,11 +49,16 @@ constexpr int kTileAHalfs = kTileRows * kTileK;     // 16384 (32 KB)
 constexpr int kTileXHalfs = kTileVecs * kTileK;     // 4096 (8 KB)
 constexpr int kTileBufHalfs = kTileAHalfs + kTileXHalfs;
 constexpr int kTileRing = 3;                        // code-word slots per thread (32 bytes each)
+// The rows' scales as uint2 (scale, scale/4 as half2 pairs), stage s of row r at scl_at(r, s):
+// one uint2 of padding per 8 rows, so that the 4 row tiles a warp decodes at once (rows 8 apart)
+// read 4 different bank pairs instead of one.
+constexpr int kSclWords = kTileRows * 2 + kTileRows / 8;
+__host__ __device__ constexpr int scl_at(int row, int s) { return row * 2 + s + (row >> 3); }
 constexpr size_t kTileSmem = size_t(2) * kTileBufHalfs * 2 +          // A and x̃, double-buffered
                              size_t(kTileRing) * kTileThreads * 32 +  // code words
-                             size_t(kTileRows) * 2 * 8 +              // per row and stage: scale, scale/4
+                             size_t(kSclWords) * 8 +                  // per row and stage: scale, scale/4
                              size_t(kTableWords) * 4 +                // 113,672 bytes
-                             1024;  // the tiles aligned to 1024 bytes (swizzle atoms): 2 blocks per SM
+                             1024;  // the tiles aligned to 1024 bytes (swizzle atoms): 114,952 bytes, 2 blocks per SM
 constexpr int kPartialLd = kTileRows + 4;  // floats per vector of a partial tile: conflict-free stores
 static_assert(size_t(kTileVecs) * kPartialLd * 4 <= size_t(2) * kTileBufHalfs * 2, "partial tile fits the tile buffers");
 
@@ -154,11 +159,11 @@ __device__ __forceinline__ void decode_item(const uint32_t* tab, const uint2* sc
     uint4 out = make_uint4(0, 0, 0, 0);
     if (ok) {
       uint32_t w[4];
-      e8p_row<true>(tab, c0, r, scl[row * 2], lo_p, w);
+      e8p_row<true>(tab, c0, r, scl[scl_at(row, 0)], lo_p, w);
       if (kS1 == 1) {
-        e8p_row<false>(tab, c1, r, scl[row * 2 + 1], lo_p, w);
+        e8p_row<false>(tab, c1, r, scl[scl_at(row, 1)], lo_p, w);
       } else if (kS1 == 2) {
-        const uint2 sq = scl[row * 2 + 1];
+        const uint2 sq = scl[scl_at(row, 1)];
         const uint32_t word = r < 4 ? c1.x : c1.y;
         const uint32_t code = (word >> (8 * (r & 3))) & 0xFFu;
         uint32_t d[4];
@@ -192,7 +197,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   __half* buf = reinterpret_cast<__half*>(tsm);
   unsigned char* ring = tsm + size_t(2) * kTileBufHalfs * 2;
   uint2* scl = reinterpret_cast<uint2*>(ring + size_t(kTileRing) * kTileThreads * 32);
-  uint32_t* tab = reinterpret_cast<uint32_t*>(scl + kTileRows * 2);
+  uint32_t* tab = reinterpret_cast<uint32_t*>(scl + kSclWords);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int tile0 = blockIdx.x * (kTileRows / 8);
@@ -216,7 +221,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   for (int i = threadIdx.x; i < kTileRows * 2; i += kTileThreads) {
     const int row = tile0 * 8 + (i >> 1), s = i & 1;
     const float sc = row < p.rows && s < p.stages ? __ldg(p.scales[s] + row) : 0.0f;
-    scl[i] = make_uint2(pack_half2(sc, sc), pack_half2(0.25f * sc, 0.25f * sc));
+    scl[scl_at(i >> 1, s)] = make_uint2(pack_half2(sc, sc), pack_half2(0.25f * sc, 0.25f * sc));
   }
   pdl_wait();
   load_x(p, s0, buf + kTileAHalfs);
