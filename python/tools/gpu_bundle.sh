@@ -12,7 +12,7 @@
 #                                             python/tools/gpu_torch_check.py with the args given
 #
 # The GPU machine must bring cuBLAS 13 (PyTorch's nvidia-cublas wheel or the CUDA toolkit), and
-# PyTorch and Transformers for the tests and the check. Environment: GLQ_CUDA_ARCHS (default 90).
+# PyTorch and Transformers for the tests and the check. Environment: GLQ_CUDA_ARCHS (default 90a).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MODE=${1:-}
@@ -28,7 +28,7 @@ case "$MODE" in
     "$PY" -m pip wheel -q --no-deps -w "$DIR" \
       --config-settings=build-dir=build/py-wheel-cuda \
       --config-settings=cmake.define.GLQ_CUDA=ON \
-      --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES="${GLQ_CUDA_ARCHS:-90}" .
+      --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES="${GLQ_CUDA_ARCHS:-90a}" .
     tmp=$(mktemp -d)
     (cd "$tmp" && python3 -m zipfile -e "$DIR"/glq-*.whl .)
     # Every library the module needs that a bare machine lacks (libc, libstdc++, cuBLAS excepted).
