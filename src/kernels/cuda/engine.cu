@@ -803,6 +803,16 @@ struct Engine::Buffers {
   std::vector<float> h_logits;
 };
 
+namespace {
+
+// ỹ scratch of a quantized linear: max_tokens rows, or the tile kernel's `parts` slices of n
+// vectors where it runs (parts > 0).
+size_t yt_scratch_bytes(size_t max_tokens, const DeviceQuantizedMatrix& w, int n, int parts) {
+  return std::max(max_tokens, size_t(std::max(parts, 0)) * size_t(n)) * w.rows * 4;
+}
+
+}  // namespace
+
 Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
     : ctx_(ctx), config_(std::move(config)), w_(std::move(weights)), b_(std::make_unique<Buffers>()) {
   const auto& c = config_;
@@ -864,8 +874,8 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
     const int n = std::min<int>(kMmaMaxBatch, b.max_tokens);
     const int parts = n >= detail::kTilesMinBatch && detail::qmma_tiles_supported(ctx_.info(), *l.q, n)
                           ? detail::qmma_tiles_parts(ctx_.info(), l.q->rows, l.q->cols)
-                          : 1;
-    yt_bytes = std::max(yt_bytes, std::max(T, size_t(parts) * n) * l.q->rows * 4);
+                          : 0;
+    yt_bytes = std::max(yt_bytes, yt_scratch_bytes(T, *l.q, n, parts));
   };
   for (const auto& L : w_.layers) {
     for (const auto& l : L.qkv) reserve_yt(l);
@@ -989,8 +999,7 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     // for them by the constructor), summed by the output transform.
     const int tile_parts = !gemv && detail::qmma_tiles_supported(info, w, n) ? detail::qmma_tiles_parts(info, w.rows, w.cols) : 0;
     const bool tiles = tile_parts > 0;
-    auto* yt = static_cast<float*>(
-        ctx_.scratch(1, std::max(size_t(b_->max_tokens), size_t(std::max(tile_parts, 1)) * n) * w.rows * 4));
+    auto* yt = static_cast<float*>(ctx_.scratch(1, yt_scratch_bytes(size_t(b_->max_tokens), w, n, tile_parts)));
     bool zero = false;
     if (gemv)
       for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)

@@ -13,10 +13,13 @@
 //     words come through a ring of three cp.async slots: the copies of steps s+1 (x̃) and s+2
 //     (codes) and the decode of step s+1 overlap the multiplies of step s;
 //   - warp w multiplies rows 32w..32w+31 (two m16 tiles) by all eight 8-vector tiles with
-//     mma.sync.m16n8k16 (fp16 operands from ldmatrix, fp32 accumulators: 64 per lane); each
-//     decoded weight serves 64 vectors;
-//   - rows of 128 bytes, their eight 16-byte chunks XOR-swizzled by row so that ldmatrix reads
-//     eight rows without bank conflicts;
+//     mma.sync.m16n8k16 (fp16 operands from ldmatrix, fp32 accumulators: 64 per lane); built
+//     for sm_90a, warpgroup g instead issues wgmma.mma_async m64n64k16 on rows 128g..128g+127,
+//     the tensor cores reading both tiles from shared memory, asynchronously, so that the
+//     decode of step s+1 overlaps them too. Each decoded weight serves 64 vectors;
+//   - rows of 128 bytes, their eight 16-byte chunks XOR-swizzled by row (the 128-byte swizzle
+//     of wgmma's descriptors; ldmatrix reads eight rows without bank conflicts), the tiles
+//     aligned to 1024 bytes;
 //   - column range k writes its own slice of ỹ with plain stores (no zeroing, no atomics); the
 //     output transform sums the slices (FinishParams::parts). On sm_90, where a row block has
 //     2 to 8 column ranges, they run as one thread-block cluster: each block leaves its
@@ -27,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <string>
 
@@ -57,8 +61,8 @@ __host__ __device__ constexpr int scl_at(int row, int s) { return row * 2 + s + 
 constexpr size_t kTileSmem = size_t(2) * kTileBufHalfs * 2 +          // A and x̃, double-buffered
                              size_t(kTileRing) * kTileThreads * 32 +  // code words
                              size_t(kSclWords) * 8 +                  // per row and stage: scale, scale/4
-                             size_t(kTableWords) * 4 +                // 113,672 bytes
-                             1024;  // the tiles aligned to 1024 bytes (swizzle atoms): 114,952 bytes, 2 blocks per SM
+                             size_t(kTableWords) * 4 +                // decode tables
+                             1024;  // the tiles aligned to 1024 bytes: 114,952 bytes in all, 2 blocks per SM
 constexpr int kPartialLd = kTileRows + 4;  // floats per vector of a partial tile: conflict-free stores
 static_assert(size_t(kTileVecs) * kPartialLd * 4 <= size_t(2) * kTileBufHalfs * 2, "partial tile fits the tile buffers");
 
@@ -403,24 +407,27 @@ int tiles_cluster(const DeviceInfo& info, int ranges, int row_blocks) {
     return v ? std::clamp(std::atoi(v), 1, 8) : 8;
   }();
   if (info.cc_major < 9 || ranges < 2 || ranges > cap) return 1;
-  static int active[9] = {};  // per cluster size, found once: same kernel resources throughout
-  if (!active[ranges]) {
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(1, ranges);
-    config.blockDim = dim3(kTileThreads);
-    config.dynamicSmemBytes = kTileSmem;
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = 1;
-    attr.val.clusterDim.y = ranges;
-    attr.val.clusterDim.z = 1;
-    config.attrs = &attr;
-    config.numAttrs = 1;
-    int n = 0;
+  // Clusters of each size that fit at once, found once (thread-safe static initialisation; the
+  // kernel's resources are the same for every shape).
+  static const std::array<int, 9> active = [] {
+    std::array<int, 9> a{};
     set_tiles_smem_attribute();
-    GLQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, qmma_tiles_kernel<0>, &config));
-    active[ranges] = std::max(n, -1);  // -1: none fit
-  }
+    for (int c = 2; c <= 8; ++c) {
+      cudaLaunchConfig_t config{};
+      config.gridDim = dim3(1, c);
+      config.blockDim = dim3(kTileThreads);
+      config.dynamicSmemBytes = kTileSmem;
+      cudaLaunchAttribute attr;
+      attr.id = cudaLaunchAttributeClusterDimension;
+      attr.val.clusterDim.x = 1;
+      attr.val.clusterDim.y = c;
+      attr.val.clusterDim.z = 1;
+      config.attrs = &attr;
+      config.numAttrs = 1;
+      GLQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&a[c], qmma_tiles_kernel<0>, &config));
+    }
+    return a;
+  }();
   return active[ranges] >= row_blocks ? ranges : 1;
 }
 
