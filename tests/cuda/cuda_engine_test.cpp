@@ -227,7 +227,7 @@ void check_engine(int heads, int kv_heads, int head_dim) {
   };
   // 20 tokens: the dequantize + cuBLAS path (fp16 ỹ) and the whole-vector transforms.
   check_prefill(20, 41, 3, 7, "20-token prefill");
-  // 40 tokens: the shared-memory tile decode kernel (33-64 vectors), its column ranges summed by
+  // 40 tokens: the shared-memory tile decode kernel (17-64 vectors), its column ranges summed by
   // the output transform.
   check_prefill(40, 37, 11, 13, "long prefill");
   // 80 tokens: the whole-vector transforms of 64+ vectors inside the engine (RMSNorm fused into

@@ -719,7 +719,7 @@ INSTANTIATE_TEST_SUITE_P(
                       QCase{1536, 576, 4, 33, QPath::Mma}, QCase{888, 1528, 3, 64, QPath::Mma},
                       QCase{4096, 4096, 2, 1, QPath::Mma}, QCase{256, 14336, 2, 2, QPath::Mma},
                       QCase{152, 888, 2, 70, QPath::Mma}, QCase{1024, 4096, 4, 19, QPath::Mma},
-                      // The shared-memory tile kernel (33-64 vectors): partial 256-row blocks,
+                      // The shared-memory tile kernel (17-64 vectors): partial 256-row blocks,
                       // partial 64-column steps, one and several column ranges, on sm_90 in
                       // clusters of 8 (184 x 4096, 2048 x 2048, 4096 x 14336) and 4 (264 x 1000)
                       // and one range without a cluster (8192 x 256).

@@ -865,7 +865,7 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
   b.v_cache = DeviceMemory(size_t(c.layers) * c.slots * b.slot_stride * 2);
   b.logits = DeviceMemory(T * c.vocab * 4);
   b.inv_freq = to_device(c.rope_inv_freq);
-  // ỹ scratch: the tile kernel (33-64 tokens) writes one slice per column range (or cluster of
+  // ỹ scratch: the tile kernel (17-64 tokens) writes one slice per column range (or cluster of
   // them), so it may need more than max_tokens rows; reserved now, since a captured graph cannot
   // grow it.
   size_t yt_bytes = 0;
@@ -995,7 +995,7 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     const auto& w = *l.q;
     auto* xt = static_cast<uint16_t*>(ctx_.scratch(0, size_t(b_->max_tokens) * w.cols * 2));
     const bool gemv = n <= 2 * kGemvMaxBatch;
-    // 33-64 tokens: the shared-memory tile kernel, its slices of ỹ in the same scratch (reserved
+    // 17-64 tokens: the shared-memory tile kernel, its slices of ỹ in the same scratch (reserved
     // for them by the constructor), summed by the output transform.
     const int tile_parts = !gemv && detail::qmma_tiles_supported(info, w, n) ? detail::qmma_tiles_parts(info, w.rows, w.cols) : 0;
     const bool tiles = tile_parts > 0;

@@ -127,7 +127,10 @@ void launch_qmma_parts(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
 // thread-block cluster sum their tiles in distributed shared memory and write one slice),
 // summed by the output transform. GLQ_CUDA_QMMA_TILES=0: never; GLQ_CUDA_QMMA_TILES_MIN=N: from
 // N vectors on; GLQ_CUDA_TILES_CLUSTER=N: clusters of at most N column ranges (1: none).
-inline constexpr int kTilesMinBatch = 33;
+// 17 since the tile kernel runs on wgmma (sm_90a): from 17 vectors on qmma.cu decodes the
+// weights twice (chunks of 16), and the tile kernel was faster at 17-32 on 14336x4096 and
+// 4096x14336 at 2 and 4 bpw (H100, docs/cuda.md), slower only on 4096x4096 at 2 bpw.
+inline constexpr int kTilesMinBatch = 17;
 bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
 int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols);
 void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
