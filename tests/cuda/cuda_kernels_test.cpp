@@ -208,6 +208,30 @@ INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamardMany,
                          ::testing::Values(8, 152, 576, 1536, 2560, 4096, 14336, 24576),
                          [](const auto& info) { return "n" + std::to_string(info.param); });
 
+// T (sign ∘ pre(x)) of `batch` rows of x (row stride ld, [gate | up] for SwiGlu), with the
+// pre-operations as transform_kernels.cuh defines them (RMSNorm eps 1e-5).
+std::vector<float> prepare_reference(const glq::transform::HadamardPlan& plan, const float* x, int ld, int batch,
+                                     glq::cuda::detail::PreOp pre, const std::vector<float>& norm_w,
+                                     const std::vector<float>& sign) {
+  using glq::cuda::detail::PreOp;
+  const int n = plan.n;
+  std::vector<float> ref(size_t(batch) * n);
+  for (int v = 0; v < batch; ++v) {
+    const float* xv = x + size_t(v) * ld;
+    float* r = ref.data() + size_t(v) * n;
+    double ss = 0.0;
+    for (int i = 0; i < n; ++i) ss += double(xv[i]) * xv[i];
+    const float scale = float(1.0 / std::sqrt(ss / n + 1e-5));
+    for (int i = 0; i < n; ++i) {
+      const float g = xv[i], u = xv[n + i];
+      const float val = pre == PreOp::RmsNorm ? g * scale * norm_w[i] : pre == PreOp::SwiGlu ? g / (1.0f + std::exp(-g)) * u : g;
+      r[i] = val * sign[i];
+    }
+    glq::transform::hadamard_forward(plan, r);
+  }
+  return ref;
+}
+
 // The fused pre-operations (RMSNorm, SwiGLU) and the zeroing of a following product's output
 // in the many-vector and row input transforms, through the internal API.
 TEST(CudaHadamardManyPre, MatchesReference) {
@@ -231,19 +255,7 @@ TEST(CudaHadamardManyPre, MatchesReference) {
     auto dw = glq::cuda::to_device(norm_w);
     auto dx = glq::cuda::to_device(x);
     for (const auto pre : {d::PreOp::RmsNorm, d::PreOp::SwiGlu}) {
-      std::vector<float> ref(size_t(batch) * n);
-      for (int v = 0; v < batch; ++v) {
-        const float* xv = x.data() + size_t(v) * 2 * n;
-        float* r = ref.data() + size_t(v) * n;
-        double ss = 0.0;
-        for (int i = 0; i < n; ++i) ss += double(xv[i]) * xv[i];
-        const float scale = float(1.0 / std::sqrt(ss / n + 1e-5));
-        for (int i = 0; i < n; ++i) {
-          const float g = xv[i], u = xv[n + i];
-          r[i] = (pre == d::PreOp::RmsNorm ? g * scale * norm_w[i] : g / (1.0f + std::exp(-g)) * u) * sign[i];
-        }
-        glq::transform::hadamard_forward(plan, r);
-      }
+      const auto ref = prepare_reference(plan, x.data(), 2 * n, batch, pre, norm_w, sign);
       const int zero_count = 111;
       std::vector<float> junk(size_t(batch) * zero_count, 1.0f);
       auto dz = glq::cuda::to_device(junk);
@@ -431,30 +443,6 @@ TEST(CudaHadamardWide, RefusesShapesItCannotTake) {
     p.ld_out = n;
     EXPECT_FALSE(d::launch_prepare_wide(ctx.info(), p, 1, ctx.stream())) << "n=" << n << " a=" << plan.a;
   }
-}
-
-// T (sign ∘ pre(x)) of `batch` rows of x (row stride ld, [gate | up] for SwiGlu), with the
-// pre-operations as transform_kernels.cuh defines them (RMSNorm eps 1e-5).
-std::vector<float> prepare_reference(const glq::transform::HadamardPlan& plan, const float* x, int ld, int batch,
-                                     glq::cuda::detail::PreOp pre, const std::vector<float>& norm_w,
-                                     const std::vector<float>& sign) {
-  using glq::cuda::detail::PreOp;
-  const int n = plan.n;
-  std::vector<float> ref(size_t(batch) * n);
-  for (int v = 0; v < batch; ++v) {
-    const float* xv = x + size_t(v) * ld;
-    float* r = ref.data() + size_t(v) * n;
-    double ss = 0.0;
-    for (int i = 0; i < n; ++i) ss += double(xv[i]) * xv[i];
-    const float scale = float(1.0 / std::sqrt(ss / n + 1e-5));
-    for (int i = 0; i < n; ++i) {
-      const float g = xv[i], u = xv[n + i];
-      const float val = pre == PreOp::RmsNorm ? g * scale * norm_w[i] : pre == PreOp::SwiGlu ? g / (1.0f + std::exp(-g)) * u : g;
-      r[i] = val * sign[i];
-    }
-    glq::transform::hadamard_forward(plan, r);
-  }
-  return ref;
 }
 
 // The fused pre-operations, the zeroing of a following product's output and rows that are not

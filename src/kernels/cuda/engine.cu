@@ -811,6 +811,12 @@ size_t yt_scratch_bytes(size_t max_tokens, const DeviceQuantizedMatrix& w, int n
   return std::max(max_tokens, size_t(std::max(parts, 0)) * size_t(n)) * w.rows * 4;
 }
 
+// Slices of ỹ of the tile kernel where a step of n tokens of w runs it (17-64 tokens), else 0.
+int engine_tile_parts(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int n) {
+  return n > 2 * kGemvMaxBatch && detail::qmma_tiles_supported(info, w, n) ? detail::qmma_tiles_parts(info, w.rows, w.cols)
+                                                                          : 0;
+}
+
 }  // namespace
 
 Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
@@ -872,10 +878,7 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
   auto reserve_yt = [&](const EngineLinear& l) {
     if (!l.q) return;
     const int n = std::min<int>(kMmaMaxBatch, b.max_tokens);
-    const int parts = n >= detail::kTilesMinBatch && detail::qmma_tiles_supported(ctx_.info(), *l.q, n)
-                          ? detail::qmma_tiles_parts(ctx_.info(), l.q->rows, l.q->cols)
-                          : 0;
-    yt_bytes = std::max(yt_bytes, yt_scratch_bytes(T, *l.q, n, parts));
+    yt_bytes = std::max(yt_bytes, yt_scratch_bytes(T, *l.q, n, engine_tile_parts(ctx_.info(), *l.q, n)));
   };
   for (const auto& L : w_.layers) {
     for (const auto& l : L.qkv) reserve_yt(l);
@@ -997,7 +1000,7 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     const bool gemv = n <= 2 * kGemvMaxBatch;
     // 17-64 tokens: the shared-memory tile kernel, its slices of ỹ in the same scratch (reserved
     // for them by the constructor), summed by the output transform.
-    const int tile_parts = !gemv && detail::qmma_tiles_supported(info, w, n) ? detail::qmma_tiles_parts(info, w.rows, w.cols) : 0;
+    const int tile_parts = engine_tile_parts(info, w, n);
     const bool tiles = tile_parts > 0;
     auto* yt = static_cast<float*>(ctx_.scratch(1, yt_scratch_bytes(size_t(b_->max_tokens), w, n, tile_parts)));
     bool zero = false;
