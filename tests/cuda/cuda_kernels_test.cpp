@@ -492,16 +492,24 @@ TEST(CudaHadamardWide, PreOperationsAndUnalignedRows) {
   }
 }
 
+// Blocks per vector to test: one, and on sm_90 clusters of 2, 4 and 8.
+std::vector<int> tc_clusters(const glq::cuda::Context& ctx) {
+  return ctx.info().cc_major >= 9 ? std::vector<int>{1, 2, 4, 8} : std::vector<int>{1};
+}
+
 // The transforms on the tensor cores (launch_prepare_tc, launch_finish_tc): every shape they take (a = 12, 20,
 // 28 with b = 256, 512, 1024; a = 1 with b = 4096, 8192, 16384), each pre-operation, the zeroing
-// of a following product's output, the signs as floats or as bits, odd batches; it refuses rows that are not 16-byte aligned and
+// of a following product's output, the signs as floats or as bits, odd batches, one block per
+// vector and (sm_90) a vector split over a cluster of 2, 4 or 8 blocks (rows and columns that
+// do not divide evenly: a = 12, 20, 28 over 8 blocks); it refuses rows that are not 16-byte aligned and
 // shapes outside its set, launching nothing.
 TEST(CudaHadamardTc, BothSidesMatchReference) {
   SKIP_WITHOUT_GPU();
   namespace d = glq::cuda::detail;
   glq::cuda::Context ctx;
   for (const auto& [n, batch] : {std::pair{14336, 67}, std::pair{3072, 5}, std::pair{20480, 3}, std::pair{4096, 70},
-                                 std::pair{8192, 9}, std::pair{16384, 2}, std::pair{7168, 1}}) {
+                                 std::pair{8192, 9}, std::pair{16384, 2}, std::pair{7168, 1}, std::pair{14336, 19}})
+  for (const int cl : tc_clusters(ctx)) {
     const auto plan = glq::transform::make_hadamard_plan(n);
     const auto dplan = device_plan(plan);
     const auto sign = glq::transform::random_signs(n, 61 + n);
@@ -532,7 +540,7 @@ TEST(CudaHadamardTc, BothSidesMatchReference) {
       p.ld_out = ld_out;
       p.zero_ptr = dz.as<float>();
       p.zero_count = zero_count;
-      ASSERT_TRUE(d::launch_prepare_tc(ctx.info(), p, batch, ctx.stream())) << "n=" << n;
+      ASSERT_TRUE(d::launch_prepare_tc(ctx.info(), p, batch, ctx.stream(), cl)) << "n=" << n << " cluster " << cl;
       GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
       std::vector<uint16_t> bits(size_t(batch) * ld_out);
       dh.download(bits.data(), bits.size() * 2);
@@ -541,18 +549,20 @@ TEST(CudaHadamardTc, BothSidesMatchReference) {
         for (int i = 0; i < n; ++i) got[size_t(v) * n + i] = half_bits_to_float(bits[size_t(v) * ld_out + i]);
         for (int i = n; i < ld_out; ++i) EXPECT_EQ(bits[size_t(v) * ld_out + i], 0xFFFF) << "n=" << n << " vector " << v;
       }
-      EXPECT_LT(relative_error(got, ref), 1e-3) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " mode=" << mode;
+      EXPECT_LT(relative_error(got, ref), 1e-3) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " mode=" << mode
+                                                << " cluster " << cl;
       dz.download(junk.data(), junk.size() * 4);
       EXPECT_EQ(std::count(junk.begin(), junk.end(), 0.0f), std::ptrdiff_t(junk.size())) << "n=" << n;
       // Rows one float off 16-byte alignment: refused.
       p.x = dx.as<const float>() + 1;
-      EXPECT_FALSE(d::launch_prepare_tc(ctx.info(), p, batch, ctx.stream())) << "n=" << n;
+      EXPECT_FALSE(d::launch_prepare_tc(ctx.info(), p, batch, ctx.stream(), cl)) << "n=" << n;
     }
   }
   // Output side from fp16 ỹ (launch_finish_tc): y with row stride n + 6, written or accumulated,
   // the signs as floats or as bits; the 6 extra columns stay.
   for (const auto& [n, batch] : {std::pair{14336, 66}, std::pair{3072, 5}, std::pair{20480, 3}, std::pair{4096, 70},
-                                 std::pair{8192, 9}, std::pair{16384, 2}}) {
+                                 std::pair{8192, 9}, std::pair{16384, 2}, std::pair{4096, 21}})
+  for (const int cl : tc_clusters(ctx)) {
     const auto plan = glq::transform::make_hadamard_plan(n);
     const auto dplan = device_plan(plan);
     const auto sign = glq::transform::random_signs(n, 73 + n);
@@ -587,25 +597,76 @@ TEST(CudaHadamardTc, BothSidesMatchReference) {
       f.y = dy.as<float>();
       f.ld_out = ld;
       f.accumulate = mode & 1;
-      ASSERT_TRUE(d::launch_finish_tc(ctx.info(), f, batch, ctx.stream())) << "n=" << n;
+      ASSERT_TRUE(d::launch_finish_tc(ctx.info(), f, batch, ctx.stream(), cl)) << "n=" << n << " cluster " << cl;
       GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
       std::vector<float> y(y0.size());
       dy.download(y.data(), y.size() * 4);
       std::string bad;
       for (size_t k = 0, shown = 0; k < y.size() && shown < 8; ++k)
         if (std::abs(y[k] - ref[k]) > 0.05) bad += " [" + std::to_string(k / ld) + "," + std::to_string(k % ld) + "] " + std::to_string(y[k]) + " vs " + std::to_string(ref[k]), ++shown;
-      EXPECT_LT(relative_error(y, ref), 1e-3) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " mode=" << mode << bad;
+      EXPECT_LT(relative_error(y, ref), 1e-3) << "n=" << n << " a=" << plan.a << " b=" << plan.b << " mode=" << mode
+                                              << " cluster " << cl << bad;
       for (int v = 0; v < batch; ++v)
         for (int i = n; i < ld; ++i) ASSERT_EQ(y[size_t(v) * ld + i], y0[size_t(v) * ld + i]) << "n=" << n;
-      // fp32 ỹ, or ỹ and y in one buffer: refused.
+
+      // The same ỹ as fp32 in 3 slices (row stride n + 4) that sum to it, with half_ok: the
+      // products' output side. Without half_ok, or with ỹ and y in one buffer: refused.
+      const int parts = 3, ld3 = n + 4;
+      std::vector<float> slices(size_t(parts) * batch * ld3);
+      for (int v = 0; v < batch; ++v)
+        for (int i = 0; i < n; ++i) {
+          const float t = half_bits_to_float(yh[size_t(v) * n + i]);
+          const float a = std::ldexp(float(int(rng() % 2001) - 1000), -10), b2 = -0.375f * a;
+          slices[size_t(v) * ld3 + i] = a;
+          slices[(size_t(batch) + v) * ld3 + i] = b2;
+          slices[(size_t(2 * batch) + v) * ld3 + i] = t - a - b2;  // exact: t and a are multiples of 2^-14 and 2^-13
+        }
+      auto dsl = glq::cuda::to_device(slices);
+      auto dy2 = glq::cuda::to_device(y0);
       d::FinishParams g = f;
       g.yt_half = nullptr;
-      g.yt = dy.as<const float>();
-      EXPECT_FALSE(d::launch_finish_tc(ctx.info(), g, batch, ctx.stream())) << "n=" << n;
+      g.yt = dsl.as<const float>();
+      g.ld_in = ld3;
+      g.parts = parts;
+      g.part_stride = size_t(batch) * ld3;
+      g.y = dy2.as<float>();
+      EXPECT_FALSE(d::launch_finish_tc(ctx.info(), g, batch, ctx.stream(), cl)) << "n=" << n;
+      g.half_ok = 1;
+      ASSERT_TRUE(d::launch_finish_tc(ctx.info(), g, batch, ctx.stream(), cl)) << "n=" << n << " cluster " << cl;
+      GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+      dy2.download(y.data(), y.size() * 4);
+      EXPECT_LT(relative_error(y, ref), 1e-3) << "fp32 slices, n=" << n << " mode=" << mode << " cluster " << cl;
+      for (int v = 0; v < batch; ++v)
+        for (int i = n; i < ld; ++i) ASSERT_EQ(y[size_t(v) * ld + i], y0[size_t(v) * ld + i]) << "n=" << n;
+      // ỹ as fp16 in 3 slices c, ỹ, −c (the tile kernel's fp16 slices; row stride n + 8): the
+      // sums are exact.
+      const int ldh = n + 8;
+      std::vector<uint16_t> hslices(size_t(parts) * batch * ldh, 0x7E00);  // NaN between the rows
+      for (int v = 0; v < batch; ++v)
+        for (int i = 0; i < n; ++i) {
+          const uint16_t c = uint16_t(((11 + rng() % 6) << 10) | (rng() & 0x3FF));
+          hslices[size_t(v) * ldh + i] = c;
+          hslices[(size_t(batch) + v) * ldh + i] = yh[size_t(v) * n + i];
+          hslices[(size_t(2 * batch) + v) * ldh + i] = uint16_t(c | 0x8000);
+        }
+      auto dhs = glq::cuda::to_device(hslices);
+      auto dy3 = glq::cuda::to_device(y0);
+      g = f;
+      g.yt_half = dhs.as<const uint16_t>();
+      g.ld_in = ldh;
+      g.parts = parts;
+      g.part_stride = size_t(batch) * ldh;
+      g.y = dy3.as<float>();
+      ASSERT_TRUE(d::launch_finish_tc(ctx.info(), g, batch, ctx.stream(), cl)) << "n=" << n << " cluster " << cl;
+      GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+      dy3.download(y.data(), y.size() * 4);
+      EXPECT_LT(relative_error(y, ref), 1e-3) << "fp16 slices, n=" << n << " mode=" << mode << " cluster " << cl;
+      for (int v = 0; v < batch; ++v)
+        for (int i = n; i < ld; ++i) ASSERT_EQ(y[size_t(v) * ld + i], y0[size_t(v) * ld + i]) << "n=" << n;
       g = f;
       g.y = reinterpret_cast<float*>(dyh.as<uint16_t>());
       g.ld_out = n / 2;
-      EXPECT_FALSE(d::launch_finish_tc(ctx.info(), g, batch, ctx.stream())) << "n=" << n;
+      EXPECT_FALSE(d::launch_finish_tc(ctx.info(), g, batch, ctx.stream(), cl)) << "n=" << n;
     }
   }
   for (const int n : {1536, 2048, 576, 11008, 32768}) {  // b = 128; b = 2048; a = 36; a = 43; b = 32768

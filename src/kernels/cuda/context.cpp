@@ -348,16 +348,19 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
     auto* yp = static_cast<float*>(ctx.scratch(1, size_t(parts) * batch * w.rows * 4));
     detail::launch_hadamard(ctx.info(), w.plan_in, true, w.sign_in.as<const float>(), x, xt, batch, nullptr, 0,
                             stream, w.sign_in_bits.as<const uint32_t>());
-    if (tiles) detail::launch_qmma_tiles(ctx.info(), w, ctx.tables(), xt, yp, batch, parts, stream);
-    else detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), xt, nullptr, yp, batch, stream);
     detail::FinishParams f;
     f.t = detail::transform_out(w);
-    f.yt = yp;
+    const bool half_parts = tiles && detail::tc_finish_half_parts(ctx.info(), f.t, batch);
+    if (tiles) detail::launch_qmma_tiles(ctx.info(), w, ctx.tables(), xt, yp, batch, parts, stream, half_parts);
+    else detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), xt, nullptr, yp, batch, stream);
+    f.yt = half_parts ? nullptr : yp;
+    f.yt_half = half_parts ? reinterpret_cast<const uint16_t*>(yp) : nullptr;
     f.ld_in = w.rows;
     f.y = y;
     f.ld_out = w.rows;
     f.parts = parts;
     f.part_stride = size_t(batch) * w.rows;
+    f.half_ok = 1;
     detail::launch_finish(ctx.info(), f, batch, stream);
     return;
   }

@@ -1015,8 +1015,9 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     p.zero_count = zero ? w.rows : 0;
     detail::launch_prepare(info, p, n, stream);
     const bool half_out = !gemv && !tiles && detail::gemm_half_out();  // ỹ in fp16, as qmatmul's
+    const bool half_parts = tiles && detail::tc_finish_half_parts(info, detail::transform_out(w), n);
     if (tiles) {
-      detail::launch_qmma_tiles(info, w, ctx_.tables(), xt, yt, n, tile_parts, stream);
+      detail::launch_qmma_tiles(info, w, ctx_.tables(), xt, yt, n, tile_parts, stream, half_parts);
     } else if (gemv) {
       for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
         detail::launch_qgemv(info, w, ctx_.tables(), xt + size_t(c0) * w.cols, w.cols, yt + size_t(c0) * w.rows,
@@ -1031,12 +1032,13 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     }
     detail::FinishParams f;
     f.t = detail::transform_out(w);
-    f.yt = half_out ? nullptr : yt;
-    f.yt_half = half_out ? reinterpret_cast<const uint16_t*>(yt) : nullptr;
+    f.yt = half_out || half_parts ? nullptr : yt;
+    f.yt_half = half_out || half_parts ? reinterpret_cast<const uint16_t*>(yt) : nullptr;
     f.ld_in = w.rows;
     f.y = y;
     f.ld_out = ld_y;
     f.accumulate = accumulate;
+    f.half_ok = 1;  // ỹ from fp16 x̃: the tensor-core output transform's fp16 steps are within its error
     if (tiles) {
       f.parts = tile_parts;
       f.part_stride = size_t(n) * w.rows;

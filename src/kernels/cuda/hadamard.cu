@@ -1224,7 +1224,7 @@ bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch
 
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
-  if (use_transform_tc(batch) && launch_prepare_tc(info, p, batch, stream)) return;
+  if (use_transform_tc(info, batch) && launch_prepare_tc(info, p, batch, stream)) return;
   if (batch >= wide_min_batch() && launch_prepare_wide(info, p, batch, stream)) return;
   if (many_shape(info, p.t, batch)) {
     const int per_block = many_per_block(p.t, batch);
@@ -1265,7 +1265,17 @@ bool finish_parts_rows() {
 
 void launch_finish(const DeviceInfo& info, const FinishParams& params, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
-  if (params.yt_half && use_transform_tc(batch) && launch_finish_tc(info, params, batch, stream)) return;
+  if (params.yt_half && params.parts > 1) {  // fp16 slices: only the tensor-core kernel reads them
+    if (!launch_finish_tc(info, params, batch, stream))
+      throw_invalid("launch_finish: ỹ in fp16 slices needs the tensor-core output transform (tc_finish_half_parts)");
+    return;
+  }
+  // fp16 ỹ from the tensor-core transforms' batches on; fp32 ỹ (slices) only where a vector is
+  // split over a cluster (one block per vector reading 16 slices of fp32 ỹ: 67 against 53 us at
+  // 64 vectors of 4096x14336, H100).
+  const bool tc = params.yt_half ? use_transform_tc(info, batch)
+                                 : params.half_ok && batch >= kTilesMinBatch && tc_cluster(info, batch) > 1;
+  if (tc && launch_finish_tc(info, params, batch, stream)) return;
   const bool rows_ok = (params.t.a << params.t.log2b) == params.t.n && (params.t.a == 1 || batch <= kRowKernelMaxBatch);
   const bool parts_rows = params.parts > 1 && rows_ok && finish_parts_rows();
   if (!parts_rows && batch >= wide_min_batch() && launch_finish_wide(info, params, batch, stream)) return;

@@ -31,6 +31,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -69,6 +70,86 @@ __device__ __forceinline__ void ldsm4t(uint32_t r[4], const uint4* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s));
+}
+
+// Thread-block clusters (sm_90): a vector split over the C blocks of a cluster. Elsewhere (and
+// in a launch without clusters) every block is a cluster of one.
+struct ClusterPos {
+  int rank = 0, size = 1;
+};
+
+__device__ __forceinline__ ClusterPos cluster_pos() {
+  ClusterPos c;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  unsigned r, n;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+  c.rank = int(r);
+  c.size = int(n);
+#endif
+  return c;
+}
+
+// Split barrier of the cluster (every thread of every block): arrive, then wait for all.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+// Stores into the shared memory of block `rank` of the cluster, at the offset of `local`.
+__device__ __forceinline__ void st_cluster(const void* local, int rank, uint4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(local));
+  unsigned ra;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+  asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(ra), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void st_cluster(const float* local, int rank, float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(local));
+  unsigned ra;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(ra), "f"(v) : "memory");
+#endif
+}
+
+// This block's share of a vector split over a cluster: rows [i0, i1) of the a × bh view for
+// steps 1 and 2, columns [j0, j1) (jh) for step 3 and the output. After step 2 every block
+// sends the columns it does not own to their owners (exchange below), so step 3 finds whole
+// columns in its own shared memory.
+struct TcPart {
+  int rank, size, i0, i1, j0, j1;
+};
+
+__device__ __forceinline__ TcPart tc_part(const ClusterPos& c, int rows, int bh) {
+  return {c.rank, c.size, c.rank * rows / c.size, (c.rank + 1) * rows / c.size, c.rank * bh / c.size,
+          (c.rank + 1) * bh / c.size};
+}
+
+// The exchange: chunks of rows [i0, i1) in columns other blocks own go to those blocks (same
+// offsets); then one cluster barrier. The caller has synchronised its block after step 2 and has
+// waited for the first barrier (every block of the cluster running).
+__device__ __forceinline__ void tc_exchange(uint4* sm, const TcPart& part, int bh) {
+  const int per = bh / part.size, cols = 2 * bh;  // chunks per row i: 2 per jh
+  for (int e = threadIdx.x; e < (part.i1 - part.i0) * cols; e += blockDim.x) {
+    const int i = part.i0 + e / cols, rem = e - (e / cols) * cols, jh = rem >> 1, owner = jh / per;
+    if (owner == part.rank) continue;
+    const int c = tc_chunk(i, jh, rem & 1, bh);
+    st_cluster(sm + c, owner, sm[c]);
+  }
 }
 
 __device__ __forceinline__ float h16(int m, int k) { return (__popc(m & k) & 1) ? -0.25f : 0.25f; }
@@ -169,10 +250,10 @@ __device__ __forceinline__ void mma_n16(float acc[2][4], uint32_t a0, uint32_t a
   mma16816(acc[1], a0, a1, a2, a3, b[2], b[3]);
 }
 
-// Step 2, in place: X_i ← (H_bh/4) X_i for every real row i, one warp per i. hp: H_16/4.
-__device__ __forceinline__ void tc_step2(uint4* sm, const TcView& v, const uint32_t hp[4]) {
+// Step 2, in place: X_i ← (H_bh/4) X_i for the rows i0 ≤ i < i1, one warp per i. hp: H_16/4.
+__device__ __forceinline__ void tc_step2(uint4* sm, const TcView& v, const uint32_t hp[4], int i0, int i1) {
   const int bh = v.bh, KT = bh >> 4, kr = ld_k(), hh = ld_h();
-  for (int i = threadIdx.x >> 5; i < v.rows; i += kTcWarps) {
+  for (int i = i0 + (threadIdx.x >> 5); i < i1; i += kTcWarps) {
     uint32_t bf[4][4];
 #pragma unroll
     for (int kt = 0; kt < 4; ++kt)
@@ -192,12 +273,12 @@ __device__ __forceinline__ void tc_step2(uint4* sm, const TcView& v, const uint3
   }
 }
 
-// Step 3: for each 16 columns (jh, one warp each) and m-tile mt, acc = (M X)[mt·16.., jh·16..]
-// goes to emit(mt, jh, acc) (which may write those columns of sm in place: every B fragment of
-// the columns is loaded first). M from qs, or H_16/4 (hp) for the Sylvester view.
+// Step 3: for each 16 columns jh0 ≤ jh < jh1 (one warp each) and m-tile mt, acc = (M X)[mt·16..,
+// jh·16..] goes to emit(mt, jh, acc) (which may write those columns of sm in place: every B
+// fragment of the columns is loaded first). M from qs, or H_16/4 (hp) for the Sylvester view.
 template <typename Emit>
 __device__ __forceinline__ void tc_step3(const uint4* sm, const __half* qs, const TcView& v, const uint32_t hp[4],
-                                         Emit emit) {
+                                         int jh0, int jh1, Emit emit) {
   const int KA = v.A >> 4, kr = ld_k(), hh = ld_h();
   uint32_t qf[2][2][4];
 #pragma unroll
@@ -211,7 +292,7 @@ __device__ __forceinline__ void tc_step3(const uint4* sm, const __half* qs, cons
         a_frag(qf[mt][kt], [&](int m, int k) { return __half2float(qs[(mt * 16 + m) * 32 + kt * 16 + k]); });
       }
     }
-  for (int jh = threadIdx.x >> 5; jh < v.bh; jh += kTcWarps) {
+  for (int jh = jh0 + (threadIdx.x >> 5); jh < jh1; jh += kTcWarps) {
     uint32_t bf[2][4];
 #pragma unroll
     for (int kt = 0; kt < 2; ++kt)
@@ -231,16 +312,22 @@ __device__ __forceinline__ void tc_step3(const uint4* sm, const __half* qs, cons
 }
 
 // Input side. Five blocks of 256 threads per SM (48 registers, 34 KB of shared memory each; 79
-// against 81 us at four for 2048 vectors of 14336, H100).
-template <PreOp kPre>
-__global__ void __launch_bounds__(kTcThreads, 5) prepare_tc_kernel(const PrepareParams p, const TcView view) {
+// against 81 us at four for 2048 vectors of 14336, H100). In a cluster of C blocks (grid
+// batch·C), block `rank` takes its share of the vector (TcPart).
+template <PreOp kPre, bool kCluster>
+__global__ void __launch_bounds__(kTcThreads, kCluster ? 2 : 5) prepare_tc_kernel(const PrepareParams p, const TcView view) {
   extern __shared__ __align__(16) uint4 tsm[];  // A·bh·2 chunks of 8 halves
   __shared__ float red[kTcWarps];
+  __shared__ float cred[8];  // the cluster's partial sums of squares, by rank
   __shared__ __half qs[32 * 32];
   pdl_trigger();
   const int n = p.t.n, rows = view.rows, bh = view.bh;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const size_t vec = blockIdx.x;
+  const TcPart part = tc_part(kCluster ? cluster_pos() : ClusterPos{}, rows, bh);
+  if (kCluster) cluster_arrive_relaxed();  // this block runs (waited for before the exchange)
+  const size_t vec = blockIdx.x / part.size;
+  stage_padding_and_q(tsm, qs, p.t, view, false);  // (constants: before the wait for x)
+  pdl_wait();
 
   // Step 1: rows of 16 elements (row r = i·bh + jh), one per thread at a time: 77 against 95 us
   // for 2048 vectors of 14336 with coalesced float4 loads and the last two FWHT stages by
@@ -250,7 +337,7 @@ __global__ void __launch_bounds__(kTcThreads, 5) prepare_tc_kernel(const Prepare
   const uint32_t* sign_bits = p.t.sign_bits;
   float ss = 0.0f;
 #pragma unroll 1
-  for (int r = threadIdx.x; r < rows * bh; r += kTcThreads) {
+  for (int r = part.i0 * bh + threadIdx.x; r < part.i1 * bh; r += kTcThreads) {
     float v[16];
     load16(v, xv + 16 * r);
     if (kPre == PreOp::RmsNorm) {
@@ -280,9 +367,10 @@ __global__ void __launch_bounds__(kTcThreads, 5) prepare_tc_kernel(const Prepare
     fwht16(v);
     stage_row(tsm, v, r, bh);
   }
-  stage_padding_and_q(tsm, qs, p.t, view, false);
-  if (p.zero_ptr)
-    for (int i = threadIdx.x; i < p.zero_count; i += kTcThreads) p.zero_ptr[vec * p.zero_count + i] = 0.0f;
+  if (p.zero_ptr) {
+    const int z0 = part.rank * p.zero_count / part.size, z1 = (part.rank + 1) * p.zero_count / part.size;
+    for (int i = z0 + threadIdx.x; i < z1; i += kTcThreads) p.zero_ptr[vec * p.zero_count + i] = 0.0f;
+  }
   uint32_t hp[4];  // H_16/4
   a_frag(hp, [](int m, int k) { return h16(m, k); });
   float f = 4.0f * rsqrtf(float(bh));
@@ -291,15 +379,25 @@ __global__ void __launch_bounds__(kTcThreads, 5) prepare_tc_kernel(const Prepare
     if (lane == 0) red[warp] = ss;
   }
   __syncthreads();
-  if (kPre == PreOp::RmsNorm) {
-    float s = 0.0f;
+  tc_step2(tsm, view, hp, part.i0, part.i1);
+  __syncthreads();
+  float s = 0.0f;
+  if (kPre == PreOp::RmsNorm)
 #pragma unroll
     for (int w = 0; w < kTcWarps; ++w) s += red[w];
-    f *= rsqrtf(s / float(n) + p.eps);
+  if (kCluster) {
+    cluster_wait();  // every block of the cluster runs
+    tc_exchange(tsm, part, bh);
+    if (kPre == PreOp::RmsNorm && threadIdx.x < part.size) st_cluster(&cred[part.rank], int(threadIdx.x), s);
+    cluster_arrive();
+    cluster_wait();  // every block's rows and partial sum arrived
+    if (kPre == PreOp::RmsNorm) {
+      s = 0.0f;
+      for (int q = 0; q < part.size; ++q) s += cred[q];
+    }
   }
-  tc_step2(tsm, view, hp);
-  __syncthreads();
-  tc_step3(tsm, qs, view, hp, [&](int mt, int jh, const float acc[2][4]) {
+  if (kPre == PreOp::RmsNorm) f *= rsqrtf(s / float(n) + p.eps);
+  tc_step3(tsm, qs, view, hp, part.j0, part.j1, [&](int mt, int jh, const float acc[2][4]) {
     store_acc(tsm, acc, f, [&](int r, int nt) {
       const int i = mt * 16 + r;
       return i < rows ? tc_chunk(i, jh, nt, bh) : -1;
@@ -307,54 +405,120 @@ __global__ void __launch_bounds__(kTcThreads, 5) prepare_tc_kernel(const Prepare
   });
   __syncthreads();
 
-  // Out: logical chunk c (16 bytes) of x̃.
+  // Out: logical chunks (16 bytes) of x̃ in columns [j0, j1) of every row i.
   uint4* out = reinterpret_cast<uint4*>(static_cast<__half*>(p.out) + vec * p.ld_out);
-  for (int c = threadIdx.x; c < rows * bh * 2; c += kTcThreads) {
-    const int i = c / (2 * bh), rem = c - i * 2 * bh;
-    out[c] = tsm[tc_chunk(i, rem >> 1, rem & 1, bh)];
+  const int cw = 2 * (part.j1 - part.j0);
+  for (int e = threadIdx.x; e < rows * cw; e += kTcThreads) {
+    const int i = e / cw, rem = e - i * cw, c = i * 2 * bh + 2 * part.j0 + rem;
+    out[c] = tsm[tc_chunk(i, part.j0 + (rem >> 1), rem & 1, bh)];
   }
 }
 
-// Output side, from fp16 ỹ: steps 1-3 with Q^T, then y (+)= sign ∘ result straight from step 3's
-// fp32 accumulators (8-byte stores, whole 32-byte sectors per warp).
-__global__ void __launch_bounds__(kTcThreads, 5) finish_tc_kernel(const FinishParams p, const TcView view) {
+// Output side, from fp16 ỹ or from fp32 ỹ in `parts` slices (summed on load): steps 1-3 with
+// Q^T, then y (+)= sign ∘ result straight from step 3's fp32 accumulators (8-byte stores, whole
+// 32-byte sectors per warp). In a cluster, as the input side.
+template <bool kCluster>
+__global__ void __launch_bounds__(kTcThreads, kCluster ? 2 : 5) finish_tc_kernel(const FinishParams p, const TcView view) {
   extern __shared__ __align__(16) uint4 tsm[];
   __shared__ __half qs[32 * 32];
   const int rows = view.rows, bh = view.bh, b = 16 * bh;
-  const size_t vec = blockIdx.x;
-  // Step 1: one row of 16 values per thread at a time (22 against 27 us for 2048 vectors of 4096
-  // with the rows' halves in two lanes and one shuffle stage, H100).
-  const uint4* yv = reinterpret_cast<const uint4*>(p.yt_half + vec * p.ld_in);
-#pragma unroll 1
-  for (int r = threadIdx.x; r < rows * bh; r += kTcThreads) {
-    float v[16];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4 u = __ldg(yv + 2 * r + h);
-      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float2 f2 = __half22float2(*reinterpret_cast<const __half2*>(&w[k]));
-        v[8 * h + 2 * k] = f2.x;
-        v[8 * h + 2 * k + 1] = f2.y;
-      }
-    }
-    fwht16(v);
-    stage_row(tsm, v, r, bh);
-  }
-  stage_padding_and_q(tsm, qs, p.t, view, true);
+  pdl_trigger();
+  const TcPart part = tc_part(kCluster ? cluster_pos() : ClusterPos{}, rows, bh);
+  if (kCluster) cluster_arrive_relaxed();
+  const size_t vec = blockIdx.x / part.size;
+  stage_padding_and_q(tsm, qs, p.t, view, true);  // (constants: before the wait for ỹ)
   uint32_t hp[4];
   a_frag(hp, [](int m, int k) { return h16(m, k); });
+  pdl_wait();
+  // Step 1: one row of 16 values per thread at a time (22 against 27 us for 2048 vectors of 4096
+  // with the rows' halves in two lanes and one shuffle stage, H100).
+  if (p.yt_half && p.parts == 1) {
+    const uint4* yv = reinterpret_cast<const uint4*>(p.yt_half + vec * p.ld_in);
+#pragma unroll 1
+    for (int r = part.i0 * bh + threadIdx.x; r < part.i1 * bh; r += kTcThreads) {
+      float v[16];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint4 u = __ldg(yv + 2 * r + h);
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 f2 = __half22float2(*reinterpret_cast<const __half2*>(&w[k]));
+          v[8 * h + 2 * k] = f2.x;
+          v[8 * h + 2 * k + 1] = f2.y;
+        }
+      }
+      fwht16(v);
+      stage_row(tsm, v, r, bh);
+    }
+  } else {
+    // Slices (fp32, or fp16 from the tile kernel): a quarter row (4 values: one float4 or 8
+    // bytes per slice) per thread, so that a thread has 8 slices' loads in flight in few
+    // registers; the 16-point FWHT's last two stages by shuffles between the row's 4 lanes.
+    const int q = threadIdx.x & 3, r_end = part.i1 * bh;
+#pragma unroll 1
+    for (int r0 = part.i0 * bh; r0 < r_end; r0 += kTcThreads / 4) {
+      const int r = r0 + (threadIdx.x >> 2);
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r < r_end && p.yt_half) {
+        const uint2* src = reinterpret_cast<const uint2*>(p.yt_half + vec * p.ld_in + 16 * r + 4 * q);
+        const size_t stride = p.part_stride / 4;  // in uint2
+#pragma unroll 8
+        for (int k = 0; k < p.parts; ++k) {
+          const uint2 u = __ldg(src + k * stride);
+          const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+          const float2 b2 = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+          v.x += a.x;
+          v.y += a.y;
+          v.z += b2.x;
+          v.w += b2.y;
+        }
+      } else if (r < r_end) {
+        const float* src = p.yt + vec * p.ld_in + 16 * r + 4 * q;
+        v = __ldg(reinterpret_cast<const float4*>(src));
+#pragma unroll 8
+        for (int k = 1; k < p.parts; ++k) {
+          const float4 u = __ldg(reinterpret_cast<const float4*>(src + k * p.part_stride));
+          v.x += u.x;
+          v.y += u.y;
+          v.z += u.z;
+          v.w += u.w;
+        }
+      }
+      float e[4] = {v.x + v.y, v.x - v.y, v.z + v.w, v.z - v.w};
+      float o[4] = {e[0] + e[2], e[1] + e[3], e[0] - e[2], e[1] - e[3]};
+#pragma unroll
+      for (int h = 1; h <= 2; h <<= 1)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float partner = __shfl_xor_sync(0xFFFFFFFFu, o[j], h);
+          o[j] = (q & h) ? partner - o[j] : o[j] + partner;
+        }
+      if (r < r_end) {
+        const int i = r / bh, jh = r - i * bh;
+        uint2 u;
+        u.x = pack_half2(0.25f * o[0], 0.25f * o[1]);
+        u.y = pack_half2(0.25f * o[2], 0.25f * o[3]);
+        reinterpret_cast<uint2*>(tsm + tc_chunk(i, jh, q >> 1, bh))[q & 1] = u;
+      }
+    }
+  }
   __syncthreads();
-  tc_step2(tsm, view, hp);
+  tc_step2(tsm, view, hp, part.i0, part.i1);
   __syncthreads();
+  if (kCluster) {
+    cluster_wait();
+    tc_exchange(tsm, part, bh);
+    cluster_arrive();
+    cluster_wait();
+  }
   const float f = 4.0f * rsqrtf(float(bh));
   float* y = p.y + vec * p.ld_out;
   const float* sign = p.t.sign;
   const uint32_t* sign_bits = p.t.sign_bits;
   const int accumulate = p.accumulate;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  tc_step3(tsm, qs, view, hp, [&](int mt, int jh, const float acc[2][4]) {
+  tc_step3(tsm, qs, view, hp, part.j0, part.j1, [&](int mt, int jh, const float acc[2][4]) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int i = mt * 16 + g + 8 * half;
@@ -409,51 +573,105 @@ size_t tc_smem(const TcView& v) { return size_t(v.A) * v.bh * 16 * 2; }
 void set_smem_attributes() {
   static const bool done = [] {
     const int lim = 32 * 64 * 16 * 2;
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_tc_kernel<PreOp::Plain>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim));
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_tc_kernel<PreOp::RmsNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim));
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_tc_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim));
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, lim));
+    for (auto* k : {prepare_tc_kernel<PreOp::Plain, false>, prepare_tc_kernel<PreOp::RmsNorm, false>,
+                    prepare_tc_kernel<PreOp::SwiGlu, false>, prepare_tc_kernel<PreOp::Plain, true>,
+                    prepare_tc_kernel<PreOp::RmsNorm, true>, prepare_tc_kernel<PreOp::SwiGlu, true>})
+      GLQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, lim));
+    for (auto* k : {finish_tc_kernel<false>, finish_tc_kernel<true>})
+      GLQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, lim));
     return true;
   }();
   (void)done;
 }
 
+// Blocks per vector: a cluster of C blocks where one block per vector would leave SMs idle
+// (batch·C ≤ 2 blocks per SM, C ≤ 8), on sm_90 only. GLQ_CUDA_TRANSFORM_CLUSTER=N caps C (1:
+// one block per vector, as before).
+int tc_cluster_cap() {
+  static const int v = [] {
+    const char* e = std::getenv("GLQ_CUDA_TRANSFORM_CLUSTER");
+    return e ? std::clamp(std::atoi(e), 1, 8) : 8;
+  }();
+  return v;
+}
+
 }  // namespace
+
+int tc_cluster(const DeviceInfo& info, int batch) {
+  if (info.cc_major < 9 || batch <= 0) return 1;
+  int c = 1;
+  while (2 * c <= tc_cluster_cap() && size_t(batch) * 2 * c <= size_t(2 * info.sm_count)) c *= 2;
+  return c;
+}
 
 bool tc_transform_shape(const TransformShape& t) {
   if (t.a == 1) return t.n == (1 << t.log2b) && t.log2b >= 12 && t.log2b <= 14;
   return t.q && t.a > 1 && t.a <= 32 && t.log2b >= 8 && t.log2b <= 10 && (t.a << t.log2b) == t.n;
 }
 
-bool use_transform_tc(int batch) { return batch >= tc_min_batch(); }
+bool use_transform_tc(const DeviceInfo& info, int batch) {
+  return batch >= tc_min_batch() || (batch >= kTilesMinBatch && tc_cluster(info, batch) > 1);
+}
 
-bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
+bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream, int cluster) {
   if (batch <= 0 || info.cc_major < 8 || p.out_type != OutType::Half || !tc_transform_shape(p.t)) return false;
   if (!aligned_to(p.x, 16) || p.ld_x % 4 != 0 || !aligned_to(p.out, 16) || p.ld_out % 8 != 0) return false;
   if ((p.t.sign && !aligned_to(p.t.sign, 16)) || (p.pre == PreOp::RmsNorm && !aligned_to(p.norm_w, 16))) return false;
-  const TcView v = tc_view(p.t);
-  set_smem_attributes();
-  switch (p.pre) {
-    case PreOp::Plain: prepare_tc_kernel<PreOp::Plain><<<batch, kTcThreads, tc_smem(v), stream>>>(p, v); break;
-    case PreOp::RmsNorm: prepare_tc_kernel<PreOp::RmsNorm><<<batch, kTcThreads, tc_smem(v), stream>>>(p, v); break;
-    case PreOp::SwiGlu: prepare_tc_kernel<PreOp::SwiGlu><<<batch, kTcThreads, tc_smem(v), stream>>>(p, v); break;
-  }
-  GLQ_CUDA_CHECK_LAUNCH("prepare_tc_kernel");
-  return true;
-}
-
-bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream) {
-  if (batch <= 0 || info.cc_major < 8 || !p.yt_half || p.parts != 1 || !tc_transform_shape(p.t)) return false;
-  if (!aligned_to(p.yt_half, 16) || p.ld_in % 8 != 0 || !aligned_to(p.y, 8) || p.ld_out % 2 != 0) return false;
-  if (p.t.sign && !aligned_to(p.t.sign, 8)) return false;
-  // Every block reads its whole ỹ before it writes y, but not before other blocks write theirs.
-  if (overlaps(p.yt_half, (size_t(batch - 1) * p.ld_in + p.t.n) * 2, p.y, (size_t(batch - 1) * p.ld_out + p.t.n) * 4))
+  const int c = cluster > 0 ? cluster : tc_cluster(info, batch);
+  if (c > 1 && (info.cc_major < 9 || c > 8 || (c & (c - 1)) != 0)) return false;
+  // The input must not overlap x̃ (a block of a cluster writes its columns while others read).
+  const size_t row_in = p.pre == PreOp::SwiGlu ? 2 * size_t(p.t.n) : size_t(p.t.n);
+  if (c > 1 && overlaps(p.x, ((batch - 1) * size_t(p.ld_x) + row_in) * 4, p.out, ((batch - 1) * size_t(p.ld_out) + p.t.n) * 2))
     return false;
   const TcView v = tc_view(p.t);
   set_smem_attributes();
-  finish_tc_kernel<<<batch, kTcThreads, tc_smem(v), stream>>>(p, v);
-  GLQ_CUDA_CHECK_LAUNCH("finish_tc_kernel");
+  const bool pdl = pdl_enabled(info);
+  const dim3 grid(unsigned(batch) * c), block(kTcThreads), cl(c, 1, 1);
+  const auto kernel = [&]() -> void (*)(PrepareParams, TcView) {
+    switch (p.pre) {
+      case PreOp::RmsNorm: return c > 1 ? prepare_tc_kernel<PreOp::RmsNorm, true> : prepare_tc_kernel<PreOp::RmsNorm, false>;
+      case PreOp::SwiGlu: return c > 1 ? prepare_tc_kernel<PreOp::SwiGlu, true> : prepare_tc_kernel<PreOp::SwiGlu, false>;
+      default: return c > 1 ? prepare_tc_kernel<PreOp::Plain, true> : prepare_tc_kernel<PreOp::Plain, false>;
+    }
+  }();
+  launch_checked_cluster(kernel, grid, block, tc_smem(v), stream, pdl, cl, "prepare_tc_kernel", p, v);
   return true;
+}
+
+bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream, int cluster) {
+  if (batch <= 0 || info.cc_major < 8 || !tc_transform_shape(p.t)) return false;
+  size_t in_bytes;
+  if (p.yt_half) {
+    if (p.parts < 1 || !aligned_to(p.yt_half, 16) || p.ld_in % 8 != 0 || (p.parts > 1 && p.part_stride % 8 != 0))
+      return false;
+    in_bytes = (size_t(p.parts - 1) * p.part_stride + size_t(batch - 1) * p.ld_in + p.t.n) * 2;
+  } else {
+    // fp32 ỹ (in slices) only where the caller accepts fp16 intermediates.
+    if (!p.half_ok || !p.yt || p.parts < 1 || !aligned_to(p.yt, 16) || p.ld_in % 4 != 0 ||
+        (p.parts > 1 && p.part_stride % 4 != 0))
+      return false;
+    in_bytes = (size_t(p.parts - 1) * p.part_stride + size_t(batch - 1) * p.ld_in + p.t.n) * 4;
+  }
+  if (!aligned_to(p.y, 8) || p.ld_out % 2 != 0) return false;
+  if (p.t.sign && !aligned_to(p.t.sign, 8)) return false;
+  // Every block reads its whole ỹ before it writes y, but not before other blocks write theirs.
+  const void* in = p.yt_half ? static_cast<const void*>(p.yt_half) : static_cast<const void*>(p.yt);
+  if (overlaps(in, in_bytes, p.y, (size_t(batch - 1) * p.ld_out + p.t.n) * 4)) return false;
+  const int c = cluster > 0 ? cluster : tc_cluster(info, batch);
+  if (c > 1 && (info.cc_major < 9 || c > 8 || (c & (c - 1)) != 0)) return false;
+  const TcView v = tc_view(p.t);
+  set_smem_attributes();
+  launch_checked_cluster(c > 1 ? finish_tc_kernel<true> : finish_tc_kernel<false>, dim3(unsigned(batch) * c), dim3(kTcThreads), tc_smem(v), stream,
+                         pdl_enabled(info), dim3(c, 1, 1), "finish_tc_kernel", p, v);
+  return true;
+}
+
+bool tc_finish_half_parts(const DeviceInfo& info, const TransformShape& t, int batch) {
+  static const bool on = [] {
+    const char* e = std::getenv("GLQ_CUDA_HALF_PARTS");
+    return !(e && std::string(e) == "0");
+  }();
+  return on && info.cc_major >= 9 && tc_transform_shape(t) && batch >= kTilesMinBatch && tc_cluster(info, batch) > 1;
 }
 
 }  // namespace glq::cuda::detail

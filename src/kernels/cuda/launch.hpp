@@ -85,9 +85,19 @@ bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch
 // at 24 and 40 (53.3 against 54.7 us), H100, 2 bpw.
 constexpr int kTransformTcMinBatch = 49;
 bool tc_transform_shape(const TransformShape& t);
-bool use_transform_tc(int batch);
-bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream);
-bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream);
+// On sm_90 they also take 17 to 132 vectors (kTilesMinBatch on), where a vector is split over a
+// thread-block cluster of C = 2-8 blocks (tc_cluster: batch·C ≤ 2 blocks per SM;
+// GLQ_CUDA_TRANSFORM_CLUSTER=N caps C, 1 turns this off), and the output side then also reads
+// fp32 ỹ in slices where FinishParams::half_ok allows fp16 intermediates (the products).
+int tc_cluster(const DeviceInfo& info, int batch);
+bool use_transform_tc(const DeviceInfo& info, int batch);
+// cluster: blocks per vector (0: tc_cluster's choice; 1: one block per vector).
+bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream, int cluster = 0);
+bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream, int cluster = 0);
+// Whether launch_finish takes ỹ as fp16 slices (yt_half with parts > 1) for `batch` vectors of
+// the output shape t: the tensor-core output transform in clusters (sm_90). The tile kernel then
+// writes its slices in fp16: half the bytes to store and to read (GLQ_CUDA_HALF_PARTS=0: fp32).
+bool tc_finish_half_parts(const DeviceInfo& info, const TransformShape& t, int batch);
 
 // Hadamard transform of `batch` vectors of length plan.n (one block each; see hadamard.cu).
 //   input:  out_half (batch, n) = T (sign ∘ x);  also zeroes zero_ptr (batch, zero_count).
@@ -133,8 +143,11 @@ void launch_qmma_parts(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
 inline constexpr int kTilesMinBatch = 17;
 bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
 int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols);
+// half_parts: the slices in fp16 (yt_parts then holds __half), for an output transform that
+// reads them (tc_finish_half_parts).
 void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
-                       const uint16_t* xt_half, float* yt_parts, int batch, int parts, cudaStream_t stream);
+                       const uint16_t* xt_half, float* yt_parts, int batch, int parts, cudaStream_t stream,
+                       bool half_parts = false);
 bool qgemv_cores_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
 void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                         const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,

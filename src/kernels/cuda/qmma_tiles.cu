@@ -70,6 +70,7 @@ struct TileParams : StageArgs {
   const uint32_t* tables;
   const __half* xt;   // (batch, cols)
   float* yt;          // (parts, batch, rows)
+  int half_out;       // the slices in fp16 instead (yt then holds __half)
   int rows, cols, batch;
   int steps_per_part;  // steps of kTileK columns per column range
   int cluster;         // column ranges per thread-block cluster (1: each writes its own slice)
@@ -344,13 +345,37 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
         sum.w += u.w;
       }
       const int row = tile0 * 8 + r;  // rows % 8 == 0: a quad is wholly in or out
-      if (row < p.rows) *reinterpret_cast<float4*>(y + size_t(v) * p.rows + row) = sum;
+      if (row < p.rows) {
+        if (p.half_out)
+          *reinterpret_cast<uint2*>(reinterpret_cast<__half*>(y) + size_t(v) * p.rows + row) =
+              make_uint2(pack_half2(sum.x, sum.y), pack_half2(sum.z, sum.w));
+        else
+          *reinterpret_cast<float4*>(y + size_t(v) * p.rows + row) = sum;
+      }
     }
     cl.sync();  // no block leaves while the others still read its partial tile
     return;
   }
 #endif
-  float* y = p.yt + size_t(blockIdx.y) * p.batch * p.rows;
+  const size_t slice = size_t(blockIdx.y) * p.batch * p.rows;
+  if (p.half_out) {
+    __half* y = reinterpret_cast<__half*>(p.yt) + slice;
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      const int r0 = tile0 * 8 + row_base + m * m_stride + g;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int v = n * 8 + 2 * t;
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const int r = r0 + (h >> 1) * 8, vv = v + (h & 1);
+          if (r < p.rows && vv < p.batch) y[size_t(vv) * p.rows + r] = __float2half_rn(acc[m][n][h]);
+        }
+      }
+    }
+    return;
+  }
+  float* y = p.yt + slice;
 #pragma unroll
   for (int m = 0; m < 2; ++m) {
     const int r0 = tile0 * 8 + row_base + m * m_stride + g;
@@ -456,13 +481,15 @@ int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols) {
 }
 
 void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
-                       const uint16_t* xt_half, float* yt_parts, int batch, int parts, cudaStream_t stream) {
+                       const uint16_t* xt_half, float* yt_parts, int batch, int parts, cudaStream_t stream,
+                       bool half_parts) {
   if (!qmma_tiles_supported(info, w, batch)) throw_invalid("launch_qmma_tiles: unsupported shape or batch");
   TileParams p{};
   static_cast<StageArgs&>(p) = stage_args(w, "qmma_tiles");
   p.tables = tables;
   p.xt = reinterpret_cast<const __half*>(xt_half);
   p.yt = yt_parts;
+  p.half_out = half_parts ? 1 : 0;
   p.rows = w.rows;
   p.cols = w.cols;
   p.batch = batch;

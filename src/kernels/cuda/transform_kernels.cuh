@@ -57,6 +57,9 @@ struct FinishParams {
   // slice k at yt + k·part_stride.
   int parts = 1;
   size_t part_stride = 0;
+  // The caller accepts fp16 intermediates (relative error ~5e-4) for fp32 ỹ: the products, whose
+  // ỹ already carries an error of that size, but not the public fp32 transform.
+  int half_ok = 0;
 };
 
 }  // namespace glq::cuda::detail
