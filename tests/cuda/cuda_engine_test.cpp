@@ -131,10 +131,14 @@ double rel_err(const float* got, const std::vector<double>& ref) {
 
 // Prefill, graph decoding and long prompts of a tiny mixed 2/3/4-bit model against the CPU
 // forward pass in double precision, for one attention layout (query heads, kv heads, head_dim).
-void check_engine(int heads, int kv_heads, int head_dim) {
+// `wide`: one layer of hidden 3072 (a = 12, b = 256) and intermediate 5120 (a = 20, b = 256),
+// the shapes of the tensor-core transforms, prefilled with 24, 40 and 64 tokens: the transforms
+// split over thread-block clusters (sm_90) with RMSNorm and SwiGLU fused, the tile kernel's
+// fp16 slices of ỹ and the residual add in the output side.
+void check_engine(int heads, int kv_heads, int head_dim, bool wide = false) {
   TinyModel m;
   auto& c = m.cfg;
-  c.vocab = 152; c.hidden = 64; c.intermediate = 96; c.layers = 2;
+  c.vocab = 152; c.hidden = wide ? 3072 : 64; c.intermediate = wide ? 5120 : 96; c.layers = wide ? 1 : 2;
   c.heads = heads; c.kv_heads = kv_heads; c.head_dim = head_dim; c.max_context = 100; c.norm_eps = 1e-5f;
   for (int i = 0; i < c.head_dim / 2; ++i) c.rope_inv_freq.push_back(std::pow(10000.0f, -2.0f * i / c.head_dim));
   std::mt19937_64 rng(42);
@@ -188,6 +192,26 @@ void check_engine(int heads, int kv_heads, int head_dim) {
 
   glq::cuda::Context ctx;
   glq::cuda::Engine engine(ctx, c, std::move(w));
+  // A prompt of n tokens (id i·mul + add) from an empty cache against the CPU forward pass:
+  // every step-th token's logits and the last one's.
+  auto check_prefill = [&](size_t n, size_t mul, size_t add, size_t step, const char* what) {
+    engine.reset();
+    std::vector<int32_t> p(n);
+    for (size_t i = 0; i < n; ++i) p[i] = int32_t((i * mul + add) % c.vocab);
+    engine.forward(p.data(), int(n), true);
+    const auto got = engine.logits_host(int(n));
+    const auto ref = cpu_forward(m, p);
+    for (size_t t = 0; t < n; t += step)
+      EXPECT_LT(rel_err(got.data() + t * c.vocab, ref[t]), 2e-2) << what << " token " << t;
+    EXPECT_LT(rel_err(got.data() + (n - 1) * c.vocab, ref.back()), 2e-2) << what << " last token";
+    return p;
+  };
+  if (wide) {
+    check_prefill(24, 41, 3, 5, "24-token prefill (wide)");
+    check_prefill(40, 37, 11, 9, "40-token prefill (wide)");
+    check_prefill(64, 53, 7, 13, "64-token prefill (wide)");
+    return;
+  }
   std::vector<int32_t> prompt = {3, 17, 150, 42, 99, 0, 77, 5, 61, 120, 8};
   engine.forward(prompt.data(), int(prompt.size()), /*all_logits=*/true);
   const auto gpu = engine.logits_host(int(prompt.size()));
@@ -211,20 +235,6 @@ void check_engine(int heads, int kv_heads, int head_dim) {
     if (gpu[(prompt.size() - 1) * c.vocab + i] > gpu[(prompt.size() - 1) * c.vocab + best]) best = i;
   EXPECT_EQ(gen[0], best);
 
-  // A prompt of n tokens (id i·mul + add) from an empty cache against the CPU forward pass:
-  // every step-th token's logits and the last one's.
-  auto check_prefill = [&](size_t n, size_t mul, size_t add, size_t step, const char* what) {
-    engine.reset();
-    std::vector<int32_t> p(n);
-    for (size_t i = 0; i < n; ++i) p[i] = int32_t((i * mul + add) % c.vocab);
-    engine.forward(p.data(), int(n), true);
-    const auto got = engine.logits_host(int(n));
-    const auto ref = cpu_forward(m, p);
-    for (size_t t = 0; t < n; t += step)
-      EXPECT_LT(rel_err(got.data() + t * c.vocab, ref[t]), 2e-2) << what << " token " << t;
-    EXPECT_LT(rel_err(got.data() + (n - 1) * c.vocab, ref.back()), 2e-2) << what << " last token";
-    return p;
-  };
   // 20 tokens: the dequantize + cuBLAS path (fp16 ỹ) and the whole-vector transforms.
   check_prefill(20, 41, 3, 7, "20-token prefill");
   // 40 tokens: the shared-memory tile decode kernel (17-64 vectors), its column ranges summed by
@@ -253,6 +263,12 @@ TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {
 TEST(CudaEngine, MatchesCpuForwardWithTenQueryHeadsPerKvHead) {
   if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   check_engine(10, 1, 32);
+}
+
+// The shapes of the tensor-core transforms (see check_engine): 24 query heads of 128 on 6 kv heads.
+TEST(CudaEngine, MatchesCpuForwardPrefillOnTensorCoreTransformShapes) {
+  if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  check_engine(24, 6, 128, true);
 }
 
 // The attention kernel takes head_dim in multiples of 8 up to 256; others are refused.

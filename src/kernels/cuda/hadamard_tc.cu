@@ -598,9 +598,13 @@ int tc_cluster_cap() {
 }  // namespace
 
 int tc_cluster(const DeviceInfo& info, int batch) {
+  static const int per_sm = [] {
+    const char* e = std::getenv("GLQ_CUDA_TRANSFORM_CLUSTER_PER_SM");
+    return e ? std::clamp(std::atoi(e), 1, 8) : 2;
+  }();
   if (info.cc_major < 9 || batch <= 0) return 1;
   int c = 1;
-  while (2 * c <= tc_cluster_cap() && size_t(batch) * 2 * c <= size_t(2 * info.sm_count)) c *= 2;
+  while (2 * c <= tc_cluster_cap() && size_t(batch) * 2 * c <= size_t(per_sm * info.sm_count)) c *= 2;
   return c;
 }
 
