@@ -16,9 +16,11 @@
 // finish_wide_kernel): one read, one write. Where those refuse the shape or the alignment, the
 // input side of 17 to 63 vectors (a ≤ 32, b ≥ 32) runs prepare_many_kernel: row groups per
 // block, mixing in registers, the FWHT in registers and warp shuffles (see the comment above it).
-// From kTransformTcMinBatch (49) vectors on, the shapes the tensor-core kernels take (b = 256-1024
-// with a ≤ 32, or a = 1 with b = 4096-16384) run there instead (hadamard_tc.cu): the input side,
-// and the output side where ỹ is fp16 (the dequantize + GEMM path).
+// From kTransformTcMinBatch (49) vectors on, and on sm_90 from kTilesMinBatch (17) where a vector
+// is split over a thread-block cluster (tc_cluster), the shapes the tensor-core kernels take
+// (b = 256-1024 with a ≤ 32, or a = 1 with b = 4096-16384) run there instead (hadamard_tc.cu):
+// the input side, and the output side where ỹ is fp16 (the dequantize + GEMM path, the tile
+// kernel's fp16 slices) or, in clusters, fp32 slices of a product (FinishParams::half_ok).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

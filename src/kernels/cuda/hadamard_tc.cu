@@ -28,6 +28,12 @@
 // Rounding: three fp16 roundings (after steps 1, 2 and 3) instead of one, and M in fp16: a
 // relative error of ~5e-4 against ~3e-4 (the tests hold both under 1e-3); on the output side the
 // fp16 ỹ it reads already carries an error of that size.
+//
+// Clusters (sm_90): with fewer vectors than blocks to fill the SMs (17-132), a vector is split
+// over C = 2-8 blocks of a thread-block cluster (TcPart): block q runs steps 1-2 on its rows i,
+// sends the chunks of its rows in the other blocks' columns into their shared memory, and after
+// one cluster barrier runs step 3 and the output on its columns jh. 4096x14336 at 64 vectors,
+// 2 bpw: the product 49.2 against 53.3 us with one block per vector (H100).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
