@@ -614,6 +614,17 @@ int tc_cluster(const DeviceInfo& info, int batch) {
   return c;
 }
 
+namespace {
+
+// Blocks per vector of a launch: `cluster` (0: tc_cluster's choice), or 0 where the device or the
+// size cannot take it (clusters of 2, 4 or 8 on sm_90).
+int launch_cluster(const DeviceInfo& info, int batch, int cluster) {
+  const int c = cluster > 0 ? cluster : tc_cluster(info, batch);
+  return c > 1 && (info.cc_major < 9 || c > 8 || (c & (c - 1)) != 0) ? 0 : c;
+}
+
+}  // namespace
+
 bool tc_transform_shape(const TransformShape& t) {
   if (t.a == 1) return t.n == (1 << t.log2b) && t.log2b >= 12 && t.log2b <= 14;
   return t.q && t.a > 1 && t.a <= 32 && t.log2b >= 8 && t.log2b <= 10 && (t.a << t.log2b) == t.n;
@@ -627,8 +638,8 @@ bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch
   if (batch <= 0 || info.cc_major < 8 || p.out_type != OutType::Half || !tc_transform_shape(p.t)) return false;
   if (!aligned_to(p.x, 16) || p.ld_x % 4 != 0 || !aligned_to(p.out, 16) || p.ld_out % 8 != 0) return false;
   if ((p.t.sign && !aligned_to(p.t.sign, 16)) || (p.pre == PreOp::RmsNorm && !aligned_to(p.norm_w, 16))) return false;
-  const int c = cluster > 0 ? cluster : tc_cluster(info, batch);
-  if (c > 1 && (info.cc_major < 9 || c > 8 || (c & (c - 1)) != 0)) return false;
+  const int c = launch_cluster(info, batch, cluster);
+  if (c == 0) return false;
   // The input must not overlap x̃ (a block of a cluster writes its columns while others read).
   const size_t row_in = p.pre == PreOp::SwiGlu ? 2 * size_t(p.t.n) : size_t(p.t.n);
   if (c > 1 && overlaps(p.x, ((batch - 1) * size_t(p.ld_x) + row_in) * 4, p.out, ((batch - 1) * size_t(p.ld_out) + p.t.n) * 2))
@@ -667,8 +678,8 @@ bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, 
   // Every block reads its whole ỹ before it writes y, but not before other blocks write theirs.
   const void* in = p.yt_half ? static_cast<const void*>(p.yt_half) : static_cast<const void*>(p.yt);
   if (overlaps(in, in_bytes, p.y, (size_t(batch - 1) * p.ld_out + p.t.n) * 4)) return false;
-  const int c = cluster > 0 ? cluster : tc_cluster(info, batch);
-  if (c > 1 && (info.cc_major < 9 || c > 8 || (c & (c - 1)) != 0)) return false;
+  const int c = launch_cluster(info, batch, cluster);
+  if (c == 0) return false;
   const TcView v = tc_view(p.t);
   set_smem_attributes();
   launch_checked_cluster(c > 1 ? finish_tc_kernel<true> : finish_tc_kernel<false>, dim3(unsigned(batch) * c), dim3(kTcThreads), tc_smem(v), stream,
