@@ -635,6 +635,18 @@ TEST(CudaHadamardTc, BothSidesMatchReference) {
       EXPECT_FALSE(d::launch_finish_tc(ctx.info(), g, batch, ctx.stream(), cl)) << "n=" << n;
       g.half_ok = 1;
       expect_finish(g, "fp32 slices");
+      {  // tc_finish_half_parts: the same slices (row stride n) as fp16 where the clustered kernel
+         // takes them (sm_90, 17+ vectors), never for a y it cannot write (4-byte aligned only).
+        glq::cuda::DeviceMemory dyt(y0.size() * 4 + 16);
+        d::FinishParams hp = g;
+        hp.ld_in = n;
+        hp.part_stride = size_t(batch) * n;
+        hp.y = dyt.as<float>();
+        const bool want = ctx.info().cc_major >= 9 && batch >= d::kTilesMinBatch && d::tc_cluster(ctx.info(), batch) > 1;
+        EXPECT_EQ(d::tc_finish_half_parts(ctx.info(), hp, batch), want) << "n=" << n << " batch " << batch;
+        hp.y = dyt.as<float>() + 1;
+        EXPECT_FALSE(d::tc_finish_half_parts(ctx.info(), hp, batch)) << "n=" << n;
+      }
       // ỹ as fp16 in 3 slices c, ỹ, −c (the tile kernel's fp16 slices; row stride n + 8): the
       // sums are exact.
       const int ldh = n + 8;

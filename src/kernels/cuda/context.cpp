@@ -350,17 +350,20 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
                             stream, w.sign_in_bits.as<const uint32_t>());
     detail::FinishParams f;
     f.t = detail::transform_out(w);
-    const bool half_parts = tiles && detail::tc_finish_half_parts(ctx.info(), f.t, batch);
-    if (tiles) detail::launch_qmma_tiles(ctx.info(), w, ctx.tables(), xt, yp, batch, parts, stream, half_parts);
-    else detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), xt, nullptr, yp, batch, stream);
-    f.yt = half_parts ? nullptr : yp;
-    f.yt_half = half_parts ? reinterpret_cast<const uint16_t*>(yp) : nullptr;
+    f.yt = yp;
     f.ld_in = w.rows;
     f.y = y;
     f.ld_out = w.rows;
     f.parts = parts;
     f.part_stride = size_t(batch) * w.rows;
     f.half_ok = 1;
+    const bool half_parts = tiles && detail::tc_finish_half_parts(ctx.info(), f, batch);
+    if (tiles) detail::launch_qmma_tiles(ctx.info(), w, ctx.tables(), xt, yp, batch, parts, stream, half_parts);
+    else detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), xt, nullptr, yp, batch, stream);
+    if (half_parts) {
+      f.yt = nullptr;
+      f.yt_half = reinterpret_cast<const uint16_t*>(yp);
+    }
     detail::launch_finish(ctx.info(), f, batch, stream);
     return;
   }

@@ -1015,7 +1015,19 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     p.zero_count = zero ? w.rows : 0;
     detail::launch_prepare(info, p, n, stream);
     const bool half_out = !gemv && !tiles && detail::gemm_half_out();  // ỹ in fp16, as qmatmul's
-    const bool half_parts = tiles && detail::tc_finish_half_parts(info, detail::transform_out(w), n);
+    detail::FinishParams f;
+    f.t = detail::transform_out(w);
+    f.yt = yt;
+    f.ld_in = w.rows;
+    f.y = y;
+    f.ld_out = ld_y;
+    f.accumulate = accumulate;
+    f.half_ok = 1;  // ỹ from fp16 x̃: the tensor-core output transform's fp16 steps are within its error
+    if (tiles) {
+      f.parts = tile_parts;
+      f.part_stride = size_t(n) * w.rows;
+    }
+    const bool half_parts = tiles && detail::tc_finish_half_parts(info, f, n);
     if (tiles) {
       detail::launch_qmma_tiles(info, w, ctx_.tables(), xt, yt, n, tile_parts, stream, half_parts);
     } else if (gemv) {
@@ -1030,18 +1042,9 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
                                 w.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "cublasGemmEx (dequantized fp16)");
     }
-    detail::FinishParams f;
-    f.t = detail::transform_out(w);
-    f.yt = half_out || half_parts ? nullptr : yt;
-    f.yt_half = half_out || half_parts ? reinterpret_cast<const uint16_t*>(yt) : nullptr;
-    f.ld_in = w.rows;
-    f.y = y;
-    f.ld_out = ld_y;
-    f.accumulate = accumulate;
-    f.half_ok = 1;  // ỹ from fp16 x̃: the tensor-core output transform's fp16 steps are within its error
-    if (tiles) {
-      f.parts = tile_parts;
-      f.part_stride = size_t(n) * w.rows;
+    if (half_out || half_parts) {
+      f.yt = nullptr;
+      f.yt_half = reinterpret_cast<const uint16_t*>(yt);
     }
     detail::launch_finish(info, f, n, stream);
   } else if (l.dense) {

@@ -659,26 +659,35 @@ bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch
   return true;
 }
 
-bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream, int cluster) {
-  if (batch <= 0 || info.cc_major < 8 || !tc_transform_shape(p.t)) return false;
+namespace {
+
+// The blocks per vector launch_finish_tc runs p with (`cluster` as there), or 0 where it refuses p.
+int finish_tc_cluster(const DeviceInfo& info, const FinishParams& p, int batch, int cluster) {
+  if (batch <= 0 || info.cc_major < 8 || !tc_transform_shape(p.t)) return 0;
   size_t in_bytes;
   if (p.yt_half) {
     if (p.parts < 1 || !aligned_to(p.yt_half, 16) || p.ld_in % 8 != 0 || (p.parts > 1 && p.part_stride % 8 != 0))
-      return false;
+      return 0;
     in_bytes = (size_t(p.parts - 1) * p.part_stride + size_t(batch - 1) * p.ld_in + p.t.n) * 2;
   } else {
     // fp32 ỹ (in slices) only where the caller accepts fp16 intermediates.
     if (!p.half_ok || !p.yt || p.parts < 1 || !aligned_to(p.yt, 16) || p.ld_in % 4 != 0 ||
         (p.parts > 1 && p.part_stride % 4 != 0))
-      return false;
+      return 0;
     in_bytes = (size_t(p.parts - 1) * p.part_stride + size_t(batch - 1) * p.ld_in + p.t.n) * 4;
   }
-  if (!aligned_to(p.y, 8) || p.ld_out % 2 != 0) return false;
-  if (p.t.sign && !aligned_to(p.t.sign, 8)) return false;
+  if (!aligned_to(p.y, 8) || p.ld_out % 2 != 0) return 0;
+  if (p.t.sign && !aligned_to(p.t.sign, 8)) return 0;
   // Every block reads its whole ỹ before it writes y, but not before other blocks write theirs.
   const void* in = p.yt_half ? static_cast<const void*>(p.yt_half) : static_cast<const void*>(p.yt);
-  if (overlaps(in, in_bytes, p.y, (size_t(batch - 1) * p.ld_out + p.t.n) * 4)) return false;
-  const int c = launch_cluster(info, batch, cluster);
+  if (overlaps(in, in_bytes, p.y, (size_t(batch - 1) * p.ld_out + p.t.n) * 4)) return 0;
+  return launch_cluster(info, batch, cluster);
+}
+
+}  // namespace
+
+bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream, int cluster) {
+  const int c = finish_tc_cluster(info, p, batch, cluster);
   if (c == 0) return false;
   const TcView v = tc_view(p.t);
   set_smem_attributes();
@@ -687,12 +696,16 @@ bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, 
   return true;
 }
 
-bool tc_finish_half_parts(const DeviceInfo& info, const TransformShape& t, int batch) {
+bool tc_finish_half_parts(const DeviceInfo& info, const FinishParams& f, int batch) {
   static const bool on = [] {
     const char* e = std::getenv("GLQ_CUDA_HALF_PARTS");
     return !(e && std::string(e) == "0");
   }();
-  return on && info.cc_major >= 9 && tc_transform_shape(t) && batch >= kTilesMinBatch && tc_cluster(info, batch) > 1;
+  if (!on || batch < kTilesMinBatch) return false;
+  FinishParams h = f;  // the same slices, in fp16
+  h.yt_half = reinterpret_cast<const uint16_t*>(f.yt);
+  h.yt = nullptr;
+  return finish_tc_cluster(info, h, batch, 0) > 1;
 }
 
 }  // namespace glq::cuda::detail

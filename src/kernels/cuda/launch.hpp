@@ -94,10 +94,11 @@ bool use_transform_tc(const DeviceInfo& info, int batch);
 // cluster: blocks per vector (0: tc_cluster's choice; 1: one block per vector).
 bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream, int cluster = 0);
 bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream, int cluster = 0);
-// Whether launch_finish takes ỹ as fp16 slices (yt_half with parts > 1) for `batch` vectors of
-// the output shape t: the tensor-core output transform in clusters (sm_90). The tile kernel then
-// writes its slices in fp16: half the bytes to store and to read (GLQ_CUDA_HALF_PARTS=0: fp32).
-bool tc_finish_half_parts(const DeviceInfo& info, const TransformShape& t, int batch);
+// Whether launch_finish takes the fp32 slices of f (yt, parts) as fp16 instead (yt_half, same
+// layout): the tensor-core output transform in clusters (sm_90) accepts f's shape, alignment and
+// buffers. The tile kernel then writes its slices in fp16: half the bytes to store and to read
+// (GLQ_CUDA_HALF_PARTS=0: fp32).
+bool tc_finish_half_parts(const DeviceInfo& info, const FinishParams& f, int batch);
 
 // Hadamard transform of `batch` vectors of length plan.n (one block each; see hadamard.cu).
 //   input:  out_half (batch, n) = T (sign ∘ x);  also zeroes zero_ptr (batch, zero_count).
