@@ -792,6 +792,42 @@ INSTANTIATE_TEST_SUITE_P(
                       QCase{4096, 1024, 2, 65, QPath::DequantGemm}),
     [](const auto& info) { return case_name(info.param); });
 
+// Both kernels of the tile path (17-64 vectors), whatever the default: the decoded weights
+// through a shared-memory tile, and in registers as the multiply's A operand with x̃ permuted to
+// match. Partial 256-row blocks (184, 264, 520 rows), partial 64-column steps and 32-column
+// blocks (1000 = 125 groups, 888 = 111 groups), one and several column ranges (in clusters on
+// sm_90), every bit width, 17 to 64 vectors. Each against the CPU reference, and the two
+// kernels against each other: the same fp16 weights and x̃, summed in another order.
+TEST(CudaQmmaTiles, BothKernelsMatchReference) {
+  SKIP_WITHOUT_GPU();
+  namespace d = glq::cuda::detail;
+  glq::cuda::Context ctx;
+  struct Restore {
+    ~Restore() { d::set_tiles_registers(-1); }
+  } restore;
+  for (const QCase& c : {QCase{184, 4096, 2, 47, QPath::Mma}, QCase{264, 1000, 3, 33, QPath::Mma},
+                         QCase{520, 888, 4, 64, QPath::Mma}, QCase{4096, 14336, 2, 64, QPath::Mma},
+                         QCase{2048, 2048, 3, 50, QPath::Mma}, QCase{8192, 256, 4, 40, QPath::Mma},
+                         QCase{1024, 1528, 2, 17, QPath::Mma}}) {
+    const auto q = random_qmatrix(c.rows, c.cols, c.bits, 3000 + c.rows * 5 + c.cols + c.bits);
+    const auto dq = glq::cuda::upload(q);
+    const auto x = random_vector(size_t(c.batch) * c.cols, 91 + c.batch);
+    std::vector<float> ref(size_t(c.batch) * c.rows);
+    glq::codec::matvec_reference(q, x.data(), ref.data(), c.batch);
+    std::vector<float> y[2];
+    for (int rs : {0, 1}) {
+      d::set_tiles_registers(rs);
+      ASSERT_EQ(d::tiles_registers(ctx.info()), rs == 1);
+      ASSERT_TRUE(d::qmma_tiles_supported(ctx.info(), dq, c.batch)) << case_name(c);
+      y[rs] = run_qmatmul(ctx, dq, x, c.batch, c.path);
+      EXPECT_LT(relative_error(y[rs], ref), 5e-3) << case_name(c) << ", registers " << rs;
+      const auto again = run_qmatmul(ctx, dq, x, c.batch, c.path);
+      EXPECT_LT(relative_error(again, y[rs]), 1e-5) << case_name(c) << ", registers " << rs;
+    }
+    EXPECT_LT(relative_error(y[1], y[0]), 1e-4) << case_name(c);
+  }
+}
+
 // The ring decode kernel (qgemv_ring.cu) that launch_qgemv_cores runs for 1 and 2 vectors of
 // the 2/3/4 bpw layouts: fewer than 16 row tiles (19), a partial last block of tiles (111 =
 // 6·16 + 15), one column range and many (989 groups: atomics into the zeroed ỹ), group counts

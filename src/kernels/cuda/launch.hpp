@@ -143,6 +143,11 @@ void launch_qmma_parts(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
 // 4096x14336 at 2 and 4 bpw (H100, docs/cuda.md), slower only on 4096x4096 at 2 bpw.
 inline constexpr int kTilesMinBatch = 17;
 bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
+// Which of its two kernels runs: the decoded weights in registers as the multiply's A operand
+// (true; the default on sm_90), or through a shared-memory tile (GLQ_CUDA_TILES_RS=0/1 chooses;
+// set_tiles_registers(0/1) overrides both for tests and benchmarks, -1 restores them).
+bool tiles_registers(const DeviceInfo& info);
+void set_tiles_registers(int on);
 int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols);
 // half_parts: the slices in fp16 (yt_parts then holds __half), for an output transform that
 // reads them (tc_finish_half_parts).

@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <string>
 
@@ -195,6 +196,79 @@ __device__ __forceinline__ void load_x(const TileParams& p, int step, __half* xs
   }
 }
 
+// The block's accumulators out: acc[m][n][h] holds vector n·8 + 2t + (h & 1) of local row
+// row_of(m, g, h >> 1), lane (g, t) = (lane / 4, lane % 4). Without a cluster: the block's slice
+// of ỹ (fp32 or fp16); in a cluster (sm_90), through the partial tiles in shared memory (tsm,
+// whose tile buffers the caller is done with): block q of the cluster sums its share of the rows.
+template <typename RowOf>
+__device__ __forceinline__ void store_tiles(const TileParams& p, const float (&acc)[2][8][4], unsigned char* tsm,
+                                            int tile0, RowOf row_of) {
+  const int lane = threadIdx.x & 31;
+  // C fragment: rows g, g+8 of the m16 tile; vectors 2t, 2t+1 of the 8-vector tile.
+  const int g = lane >> 2, t = lane & 3;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (p.cluster > 1) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the tiles: their buffers take the partial tile
+    float* part = reinterpret_cast<float*>(tsm);  // (kTileVecs, kPartialLd)
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int h = 0; h < 4; ++h)
+          part[(n * 8 + 2 * t + (h & 1)) * kPartialLd + row_of(m, g, h >> 1)] = acc[m][n][h];
+    cl.sync();  // every partial tile of the cluster written
+    // Block q of the cluster sums row quads [q·64/C, (q+1)·64/C) of the 256-row tile.
+    const int rank = int(cl.block_rank()), q0 = rank * (kTileRows / 4) / p.cluster;
+    const int quads = (rank + 1) * (kTileRows / 4) / p.cluster - q0;
+    float* y = p.yt + size_t(blockIdx.y / p.cluster) * p.batch * p.rows;
+    for (int e = threadIdx.x; e < p.batch * quads; e += kTileThreads) {
+      const int v = e / quads, r = (q0 + e % quads) * 4;
+      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (int q = 0; q < p.cluster; ++q) {
+        const float4 u = *reinterpret_cast<const float4*>(cl.map_shared_rank(part, q) + v * kPartialLd + r);
+        sum.x += u.x;
+        sum.y += u.y;
+        sum.z += u.z;
+        sum.w += u.w;
+      }
+      const int row = tile0 * 8 + r;  // rows % 8 == 0: a quad is wholly in or out
+      if (row < p.rows) {
+        if (p.half_out)
+          *reinterpret_cast<uint2*>(reinterpret_cast<__half*>(y) + size_t(v) * p.rows + row) =
+              make_uint2(pack_half2(sum.x, sum.y), pack_half2(sum.z, sum.w));
+        else
+          *reinterpret_cast<float4*>(y + size_t(v) * p.rows + row) = sum;
+      }
+    }
+    cl.sync();  // no block leaves while the others still read its partial tile
+    return;
+  }
+#endif
+  // One slice of ỹ, fp32 or fp16 (the branch outside the store loops: inside them it changed
+  // the kernel's register allocation and cost 1.2 us at 4096x4096).
+  const size_t slice = size_t(blockIdx.y) * p.batch * p.rows;
+  const auto store = [&](auto* y, auto convert) {
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int v = n * 8 + 2 * t;
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const int r = tile0 * 8 + row_of(m, g, h >> 1), vv = v + (h & 1);
+          if (r < p.rows && vv < p.batch) y[size_t(vv) * p.rows + r] = convert(acc[m][n][h]);
+        }
+      }
+    }
+  };
+  if (p.half_out) store(reinterpret_cast<__half*>(p.yt) + slice, [](float a) { return __float2half_rn(a); });
+  else store(p.yt + slice, [](float a) { return a; });
+}
+
 template <int kS1>
 __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileParams p) {
   extern __shared__ __align__(16) unsigned char tsm_raw[];
@@ -204,7 +278,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   uint2* scl = reinterpret_cast<uint2*>(ring + size_t(kTileRing) * kTileThreads * 32);
   uint32_t* tab = reinterpret_cast<uint32_t*>(scl + kSclWords);
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   const int tile0 = blockIdx.x * (kTileRows / 8);
   const int lt = threadIdx.x >> 3, lg = threadIdx.x & 7;  // this thread's decode item
   const int tile = tile0 + lt;
@@ -245,6 +319,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
 #ifndef GLQ_TILES_WGMMA
   // ldmatrix addresses: A matrix (lane >> 3) of an m16k16 fragment: rows +8 for odd, k +8 for
   // the upper two; B matrices: vector tiles 2j (k low, high), 2j+1 (k low, high).
+  const int lane = threadIdx.x & 31;
   const int mrow = (lane & 7) + ((lane >> 3) & 1) * 8, mchunk = lane >> 4;
   const int brow = (lane & 7) + (lane >> 4) * 8, bchunk = (lane >> 3) & 1;
 #endif
@@ -312,71 +387,277 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
 #else
   const int row_base = warp * 32, m_stride = 16;
 #endif
+  store_tiles(p, acc, tsm, tile0, [&](int m, int g, int h) { return row_base + m * m_stride + g + h * 8; });
+}
 
-  // C fragment: rows g, g+8 of the m16 tile; vectors 2t, 2t+1 of the 8-vector tile.
-  const int g = lane >> 2, t = lane & 3;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (p.cluster > 1) {
-    namespace cg = cooperative_groups;
-    cg::cluster_group cl = cg::this_cluster();
-    cp_async_wait<0>();
-    __syncthreads();  // every warp is done with the tiles: their buffers take the partial tile
-    float* part = reinterpret_cast<float*>(tsm);  // (kTileVecs, kPartialLd)
+
+// ---------------------------------------------------------------------------------------------
+// The register variant (sm_90 by default; GLQ_CUDA_TILES_RS=0/1): the decoded weights never
+// touch shared memory.
+//
+// Why. The kernel above writes every decoded weight into its A tile and the tensor cores read it
+// back: with the x̃ tile and the table lookups (random, across 32 banks) that is ~146 KB of
+// shared-memory traffic per block and step, and it bounds that kernel. Here each thread decodes
+// its codes straight into the A fragments of the multiply (wgmma's register operand on sm_90a,
+// mma.sync elsewhere); only x̃ goes through shared memory, and the E8P16 tables are bank-private
+// (as in qmma.cu: entry e of lane l at e·256 + 4l, its sign entry 128 bytes on), so that a
+// random lookup is one conflict-free pass.
+//
+// Mapping. The A fragment of an m16k16 step holds, in lane (g, c) = (lane / 4, lane % 4), rows
+// g and g + 8 at k = 2c, 2c+1, 2c+8, 2c+9 (wgmma: warp w of the warpgroup rows 16w.. of the m64
+// tile, the same per warp). Rows and k may be permuted as long as the output rows are mapped back
+// and x̃ is permuted alike, so:
+//   - fragment rows g and g + 8 of a warp's 16-row slab are rows 2j and 2j + 1 (j = g & 3) of
+//     tile g >> 2 of the slab: one 32-bit component of that tile's code word, one 4-byte copy;
+//   - per block of 32 columns (4 groups) lane (g, c) decodes group c: its coordinate pairs 0 and
+//     1 are k = (2c, 2c+1) and (2c+8, 2c+9) of the block's first k16 step, pairs 2 and 3 those of
+//     the second;
+//   - so pair q of group c of a block goes to chunk q (8 halfs), pair slot c of the block's 64
+//     bytes of the x̃ tile: a 4×4 transpose of 4-byte pairs, done by the copies that stage x̃
+//     (4-byte cp.async into the same 128-byte-swizzled rows).
+// Every code is decoded once, by one lane, per block of 64 vectors.
+constexpr int kRsTabBytes = 256 * 256;  // E8P16 selector and sign tables, interleaved, bank-private
+constexpr size_t kRsSmem = size_t(2) * kTileXHalfs * 2 +           // x̃ tiles, double-buffered
+                           size_t(kRsTabBytes) +                     // the private tables
+                           size_t(kTileRing) * kTileThreads * 32 +  // code words
+                           size_t(kSclWords) * 8 +                   // scales
+                           size_t(kTableWords) * 4 +                 // E8R8 table, byte constants
+                           1024;                                     // 114,824 bytes: 2 blocks per SM
+static_assert(size_t(kTileVecs) * kPartialLd * 4 <= size_t(2) * kTileXHalfs * 2 + kRsTabBytes,
+              "partial tile fits the x̃ tiles and the private tables");
+
+#ifdef GLQ_TILES_WGMMA
+// d (m64n64, fp32) += A (64×16, fragments in registers) · B (64×16, K-major, shared memory)ᵀ.
+__device__ __forceinline__ void wgmma_rs_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, 1, 1, 1, 0;"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+#endif
+
+// Local row (of the block's 256) of fragment row g (h = 0) or g + 8 (h = 1) of the slab at base.
+__device__ __forceinline__ int rs_row(int base, int g, int h) { return base + 8 * (g >> 2) + 2 * (g & 3) + h; }
+
+__device__ __forceinline__ uint32_t rs_lds(const unsigned char* base, uint32_t off) {
+  return *reinterpret_cast<const uint32_t*>(base + off);
+}
+
+// The code words of step `step` for warp slab `tb` (the warp's first code tile): lane
+// L = 16m + 8b + 4tt + c copies word (tile tb + 8m + tt, group 8·step + 4b + c) to wslot + 16L
+// (stage 0) and + 512 + 16L (stage 1; E8R8 words are 8 bytes); zero where out of range. The lanes
+// that decode a word read their component of it once the warp has waited for its copies.
+template <int kS1>
+__device__ __forceinline__ void rs_load_codes(const TileParams& p, int tb, int lane, int step, unsigned char* wslot) {
+  const int m = lane >> 4, b = (lane >> 3) & 1, tt = (lane >> 2) & 1, c = lane & 3;
+  const int tile = tb + 8 * m + tt, g = step * 8 + 4 * b + c;
+  const bool ok = tile < p.tiles && g < p.groups;
+  const size_t idx = ok ? size_t(tile) * p.groups + g : 0;
+  cp_async_zfill(wslot + 16 * lane, static_cast<const uint4*>(p.codes[0]) + idx, 16, ok);
+  if (kS1 == 1) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint4*>(p.codes[1]) + idx, 16, ok);
+  if (kS1 == 2) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint2*>(p.codes[1]) + idx, 8, ok);
+}
+
+// The x̃ tile of step `step`, permuted: this thread's two 16-byte chunks (vector v, group
+// 8·step + 4b + c; zero beyond B and beyond the columns) are loaded into registers, and
+// rs_store_x puts pair q of each at chunk 4b + q, pair slot c of the tile (conflict-free: the
+// eight (v, b) of a warp's store land in eight different swizzled chunks).
+__device__ __forceinline__ void rs_fetch_x(const TileParams& p, int step, uint4 (&xr)[2]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int e = threadIdx.x + i * kTileThreads;  // 0..511
+    const int v = e >> 3, b = (e >> 2) & 1, c = e & 3;
+    const int g = step * 8 + 4 * b + c;
+    xr[i] = v < p.batch && g < p.groups ? __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(v) * p.cols) + g)
+                                        : make_uint4(0, 0, 0, 0);
+  }
+}
+__device__ __forceinline__ void rs_store_x(const uint4 (&xr)[2], __half* xs) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int e = threadIdx.x + i * kTileThreads;
+    const int v = e >> 3, b = (e >> 2) & 1, c = e & 3;
+    uint32_t* row = reinterpret_cast<uint32_t*>(xs) + c;
+    row[swz(v, 4 * b + 0) / 2] = xr[i].x;
+    row[swz(v, 4 * b + 1) / 2] = xr[i].y;
+    row[swz(v, 4 * b + 2) / 2] = xr[i].z;
+    row[swz(v, 4 * b + 3) / 2] = xr[i].w;
+  }
+}
+
+// The two E8P16 codes of word w (row A: low half, row B: high half) as 4 coordinate pairs each,
+// d·scale ± scale/4 (added to a, b unless kFirst); sA, sB as in e8p_row.
+template <bool kFirst>
+__device__ __forceinline__ void rs_e8p(const unsigned char* ptab, uint32_t lane4, uint32_t w, uint32_t lo_p, uint2 sA,
+                                       uint2 sB, uint32_t (&a)[4], uint32_t (&b)[4]) {
+  // [lane·4, code byte, 0, 0]: entry `byte` of this lane's copy.
+  const uint32_t e0 = rs_lds(ptab, byte_perm(lane4, w, 0x1140u)) ^ rs_lds(ptab + 128, byte_perm(lane4, w, 0x1150u));
+  const uint32_t e1 = rs_lds(ptab, byte_perm(lane4, w, 0x1160u)) ^ rs_lds(ptab + 128, byte_perm(lane4, w, 0x1170u));
+  uint32_t d0[4], d1[4];
+  decode_pairs(e0, lo_p, kE8pBytesHi, d0);
+  decode_pairs(e1, lo_p, kE8pBytesHi, d1);
+  // ±scale/4: the shift bit (bit 15 of each code) onto both sign bits.
+  const uint32_t t0 = (byte_perm(w, 0u, 0x1010u) & 0x80008000u) ^ sA.y;
+  const uint32_t t1 = (byte_perm(w, 0u, 0x3232u) & 0x80008000u) ^ sB.y;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    a[k] = hfma2(d0[k], sA.x, kFirst ? t0 : hfma2(t0, 0x3C003C00u, a[k]));
+    b[k] = hfma2(d1[k], sB.x, kFirst ? t1 : hfma2(t1, 0x3C003C00u, b[k]));
+  }
+}
+
+// The two E8R8 codes (bytes selA, selB of w: PRMT selectors 0x444k) added as d·scale.
+__device__ __forceinline__ void rs_e8r(const uint32_t* tabw, uint32_t w, uint32_t selA, uint32_t selB, uint32_t lo_r,
+                                      uint2 sA, uint2 sB, uint32_t (&a)[4], uint32_t (&b)[4]) {
+  uint32_t d0[4], d1[4];
+  decode_pairs(tabw[kTableE8r8Sel + byte_perm(w, 0u, selA)], lo_r, kE8rBytesHi, d0);
+  decode_pairs(tabw[kTableE8r8Sel + byte_perm(w, 0u, selB)], lo_r, kE8rBytesHi, d1);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    a[k] = hfma2(d0[k], sA.x, a[k]);
+    b[k] = hfma2(d1[k], sB.x, b[k]);
+  }
+}
+
+template <int kS1>
+__global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const TileParams p) {
+  extern __shared__ __align__(16) unsigned char tsm_raw[];
+  unsigned char* tsm = tsm_raw + ((1024 - (static_cast<uint32_t>(__cvta_generic_to_shared(tsm_raw)) & 1023)) & 1023);
+  __half* xbuf = reinterpret_cast<__half*>(tsm);
+  unsigned char* ptab = tsm + size_t(2) * kTileXHalfs * 2;
+  unsigned char* ring = ptab + kRsTabBytes;
+  uint2* scl = reinterpret_cast<uint2*>(ring + size_t(kTileRing) * kTileThreads * 32);
+  uint32_t* tabw = reinterpret_cast<uint32_t*>(scl + kSclWords);
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3, j = g & 3;
+  const int tile0 = blockIdx.x * (kTileRows / 8);
+  // This warp's 16-row slab of each m64 tile (m = 0: base, m = 1: base + 64); its fragment
+  // rows g, g + 8 are rows 2j, 2j + 1 of code tile tb + (g >> 2) (+ 8 for m = 1).
+  const int base = (warp >> 2) * 128 + (warp & 3) * 16;
+  const int tb = tile0 + base / 8;  // the warp's first code tile
+  const uint32_t lane4 = uint32_t(lane) * 4;
+  const int total_steps = (p.groups + 7) / 8;
+  const int s0 = blockIdx.y * p.steps_per_part;
+  const int s1 = min(total_steps, s0 + p.steps_per_part);
+  unsigned char* warp_ring = ring + warp * 1024;  // per slot: 8 warps × (512 + 512) bytes
+  auto slot = [&](int step) { return warp_ring + ((step - s0) % kTileRing) * (kTileThreads * 32); };
+  // This lane's word components: (m, b) word at 16·(16m + 8b + 4(g >> 2) + c) + 4j.
+  const int rd = 16 * (4 * (g >> 2) + c) + 4 * j;
+
+  pdl_trigger();
+  // Prologue: the codes of the first two steps, the tables and scales (nothing the input
+  // transform before this kernel writes), then x̃ of the first step once that kernel is done.
+  rs_load_codes<kS1>(p, tb, lane, s0, slot(s0));
+  cp_async_commit();
+  if (s0 + 1 < s1) rs_load_codes<kS1>(p, tb, lane, s0 + 1, slot(s0 + 1));
+  cp_async_commit();
+  for (int i = threadIdx.x; i < kTableWords; i += kTileThreads) tabw[i] = __ldg(p.tables + i);
+  for (int i = threadIdx.x; i < kRsTabBytes / 16; i += kTileThreads) {  // entry i/16: 8 uint4 selector, 8 sign
+    const uint32_t v = __ldg(p.tables + ((i & 8) ? kTableE8pSign : kTableE8pSel) + (i >> 4));
+    reinterpret_cast<uint4*>(ptab)[i] = make_uint4(v, v, v, v);
+  }
+  for (int i = threadIdx.x; i < kTileRows * 2; i += kTileThreads) {
+    const int row = tile0 * 8 + (i >> 1), s = i & 1;
+    const float sc = row < p.rows && s < p.stages ? __ldg(p.scales[s] + row) : 0.0f;
+    scl[scl_at(i >> 1, s)] = make_uint2(pack_half2(sc, sc), pack_half2(0.25f * sc, 0.25f * sc));
+  }
+  pdl_wait();
+  {
+    uint4 xr[2];
+    rs_fetch_x(p, s0, xr);
+    rs_store_x(xr, xbuf);
+  }
+  __syncthreads();  // tables, scales, the first x̃ tile
+  const uint32_t lo_p = tabw[kTableBytesLo], lo_r = tabw[kTableBytesLo + 1];
+  const uint32_t selA = 0x4440u + 2 * (j & 1), selB = selA + 1;  // E8R8: bytes of rows 2j, 2j + 1
+
+  float acc[2][8][4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < 8; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+
+#ifndef GLQ_TILES_WGMMA
+  // ldmatrix addresses of the B matrices: vector tiles 2jj (k low, high), 2jj+1 (k low, high).
+  const int brow = (lane & 7) + (lane >> 4) * 8, bchunk = (lane >> 3) & 1;
+#endif
+
+  for (int step = s0; step < s1; ++step) {
+    const int cur = (step - s0) & 1;
+    cp_async_wait<1>();  // this step's codes (the next step's may still be in flight)
+    __syncwarp();        // ... and those the other lanes copied
+    // A fragments of this step: m, k16 step kk = 2b + h, register (R0..R3 of the mma layout).
+    uint32_t af[2][4][4];
+    const unsigned char* sl = slot(step);
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      const int rA = rs_row(base + 64 * m, g, 0);
+      const uint2 sA0 = scl[scl_at(rA, 0)], sB0 = scl[scl_at(rA + 1, 0)];
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+        uint32_t ra[4], rb[4];
+        const unsigned char* wd = sl + 256 * m + 128 * b + rd;
+        rs_e8p<true>(ptab, lane4, *reinterpret_cast<const uint32_t*>(wd), lo_p, sA0, sB0, ra, rb);
+        if (kS1 == 1)
+          rs_e8p<false>(ptab, lane4, *reinterpret_cast<const uint32_t*>(wd + 512), lo_p, scl[scl_at(rA, 1)],
+                        scl[scl_at(rA + 1, 1)], ra, rb);
+        if (kS1 == 2)  // 8-byte words at the same 16-byte slots: rows 2j, 2j + 1 in bytes 2j, 2j + 1
+          rs_e8r(tabw, *reinterpret_cast<const uint32_t*>(wd + 512 - 4 * j + 4 * (j >> 1)), selA, selB, lo_r,
+                 scl[scl_at(rA, 1)], scl[scl_at(rA + 1, 1)], ra, rb);
+        af[m][2 * b][0] = ra[0];
+        af[m][2 * b][1] = rb[0];
+        af[m][2 * b][2] = ra[1];
+        af[m][2 * b][3] = rb[1];
+        af[m][2 * b + 1][0] = ra[2];
+        af[m][2 * b + 1][1] = rb[2];
+        af[m][2 * b + 1][2] = ra[3];
+        af[m][2 * b + 1][3] = rb[3];
+      }
+    }
+#ifdef GLQ_TILES_WGMMA
+    fence_proxy_async();  // this thread's copies of x̃ tile `cur`, before the tensor cores read them
+#endif
+    __syncthreads();  // x̃ tile `cur` complete; the other one free (its multiplies were waited for)
+    const __half* xs = xbuf + cur * kTileXHalfs;
+    uint4 xr[2];
+    if (step + 1 < s1) rs_fetch_x(p, step + 1, xr);  // stored after this step's multiplies are issued
+    if (step + 2 < s1) rs_load_codes<kS1>(p, tb, lane, step + 2, slot(step + 2));
+    cp_async_commit();
+#ifdef GLQ_TILES_WGMMA
+    wgmma_fence();
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_rs_m64n64k16(reinterpret_cast<float(&)[32]>(acc[m]), af[m][kk], sw128_desc(xs + kk * 16));
+    wgmma_commit();
+    if (step + 1 < s1) rs_store_x(xr, xbuf + (cur ^ 1) * kTileXHalfs);
+    wgmma_wait_all();  // af is rewritten by the next step's decode, tile `cur` by the stores after the next barrier
+#else
 #pragma unroll
-        for (int h = 0; h < 4; ++h)
-          part[(n * 8 + 2 * t + (h & 1)) * kPartialLd + row_base + m * m_stride + g + (h >> 1) * 8] = acc[m][n][h];
-    cl.sync();  // every partial tile of the cluster written
-    // Block q of the cluster sums row quads [q·64/C, (q+1)·64/C) of the 256-row tile.
-    const int rank = int(cl.block_rank()), q0 = rank * (kTileRows / 4) / p.cluster;
-    const int quads = (rank + 1) * (kTileRows / 4) / p.cluster - q0;
-    float* y = p.yt + size_t(blockIdx.y / p.cluster) * p.batch * p.rows;
-    for (int e = threadIdx.x; e < p.batch * quads; e += kTileThreads) {
-      const int v = e / quads, r = (q0 + e % quads) * 4;
-      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      for (int q = 0; q < p.cluster; ++q) {
-        const float4 u = *reinterpret_cast<const float4*>(cl.map_shared_rank(part, q) + v * kPartialLd + r);
-        sum.x += u.x;
-        sum.y += u.y;
-        sum.z += u.z;
-        sum.w += u.w;
-      }
-      const int row = tile0 * 8 + r;  // rows % 8 == 0: a quad is wholly in or out
-      if (row < p.rows) {
-        if (p.half_out)
-          *reinterpret_cast<uint2*>(reinterpret_cast<__half*>(y) + size_t(v) * p.rows + row) =
-              make_uint2(pack_half2(sum.x, sum.y), pack_half2(sum.z, sum.w));
-        else
-          *reinterpret_cast<float4*>(y + size_t(v) * p.rows + row) = sum;
-      }
-    }
-    cl.sync();  // no block leaves while the others still read its partial tile
-    return;
-  }
-#endif
-  // One slice of ỹ, fp32 or fp16 (the branch outside the store loops: inside them it changed
-  // the kernel's register allocation and cost 1.2 us at 4096x4096).
-  const size_t slice = size_t(blockIdx.y) * p.batch * p.rows;
-  const auto store = [&](auto* y, auto convert) {
+    for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
-    for (int m = 0; m < 2; ++m) {
-      const int r0 = tile0 * 8 + row_base + m * m_stride + g;
+      for (int jj = 0; jj < 4; ++jj) {
+        uint32_t bf[4];
+        ldsm4(bf, xs + swz(jj * 16 + brow, 2 * kk + bchunk));
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const int v = n * 8 + 2 * t;
-#pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          const int r = r0 + (h >> 1) * 8, vv = v + (h & 1);
-          if (r < p.rows && vv < p.batch) y[size_t(vv) * p.rows + r] = convert(acc[m][n][h]);
+        for (int m = 0; m < 2; ++m) {
+          mma16816(acc[m][2 * jj], af[m][kk][0], af[m][kk][1], af[m][kk][2], af[m][kk][3], bf[0], bf[1]);
+          mma16816(acc[m][2 * jj + 1], af[m][kk][0], af[m][kk][1], af[m][kk][2], af[m][kk][3], bf[2], bf[3]);
         }
       }
     }
-  };
-  if (p.half_out) store(reinterpret_cast<__half*>(p.yt) + slice, [](float a) { return __float2half_rn(a); });
-  else store(p.yt + slice, [](float a) { return a; });
+    if (step + 1 < s1) rs_store_x(xr, xbuf + (cur ^ 1) * kTileXHalfs);
+#endif
+  }
+  store_tiles(p, acc, tsm, tile0, [&](int m, int g, int h) { return rs_row(base + 64 * m, g, h); });
 }
 
 void set_tiles_smem_attribute() {
@@ -385,17 +666,39 @@ void set_tiles_smem_attribute() {
                           reinterpret_cast<const void*>(qmma_tiles_kernel<1>),
                           reinterpret_cast<const void*>(qmma_tiles_kernel<2>)})
       GLQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTileSmem)));
+    for (const void* k : {reinterpret_cast<const void*>(qmma_tiles_rs_kernel<0>),
+                          reinterpret_cast<const void*>(qmma_tiles_rs_kernel<1>),
+                          reinterpret_cast<const void*>(qmma_tiles_rs_kernel<2>)})
+      GLQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRsSmem)));
     return true;
   }();
   (void)attr;
 }
+
+std::atomic<int> g_tiles_registers{-1};
+
+}  // namespace
+
+void set_tiles_registers(int on) { g_tiles_registers.store(on < 0 ? -1 : on != 0); }
+
+bool tiles_registers(const DeviceInfo& info) {
+  const int forced = g_tiles_registers.load();
+  if (forced >= 0) return forced != 0;
+  static const int env = [] {
+    const char* v = std::getenv("GLQ_CUDA_TILES_RS");
+    return v ? int(std::atoi(v) != 0) : -1;
+  }();
+  return env >= 0 ? env != 0 : info.cc_major == 9;
+}
+
+namespace {
 
 }  // namespace
 
 bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
   if (batch < 1 || batch > kTileVecs || w.codes.empty() || w.codes.size() > 2 || info.cc_major < 8) return false;
   if (w.codebooks[0] != codec::Codebook::E8P16) return false;
-  if (info.smem_optin < kTileSmem) return false;
+  if (info.smem_optin < std::max(kTileSmem, kRsSmem)) return false;
   if (w.cols % 8 != 0 || w.rows % 8 != 0) return false;
   static const int min_batch = env_min_batch("GLQ_CUDA_QMMA_TILES", "GLQ_CUDA_QMMA_TILES_MIN", kTilesMinBatch);
   return batch >= min_batch;
@@ -420,16 +723,16 @@ int tiles_cluster(const DeviceInfo& info, int ranges, int row_blocks) {
     return v ? std::clamp(std::atoi(v), 1, 8) : 8;
   }();
   if (info.cc_major < 9 || ranges < 2 || ranges > cap) return 1;
-  // Clusters of each size that fit at once, found once (thread-safe static initialisation; the
-  // kernel's resources are the same for every shape).
-  static const std::array<int, 9> active = [] {
+  // Clusters of each size that fit at once, per kernel variant, found once (thread-safe static
+  // initialisation; each variant's resources are the same for every shape).
+  const auto active_clusters = [](auto* kernel, size_t smem) {
     std::array<int, 9> a{};
     set_tiles_smem_attribute();
     for (int c = 2; c <= 8; ++c) {
       cudaLaunchConfig_t config{};
       config.gridDim = dim3(1, c);
       config.blockDim = dim3(kTileThreads);
-      config.dynamicSmemBytes = kTileSmem;
+      config.dynamicSmemBytes = smem;
       cudaLaunchAttribute attr;
       attr.id = cudaLaunchAttributeClusterDimension;
       attr.val.clusterDim.x = 1;
@@ -437,10 +740,15 @@ int tiles_cluster(const DeviceInfo& info, int ranges, int row_blocks) {
       attr.val.clusterDim.z = 1;
       config.attrs = &attr;
       config.numAttrs = 1;
-      GLQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&a[c], qmma_tiles_kernel<0>, &config));
+      GLQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&a[c], kernel, &config));
     }
     return a;
-  }();
+  };
+  if (tiles_registers(info)) {
+    static const std::array<int, 9> active = active_clusters(qmma_tiles_rs_kernel<0>, kRsSmem);
+    return active[ranges] >= row_blocks ? ranges : 1;
+  }
+  static const std::array<int, 9> active = active_clusters(qmma_tiles_kernel<0>, kTileSmem);
   return active[ranges] >= row_blocks ? ranges : 1;
 }
 
@@ -491,9 +799,14 @@ void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
   set_tiles_smem_attribute();
   const dim3 grid((w.rows + kTileRows - 1) / kTileRows, split.ranges);
   const bool pdl = pdl_enabled(info);
-  auto* kernel = p.stages == 1 ? qmma_tiles_kernel<0>
-                 : w.codebooks[1] == codec::Codebook::E8P16 ? qmma_tiles_kernel<1>
-                                                              : qmma_tiles_kernel<2>;
+  const int k = p.stages == 1 ? 0 : w.codebooks[1] == codec::Codebook::E8P16 ? 1 : 2;
+  if (tiles_registers(info)) {
+    auto* kernel = k == 0 ? qmma_tiles_rs_kernel<0> : k == 1 ? qmma_tiles_rs_kernel<1> : qmma_tiles_rs_kernel<2>;
+    launch_checked_cluster(kernel, grid, dim3(kTileThreads), kRsSmem, stream, pdl, dim3(1, split.cluster, 1),
+                           "qmma_tiles_rs_kernel", p);
+    return;
+  }
+  auto* kernel = k == 0 ? qmma_tiles_kernel<0> : k == 1 ? qmma_tiles_kernel<1> : qmma_tiles_kernel<2>;
   launch_checked_cluster(kernel, grid, dim3(kTileThreads), kTileSmem, stream, pdl, dim3(1, split.cluster, 1),
                          "qmma_tiles_kernel", p);
 }
