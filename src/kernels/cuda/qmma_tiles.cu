@@ -596,8 +596,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const Ti
     // A fragments of this step: m, k16 step kk = 2b + h, register (R0..R3 of the mma layout).
     uint32_t af[2][4][4];
     const unsigned char* sl = slot(step);
-#pragma unroll
-    for (int m = 0; m < 2; ++m) {
+    const auto decode = [&](int m) {
       const int rA = rs_row(base + 64 * m, g, 0);
       const uint2 sA0 = scl[scl_at(rA, 0)], sB0 = scl[scl_at(rA + 1, 0)];
 #pragma unroll
@@ -620,27 +619,37 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const Ti
         af[m][2 * b + 1][2] = ra[3];
         af[m][2 * b + 1][3] = rb[3];
       }
-    }
-#ifdef GLQ_TILES_WGMMA
-    fence_proxy_async();  // this thread's copies of x̃ tile `cur`, before the tensor cores read them
-#endif
-    __syncthreads();  // x̃ tile `cur` complete; the other one free (its multiplies were waited for)
+    };
     const __half* xs = xbuf + cur * kTileXHalfs;
-    uint4 xr[2];
-    if (step + 1 < s1) rs_fetch_x(p, step + 1, xr);  // stored after this step's multiplies are issued
+    uint4 xr[2];  // x̃ of the next step, stored into the other tile once this step's multiplies are issued
+#ifdef GLQ_TILES_WGMMA
+    decode(0);
+    fence_proxy_async();  // this thread's stores of x̃ tile `cur`, before the tensor cores read them
+    __syncthreads();      // x̃ tile `cur` complete; the other one free (its multiplies were waited for)
+    if (step + 1 < s1) rs_fetch_x(p, step + 1, xr);
     if (step + 2 < s1) rs_load_codes<kS1>(p, tb, lane, step + 2, slot(step + 2));
     cp_async_commit();
-#ifdef GLQ_TILES_WGMMA
+    // Rows 0-63 of the warpgroup multiply while rows 64-127 are decoded.
     wgmma_fence();
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs_m64n64k16(reinterpret_cast<float(&)[32]>(acc[0]), af[0][kk], sw128_desc(xs + kk * 16));
+    wgmma_commit();
+    decode(1);
+    wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_rs_m64n64k16(reinterpret_cast<float(&)[32]>(acc[m]), af[m][kk], sw128_desc(xs + kk * 16));
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs_m64n64k16(reinterpret_cast<float(&)[32]>(acc[1]), af[1][kk], sw128_desc(xs + kk * 16));
     wgmma_commit();
     if (step + 1 < s1) rs_store_x(xr, xbuf + (cur ^ 1) * kTileXHalfs);
     wgmma_wait_all();  // af is rewritten by the next step's decode, tile `cur` by the stores after the next barrier
 #else
+    decode(0);
+    decode(1);
+    __syncthreads();  // x̃ tile `cur` complete; the other one free
+    if (step + 1 < s1) rs_fetch_x(p, step + 1, xr);
+    if (step + 2 < s1) rs_load_codes<kS1>(p, tb, lane, step + 2, slot(step + 2));
+    cp_async_commit();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
