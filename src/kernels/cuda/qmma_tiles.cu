@@ -25,6 +25,9 @@
 //     2 to 8 column ranges, they run as one thread-block cluster: each block leaves its
 //     partial tile in its shared memory, and block q of the cluster sums its share of the rows
 //     of all C tiles through distributed shared memory and writes them: one slice of ỹ.
+// A second kernel below (qmma_tiles_rs_kernel, the default on sm_90) keeps the decoded weights
+// in registers as the multiply's A operand instead of a shared-memory tile; same work split,
+// same output.
 #include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -408,14 +411,17 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
 // tile, the same per warp). Rows and k may be permuted as long as the output rows are mapped back
 // and x̃ is permuted alike, so:
 //   - fragment rows g and g + 8 of a warp's 16-row slab are rows 2j and 2j + 1 (j = g & 3) of
-//     tile g >> 2 of the slab: one 32-bit component of that tile's code word, one 4-byte copy;
+//     tile g >> 2 of the slab: one 32-bit component of that tile's code word. The warp copies
+//     the 32 words of a step (2 slabs × 2 tiles × 8 groups) into its own ring slot with one
+//     16-byte cp.async per lane, and each lane reads its components from there;
 //   - per block of 32 columns (4 groups) lane (g, c) decodes group c: its coordinate pairs 0 and
 //     1 are k = (2c, 2c+1) and (2c+8, 2c+9) of the block's first k16 step, pairs 2 and 3 those of
 //     the second;
 //   - so pair q of group c of a block goes to chunk q (8 halfs), pair slot c of the block's 64
-//     bytes of the x̃ tile: a 4×4 transpose of 4-byte pairs, done by the copies that stage x̃
-//     (4-byte cp.async into the same 128-byte-swizzled rows).
-// Every code is decoded once, by one lane, per block of 64 vectors.
+//     bytes of the x̃ tile: a 4×4 transpose of 4-byte pairs, done by the threads that stage x̃
+//     (16-byte loads into registers, four 4-byte stores into the 128-byte-swizzled rows).
+// Every code is decoded once, by one lane, per block of 64 vectors. Per step, each warpgroup's
+// rows 0-63 multiply (asynchronously, wgmma) while its rows 64-127 are decoded.
 constexpr int kRsTabBytes = 256 * 256;  // E8P16 selector and sign tables, interleaved, bank-private
 constexpr size_t kRsSmem = size_t(2) * kTileXHalfs * 2 +           // x̃ tiles, double-buffered
                            size_t(kRsTabBytes) +                     // the private tables
