@@ -241,7 +241,11 @@ nlohmann::json run_cuda_gemv_bench(const GemvBenchArgs& a) {
       const bool tiles = qp == cuda::QPath::Mma && cuda::detail::qmma_tiles_supported(info, mats[0], batch);
       const int tile_parts = tiles ? cuda::detail::qmma_tiles_parts(info, rows, cols) : 0;
       if (tiles) {
-        path = "input transform, decode into shared-memory tiles for the tensor cores (wgmma on sm_90a, else mma.sync), output transform";
+        path = cuda::detail::tiles_registers(info)
+                   ? "input transform, decode into the tensor cores' register operands (wgmma on sm_90a, else mma.sync), "
+                     "output transform"
+                   : "input transform, decode into shared-memory tiles for the tensor cores (wgmma on sm_90a, else "
+                     "mma.sync), output transform";
         plan = "256-row blocks x " + std::to_string(tile_parts) + " column ranges";
       } else if (qp == cuda::QPath::Mma) {  // as qmatmul launches it (the fused input transform is opt-in)
         plan = cuda::detail::qmma_plan(info, mats[0], batch, false, batch > cuda::kGemvMaxBatch);

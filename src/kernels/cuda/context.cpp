@@ -342,7 +342,7 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
   if (tiles || (path == QPath::Mma && batch > kGemvMaxBatch && batch <= kMmaMaxBatch)) {
     // One launch; column ranges write their own slices of ỹ, which the output transform sums
     // (atomics would cost more than the product at these batch sizes). From kTilesMinBatch
-    // vectors the weights are decoded once into shared-memory tiles for all of them.
+    // vectors the tile kernel decodes the weights once for all of them.
     const int parts = tiles ? detail::qmma_tiles_parts(ctx.info(), w.rows, w.cols)
                             : detail::qmma_parts(ctx.info(), w, batch, false);
     auto* yp = static_cast<float*>(ctx.scratch(1, size_t(parts) * batch * w.rows * 4));
@@ -357,13 +357,8 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
     f.parts = parts;
     f.part_stride = size_t(batch) * w.rows;
     f.half_ok = 1;
-    const bool half_parts = tiles && detail::tc_finish_half_parts(ctx.info(), f, batch);
-    if (tiles) detail::launch_qmma_tiles(ctx.info(), w, ctx.tables(), xt, yp, batch, parts, stream, half_parts);
+    if (tiles) detail::launch_qmma_tiles_for_finish(ctx.info(), w, ctx.tables(), xt, yp, parts, f, batch, stream);
     else detail::launch_qmma_parts(ctx.info(), w, ctx.tables(), xt, nullptr, yp, batch, stream);
-    if (half_parts) {
-      f.yt = nullptr;
-      f.yt_half = reinterpret_cast<const uint16_t*>(yp);
-    }
     detail::launch_finish(ctx.info(), f, batch, stream);
     return;
   }

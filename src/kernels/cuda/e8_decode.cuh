@@ -76,6 +76,23 @@ inline uint32_t byte_perm(uint32_t lo, uint32_t hi, uint32_t sel) {
 }
 #endif
 
+
+#if defined(__CUDACC__)  // nvcc, both passes
+__device__ __forceinline__ uint32_t lds32(const unsigned char* base, uint32_t off) {
+  return *reinterpret_cast<const uint32_t*>(base + off);
+}
+
+// Selector words of the two E8P16 codes of a 32-bit word w (e0: low half, e1: high half) from
+// bank-private tables in shared memory: entry e of lane l at e·256 + 4l, its sign entry 128
+// bytes on (lane4 = 4·lane), so that 32 random lookups are one conflict-free pass. The byte
+// offset [lane4, code byte, 0, 0] is one PRMT.
+__device__ __forceinline__ void e8p_private_selectors(const unsigned char* tab, uint32_t lane4, uint32_t w,
+                                                      uint32_t& e0, uint32_t& e1) {
+  e0 = lds32(tab, __byte_perm(lane4, w, 0x1140u)) ^ lds32(tab + 128, __byte_perm(lane4, w, 0x1150u));
+  e1 = lds32(tab, __byte_perm(lane4, w, 0x1160u)) ^ lds32(tab + 128, __byte_perm(lane4, w, 0x1170u));
+}
+#endif
+
 // Decoded coordinates as 4 half2 bit patterns: (c0,c1), (c2,c3), (c4,c5), (c6,c7).
 // Every nibble of e must have bit 3 clear (PRMT's sign-replicate mode).
 __host__ __device__ __forceinline__ void decode_pairs(uint32_t e, uint32_t bytes_lo,

@@ -1024,12 +1024,7 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     f.accumulate = accumulate;
     f.half_ok = 1;  // ỹ from fp16 x̃: the tensor-core output transform's fp16 steps are within its error
     if (tiles) {
-      f.parts = tile_parts;
-      f.part_stride = size_t(n) * w.rows;
-    }
-    const bool half_parts = tiles && detail::tc_finish_half_parts(info, f, n);
-    if (tiles) {
-      detail::launch_qmma_tiles(info, w, ctx_.tables(), xt, yt, n, tile_parts, stream, half_parts);
+      detail::launch_qmma_tiles_for_finish(info, w, ctx_.tables(), xt, yt, tile_parts, f, n, stream);
     } else if (gemv) {
       for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
         detail::launch_qgemv(info, w, ctx_.tables(), xt + size_t(c0) * w.cols, w.cols, yt + size_t(c0) * w.rows,
@@ -1042,7 +1037,7 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
                                 w.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "cublasGemmEx (dequantized fp16)");
     }
-    if (half_out || half_parts) {
+    if (half_out) {
       f.yt = nullptr;
       f.yt_half = reinterpret_cast<const uint16_t*>(yt);
     }

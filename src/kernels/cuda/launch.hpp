@@ -154,6 +154,13 @@ int qmma_tiles_parts(const DeviceInfo& info, int rows, int cols);
 void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                        const uint16_t* xt_half, float* yt_parts, int batch, int parts, cudaStream_t stream,
                        bool half_parts = false);
+// The tile kernel into `parts` slices of ỹ at yt_parts (qmma_tiles_parts), and f (the output
+// transform's parameters) set to read them: f.parts, f.part_stride = batch · rows, and f.yt, or
+// f.yt_half where the output transform takes them in fp16 (tc_finish_half_parts; the kernel then
+// writes fp16). The caller then launches launch_finish(info, f, batch, stream).
+void launch_qmma_tiles_for_finish(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                                  const uint16_t* xt_half, float* yt_parts, int parts, FinishParams& f, int batch,
+                                  cudaStream_t stream);
 bool qgemv_cores_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
 void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                         const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,

@@ -96,10 +96,6 @@ __device__ __forceinline__ uint32_t hmul2u(uint32_t a, uint32_t b) {
   return d;
 }
 
-__device__ __forceinline__ uint32_t lds32(const unsigned char* base, uint32_t off) {
-  return *reinterpret_cast<const uint32_t*>(base + off);
-}
-
 // One E8P16 word (8 rows × one group) into 4 pairs of mma per vector tile.
 template <int NT>
 __device__ __forceinline__ void e8p_mma(const uint4 c, const unsigned char* tab, uint32_t lane4, uint32_t blo,
@@ -109,8 +105,8 @@ __device__ __forceinline__ void e8p_mma(const uint4 c, const unsigned char* tab,
 #pragma unroll
   for (int m = 0; m < 4; ++m) {
     const uint32_t w = words[m];
-    const uint32_t e0 = lds32(tab, __byte_perm(lane4, w, 0x1140u)) ^ lds32(tab + 128, __byte_perm(lane4, w, 0x1150u));
-    const uint32_t e1 = lds32(tab, __byte_perm(lane4, w, 0x1160u)) ^ lds32(tab + 128, __byte_perm(lane4, w, 0x1170u));
+    uint32_t e0, e1;
+    e8p_private_selectors(tab, lane4, w, e0, e1);
     uint32_t d0[4], d1[4];
     decode_pairs(e0, blo, bhi, d0);
     decode_pairs(e1, blo, bhi, d1);
@@ -169,8 +165,8 @@ __device__ __forceinline__ void e8p_mma_plain(const uint4 c, const unsigned char
 #pragma unroll
   for (int m = 0; m < 4; ++m) {
     const uint32_t w = words[m];
-    const uint32_t e0 = lds32(tab, __byte_perm(lane4, w, 0x1140u)) ^ lds32(tab + 128, __byte_perm(lane4, w, 0x1150u));
-    const uint32_t e1 = lds32(tab, __byte_perm(lane4, w, 0x1160u)) ^ lds32(tab + 128, __byte_perm(lane4, w, 0x1170u));
+    uint32_t e0, e1;
+    e8p_private_selectors(tab, lane4, w, e0, e1);
     uint32_t d0[4], d1[4];
     decode_pairs(e0, blo, bhi, d0);
     decode_pairs(e1, blo, bhi, d1);

@@ -101,18 +101,29 @@ __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_grou
 // reads of the async proxy (wgmma).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
-// d (m64n64, fp32) += A (64×16, K-major) · B (64×16, K-major)ᵀ.
+// The 32 fp32 accumulators of an m64n64 wgmma: asm operands %0..%31 of d.
+#define GLQ_WGMMA_D32                                                         \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define GLQ_WGMMA_D32_OPERANDS(d)                                                                                    \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),      \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),       \
+      "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),      \
+      "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+
+// d (m64n64, fp32) += A (64×16, K-major) · B (64×16, K-major)ᵀ, both in shared memory.
 __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t da, uint64_t db) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "%32, %33, 1, 1, 1, 0, 0;"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(da), "l"(db));
+  asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " GLQ_WGMMA_D32 ", %32, %33, 1, 1, 1, 0, 0;"
+               : GLQ_WGMMA_D32_OPERANDS(d)
+               : "l"(da), "l"(db));
+}
+
+// The same with A (64×16) as register fragments (the mma.m16n8k16 layout per warp, warp w of the
+// warpgroup rows 16w..16w+15) and B in shared memory.
+__device__ __forceinline__ void wgmma_rs_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " GLQ_WGMMA_D32 ", {%32, %33, %34, %35}, %36, 1, 1, 1, 0;"
+               : GLQ_WGMMA_D32_OPERANDS(d)
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 #endif
 
@@ -129,6 +140,16 @@ __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
   const __half2 r = __hfma2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b),
                             *reinterpret_cast<const __half2*>(&c));
   return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// The block's row scales, per row and stage (scale, scale/4) as half2 pairs at scl_at(row, s);
+// zero beyond the rows and the stages.
+__device__ __forceinline__ void stage_scales(const TileParams& p, int tile0, uint2* scl) {
+  for (int i = threadIdx.x; i < kTileRows * 2; i += kTileThreads) {
+    const int row = tile0 * 8 + (i >> 1), s = i & 1;
+    const float sc = row < p.rows && s < p.stages ? __ldg(p.scales[s] + row) : 0.0f;
+    scl[scl_at(i >> 1, s)] = make_uint2(pack_half2(sc, sc), pack_half2(0.25f * sc, 0.25f * sc));
+  }
 }
 
 // Copies this thread's code words of item (tile, g) into its ring slot (nothing out of range:
@@ -300,11 +321,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   if (s0 + 1 < s1) load_codes<kS1>(p, tile, (s0 + 1) * 8 + lg, slot(s0 + 1));
   cp_async_commit();
   for (int i = threadIdx.x; i < kTableWords; i += kTileThreads) tab[i] = __ldg(p.tables + i);
-  for (int i = threadIdx.x; i < kTileRows * 2; i += kTileThreads) {
-    const int row = tile0 * 8 + (i >> 1), s = i & 1;
-    const float sc = row < p.rows && s < p.stages ? __ldg(p.scales[s] + row) : 0.0f;
-    scl[scl_at(i >> 1, s)] = make_uint2(pack_half2(sc, sc), pack_half2(0.25f * sc, 0.25f * sc));
-  }
+  stage_scales(p, tile0, scl);
   pdl_wait();
   load_x(p, s0, buf + kTileAHalfs);
   cp_async_commit();
@@ -432,28 +449,9 @@ constexpr size_t kRsSmem = size_t(2) * kTileXHalfs * 2 +           // x̃ tiles,
 static_assert(size_t(kTileVecs) * kPartialLd * 4 <= size_t(2) * kTileXHalfs * 2 + kRsTabBytes,
               "partial tile fits the x̃ tiles and the private tables");
 
-#ifdef GLQ_TILES_WGMMA
-// d (m64n64, fp32) += A (64×16, fragments in registers) · B (64×16, K-major, shared memory)ᵀ.
-__device__ __forceinline__ void wgmma_rs_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "{%32, %33, %34, %35}, %36, 1, 1, 1, 0;"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
-}
-#endif
 
 // Local row (of the block's 256) of fragment row g (h = 0) or g + 8 (h = 1) of the slab at base.
 __device__ __forceinline__ int rs_row(int base, int g, int h) { return base + 8 * (g >> 2) + 2 * (g & 3) + h; }
-
-__device__ __forceinline__ uint32_t rs_lds(const unsigned char* base, uint32_t off) {
-  return *reinterpret_cast<const uint32_t*>(base + off);
-}
 
 // The code words of step `step` for warp slab `tb` (the warp's first code tile): lane
 // L = 16m + 8b + 4tt + c copies word (tile tb + 8m + tt, group 8·step + 4b + c) to wslot + 16L
@@ -502,9 +500,8 @@ __device__ __forceinline__ void rs_store_x(const uint4 (&xr)[2], __half* xs) {
 template <bool kFirst>
 __device__ __forceinline__ void rs_e8p(const unsigned char* ptab, uint32_t lane4, uint32_t w, uint32_t lo_p, uint2 sA,
                                        uint2 sB, uint32_t (&a)[4], uint32_t (&b)[4]) {
-  // [lane·4, code byte, 0, 0]: entry `byte` of this lane's copy.
-  const uint32_t e0 = rs_lds(ptab, byte_perm(lane4, w, 0x1140u)) ^ rs_lds(ptab + 128, byte_perm(lane4, w, 0x1150u));
-  const uint32_t e1 = rs_lds(ptab, byte_perm(lane4, w, 0x1160u)) ^ rs_lds(ptab + 128, byte_perm(lane4, w, 0x1170u));
+  uint32_t e0, e1;
+  e8p_private_selectors(ptab, lane4, w, e0, e1);
   uint32_t d0[4], d1[4];
   decode_pairs(e0, lo_p, kE8pBytesHi, d0);
   decode_pairs(e1, lo_p, kE8pBytesHi, d1);
@@ -569,11 +566,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const Ti
     const uint32_t v = __ldg(p.tables + ((i & 8) ? kTableE8pSign : kTableE8pSel) + (i >> 4));
     reinterpret_cast<uint4*>(ptab)[i] = make_uint4(v, v, v, v);
   }
-  for (int i = threadIdx.x; i < kTileRows * 2; i += kTileThreads) {
-    const int row = tile0 * 8 + (i >> 1), s = i & 1;
-    const float sc = row < p.rows && s < p.stages ? __ldg(p.scales[s] + row) : 0.0f;
-    scl[scl_at(i >> 1, s)] = make_uint2(pack_half2(sc, sc), pack_half2(0.25f * sc, 0.25f * sc));
-  }
+  stage_scales(p, tile0, scl);
   pdl_wait();
   {
     uint4 xr[2];
@@ -824,6 +817,21 @@ void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
   auto* kernel = k == 0 ? qmma_tiles_kernel<0> : k == 1 ? qmma_tiles_kernel<1> : qmma_tiles_kernel<2>;
   launch_checked_cluster(kernel, grid, dim3(kTileThreads), kTileSmem, stream, pdl, dim3(1, split.cluster, 1),
                          "qmma_tiles_kernel", p);
+}
+
+void launch_qmma_tiles_for_finish(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                                  const uint16_t* xt_half, float* yt_parts, int parts, FinishParams& f, int batch,
+                                  cudaStream_t stream) {
+  f.yt = yt_parts;
+  f.yt_half = nullptr;
+  f.parts = parts;
+  f.part_stride = size_t(batch) * w.rows;
+  const bool half_parts = tc_finish_half_parts(info, f, batch);
+  launch_qmma_tiles(info, w, tables, xt_half, yt_parts, batch, parts, stream, half_parts);
+  if (half_parts) {
+    f.yt = nullptr;
+    f.yt_half = reinterpret_cast<const uint16_t*>(yt_parts);
+  }
 }
 
 }  // namespace glq::cuda::detail
