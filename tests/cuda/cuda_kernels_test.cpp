@@ -492,9 +492,21 @@ TEST(CudaHadamardWide, PreOperationsAndUnalignedRows) {
   }
 }
 
-// Blocks per vector to test: one, and on sm_90 clusters of 2, 4 and 8.
+// The cluster paths are planned exactly where the device code has them: on an sm_90 card, with
+// this build's sm_90 code (the default architectures), and not when the driver runs the PTX of
+// an older architecture (a build without sm_90 code).
+TEST(CudaClusters, AvailableWhereCompiled) {
+  SKIP_WITHOUT_GPU();
+  glq::cuda::Context ctx;
+  std::string archs = GLQ_TEST_CUDA_ARCHS;
+  const bool sm90_code = archs.find("90") != std::string::npos;
+  EXPECT_EQ(glq::cuda::detail::tc_clusters_available(ctx.info()), ctx.info().cc_major >= 9 && sm90_code)
+      << "architectures " << archs;
+}
+
+// Blocks per vector to test: one, and on sm_90 (with device code for it) clusters of 2, 4 and 8.
 std::vector<int> tc_clusters(const glq::cuda::Context& ctx) {
-  return ctx.info().cc_major >= 9 ? std::vector<int>{1, 2, 4, 8} : std::vector<int>{1};
+  return glq::cuda::detail::tc_clusters_available(ctx.info()) ? std::vector<int>{1, 2, 4, 8} : std::vector<int>{1};
 }
 
 // The transforms on the tensor cores (launch_prepare_tc, launch_finish_tc): every shape they take (a = 12, 20,
@@ -642,7 +654,8 @@ TEST(CudaHadamardTc, BothSidesMatchReference) {
         hp.ld_in = n;
         hp.part_stride = size_t(batch) * n;
         hp.y = dyt.as<float>();
-        const bool want = ctx.info().cc_major >= 9 && batch >= d::kTilesMinBatch && d::tc_cluster(ctx.info(), batch) > 1;
+        const bool want = d::tc_clusters_available(ctx.info()) && batch >= d::kTilesMinBatch &&
+                          d::tc_cluster(ctx.info(), batch) > 1;
         EXPECT_EQ(d::tc_finish_half_parts(ctx.info(), hp, batch), want) << "n=" << n << " batch " << batch;
         hp.y = dyt.as<float>() + 1;
         EXPECT_FALSE(d::tc_finish_half_parts(ctx.info(), hp, batch)) << "n=" << n;

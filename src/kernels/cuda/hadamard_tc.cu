@@ -608,12 +608,18 @@ int tc_cluster_cap() {
 
 }  // namespace
 
+bool tc_clusters_available(const DeviceInfo& info) {
+  static const bool sm90_code =
+      compiled_for_sm90(prepare_tc_kernel<PreOp::Plain, true>) && compiled_for_sm90(finish_tc_kernel<true>);
+  return info.cc_major >= 9 && sm90_code;
+}
+
 int tc_cluster(const DeviceInfo& info, int batch) {
   static const int per_sm = [] {
     const char* e = std::getenv("GLQ_CUDA_TRANSFORM_CLUSTER_PER_SM");
     return e ? std::clamp(std::atoi(e), 1, 8) : 2;
   }();
-  if (info.cc_major < 9 || batch <= 0) return 1;
+  if (!tc_clusters_available(info) || batch <= 0) return 1;
   int c = 1;
   while (2 * c <= tc_cluster_cap() && size_t(batch) * 2 * c <= size_t(per_sm * info.sm_count)) c *= 2;
   return c;
@@ -625,7 +631,7 @@ namespace {
 // size cannot take it (clusters of 2, 4 or 8 on sm_90).
 int launch_cluster(const DeviceInfo& info, int batch, int cluster) {
   const int c = cluster > 0 ? cluster : tc_cluster(info, batch);
-  return c > 1 && (info.cc_major < 9 || c > 8 || (c & (c - 1)) != 0) ? 0 : c;
+  return c > 1 && (!tc_clusters_available(info) || c > 8 || (c & (c - 1)) != 0) ? 0 : c;
 }
 
 }  // namespace

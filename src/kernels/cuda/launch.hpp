@@ -90,6 +90,9 @@ bool tc_transform_shape(const TransformShape& t);
 // GLQ_CUDA_TRANSFORM_CLUSTER=N caps C, 1 turns this off), and the output side then also reads
 // fp32 ỹ in slices where FinishParams::half_ok allows fp16 intermediates (the products).
 int tc_cluster(const DeviceInfo& info, int batch);
+// Clusters need an sm_90 device and device code compiled for it: a build without sm_90 code run
+// on an H100 runs the PTX of an older architecture, compiled by the driver, without them.
+bool tc_clusters_available(const DeviceInfo& info);
 bool use_transform_tc(const DeviceInfo& info, int batch);
 // cluster: blocks per vector (0: tc_cluster's choice; 1: one block per vector).
 bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream, int cluster = 0);

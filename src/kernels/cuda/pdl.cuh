@@ -28,6 +28,16 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+// Whether the device code loaded for `kernel` was compiled for sm_90 or later (its PTX version):
+// the thread-block cluster paths (and wgmma) are compiled only there. A build without sm_90 code
+// run on an H100 runs the PTX of an older architecture, compiled by the driver, without them, so
+// the host must not plan clusters for it.
+template <typename Kernel>
+bool compiled_for_sm90(Kernel* kernel) {
+  cudaFuncAttributes a{};
+  return cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(kernel)) == cudaSuccess && a.ptxVersion >= 90;
+}
+
 inline bool pdl_enabled(const DeviceInfo& info) {
   static const bool env_off = [] {
     const char* v = std::getenv("GLQ_CUDA_PDL");

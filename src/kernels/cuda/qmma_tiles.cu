@@ -730,7 +730,8 @@ int tiles_cluster(const DeviceInfo& info, int ranges, int row_blocks) {
     const char* v = std::getenv("GLQ_CUDA_TILES_CLUSTER");
     return v ? std::clamp(std::atoi(v), 1, 8) : 8;
   }();
-  if (info.cc_major < 9 || ranges < 2 || ranges > cap) return 1;
+  static const bool sm90_code = compiled_for_sm90(qmma_tiles_kernel<0>) && compiled_for_sm90(qmma_tiles_rs_kernel<0>);
+  if (info.cc_major < 9 || !sm90_code || ranges < 2 || ranges > cap) return 1;
   // Clusters of each size that fit at once, per kernel variant, found once (thread-safe static
   // initialisation; each variant's resources are the same for every shape).
   const auto active_clusters = [](auto* kernel, size_t smem) {
