@@ -35,7 +35,8 @@ __device__ __forceinline__ void pdl_trigger() {
 template <typename Kernel>
 bool compiled_for_sm90(Kernel* kernel) {
   cudaFuncAttributes a{};
-  return cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(kernel)) == cudaSuccess && a.ptxVersion >= 90;
+  GLQ_CUDA_CHECK(cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(kernel)));
+  return a.ptxVersion >= 90;
 }
 
 inline bool pdl_enabled(const DeviceInfo& info) {
