@@ -25,11 +25,6 @@ __device__ __forceinline__ void cp_async_zfill(void* dst, const void* src, int b
   else
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(d), "l"(src), "r"(n) : "memory");
 }
-// 4 bytes through L1, zero-filled instead when !ok (src must still be a valid address).
-__device__ __forceinline__ void cp_async4_zfill(void* dst, const void* src, bool ok) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(ok ? 4 : 0) : "memory");
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Until at most N of this thread's commit groups are in flight.
 template <int N>

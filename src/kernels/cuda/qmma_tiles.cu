@@ -330,11 +330,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_kernel(const TileP
   cp_async_wait<2>();  // this thread's codes of the first step
   decode_item<kS1>(tab, scl, slot(s0), tile < p.tiles && s0 * 8 + lg < p.groups, lt, lg, buf, lo_p, lo_r);
 
-  float acc[2][8][4];
-#pragma unroll
-  for (int m = 0; m < 2; ++m)
-#pragma unroll
-    for (int n = 0; n < 8; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+  float acc[2][8][4] = {};
 
 #ifndef GLQ_TILES_WGMMA
   // ldmatrix addresses: A matrix (lane >> 3) of an m16k16 fragment: rows +8 for odd, k +8 for
@@ -577,11 +573,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const Ti
   const uint32_t lo_p = tabw[kTableBytesLo], lo_r = tabw[kTableBytesLo + 1];
   const uint32_t selA = 0x4440u + 2 * (j & 1), selB = selA + 1;  // E8R8: bytes of rows 2j, 2j + 1
 
-  float acc[2][8][4];
-#pragma unroll
-  for (int m = 0; m < 2; ++m)
-#pragma unroll
-    for (int n = 0; n < 8; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+  float acc[2][8][4] = {};
 
 #ifndef GLQ_TILES_WGMMA
   // ldmatrix addresses of the B matrices: vector tiles 2jj (k low, high), 2jj+1 (k low, high).
