@@ -14,6 +14,7 @@
 #include "glq/error.hpp"
 #include "glq/kernels/cuda.hpp"
 #include "glq/kernels/cuda_engine.hpp"
+#include "kernels/cuda/launch.hpp"
 #include "glq/transform/hadamard.hpp"
 #include "cuda_test_util.hpp"
 
@@ -268,6 +269,17 @@ TEST(CudaEngine, MatchesCpuForwardWithTenQueryHeadsPerKvHead) {
 // The shapes of the tensor-core transforms (see check_engine): 24 query heads of 128 on 6 kv heads.
 TEST(CudaEngine, MatchesCpuForwardPrefillOnTensorCoreTransformShapes) {
   if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  check_engine(24, 6, 128, true);
+}
+
+// The same with the opt-in GEMM straight from the codes for the 80-token prefill (its input
+// transforms write x̃ permuted for it, with RMSNorm and SwiGLU fused in).
+TEST(CudaEngine, MatchesCpuForwardPrefillThroughQgemm) {
+  if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  struct Restore {
+    ~Restore() { glq::cuda::detail::set_qgemm(-1); }
+  } restore;
+  glq::cuda::detail::set_qgemm(1);
   check_engine(24, 6, 128, true);
 }
 

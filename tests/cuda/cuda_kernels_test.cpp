@@ -841,6 +841,40 @@ TEST(CudaQmmaTiles, BothKernelsMatchReference) {
   }
 }
 
+// More than 64 vectors: the opt-in GEMM straight from the codes (wgmma on sm_90a, else mma.sync)
+// against the CPU reference and against the dequantization + cuBLAS path. Partial 128-row blocks
+// (184, 264, 520 rows; 8 rows: one block, mostly empty), partial 64-column steps (1000 = 125
+// groups, 888 = 111), partial 256-vector blocks (65, 130, 257, 300), every bit width.
+TEST(CudaQgemm, MatchesReferenceAndDequantPath) {
+  SKIP_WITHOUT_GPU();
+  namespace d = glq::cuda::detail;
+  glq::cuda::Context ctx;
+  struct Restore {
+    ~Restore() { d::set_qgemm(-1); }
+  } restore;
+  for (const QCase& c : {QCase{184, 4096, 2, 65, QPath::DequantGemm}, QCase{264, 1000, 3, 130, QPath::DequantGemm},
+                         QCase{520, 888, 4, 300, QPath::DequantGemm}, QCase{1024, 1528, 2, 257, QPath::DequantGemm},
+                         QCase{2048, 2048, 3, 129, QPath::DequantGemm}, QCase{8, 256, 4, 70, QPath::DequantGemm},
+                         QCase{1536, 512, 4, 128, QPath::DequantGemm}}) {
+    const auto q = random_qmatrix(c.rows, c.cols, c.bits, 5000 + c.rows * 3 + c.cols + c.bits);
+    const auto dq = glq::cuda::upload(q);
+    const auto x = random_vector(size_t(c.batch) * c.cols, 17 + c.batch);
+    std::vector<float> ref(size_t(c.batch) * c.rows);
+    glq::codec::matvec_reference(q, x.data(), ref.data(), c.batch);
+    d::set_qgemm(1);
+    EXPECT_EQ(d::qgemm_supported(ctx.info(), dq, c.batch), ctx.info().cc_major >= 8) << case_name(c);
+    const auto y = run_qmatmul(ctx, dq, x, c.batch, c.path);
+    EXPECT_LT(relative_error(y, ref), 5e-3) << case_name(c);
+    const auto again = run_qmatmul(ctx, dq, x, c.batch, c.path);
+    EXPECT_LT(relative_error(again, y), 1e-6) << case_name(c);
+    d::set_qgemm(0);
+    EXPECT_FALSE(d::qgemm_supported(ctx.info(), dq, c.batch));
+    const auto y_dequant = run_qmatmul(ctx, dq, x, c.batch, c.path);
+    EXPECT_LT(relative_error(y_dequant, ref), 5e-3) << case_name(c);
+    EXPECT_LT(relative_error(y, y_dequant), 1e-3) << case_name(c);
+  }
+}
+
 // The ring decode kernel (qgemv_ring.cu) that launch_qgemv_cores runs for 1 and 2 vectors of
 // the 2/3/4 bpw layouts: fewer than 16 row tiles (19), a partial last block of tiles (111 =
 // 6·16 + 15), one column range and many (989 groups: atomics into the zeroed ỹ), group counts

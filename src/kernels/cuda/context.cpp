@@ -415,6 +415,14 @@ void qmatmul(Context& ctx, const DeviceQuantizedMatrix& w, const float* x, float
         detail::launch_qgemv_cores(ctx.info(), w, ctx.tables(), xt + size_t(c0) * w.cols, w.cols,
                                    yt + size_t(c0) * w.rows, w.rows, n, stream);
     }
+  } else if (auto pp = detail::hadamard_input_params(w.plan_in, w.sign_in.as<const float>(), x, xt,
+                                                     w.sign_in_bits.as<const uint32_t>());
+             detail::qgemm_supported(ctx.info(), w, batch) && detail::prepare_permutes(ctx.info(), pp, batch)) {
+    // Straight from the codes on the tensor cores (x̃ permuted for them), ỹ in fp16.
+    yt_half = true;
+    pp.permute = 1;
+    detail::launch_prepare(ctx.info(), pp, batch, stream);
+    detail::launch_qgemm(ctx.info(), w, ctx.tables(), xt, reinterpret_cast<uint16_t*>(yt), batch, stream);
   } else {
     auto* wt = static_cast<uint16_t*>(ctx.scratch(2, size_t(w.rows) * w.cols * 2));
     yt_half = detail::gemm_half_out();

@@ -1013,8 +1013,11 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     p.ld_out = w.cols;
     p.zero_ptr = zero ? yt : nullptr;
     p.zero_count = zero ? w.rows : 0;
+    // Straight from the codes (x̃ permuted for them), or dequantized for cuBLAS.
+    const bool qgemm = !gemv && !tiles && detail::qgemm_supported(info, w, n) && detail::prepare_permutes(info, p, n);
+    p.permute = qgemm ? 1 : 0;
+    const bool half_out = qgemm || (!gemv && !tiles && detail::gemm_half_out());  // ỹ in fp16, as qmatmul's
     detail::launch_prepare(info, p, n, stream);
-    const bool half_out = !gemv && !tiles && detail::gemm_half_out();  // ỹ in fp16, as qmatmul's
     detail::FinishParams f;
     f.t = detail::transform_out(w);
     f.yt = yt;
@@ -1029,6 +1032,8 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
       for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
         detail::launch_qgemv(info, w, ctx_.tables(), xt + size_t(c0) * w.cols, w.cols, yt + size_t(c0) * w.rows,
                              w.rows, std::min(kGemvMaxBatch, n - c0), stream);
+    } else if (qgemm) {
+      detail::launch_qgemm(info, w, ctx_.tables(), xt, reinterpret_cast<uint16_t*>(yt), n, stream);
     } else {
       auto* wt = static_cast<uint16_t*>(ctx_.scratch(2, size_t(w.rows) * w.cols * 2));
       detail::launch_dequantize(info, w, ctx_.tables(), wt, true, stream);

@@ -1227,6 +1227,7 @@ bool launch_finish_wide(const DeviceInfo& info, const FinishParams& p, int batch
 void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream) {
   if (batch <= 0) return;
   if (use_transform_tc(info, batch) && launch_prepare_tc(info, p, batch, stream)) return;
+  if (p.permute) throw_invalid("launch_prepare: permuted x̃ is written by the tensor-core transform only (prepare_permutes)");
   if (batch >= wide_min_batch() && launch_prepare_wide(info, p, batch, stream)) return;
   if (many_shape(info, p.t, batch)) {
     const int per_block = many_per_block(p.t, batch);
@@ -1297,16 +1298,22 @@ void launch_finish(const DeviceInfo& info, const FinishParams& params, int batch
   GLQ_CUDA_CHECK_LAUNCH("finish_kernel");
 }
 
+PrepareParams hadamard_input_params(const DeviceHadamard& plan, const float* sign, const float* x, void* out,
+                                    const uint32_t* sign_bits) {
+  PrepareParams p;
+  p.t = transform_shape(plan, sign, sign_bits);
+  p.x = x;
+  p.ld_x = plan.n;
+  p.out = out;
+  p.ld_out = plan.n;
+  return p;
+}
+
 void launch_hadamard(const DeviceInfo& info, const DeviceHadamard& plan, bool input,
                      const float* sign, const float* x, void* out, int batch, float* zero_ptr,
                      int zero_count, cudaStream_t stream, const uint32_t* sign_bits) {
   if (input) {
-    PrepareParams p;
-    p.t = transform_shape(plan, sign, sign_bits);
-    p.x = x;
-    p.ld_x = plan.n;
-    p.out = out;
-    p.ld_out = plan.n;
+    PrepareParams p = hadamard_input_params(plan, sign, x, out, sign_bits);
     p.zero_ptr = zero_ptr;
     p.zero_count = zero_count;
     launch_prepare(info, p, batch, stream);

@@ -418,6 +418,22 @@ __global__ void __launch_bounds__(kTcThreads, kCluster ? 2 : 5) prepare_tc_kerne
 
   // Out: logical chunks (16 bytes) of x̃ in columns [j0, j1) of every row i.
   uint4* out = reinterpret_cast<uint4*>(static_cast<__half*>(p.out) + vec * p.ld_out);
+  if (p.permute) {
+    // Per block of 32 columns (jh, jh + 1; j0 and j1 are even): chunk q holds pair q of the
+    // block's four chunks.
+    const int bw = (part.j1 - part.j0) / 2;
+    for (int e = threadIdx.x; e < rows * bw; e += kTcThreads) {
+      const int i = e / bw, jb = part.j0 + 2 * (e - i * bw);
+      const uint4 s0 = tsm[tc_chunk(i, jb, 0, bh)], s1 = tsm[tc_chunk(i, jb, 1, bh)];
+      const uint4 s2 = tsm[tc_chunk(i, jb + 1, 0, bh)], s3 = tsm[tc_chunk(i, jb + 1, 1, bh)];
+      uint4* o = out + i * 2 * bh + 2 * jb;
+      o[0] = make_uint4(s0.x, s1.x, s2.x, s3.x);
+      o[1] = make_uint4(s0.y, s1.y, s2.y, s3.y);
+      o[2] = make_uint4(s0.z, s1.z, s2.z, s3.z);
+      o[3] = make_uint4(s0.w, s1.w, s2.w, s3.w);
+    }
+    return;
+  }
   const int cw = 2 * (part.j1 - part.j0);
   for (int e = threadIdx.x; e < rows * cw; e += kTcThreads) {
     const int i = e / cw, rem = e - i * cw, c = i * 2 * bh + 2 * part.j0 + rem;
@@ -645,16 +661,31 @@ bool use_transform_tc(const DeviceInfo& info, int batch) {
   return batch >= tc_min_batch() || (batch >= kTilesMinBatch && tc_cluster(info, batch) > 1);
 }
 
-bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream, int cluster) {
-  if (batch <= 0 || info.cc_major < 8 || p.out_type != OutType::Half || !tc_transform_shape(p.t)) return false;
-  if (!aligned_to(p.x, 16) || p.ld_x % 4 != 0 || !aligned_to(p.out, 16) || p.ld_out % 8 != 0) return false;
-  if ((p.t.sign && !aligned_to(p.t.sign, 16)) || (p.pre == PreOp::RmsNorm && !aligned_to(p.norm_w, 16))) return false;
+namespace {
+
+// The blocks per vector launch_prepare_tc runs p with (`cluster` as there), or 0 where it refuses p.
+int prepare_tc_cluster(const DeviceInfo& info, const PrepareParams& p, int batch, int cluster) {
+  if (batch <= 0 || info.cc_major < 8 || p.out_type != OutType::Half || !tc_transform_shape(p.t)) return 0;
+  if (!aligned_to(p.x, 16) || p.ld_x % 4 != 0 || !aligned_to(p.out, 16) || p.ld_out % 8 != 0) return 0;
+  if ((p.t.sign && !aligned_to(p.t.sign, 16)) || (p.pre == PreOp::RmsNorm && !aligned_to(p.norm_w, 16))) return 0;
   const int c = launch_cluster(info, batch, cluster);
-  if (c == 0) return false;
+  if (c == 0) return 0;
   // The input must not overlap x̃ (a block of a cluster writes its columns while others read).
   const size_t row_in = p.pre == PreOp::SwiGlu ? 2 * size_t(p.t.n) : size_t(p.t.n);
   if (c > 1 && overlaps(p.x, ((batch - 1) * size_t(p.ld_x) + row_in) * 4, p.out, ((batch - 1) * size_t(p.ld_out) + p.t.n) * 2))
-    return false;
+    return 0;
+  return c;
+}
+
+}  // namespace
+
+bool prepare_permutes(const DeviceInfo& info, const PrepareParams& p, int batch) {
+  return use_transform_tc(info, batch) && prepare_tc_cluster(info, p, batch, 0) > 0;
+}
+
+bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream, int cluster) {
+  const int c = prepare_tc_cluster(info, p, batch, cluster);
+  if (c == 0) return false;
   const TcView v = tc_view(p.t);
   set_smem_attributes();
   const bool pdl = pdl_enabled(info);

@@ -97,6 +97,9 @@ bool use_transform_tc(const DeviceInfo& info, int batch);
 // cluster: blocks per vector (0: tc_cluster's choice; 1: one block per vector).
 bool launch_prepare_tc(const DeviceInfo& info, const PrepareParams& p, int batch, cudaStream_t stream, int cluster = 0);
 bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, cudaStream_t stream, int cluster = 0);
+// Whether launch_prepare writes p's x̃ in the permuted order (PrepareParams::permute): it takes
+// the tensor-core transform for p and batch.
+bool prepare_permutes(const DeviceInfo& info, const PrepareParams& p, int batch);
 // Whether launch_finish takes the fp32 slices of f (yt, parts) as fp16 instead (yt_half, same
 // layout): the tensor-core output transform in clusters (sm_90) accepts f's shape, alignment and
 // buffers. The tile kernel then writes its slices in fp16: half the bytes to store and to read
@@ -109,6 +112,10 @@ bool tc_finish_half_parts(const DeviceInfo& info, const FinishParams& f, int bat
 void launch_hadamard(const DeviceInfo& info, const DeviceHadamard& plan, bool input,
                      const float* sign, const float* x, void* out, int batch, float* zero_ptr,
                      int zero_count, cudaStream_t stream, const uint32_t* sign_bits = nullptr);
+// The input side's parameters of launch_hadamard (x (batch, n) → out (batch, n) fp16), for callers
+// that set more of them before launch_prepare.
+PrepareParams hadamard_input_params(const DeviceHadamard& plan, const float* sign, const float* x, void* out,
+                                    const uint32_t* sign_bits = nullptr);
 
 // Decode kernel: yt (batch, rows) (+)= Σ_s scale_s ∘ (C_s xt), batch ≤ kGemvMaxBatch.
 // With accumulate, yt must be zero (or hold a partial sum) before the launch.
@@ -164,6 +171,16 @@ void launch_qmma_tiles(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
 void launch_qmma_tiles_for_finish(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                                   const uint16_t* xt_half, float* yt_parts, int parts, FinishParams& f, int batch,
                                   cudaStream_t stream);
+// More than kMmaMaxBatch vectors on Hopper: ỹ (batch, rows) in fp16 = Σ_s scale_s ∘ (C_s x̃)
+// straight from the codes (the register tile kernel's decode, 256 vectors a block), instead of
+// the dequantization to fp16 and a cuBLAS GEMM (qmma_tiles.cu), without their rows·cols·2-byte
+// scratch. x̃ must be in the permuted order (PrepareParams::permute, where prepare_permutes).
+// Opt-in, GLQ_CUDA_QGEMM=1 (slower than the dequantization + cuBLAS on an H100, docs/cuda.md);
+// set_qgemm(0/1) overrides that for tests and benchmarks (-1 restores it).
+bool qgemm_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
+void set_qgemm(int on);
+void launch_qgemm(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                  const uint16_t* xt_half, uint16_t* yt_half, int batch, cudaStream_t stream);
 bool qgemv_cores_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
 void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                         const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,

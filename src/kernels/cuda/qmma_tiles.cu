@@ -524,6 +524,77 @@ __device__ __forceinline__ void rs_e8r(const uint32_t* tabw, uint32_t w, uint32_
   }
 }
 
+// The register kernels' shared memory: the bank-private E8P16 tables (entry i/16: 8 uint4 of
+// selector words, 8 of sign words, each word repeated for the four lanes of a bank quad) and the
+// plain tables (E8R8, byte constants).
+__device__ __forceinline__ void rs_stage_tables(const TileParams& p, unsigned char* ptab, uint32_t* tabw) {
+  for (int i = threadIdx.x; i < kTableWords; i += kTileThreads) tabw[i] = __ldg(p.tables + i);
+  for (int i = threadIdx.x; i < kRsTabBytes / 16; i += kTileThreads) {
+    const uint32_t v = __ldg(p.tables + ((i & 8) ? kTableE8pSign : kTableE8pSel) + (i >> 4));
+    reinterpret_cast<uint4*>(ptab)[i] = make_uint4(v, v, v, v);
+  }
+}
+
+// What a lane decodes, and with what (the register kernels' mapping above).
+struct RsLane {
+  const unsigned char* ptab;
+  const uint32_t* tabw;
+  const uint2* scl;
+  uint32_t lane4, lo_p, lo_r, selA, selB;
+  int g, j, rd;
+};
+
+// The scales of a lane's two rows of slab m (local rows base + 64m..), per stage.
+struct RsScales {
+  uint2 a0, b0, a1, b1;
+};
+
+template <int kS1>
+__device__ __forceinline__ RsScales rs_scales(const RsLane& L, int base, int m) {
+  const int rA = rs_row(base + 64 * m, L.g, 0);
+  RsScales s;
+  s.a0 = L.scl[scl_at(rA, 0)];
+  s.b0 = L.scl[scl_at(rA + 1, 0)];
+  if (kS1) {
+    s.a1 = L.scl[scl_at(rA, 1)];
+    s.b1 = L.scl[scl_at(rA + 1, 1)];
+  }
+  return s;
+}
+
+// A fragments of one slab for one step: af[kk][R] (k16 step kk = 2b + h, register R of the mma
+// layout), from the lane's code words at wd (+ 128b for 32-column block b, + 512 for stage 1).
+template <int kS1>
+__device__ __forceinline__ void rs_decode_words(const RsLane& L, const unsigned char* wd, const RsScales& sc,
+                                                uint32_t (&af)[4][4]) {
+#pragma unroll
+  for (int b = 0; b < 2; ++b) {
+    uint32_t ra[4], rb[4];
+    const unsigned char* w = wd + 128 * b;
+    rs_e8p<true>(L.ptab, L.lane4, *reinterpret_cast<const uint32_t*>(w), L.lo_p, sc.a0, sc.b0, ra, rb);
+    if (kS1 == 1)
+      rs_e8p<false>(L.ptab, L.lane4, *reinterpret_cast<const uint32_t*>(w + 512), L.lo_p, sc.a1, sc.b1, ra, rb);
+    if (kS1 == 2)  // 8-byte words at the same 16-byte slots: rows 2j, 2j + 1 in bytes 2j, 2j + 1
+      rs_e8r(L.tabw, *reinterpret_cast<const uint32_t*>(w + 512 - 4 * L.j + 4 * (L.j >> 1)), L.selA, L.selB, L.lo_r,
+             sc.a1, sc.b1, ra, rb);
+    af[2 * b][0] = ra[0];
+    af[2 * b][1] = rb[0];
+    af[2 * b][2] = ra[1];
+    af[2 * b][3] = rb[1];
+    af[2 * b + 1][0] = ra[2];
+    af[2 * b + 1][1] = rb[2];
+    af[2 * b + 1][2] = ra[3];
+    af[2 * b + 1][3] = rb[3];
+  }
+}
+
+// A fragments of slab m (local rows base + 64m..) for one step from the step's code words `sl`.
+template <int kS1>
+__device__ __forceinline__ void rs_decode(const RsLane& L, const unsigned char* sl, int base, int m,
+                                          uint32_t (&af)[4][4]) {
+  rs_decode_words<kS1>(L, sl + 256 * m + L.rd, rs_scales<kS1>(L, base, m), af);
+}
+
 template <int kS1>
 __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const TileParams p) {
   extern __shared__ __align__(16) unsigned char tsm_raw[];
@@ -557,11 +628,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const Ti
   cp_async_commit();
   if (s0 + 1 < s1) rs_load_codes<kS1>(p, tb, lane, s0 + 1, slot(s0 + 1));
   cp_async_commit();
-  for (int i = threadIdx.x; i < kTableWords; i += kTileThreads) tabw[i] = __ldg(p.tables + i);
-  for (int i = threadIdx.x; i < kRsTabBytes / 16; i += kTileThreads) {  // entry i/16: 8 uint4 selector, 8 sign
-    const uint32_t v = __ldg(p.tables + ((i & 8) ? kTableE8pSign : kTableE8pSel) + (i >> 4));
-    reinterpret_cast<uint4*>(ptab)[i] = make_uint4(v, v, v, v);
-  }
+  rs_stage_tables(p, ptab, tabw);
   stage_scales(p, tile0, scl);
   pdl_wait();
   {
@@ -570,8 +637,8 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const Ti
     rs_store_x(xr, xbuf);
   }
   __syncthreads();  // tables, scales, the first x̃ tile
-  const uint32_t lo_p = tabw[kTableBytesLo], lo_r = tabw[kTableBytesLo + 1];
-  const uint32_t selA = 0x4440u + 2 * (j & 1), selB = selA + 1;  // E8R8: bytes of rows 2j, 2j + 1
+  const uint32_t selA = 0x4440u + 2 * (j & 1);  // E8R8: bytes of rows 2j, 2j + 1
+  const RsLane L{ptab, tabw, scl, lane4, tabw[kTableBytesLo], tabw[kTableBytesLo + 1], selA, selA + 1, g, j, rd};
 
   float acc[2][8][4] = {};
 
@@ -587,30 +654,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const Ti
     // A fragments of this step: m, k16 step kk = 2b + h, register (R0..R3 of the mma layout).
     uint32_t af[2][4][4];
     const unsigned char* sl = slot(step);
-    const auto decode = [&](int m) {
-      const int rA = rs_row(base + 64 * m, g, 0);
-      const uint2 sA0 = scl[scl_at(rA, 0)], sB0 = scl[scl_at(rA + 1, 0)];
-#pragma unroll
-      for (int b = 0; b < 2; ++b) {
-        uint32_t ra[4], rb[4];
-        const unsigned char* wd = sl + 256 * m + 128 * b + rd;
-        rs_e8p<true>(ptab, lane4, *reinterpret_cast<const uint32_t*>(wd), lo_p, sA0, sB0, ra, rb);
-        if (kS1 == 1)
-          rs_e8p<false>(ptab, lane4, *reinterpret_cast<const uint32_t*>(wd + 512), lo_p, scl[scl_at(rA, 1)],
-                        scl[scl_at(rA + 1, 1)], ra, rb);
-        if (kS1 == 2)  // 8-byte words at the same 16-byte slots: rows 2j, 2j + 1 in bytes 2j, 2j + 1
-          rs_e8r(tabw, *reinterpret_cast<const uint32_t*>(wd + 512 - 4 * j + 4 * (j >> 1)), selA, selB, lo_r,
-                 scl[scl_at(rA, 1)], scl[scl_at(rA + 1, 1)], ra, rb);
-        af[m][2 * b][0] = ra[0];
-        af[m][2 * b][1] = rb[0];
-        af[m][2 * b][2] = ra[1];
-        af[m][2 * b][3] = rb[1];
-        af[m][2 * b + 1][0] = ra[2];
-        af[m][2 * b + 1][1] = rb[2];
-        af[m][2 * b + 1][2] = ra[3];
-        af[m][2 * b + 1][3] = rb[3];
-      }
-    };
+    const auto decode = [&](int m) { rs_decode<kS1>(L, sl, base, m, af[m]); };
     const __half* xs = xbuf + cur * kTileXHalfs;
     uint4 xr[2];  // x̃ of the next step, stored into the other tile once this step's multiplies are issued
 #ifdef GLQ_TILES_WGMMA
@@ -660,6 +704,242 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const Ti
   store_tiles(p, acc, tsm, tile0, [&](int m, int g, int h) { return rs_row(base + 64 * m, g, h); });
 }
 
+// ---- Many vectors (prefill): the register kernel as a GEMM ----
+//
+// More than kMmaMaxBatch vectors took the weights through memory: a kernel wrote them dequantized
+// in fp16 (rows·cols·2 bytes), then cuBLAS multiplied. qgemm_rs_kernel multiplies straight from
+// the codes instead, with the register kernel's decode and mapping: a block owns 128 rows and
+// kGemmVecs = 256 vectors and walks all the columns; each of its two warpgroups owns a 64-row
+// slab and multiplies it by the 256-vector x̃ tile with wgmma m64n256k16 (128 accumulators per
+// thread). Every code is decoded once per 256 vectors, one step ahead: a warpgroup decodes step
+// s+1 into its second set of A fragments while the tensor cores multiply step s. x̃ arrives
+// already in the fragments' order (the input transform permutes it: PrepareParams::permute) and
+// goes by cp.async into four tiles, two steps ahead (a tile is rewritten two steps after its
+// multiplies, which both warpgroups have waited for by then); the codes come through a ring of
+// three slots, two steps ahead. ỹ leaves in fp16 (batch, rows) through shared memory, for the
+// output transform, as the GEMM's did. Elsewhere than sm_90a the same kernel multiplies with
+// mma.sync.
+constexpr int kGemmThreads = kTileThreads;        // 8 warps: 2 warpgroups of one 64-row slab
+constexpr int kGemmRows = 128;
+constexpr int kGemmVecs = 256;
+constexpr int kGemmXHalfs = kGemmVecs * kTileK;  // 16384 (32 KB)
+constexpr int kGemmXTiles = 4;                    // a power of two
+constexpr int kGemmRing = 3;                      // code-word slots per warp (1 KB each)
+constexpr int kGemmOutLd = kGemmRows + 8;         // halfs per vector of the staged ỹ tile
+constexpr size_t kGemmSmem = size_t(kGemmXTiles) * kGemmXHalfs * 2 +  // x̃ tiles
+                             size_t(kRsTabBytes) +                     // the private tables
+                             size_t(kGemmRing) * (kGemmThreads / 32) * 1024 +  // code words
+                             size_t(kSclWords) * 8 +                   // scales
+                             size_t(kTableWords) * 4 +                 // E8R8 table, byte constants
+                             1024;                                     // 229,640 bytes: one block per SM
+static_assert(size_t(kGemmVecs) * kGemmOutLd * 2 <= size_t(kGemmXTiles) * kGemmXHalfs * 2,
+              "the staged ỹ tile fits the x̃ tiles");
+
+#ifdef GLQ_TILES_WGMMA
+// The 128 fp32 accumulators of an m64n256 wgmma.
+#define GLQ_WGMMA_D128 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
+#define GLQ_WGMMA_D128_OPERANDS(d) \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+  "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+  "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+  "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+  "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
+  "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+
+// d (m64n256, fp32) += A (64×16, register fragments as wgmma_rs_m64n64k16) · B (256×16, K-major)ᵀ.
+__device__ __forceinline__ void wgmma_rs_m64n256k16(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " GLQ_WGMMA_D128 ", {%128, %129, %130, %131}, %132, 1, 1, 1, 0;"
+               : GLQ_WGMMA_D128_OPERANDS(d)
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+// Until at most one committed group of wgmma is in flight.
+__device__ __forceinline__ void wgmma_wait_1() { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); }
+#endif
+
+template <int kS1>
+__global__ void __launch_bounds__(kGemmThreads, 1) qgemm_rs_kernel(const TileParams p) {
+  extern __shared__ __align__(16) unsigned char tsm_raw[];
+  unsigned char* tsm = tsm_raw + ((1024 - (static_cast<uint32_t>(__cvta_generic_to_shared(tsm_raw)) & 1023)) & 1023);
+  __half* xbuf = reinterpret_cast<__half*>(tsm);
+  unsigned char* ptab = tsm + size_t(kGemmXTiles) * kGemmXHalfs * 2;
+  unsigned char* ring = ptab + kRsTabBytes;
+  uint2* scl = reinterpret_cast<uint2*>(ring + size_t(kGemmRing) * (kGemmThreads / 32) * 1024);
+  uint32_t* tabw = reinterpret_cast<uint32_t*>(scl + kSclWords);
+  constexpr int kSlotBytes = kGemmThreads / 32 * 1024, kXBytes = kGemmXHalfs * 2;
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3, j = g & 3;
+  const int tile0 = blockIdx.x * (kGemmRows / 8);
+  const int v0 = blockIdx.y * kGemmVecs;
+  const int base = warp * 16;  // this warp's 16-row slab (warpgroup w: rows 64w..64w+63)
+  const int tb = tile0 + base / 8;
+  const int steps = (p.groups + 7) / 8;
+  unsigned char* warp_ring = ring + warp * 1024;
+  const int rd = 16 * (4 * (g >> 2) + c) + 4 * j;
+  // x̃ (already permuted, PrepareParams::permute) by cp.async, coalesced: chunk e = threadIdx.x +
+  // 256i of a step is vector v0 + v + 32i (v = threadIdx.x / 8), group 8·step + ch (ch =
+  // threadIdx.x % 8), at row v + 32i, chunk ch ^ (v & 7) of the tile (the 128-byte swizzle; v + 32i
+  // has v's low bits).
+  const int xv = threadIdx.x >> 3, xch = threadIdx.x & 7;
+  const int x_left = p.batch - (v0 + xv);  // vectors from this thread's first on
+  const __half* x_src = p.xt + size_t(x_left > 0 ? v0 + xv : 0) * p.cols + 8 * xch;
+  const size_t x_far = size_t(32) * p.cols;  // 32 vectors on, in halfs
+  const uint32_t x_dst = uint32_t(xv * 128 + ((xch ^ (xv & 7)) << 4));
+  const auto load_x = [&](int step, unsigned char* tile) {
+    const bool okg = step * 8 + xch < p.groups;
+    const __half* src = x_src + step * 64;
+#pragma unroll
+    for (int i = 0; i < kGemmVecs / 32; ++i)
+    {
+      const bool ok = okg && x_left > 32 * i;
+      cp_async_zfill(tile + x_dst + 4096 * i, ok ? src + i * x_far : p.xt, 16, ok);
+    }
+  };
+  // The codes, as rs_load_codes<kS1, 1>: lane L < 16 copies word (tile tb + tt, group
+  // 8·step + 4b + c) of each stage.
+  const int cw_tile = tb + ((lane >> 2) & 1), cw_g = 4 * ((lane >> 3) & 1) + (lane & 3);
+  const bool c_ok = lane < 16 && cw_tile < p.tiles;
+  const size_t c_idx = c_ok ? size_t(cw_tile) * p.groups + cw_g : 0;
+  const auto load_codes = [&](int step, unsigned char* wslot) {
+    if (lane >= 16) return;
+    const bool ok = c_ok && step * 8 + cw_g < p.groups;
+    const size_t idx = c_idx + (ok ? step * 8 : 0);
+    cp_async_zfill(wslot + 16 * lane, static_cast<const uint4*>(p.codes[0]) + idx, 16, ok);
+    if (kS1 == 1) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint4*>(p.codes[1]) + idx, 16, ok);
+    if (kS1 == 2) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint2*>(p.codes[1]) + idx, 8, ok);
+  };
+
+  pdl_trigger();
+  // Commit group s: the codes of step s (and from the wait on, its x̃).
+  load_codes(0, warp_ring);
+  rs_stage_tables(p, ptab, tabw);
+  stage_scales(p, tile0, scl);
+  pdl_wait();
+  load_x(0, tsm);
+  cp_async_commit();
+  if (1 < steps) {
+    load_codes(1, warp_ring + kSlotBytes);
+    load_x(1, tsm + kXBytes);
+  }
+  cp_async_commit();
+  cp_async_wait<1>();  // step 0
+  __syncthreads();     // tables, scales, every thread's copies of step 0
+  const uint32_t selA = 0x4440u + 2 * (j & 1);
+  const RsLane L{ptab, tabw, scl, uint32_t(lane) * 4, tabw[kTableBytesLo], tabw[kTableBytesLo + 1], selA, selA + 1, g, j, rd};
+
+  float acc[32][4] = {};
+  uint32_t af0[4][4], af1[4][4];
+  const RsScales sc = rs_scales<kS1>(L, base, 0);
+  const unsigned char* lane_words = warp_ring + rd;
+  rs_decode_words<kS1>(L, lane_words, sc, af0);
+
+  // One step with fragments a (decoded) and the next step's into an (two steps an iteration, so
+  // that both sets stay in registers). rx, rc: the step's x̃ tile and code slot.
+#ifdef GLQ_TILES_WGMMA
+  const uint64_t desc0 = sw128_desc(xbuf);
+  const auto run_step = [&](int step, int rx, int rc, const uint32_t (&a)[4][4], uint32_t (&an)[4][4]) {
+    fence_proxy_async();  // the copies of x̃ tile rx (waited for), before the tensor cores read them
+    __syncthreads();      // every thread's copies of step `step`; x̃ tile rx + 2 read by no pending multiply;
+                          // every lane done with code slot rc + 2 (step - 1's)
+    if (step + 2 < steps) {
+      const int rx2 = (rx + 2) & (kGemmXTiles - 1), rc2 = rc == 0 ? 2 : rc - 1;
+      load_codes(step + 2, warp_ring + rc2 * kSlotBytes);
+      load_x(step + 2, tsm + rx2 * kXBytes);
+    }
+    cp_async_commit();
+    wgmma_fence();
+    const uint64_t d = desc0 + uint64_t(rx * (kXBytes >> 4));
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_m64n256k16(reinterpret_cast<float(&)[128]>(acc), a[kk], d + 2 * kk);
+    wgmma_commit();
+    if (step + 1 < steps) {
+      wgmma_wait_1();      // the step before: its A fragments (an) free
+      cp_async_wait<1>();  // step + 1's codes and x̃
+      __syncwarp();        // ... and the codes the other lanes copied
+      rs_decode_words<kS1>(L, lane_words + (rc == 2 ? 0 : rc + 1) * kSlotBytes, sc, an);
+    }
+  };
+#else
+  // ldmatrix addresses of the B matrices: vector tiles 2jj (k low, high), 2jj+1 (k low, high).
+  const int brow = (lane & 7) + (lane >> 4) * 8, bchunk = (lane >> 3) & 1;
+  const auto run_step = [&](int step, int rx, int rc, const uint32_t (&a)[4][4], uint32_t (&an)[4][4]) {
+    const __half* xs = xbuf + rx * kGemmXHalfs;
+    __syncthreads();
+    if (step + 2 < steps) {
+      const int rx2 = (rx + 2) & (kGemmXTiles - 1), rc2 = rc == 0 ? 2 : rc - 1;
+      load_codes(step + 2, warp_ring + rc2 * kSlotBytes);
+      load_x(step + 2, tsm + rx2 * kXBytes);
+    }
+    cp_async_commit();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+      for (int jj = 0; jj < 16; ++jj) {
+        uint32_t bf[4];
+        ldsm4(bf, xs + swz(jj * 16 + brow, 2 * kk + bchunk));
+        mma16816(acc[2 * jj], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bf[0], bf[1]);
+        mma16816(acc[2 * jj + 1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bf[2], bf[3]);
+      }
+    }
+    if (step + 1 < steps) {
+      cp_async_wait<1>();
+      __syncwarp();
+      rs_decode_words<kS1>(L, lane_words + (rc == 2 ? 0 : rc + 1) * kSlotBytes, sc, an);
+    }
+  };
+#endif
+  int rx = 0, rc = 0;
+#pragma unroll 1
+  for (int step = 0; step < steps; step += 2) {
+    const int rx1 = (rx + 1) & (kGemmXTiles - 1), rc1 = rc == 2 ? 0 : rc + 1;
+    run_step(step, rx, rc, af0, af1);
+    if (step + 1 < steps) run_step(step + 1, rx1, rc1, af1, af0);
+    rx = (rx + 2) & (kGemmXTiles - 1);
+    rc = rc1 == 2 ? 0 : rc1 + 1;
+  }
+#ifdef GLQ_TILES_WGMMA
+  wgmma_wait_all();
+#endif
+
+  // ỹ out: the tile (kGemmVecs, 128 rows) in fp16 through shared memory (the x̃ tiles, which every
+  // warp is done with), then 16-byte stores along the rows.
+  cp_async_wait<0>();
+  __syncthreads();
+  __half* out = reinterpret_cast<__half*>(tsm);
+#pragma unroll
+  for (int n = 0; n < 32; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)  // rows rs_row(.., 0) and (.., 1) are adjacent: one half2
+      *reinterpret_cast<uint32_t*>(out + (n * 8 + 2 * c + e) * kGemmOutLd + rs_row(base, g, 0)) =
+          pack_half2(acc[n][e], acc[n][2 + e]);
+  __syncthreads();
+  __half* y = reinterpret_cast<__half*>(p.yt);
+  for (int e = threadIdx.x; e < kGemmVecs * (kGemmRows / 8); e += kGemmThreads) {
+    const int v = e / (kGemmRows / 8), r8 = (e % (kGemmRows / 8)) * 8;
+    const int row = tile0 * 8 + r8;  // rows % 8 == 0: a chunk is wholly in or out
+    if (v0 + v < p.batch && row < p.rows)
+      *reinterpret_cast<uint4*>(y + size_t(v0 + v) * p.rows + row) = *reinterpret_cast<const uint4*>(out + v * kGemmOutLd + r8);
+  }
+}
+
 void set_tiles_smem_attribute() {
   static const bool attr = [] {
     for (const void* k : {reinterpret_cast<const void*>(qmma_tiles_kernel<0>),
@@ -670,6 +950,10 @@ void set_tiles_smem_attribute() {
                           reinterpret_cast<const void*>(qmma_tiles_rs_kernel<1>),
                           reinterpret_cast<const void*>(qmma_tiles_rs_kernel<2>)})
       GLQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kRsSmem)));
+    for (const void* k : {reinterpret_cast<const void*>(qgemm_rs_kernel<0>),
+                          reinterpret_cast<const void*>(qgemm_rs_kernel<1>),
+                          reinterpret_cast<const void*>(qgemm_rs_kernel<2>)})
+      GLQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kGemmSmem)));
     return true;
   }();
   (void)attr;
@@ -690,10 +974,6 @@ bool tiles_registers(const DeviceInfo& info) {
   }();
   return env >= 0 ? env != 0 : info.cc_major == 9;
 }
-
-namespace {
-
-}  // namespace
 
 bool qmma_tiles_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
   if (batch < 1 || batch > kTileVecs || w.codes.empty() || w.codes.size() > 2 || info.cc_major < 8) return false;
@@ -825,6 +1105,50 @@ void launch_qmma_tiles_for_finish(const DeviceInfo& info, const DeviceQuantizedM
     f.yt = nullptr;
     f.yt_half = reinterpret_cast<const uint16_t*>(yt_parts);
   }
+}
+
+namespace {
+std::atomic<int> g_qgemm{-1};
+}  // namespace
+
+void set_qgemm(int on) { g_qgemm.store(on < 0 ? -1 : on != 0); }
+
+bool qgemm_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
+  // Opt-in: on an H100 it was measured slower than the dequantization + cuBLAS (docs/cuda.md),
+  // but it needs no rows·cols·2-byte scratch for the dequantized weights.
+  const int forced = g_qgemm.load();
+  static const bool env_on = [] {
+    const char* v = std::getenv("GLQ_CUDA_QGEMM");
+    return v && std::string(v) == "1";
+  }();
+  if (forced == 0 || (forced < 0 && !env_on)) return false;
+  if (info.cc_major < 8 || batch < 1 || w.codes.empty() || w.codes.size() > 2) return false;
+  if (w.codebooks[0] != codec::Codebook::E8P16) return false;
+  if (w.codes.size() == 2 && w.codebooks[1] != codec::Codebook::E8P16 && w.codebooks[1] != codec::Codebook::E8R8)
+    return false;
+  if (info.smem_optin < kGemmSmem) return false;
+  return w.cols % 8 == 0 && w.rows % 8 == 0;
+}
+
+void launch_qgemm(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
+                  const uint16_t* xt_half, uint16_t* yt_half, int batch, cudaStream_t stream) {
+  if (!qgemm_supported(info, w, batch)) throw_invalid("launch_qgemm: unsupported device, matrix or batch");
+  TileParams p{};
+  static_cast<StageArgs&>(p) = stage_args(w, "qgemm");
+  p.tables = tables;
+  p.xt = reinterpret_cast<const __half*>(xt_half);
+  p.yt = reinterpret_cast<float*>(yt_half);
+  p.half_out = 1;
+  p.rows = w.rows;
+  p.cols = w.cols;
+  p.batch = batch;
+  p.steps_per_part = (w.groups + 7) / 8;
+  p.cluster = 1;
+  set_tiles_smem_attribute();
+  const dim3 grid((w.rows + kGemmRows - 1) / kGemmRows, (batch + kGemmVecs - 1) / kGemmVecs);
+  const int k = p.stages == 1 ? 0 : w.codebooks[1] == codec::Codebook::E8P16 ? 1 : 2;
+  auto* kernel = k == 0 ? qgemm_rs_kernel<0> : k == 1 ? qgemm_rs_kernel<1> : qgemm_rs_kernel<2>;
+  launch_checked(kernel, grid, dim3(kGemmThreads), kGemmSmem, stream, pdl_enabled(info), "qgemm_rs_kernel", p);
 }
 
 }  // namespace glq::cuda::detail

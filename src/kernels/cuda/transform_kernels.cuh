@@ -42,6 +42,10 @@ struct PrepareParams {
   int ld_out = 0;
   float* zero_ptr = nullptr;  // (batch, zero_count) zeroed for an accumulating product, or null
   int zero_count = 0;
+  // x̃ in the order of the register kernels' A fragments (qgemm_rs_kernel): within every block of
+  // 32 columns, pair q (columns 2q, 2q+1) of group c (8 columns) at chunk q, pair slot c. Only the
+  // tensor-core transform writes it (prepare_permutes).
+  int permute = 0;
 };
 
 struct FinishParams {
