@@ -134,6 +134,7 @@ __device__ __forceinline__ void ldsm4(uint32_t r[4], const __half* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s));
 }
+
 #endif
 
 __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
@@ -453,15 +454,22 @@ __device__ __forceinline__ int rs_row(int base, int g, int h) { return base + 8 
 // L = 16m + 8b + 4tt + c copies word (tile tb + 8m + tt, group 8·step + 4b + c) to wslot + 16L
 // (stage 0) and + 512 + 16L (stage 1; E8R8 words are 8 bytes); zero where out of range. The lanes
 // that decode a word read their component of it once the warp has waited for its copies.
+// Code word idx of each stage to lane `lane`'s place in wslot: 16·lane (stage 0) and
+// 512 + 16·lane (stage 1), zero-filled unless ok.
+template <int kS1>
+__device__ __forceinline__ void rs_copy_words(const TileParams& p, unsigned char* wslot, int lane, size_t idx, bool ok) {
+  cp_async_zfill(wslot + 16 * lane, static_cast<const uint4*>(p.codes[0]) + idx, 16, ok);
+  if (kS1 == 1) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint4*>(p.codes[1]) + idx, 16, ok);
+  if (kS1 == 2) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint2*>(p.codes[1]) + idx, 8, ok);
+}
+
 template <int kS1>
 __device__ __forceinline__ void rs_load_codes(const TileParams& p, int tb, int lane, int step, unsigned char* wslot) {
   const int m = lane >> 4, b = (lane >> 3) & 1, tt = (lane >> 2) & 1, c = lane & 3;
   const int tile = tb + 8 * m + tt, g = step * 8 + 4 * b + c;
   const bool ok = tile < p.tiles && g < p.groups;
   const size_t idx = ok ? size_t(tile) * p.groups + g : 0;
-  cp_async_zfill(wslot + 16 * lane, static_cast<const uint4*>(p.codes[0]) + idx, 16, ok);
-  if (kS1 == 1) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint4*>(p.codes[1]) + idx, 16, ok);
-  if (kS1 == 2) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint2*>(p.codes[1]) + idx, 8, ok);
+  rs_copy_words<kS1>(p, wslot, lane, idx, ok);
 }
 
 // The x̃ tile of step `step`, permuted: this thread's two 16-byte chunks (vector v, group
@@ -822,9 +830,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1) qgemm_rs_kernel(const TilePar
     if (lane >= 16) return;
     const bool ok = c_ok && step * 8 + cw_g < p.groups;
     const size_t idx = c_idx + (ok ? step * 8 : 0);
-    cp_async_zfill(wslot + 16 * lane, static_cast<const uint4*>(p.codes[0]) + idx, 16, ok);
-    if (kS1 == 1) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint4*>(p.codes[1]) + idx, 16, ok);
-    if (kS1 == 2) cp_async_zfill(wslot + 512 + 16 * lane, static_cast<const uint2*>(p.codes[1]) + idx, 8, ok);
+    rs_copy_words<kS1>(p, wslot, lane, idx, ok);
   };
 
   pdl_trigger();
