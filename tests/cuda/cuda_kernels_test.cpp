@@ -745,17 +745,31 @@ std::string case_name(const QCase& c) {
          "_n" + std::to_string(c.batch) + "_" + p;
 }
 
+// A random quantized matrix of case c (its seed from qseed and the shape), uploaded, a random
+// input of c.batch vectors (seed xseed + batch) and the CPU reference product.
+struct RefCase {
+  glq::codec::QuantizedMatrix q;
+  glq::cuda::DeviceQuantizedMatrix dq;
+  std::vector<float> x, ref;
+};
+
+RefCase reference_case(const QCase& c, int qseed, int rows_factor, int xseed) {
+  RefCase r;
+  r.q = random_qmatrix(c.rows, c.cols, c.bits, qseed + c.rows * rows_factor + c.cols + c.bits);
+  r.dq = glq::cuda::upload(r.q);
+  r.x = random_vector(size_t(c.batch) * c.cols, xseed + c.batch);
+  r.ref.resize(size_t(c.batch) * c.rows);
+  glq::codec::matvec_reference(r.q, r.x.data(), r.ref.data(), c.batch);
+  return r;
+}
+
 class CudaQmatmul : public ::testing::TestWithParam<QCase> {};
 
 TEST_P(CudaQmatmul, MatchesMatvecReference) {
   SKIP_WITHOUT_GPU();
   const QCase c = GetParam();
   glq::cuda::Context ctx;
-  const auto q = random_qmatrix(c.rows, c.cols, c.bits, 1000 + c.rows * 7 + c.cols + c.bits);
-  const auto dq = glq::cuda::upload(q);
-  const auto x = random_vector(size_t(c.batch) * c.cols, 77 + c.batch);
-  std::vector<float> ref(size_t(c.batch) * c.rows);
-  glq::codec::matvec_reference(q, x.data(), ref.data(), c.batch);
+  const auto [q, dq, x, ref] = reference_case(c, 1000, 7, 77);
   const auto y = run_qmatmul(ctx, dq, x, c.batch, c.path);
   // fp16 activations and fp16 partial sums of 8 products: ~1e-3 expected.
   EXPECT_LT(relative_error(y, ref), 5e-3) << case_name(c);
@@ -822,11 +836,7 @@ TEST(CudaQmmaTiles, BothKernelsMatchReference) {
                          QCase{520, 888, 4, 64, QPath::Mma}, QCase{4096, 14336, 2, 64, QPath::Mma},
                          QCase{2048, 2048, 3, 50, QPath::Mma}, QCase{8192, 256, 4, 40, QPath::Mma},
                          QCase{1024, 1528, 2, 17, QPath::Mma}}) {
-    const auto q = random_qmatrix(c.rows, c.cols, c.bits, 3000 + c.rows * 5 + c.cols + c.bits);
-    const auto dq = glq::cuda::upload(q);
-    const auto x = random_vector(size_t(c.batch) * c.cols, 91 + c.batch);
-    std::vector<float> ref(size_t(c.batch) * c.rows);
-    glq::codec::matvec_reference(q, x.data(), ref.data(), c.batch);
+    const auto [q, dq, x, ref] = reference_case(c, 3000, 5, 91);
     std::vector<float> y[2];
     for (int rs : {0, 1}) {
       d::set_tiles_registers(rs);
@@ -856,11 +866,7 @@ TEST(CudaQgemm, MatchesReferenceAndDequantPath) {
                          QCase{520, 888, 4, 300, QPath::DequantGemm}, QCase{1024, 1528, 2, 257, QPath::DequantGemm},
                          QCase{2048, 2048, 3, 129, QPath::DequantGemm}, QCase{8, 256, 4, 70, QPath::DequantGemm},
                          QCase{1536, 512, 4, 128, QPath::DequantGemm}}) {
-    const auto q = random_qmatrix(c.rows, c.cols, c.bits, 5000 + c.rows * 3 + c.cols + c.bits);
-    const auto dq = glq::cuda::upload(q);
-    const auto x = random_vector(size_t(c.batch) * c.cols, 17 + c.batch);
-    std::vector<float> ref(size_t(c.batch) * c.rows);
-    glq::codec::matvec_reference(q, x.data(), ref.data(), c.batch);
+    const auto [q, dq, x, ref] = reference_case(c, 5000, 3, 17);
     d::set_qgemm(1);
     EXPECT_EQ(d::qgemm_supported(ctx.info(), dq, c.batch), ctx.info().cc_major >= 8) << case_name(c);
     const auto y = run_qmatmul(ctx, dq, x, c.batch, c.path);
