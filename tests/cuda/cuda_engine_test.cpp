@@ -266,6 +266,31 @@ TEST(CudaEngine, MatchesCpuForwardWithTenQueryHeadsPerKvHead) {
   check_engine(10, 1, 32);
 }
 
+// The decode attention with 128 and 512 threads per block (the default is 256), and with RoPE and
+// the cache write in their own kernel (by default the attention kernel does them for one-token
+// steps): 512 threads with ten query heads (two head groups) exceed 48 KB of shared memory.
+TEST(CudaEngine, MatchesCpuForwardWithOtherAttentionBlocks) {
+  if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  namespace d = glq::cuda::detail;
+  struct Restore {
+    ~Restore() {
+      glq::cuda::detail::set_attention_threads(0);
+      glq::cuda::detail::set_rope_in_attention(-1);
+    }
+  } restore;
+  for (const int threads : {128, 512}) {
+    for (const int rope_inside : {0, 1}) {
+      SCOPED_TRACE(testing::Message() << threads << " threads, RoPE inside the attention kernel: " << rope_inside);
+      d::set_attention_threads(threads);
+      d::set_rope_in_attention(rope_inside);
+      check_engine(10, 1, 32);
+    }
+  }
+  d::set_attention_threads(256);
+  d::set_rope_in_attention(0);
+  check_engine(4, 2, 16);
+}
+
 // The shapes of the tensor-core transforms (see check_engine): 24 query heads of 128 on 6 kv heads.
 TEST(CudaEngine, MatchesCpuForwardPrefillOnTensorCoreTransformShapes) {
   if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cmath>
 #include <string>
@@ -29,7 +30,6 @@ namespace glq::cuda {
 namespace {
 
 constexpr int kAttnChunk = 64;        // keys per attention block
-constexpr int kAttnThreads = 128;
 constexpr int kAttnGroup = 8;         // query heads per attention block (of one kv head)
 constexpr int kAttnMaxHeadDim = 256;
 constexpr int kMaxStepTokens = 512;   // longer inputs are run in pieces of this many tokens
@@ -102,34 +102,40 @@ __device__ __forceinline__ void half8_to_float(const uint4 u, float* f) {
   }
 }
 
-// Dynamic shared memory of attention_kernel: q (kAttnGroup rows of 8·LK), the chunk's
-// probabilities (kAttnGroup rows of kAttnChunk) and the key slices' partial outputs
-// (kAttnThreads / LK slices of kAttnGroup rows of 8·LK = kAttnGroup · 8 · kAttnThreads floats).
-size_t attention_smem(int lk) { return size_t(kAttnGroup) * (8 * lk + kAttnChunk + 8 * kAttnThreads) * 4; }
+// Dynamic shared memory of attention_kernel with T threads for `grp` query heads per block:
+// q (grp rows of 8·LK), the chunk's probabilities (grp rows of kAttnChunk) and the key slices'
+// partial outputs (T / LK slices of grp rows of 8·LK = grp · 8 · T floats).
+size_t attention_smem(int lk, int threads, int grp) { return size_t(grp) * (8 * lk + kAttnChunk + 8 * threads) * 4; }
 
 // Block (chunk c, kv head kvh · groups + gg, token t) attends the query heads h0 .. h0 + gn of
 // kv head kvh (at most kAttnGroup of its G = heads / kv_heads heads, so the chunk's keys and
 // values are read once for all of them) over the chunk's keys [64c, 64c + 64). LK lanes hold
-// one key or value row, 8 fp16 values each (one 16-byte load); the kAttnThreads / LK key
+// one key or value row, 8 fp16 values each (one 16-byte load); the T / LK key
 // slices take keys s, s + S, ... Where the token's keys span several chunks, each block writes
 // its partial max m, sum l and unnormalised output, and the last block of the (token, head
 // group) to finish (a counter, reset by that block) merges them into `out`; a single chunk
 // writes `out` at once. Chunks past the token's position exit at once, so the grid may cover
 // the cache's capacity (one decode graph for every length).
-template <int LK>
-__global__ void __launch_bounds__(kAttnThreads)
+//
+// With inv_freq (steps of one token: nothing else of the step needs the cache), the kernel also
+// does rope_cache_kernel's work, one kernel fewer per layer: q is rotated as it is staged, and
+// the block(s) of the last chunk compute the token's own rotated k row and its v row from qkv
+// (rounded to fp16, as the cache holds them), use them, and write them into the cache.
+template <int LK, int T>
+__global__ void __launch_bounds__(T)
 attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
-                 const __half* __restrict__ k_cache_all, const __half* __restrict__ v_cache_all,
-                 const int* __restrict__ tok_pos, const int* __restrict__ tok_slot, size_t slot_stride,
+                 __half* __restrict__ k_cache_all, __half* __restrict__ v_cache_all,
+                 const float* __restrict__ inv_freq, const int* __restrict__ tok_pos, const int* __restrict__ tok_slot, size_t slot_stride,
                  float scale, int chunks, float* __restrict__ part_m, float* __restrict__ part_l,
                  float* __restrict__ part_acc, unsigned* __restrict__ done, float* __restrict__ out) {
-  constexpr int S = kAttnThreads / LK, HP = 8 * LK;  // key slices, padded head dim
-  extern __shared__ __align__(16) float sm[];
-  float* qs = sm;                              // (kAttnGroup, HP)
-  float* ps = qs + kAttnGroup * HP;            // (kAttnGroup, kAttnChunk)
-  float* red = ps + kAttnGroup * kAttnChunk;   // (S, kAttnGroup, HP)
-  __shared__ float ms[kAttnGroup], ls[kAttnGroup];
+  constexpr int S = T / LK, HP = 8 * LK;  // key slices, padded head dim
   const int G = heads / kv_heads, groups = (G + kAttnGroup - 1) / kAttnGroup;
+  const int grp = min(G, kAttnGroup);     // query heads of the fullest block: the smem rows
+  extern __shared__ __align__(16) float sm[];
+  float* qs = sm;                  // (grp, HP)
+  float* ps = qs + grp * HP;       // (grp, kAttnChunk)
+  float* red = ps + grp * kAttnChunk;  // (S, grp, HP)
+  __shared__ float ms[kAttnGroup], ls[kAttnGroup];
   const int c = blockIdx.x, kvh = blockIdx.y / groups, gg = blockIdx.y % groups, t = blockIdx.z;
   const int h0 = kvh * G + gg * kAttnGroup, gn = min(kAttnGroup, G - gg * kAttnGroup);
   const int kv_len = tok_pos[t] + 1;
@@ -144,18 +150,52 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
   // round trip for the chunk instead of one per key (values for R ≤ 8, to bound the registers).
   constexpr int R = kAttnChunk / S > 0 ? kAttnChunk / S : 1;  // keys per thread
   constexpr bool kPrefetchV = R <= 8;
+  // The token's own row (j = n - 1 of the last chunk) where this kernel applies RoPE.
+  const int fresh = inv_freq && c == active - 1 ? n - 1 : -1;
   uint4 kr[R], vr[kPrefetchV ? R : 1];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int j = s + r * S;
-    const bool on = j < n && lane_on;
+    const bool on = j < n && j != fresh && lane_on;
     kr[r] = on ? __ldg(reinterpret_cast<const uint4*>(k_cache_all + cache0 + size_t(j) * kv_dim) + l) : make_uint4(0, 0, 0, 0);
     if (kPrefetchV)
       vr[r] = on ? __ldg(reinterpret_cast<const uint4*>(v_cache_all + cache0 + size_t(j) * kv_dim) + l) : make_uint4(0, 0, 0, 0);
   }
-  for (int e = threadIdx.x; e < gn * HP; e += kAttnThreads) {
+  const int half_d = head_dim / 2;
+  const float* qrow = qkv + size_t(t) * ld;
+  // RoPE of element d of a head at qrow + base (rotate-half pairs, as rope_cache_kernel).
+  const auto rope = [&](int base, int d) {
+    const int i = d < half_d ? d : d - half_d;
+    float sn, cs;
+    sincosf(float(kv_len - 1) * inv_freq[i], &sn, &cs);
+    const float x0 = qrow[base + i], x1 = qrow[base + i + half_d];
+    return d < half_d ? x0 * cs - x1 * sn : x1 * cs + x0 * sn;
+  };
+  uint4 fk = make_uint4(0, 0, 0, 0), fv = fk;  // the fresh row's 8 values of this lane
+  if (fresh >= 0 && lane_on && (fresh - s) % S == 0 && fresh >= s) {
+    const int kbase = heads * head_dim + kvh * head_dim, vbase = kbase + kv_dim;
+    __half2* kh = reinterpret_cast<__half2*>(&fk);
+    __half2* vh = reinterpret_cast<__half2*>(&fv);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int d = 8 * l + 2 * e;
+      kh[e] = d < head_dim ? __floats2half2_rn(rope(kbase, d), rope(kbase, d + 1)) : __floats2half2_rn(0.0f, 0.0f);
+      vh[e] = d < head_dim ? __floats2half2_rn(qrow[vbase + d], qrow[vbase + d + 1]) : __floats2half2_rn(0.0f, 0.0f);
+    }
+    // Rows of 8 values: head_dim is a multiple of 8, so a lane's row part is whole or absent.
+    reinterpret_cast<uint4*>(k_cache_all + cache0 + size_t(fresh) * kv_dim)[l] = fk;
+    reinterpret_cast<uint4*>(v_cache_all + cache0 + size_t(fresh) * kv_dim)[l] = fv;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (s + r * S == fresh) {
+        kr[r] = fk;
+        if (kPrefetchV) vr[r] = fv;
+      }
+  }
+  for (int e = threadIdx.x; e < gn * HP; e += T) {
     const int g = e / HP, d = e - g * HP;
-    qs[e] = d < head_dim ? qkv[size_t(t) * ld + size_t(h0 + g) * head_dim + d] * scale : 0.0f;
+    const int base = (h0 + g) * head_dim;
+    qs[e] = d < head_dim ? (inv_freq ? rope(base, d) : qrow[base + d]) * scale : 0.0f;
   }
   __syncthreads();
   // Scores: every lane runs the same rounds (the shuffles need the whole warp).
@@ -178,7 +218,7 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
   }
   __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int g = warp; g < gn; g += kAttnThreads / 32) {
+  for (int g = warp; g < gn; g += T / 32) {
     float m = -INFINITY;
     for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[g * kAttnChunk + j]);
     m = detail::warp_max(m);
@@ -205,8 +245,9 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
     const int j = s + r * S;
     if (j >= n || !lane_on) continue;
     float vf[8];
-    half8_to_float(kPrefetchV ? vr[kPrefetchV ? r : 0]
-                              : __ldg(reinterpret_cast<const uint4*>(v_cache_all + cache0 + size_t(j) * kv_dim) + l),
+    half8_to_float(kPrefetchV  ? vr[kPrefetchV ? r : 0]
+                   : j == fresh ? fv
+                                : __ldg(reinterpret_cast<const uint4*>(v_cache_all + cache0 + size_t(j) * kv_dim) + l),
                    vf);
 #pragma unroll
     for (int g = 0; g < kAttnGroup; ++g) {
@@ -219,16 +260,16 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
 #pragma unroll
   for (int g = 0; g < kAttnGroup; ++g) {
     if (g >= gn) break;
-    float4* r = reinterpret_cast<float4*>(red + (s * kAttnGroup + g) * HP + 8 * l);
+    float4* r = reinterpret_cast<float4*>(red + (s * grp + g) * HP + 8 * l);
     r[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
     r[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
   }
   __syncthreads();
   const bool single = active == 1;
-  for (int e = threadIdx.x; e < gn * head_dim; e += kAttnThreads) {
+  for (int e = threadIdx.x; e < gn * head_dim; e += T) {
     const int g = e / head_dim, d = e - g * head_dim;
     float v = 0.0f;
-    for (int k = 0; k < S; ++k) v += red[(k * kAttnGroup + g) * HP + d];
+    for (int k = 0; k < S; ++k) v += red[(k * grp + g) * HP + d];
     if (single)
       out[size_t(t) * heads * head_dim + size_t(h0 + g) * head_dim + d] = v / ls[g];
     else
@@ -245,8 +286,8 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
   // Each chunk's weight exp(m_k - M) once, in shared memory (the slices' sums are consumed),
   // where it fits; then every output element is a sum of independent loads.
   float* wts = red;  // (gn, active)
-  const bool staged = gn * active <= kAttnGroup * 8 * kAttnThreads;
-  for (int g = warp; g < gn; g += kAttnThreads / 32) {
+  const bool staged = gn * active <= grp * 8 * T;
+  for (int g = warp; g < gn; g += T / 32) {
     const size_t base = (size_t(t) * heads + h0 + g) * chunks;
     float m = -INFINITY;
     for (int k = lane; k < active; k += 32) m = fmaxf(m, __ldcg(part_m + base + k));
@@ -264,7 +305,7 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
     }
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < gn * head_dim; e += kAttnThreads) {
+  for (int e = threadIdx.x; e < gn * head_dim; e += T) {
     const int g = e / head_dim, d = e - g * head_dim;
     const size_t base = (size_t(t) * heads + h0 + g) * chunks;
     float v = 0.0f;
@@ -281,14 +322,64 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
   if (threadIdx.x == 0) *counter = 0;
 }
 
-template <int LK>
-void launch_attention_lk(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
-                         int head_dim, const __half* kc, const __half* vc, const int* tok_pos, const int* tok_slot,
-                         size_t slot_stride, float scale, int chunks, float* pm, float* pl, float* pa, unsigned* done,
-                         float* out) {
-  attention_kernel<LK><<<grid, kAttnThreads, attention_smem(LK), stream>>>(
-      qkv, ld, heads, kv_heads, head_dim, kc, vc, tok_pos, tok_slot, slot_stride, scale, chunks, pm, pl, pa, done, out);
+std::atomic<int> g_rope_in_attention{-1}, g_attention_threads{0};
+
+// RoPE and the cache write inside the attention kernel for steps of one token
+// (GLQ_CUDA_ROPE_IN_ATTENTION=0: always the separate rope_cache_kernel).
+bool rope_in_attention_enabled() {
+  const int forced = g_rope_in_attention.load();
+  if (forced >= 0) return forced != 0;
+  static const bool on = [] {
+    const char* v = std::getenv("GLQ_CUDA_ROPE_IN_ATTENTION");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
+// Threads per attention block for a cache of `chunks` key chunks: 512 (16 warps, 2 keys of the
+// 64-key chunk per thread) up to 16 chunks (1024 tokens), else 256. A block's work is a chain of
+// dependent loads, shuffles and FMAs, so more warps per chunk shorten it where few chunks leave
+// most SMs idle; with many chunks the blocks fill the GPU and the smaller ones win (H200: decode
+// at context 512 353 tok/s with 512 threads, 344 with 256, 306 with the former 128; at context
+// 4096 282 / 305 / 292; docs/cuda.md). GLQ_CUDA_ATTN_THREADS=128, 256 or 512 chooses one.
+int attention_threads(int chunks) {
+  const int forced = g_attention_threads.load();
+  if (forced) return forced;
+  static const int env = [] {
+    const char* v = std::getenv("GLQ_CUDA_ATTN_THREADS");
+    const int n = v ? std::atoi(v) : 0;
+    return n == 128 || n == 256 || n == 512 ? n : 0;
+  }();
+  if (env) return env;
+  return chunks <= 16 ? 512 : 256;
+}
+
+template <int LK, int T>
+void launch_attention_t(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
+                        int head_dim, __half* kc, __half* vc, const float* inv_freq, const int* tok_pos,
+                        const int* tok_slot, size_t slot_stride, float scale, int chunks, float* pm, float* pl,
+                        float* pa, unsigned* done, float* out) {
+  const size_t smem = attention_smem(LK, T, std::min(heads / kv_heads, kAttnGroup));
+  static const bool opted_in = [] {  // the most any head grouping needs, once per kernel
+    const size_t most = attention_smem(LK, T, kAttnGroup);
+    if (most > 48 * 1024)
+      GLQ_CUDA_CHECK(
+          cudaFuncSetAttribute(attention_kernel<LK, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
+    return true;
+  }();
+  (void)opted_in;
+  attention_kernel<LK, T><<<grid, T, smem, stream>>>(qkv, ld, heads, kv_heads, head_dim, kc, vc, inv_freq, tok_pos,
+                                                     tok_slot, slot_stride, scale, chunks, pm, pl, pa, done, out);
   GLQ_CUDA_CHECK_LAUNCH("attention_kernel");
+}
+
+template <int LK, typename... A>
+void launch_attention_lk(int threads, A... args) {
+  switch (threads) {
+    case 128: launch_attention_t<LK, 128>(args...); break;
+    case 512: launch_attention_t<LK, 512>(args...); break;
+    default: launch_attention_t<LK, 256>(args...); break;
+  }
 }
 
 // Lanes per key row: ceil(head_dim / 8) rounded up to a power of two.
@@ -501,13 +592,14 @@ void launch_prefill_attention(int n, cudaStream_t stream, const float* qkv, int 
 template <typename... A>
 void launch_attention(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads, int head_dim,
                       A... rest) {
+  const int t = attention_threads(int(grid.x));
   switch (attention_lanes(head_dim)) {
-    case 1: launch_attention_lk<1>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 2: launch_attention_lk<2>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 4: launch_attention_lk<4>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 8: launch_attention_lk<8>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 16: launch_attention_lk<16>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    default: launch_attention_lk<32>(grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 1: launch_attention_lk<1>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 2: launch_attention_lk<2>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 4: launch_attention_lk<4>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 8: launch_attention_lk<8>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 16: launch_attention_lk<16>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    default: launch_attention_lk<32>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
   }
 }
 
@@ -655,6 +747,13 @@ DeviceHadamard device_plan(int n) {
 }
 
 }  // namespace
+
+namespace detail {
+void set_attention_threads(int threads) {
+  g_attention_threads.store(threads == 128 || threads == 256 || threads == 512 ? threads : 0);
+}
+void set_rope_in_attention(int on) { g_rope_in_attention.store(on < 0 ? -1 : on != 0); }
+}  // namespace detail
 
 // ---- weights --------------------------------------------------------------------------------
 
@@ -1112,15 +1211,21 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
       off += part.rows;
     }
     if (off != ld_qkv) throw_mismatch("Engine: q/k/v rows of layer " + std::to_string(li), std::to_string(ld_qkv), std::to_string(off));
-    rope_cache_kernel<<<dim3(c.heads + c.kv_heads, n), rope_threads, 0, stream>>>(
-        qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, b.inv_freq.as<const float>(), tok_pos, tok_slot, b.slot_stride, kc, vc);
-    GLQ_CUDA_CHECK_LAUNCH("rope_cache_kernel");
+    // A step of one token attends with RoPE and the cache write inside the attention kernel.
+    const bool rope_in_attention = n == 1 && rope_in_attention_enabled();
+    if (!rope_in_attention) {
+      rope_cache_kernel<<<dim3(c.heads + c.kv_heads, n), rope_threads, 0, stream>>>(
+          qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, b.inv_freq.as<const float>(), tok_pos, tok_slot, b.slot_stride,
+          kc, vc);
+      GLQ_CUDA_CHECK_LAUNCH("rope_cache_kernel");
+    }
     if (single && n > 1 && prefill_attention_supported(c.head_dim))
       launch_prefill_attention(n, stream, qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, kc, vc, tok_pos, tok_slot,
                                b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)), b.attn.as<float>());
     else
       launch_attention(dim3(b.chunks, c.kv_heads * attn_groups, n), stream, qkv, ld_qkv, c.heads, c.kv_heads,
-                       c.head_dim, kc, vc, tok_pos, tok_slot, b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)),
+                       c.head_dim, kc, vc, rope_in_attention ? b.inv_freq.as<const float>() : nullptr, tok_pos,
+                       tok_slot, b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)),
                        b.chunks, b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>(),
                        b.attn_done.as<unsigned>(), b.attn.as<float>());
     // h += attention · Wo^T
