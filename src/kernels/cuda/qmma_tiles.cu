@@ -135,6 +135,28 @@ __device__ __forceinline__ void ldsm4(uint32_t r[4], const __half* p) {
                : "r"(s));
 }
 
+// The register kernels' multiply without wgmma (mma.sync), one step of 64 columns (four k16
+// steps kk): acc[m][2jj] and acc[m][2jj + 1] += A_m · x̃ of vector tiles 2jj, 2jj + 1 for the
+// warp's M slabs (A fragments a[m][kk]); each B fragment pair is read once by ldmatrix from the
+// swizzled x̃ tile at xs (brow, bchunk: this lane's ldmatrix row and 16-byte chunk).
+template <int M, int J>
+__device__ __forceinline__ void mma_step_x(float (&acc)[M][J][4], const uint32_t (&a)[M][4][4], const __half* xs,
+                                           int brow, int bchunk) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+    for (int jj = 0; jj < J / 2; ++jj) {
+      uint32_t bf[4];
+      ldsm4(bf, xs + swz(jj * 16 + brow, 2 * kk + bchunk));
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        mma16816(acc[m][2 * jj], a[m][kk][0], a[m][kk][1], a[m][kk][2], a[m][kk][3], bf[0], bf[1]);
+        mma16816(acc[m][2 * jj + 1], a[m][kk][0], a[m][kk][1], a[m][kk][2], a[m][kk][3], bf[2], bf[3]);
+      }
+    }
+  }
+}
+
 #endif
 
 __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
@@ -693,19 +715,7 @@ __global__ void __launch_bounds__(kTileThreads, 2) qmma_tiles_rs_kernel(const Ti
     if (step + 1 < s1) rs_fetch_x(p, step + 1, xr);
     if (step + 2 < s1) rs_load_codes<kS1>(p, tb, lane, step + 2, slot(step + 2));
     cp_async_commit();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        uint32_t bf[4];
-        ldsm4(bf, xs + swz(jj * 16 + brow, 2 * kk + bchunk));
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-          mma16816(acc[m][2 * jj], af[m][kk][0], af[m][kk][1], af[m][kk][2], af[m][kk][3], bf[0], bf[1]);
-          mma16816(acc[m][2 * jj + 1], af[m][kk][0], af[m][kk][1], af[m][kk][2], af[m][kk][3], bf[2], bf[3]);
-        }
-      }
-    }
+    mma_step_x(acc, af, xs, brow, bchunk);
     if (step + 1 < s1) rs_store_x(xr, xbuf + (cur ^ 1) * kTileXHalfs);
 #endif
   }
@@ -895,16 +905,8 @@ __global__ void __launch_bounds__(kGemmThreads, 1) qgemm_rs_kernel(const TilePar
       load_x(step + 2, tsm + rx2 * kXBytes);
     }
     cp_async_commit();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-      for (int jj = 0; jj < 16; ++jj) {
-        uint32_t bf[4];
-        ldsm4(bf, xs + swz(jj * 16 + brow, 2 * kk + bchunk));
-        mma16816(acc[2 * jj], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bf[0], bf[1]);
-        mma16816(acc[2 * jj + 1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bf[2], bf[3]);
-      }
-    }
+    mma_step_x(reinterpret_cast<float(&)[1][32][4]>(acc), reinterpret_cast<const uint32_t(&)[1][4][4]>(a), xs, brow,
+               bchunk);
     if (step + 1 < steps) {
       cp_async_wait<1>();
       __syncwarp();
