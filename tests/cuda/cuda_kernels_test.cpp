@@ -192,7 +192,7 @@ TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamard, ::testing::Values(8, 24, 152, 576, 1536, 2048, 4096, 7912, 8192, 14336),
-                         [](const auto& info) { return "n" + std::to_string(info.param); });
+                         [](const auto& info) { return std::string("n").append(std::to_string(info.param)); });
 
 // Many vectors (more than the row kernels take): the block-per-vector kernels, both their
 // shapes (b ≤ 1024: one FWHT step; b > 1024: a second step over the high bits) and the shapes
@@ -206,7 +206,7 @@ TEST_P(CudaHadamardMany, MatchesReferenceBothDirections) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamardMany,
                          ::testing::Values(8, 152, 576, 1536, 2560, 4096, 14336, 24576),
-                         [](const auto& info) { return "n" + std::to_string(info.param); });
+                         [](const auto& info) { return std::string("n").append(std::to_string(info.param)); });
 
 // T (sign ∘ pre(x)) of `batch` rows of x (row stride ld, [gate | up] for SwiGlu), with the
 // pre-operations as transform_kernels.cuh defines them (RMSNorm eps 1e-5).
@@ -423,7 +423,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaHadamardWide,
                                            // more vectors than blocks: each block loops, two buffers
                                            WideCase{1536, 1000}, WideCase{14336, 300}),
                          [](const auto& info) {
-                           return "n" + std::to_string(info.param.n) + "_batch" + std::to_string(info.param.batch);
+                           return std::string("n")
+                               .append(std::to_string(info.param.n))
+                               .append("_batch")
+                               .append(std::to_string(info.param.batch));
                          });
 
 // Shapes the wide kernels refuse (b < 32; a > 64) launch nothing and say so.
