@@ -125,7 +125,8 @@ template <int LK, int T>
 __global__ void __launch_bounds__(T)
 attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
                  __half* __restrict__ k_cache_all, __half* __restrict__ v_cache_all,
-                 const float* __restrict__ inv_freq, const int* __restrict__ tok_pos, const int* __restrict__ tok_slot, size_t slot_stride,
+                 const float* __restrict__ inv_freq, const int* __restrict__ tok_pos,
+                 const int* __restrict__ tok_slot, size_t slot_stride,
                  float scale, int chunks, float* __restrict__ part_m, float* __restrict__ part_l,
                  float* __restrict__ part_acc, unsigned* __restrict__ done, float* __restrict__ out) {
   constexpr int S = T / LK, HP = 8 * LK;  // key slices, padded head dim
