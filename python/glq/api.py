@@ -164,7 +164,7 @@ def load(path: PathLike) -> Model:
 
 def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = None,
              out: Optional[PathLike] = None, *, calib_seqs: int = 0, seq_len: int = 512,
-             seed: int = 0x5EED, damp: float = 0.01, rht: bool = True, ldlq: bool = True,
+             seed: int = 0x5EED, damp: Optional[float] = None, rht: bool = True, ldlq: bool = True,
              keep_head_16bit: bool = True, dtype_16bit: str = "float16", resume: bool = True,
              overwrite: bool = False,
              progress: Union[bool, Callable[[dict], None]] = True) -> dict:
@@ -173,6 +173,8 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     bits: 2, 3, 4 or a fractional average such as 2.5 (per-linear widths are then allocated).
     calib: a UTF-8 text file; calib_seqs windows of seq_len tokens are drawn from it (0: by width,
     as `glq quantize` chooses: 64 at 3 bits, 32 otherwise).
+    damp: relative Hessian damping (None: by width, as `glq quantize` chooses: 0.05 at 3 bits,
+    0.01 otherwise).
     progress: True prints progress to stderr, a callable receives each event as a dict
     ({"event": "note"|"step"|"layer", ...}), False is silent. Ctrl-C stops the run; the layers
     already done stay in OUT.partial/ and a later call with the same settings resumes there.
@@ -188,8 +190,8 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     elif callable(progress):
         cb = progress
     return _glq.quantize(os.fspath(model_path), os.fspath(calib), os.fspath(out), float(bits),
-                         calib_seqs, seq_len, seed, damp, rht, ldlq, keep_head_16bit, dtype_16bit,
-                         resume, overwrite, cb)
+                         calib_seqs, seq_len, seed, -1.0 if damp is None else float(damp), rht, ldlq,
+                         keep_head_16bit, dtype_16bit, resume, overwrite, cb)
 
 
 # ---- helpers ----------------------------------------------------------------------------------

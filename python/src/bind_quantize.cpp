@@ -105,7 +105,7 @@ void bind_quantize(py::module_& m) {
         return d;
       },
       py::arg("model_path"), py::arg("calib_path"), py::arg("out_dir"), py::arg("bits") = 2.0,
-      py::arg("calib_seqs") = 0, py::arg("seq_len") = 512, py::arg("seed") = 0x5eed, py::arg("damp") = 0.01,
+      py::arg("calib_seqs") = 0, py::arg("seq_len") = 512, py::arg("seed") = 0x5eed, py::arg("damp") = -1.0,
       py::arg("rht") = true, py::arg("ldlq") = true, py::arg("keep_head_16bit") = true,
       py::arg("dtype_16bit") = "float16", py::arg("resume") = true, py::arg("overwrite") = false,
       py::arg("progress") = py::none(),

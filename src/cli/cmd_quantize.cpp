@@ -82,7 +82,8 @@ int run_quantize(QuantizeArgs& a) {
   fmt::print(stderr,
              "glq: quantizing {} to {:g} bits per weight (calibration {} x {} tokens of {}, seed {:#x}, damp {:g}, RHT {}, LDLQ {}, "
              "true-sequential {}, asymmetric target {}, residual target {}, scale refit {}, list decoding {})\n",
-             a.model, a.s.bits, a.s.calib_seqs != 0 ? a.s.calib_seqs : model::default_calib_seqs(a.s.bits), a.s.seq_len, a.calib, a.s.seed, a.s.damp, a.s.rht ? "on" : "off",
+             a.model, a.s.bits, a.s.calib_seqs != 0 ? a.s.calib_seqs : model::default_calib_seqs(a.s.bits), a.s.seq_len, a.calib, a.s.seed,
+             a.s.damp >= 0 ? a.s.damp : model::default_damp(a.s.bits), a.s.rht ? "on" : "off",
              a.s.ldlq ? "on" : "off", a.s.true_sequential ? "on" : "off", strength(a.s.asymmetric), strength(a.s.residual_target),
              a.s.refit_scales ? "on" : "off",
              list_decode > 1 ? fmt::format("{} candidates", list_decode) : std::string("off"));
@@ -138,7 +139,11 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
       ->check(CLI::NonNegativeNumber);
   app.add_option("--seq-len", a->s.seq_len, "tokens per calibration sequence")->capture_default_str()->check(CLI::Range(2, 1 << 20));
   app.add_option("--seed", a->seed, "seed of the calibration draw and the sign vectors")->capture_default_str();
-  app.add_option("--damp", a->s.damp, "relative Hessian damping: H + damp*mean(diag H)*I")->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  app.add_option("--damp", a->s.damp,
+                 "relative Hessian damping: H + damp*mean(diag H)*I (-1: by width, 0.05 at 3 bits (3 <= B < 4), 0.01 "
+                 "otherwise)")
+      ->capture_default_str()
+      ->check(CLI::Range(-1.0, 10.0));
   app.add_flag("--no-rht", a->no_rht, "no randomized Hadamard transform (baseline)");
   app.add_flag("--no-ldlq", a->no_ldlq, "round to nearest instead of block LDLQ (baseline)");
   app.add_flag("--no-true-sequential", a->no_true_sequential,

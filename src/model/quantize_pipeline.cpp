@@ -228,10 +228,13 @@ std::vector<std::vector<float>> embed_all(const Model& model, const std::vector<
   return hidden;
 }
 
-// The scale multipliers passed to the codec for a linear of `bits` bits.
 // QuantizeSettings::list_decode with 0 resolved by the model's width.
 int list_decode_of(const QuantizeSettings& s) { return s.list_decode != 0 ? s.list_decode : default_list_decode(s.bits); }
 
+// QuantizeSettings::damp, a negative value resolved by the model's width.
+double damp_of(const QuantizeSettings& s) { return s.damp >= 0 ? s.damp : default_damp(s.bits); }
+
+// The scale multipliers passed to the codec for a linear of `bits` bits.
 std::vector<float> scale_multipliers(const QuantizeSettings& s, int bits) {
   const std::vector<double> m = s.scale_search.empty() ? default_scale_search(bits) : s.scale_search;
   return std::vector<float>(m.begin(), m.end());
@@ -312,6 +315,13 @@ int default_calib_seqs(double bits) {
   // 32 -> 64 windows, with list decoding (docs/quantize.md): 3 bits 1.266x -> 1.205x the
   // reference over 8,192 tokens; 4 bits 1.056x -> 1.065x (no gain). 2 bits: 16 -> 32 measured.
   return bits >= 3 - 1e-9 && bits < 4 - 1e-9 ? 64 : 32;
+}
+
+double default_damp(double bits) {
+  // 3 bits, perplexity over 100,000 tokens of brown-dev (docs/quantize.md): 0.01 1.217x, 0.02
+  // 1.213x, 0.03 1.207x, 0.05 1.199x the reference; 0.1 worse than 0.05 over 8,192 and 20,480
+  // tokens. 4 bits: 0.05 1.064x against 1.056x over 8,192 tokens, so 0.01 stays there.
+  return bits >= 3 - 1e-9 && bits < 4 - 1e-9 ? 0.05 : 0.01;
 }
 
 int default_list_decode(double bits) {
@@ -426,7 +436,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   nlohmann::json manifest = {{"source", source.fingerprint},       {"bits", s.bits},
                              {"seq_len", seq_len},                  {"sequences", calibration.size()},
                              {"calibration_hash", fmt::format("{:x}", calib_hash)},
-                             {"seed", fmt::format("{:x}", s.seed)}, {"damp", s.damp},
+                             {"seed", fmt::format("{:x}", s.seed)}, {"damp", damp_of(s)},
                              {"rht", s.rht},                        {"ldlq", s.ldlq},
                              {"keep_head_16bit", s.keep_head_16bit}, {"format_version", format::kGlqFormatVersion},
                              {"true_sequential", s.true_sequential}, {"asymmetric", s.asymmetric},
@@ -492,7 +502,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
             o.seed = linear_seed(s.seed, i, k);
             o.use_rht = s.rht;
             o.use_ldlq = s.ldlq;
-            o.damp = s.damp;
+            o.damp = damp_of(s);
             o.refit_scales = s.refit_scales;
             o.scale_multipliers = scale_multipliers(s, o.bits);
             o.list_decode = list_decode_of(s);
@@ -578,7 +588,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
           o.seed = linear_seed(s.seed, i, k);
           o.use_rht = s.rht;
           o.use_ldlq = s.ldlq;
-          o.damp = s.damp;
+          o.damp = damp_of(s);
           o.refit_scales = s.refit_scales;
           o.scale_multipliers = scale_multipliers(s, o.bits);
           o.list_decode = list_decode_of(s);
@@ -591,7 +601,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
             const double beta = correction_strength(s.residual_target, job.bits);
             if (asym && (alpha != 0 || beta != 0)) {
               const auto r = rs.find(k);
-              target = codec::asymmetric_target(W, job.rows, job.cols, H, ds.at(hessian_owner(k)).mean(), s.damp, alpha,
+              target = codec::asymmetric_target(W, job.rows, job.cols, H, ds.at(hessian_owner(k)).mean(), damp_of(s), alpha,
                                                 r != rs.end() ? r->second.mean() : std::vector<float>(), beta);
               W = target;
             }
@@ -647,7 +657,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       o.seed = linear_seed(s.seed, L, LinearKind::Q);
       o.use_rht = s.rht;
       o.use_ldlq = s.ldlq;
-      o.damp = s.damp;
+      o.damp = damp_of(s);
       o.refit_scales = s.refit_scales;
       o.scale_multipliers = scale_multipliers(s, o.bits);
       o.list_decode = list_decode_of(s);
@@ -723,7 +733,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     qc.target_bits = s.bits;
     qc.ldlq = s.ldlq;
     qc.rht = s.rht;
-    qc.damp = s.damp;
+    qc.damp = damp_of(s);
     qc.seed = s.seed;
     qc.dtype_16bit = s.dtype_16bit;
     qc.head_quantized = quantize_head;

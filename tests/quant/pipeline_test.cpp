@@ -221,7 +221,9 @@ TEST(QuantizePipeline, CalibrationSetIsSeededAndChecked) {
     ASSERT_EQ(a[i].size(), 111u);
     EXPECT_EQ(a[i][0] % 111, 0) << "windows sit on slot boundaries";
     for (size_t t = 1; t < a[i].size(); ++t) EXPECT_EQ(a[i][t], a[i][t - 1] + 1);
-    if (i) EXPECT_GT(a[i][0], a[i - 1][0]) << "distinct, sorted windows";
+    if (i) {
+      EXPECT_GT(a[i][0], a[i - 1][0]) << "distinct, sorted windows";
+    }
   }
   try {
     make_calibration_set(tokens, 10, 111, 3, "short.txt");
@@ -311,6 +313,26 @@ TEST(QuantizePipeline, CalibrationSizeAndListDecodingDefaultByWidth) {
   expect_error([&] { quantize_model_files(f.model, f.calib, f.out, s); }, ErrorKind::InvalidArgument,
                "need 64 sequences x 37 tokens");
   EXPECT_FALSE(leftovers(f));
+}
+
+TEST(QuantizePipeline, DampingDefaultByWidth) {
+  // Negative means: 0.05 at 3 bits (3 <= B < 4) and 0.01 otherwise, by the requested average.
+  EXPECT_EQ(default_damp(2), 0.01);
+  EXPECT_EQ(default_damp(2.5), 0.01);
+  EXPECT_EQ(default_damp(3), 0.05);
+  EXPECT_EQ(default_damp(3.5), 0.05);
+  EXPECT_EQ(default_damp(4), 0.01);
+  EXPECT_LT(QuantizeSettings{}.damp, 0);
+  // The default is the same checkpoint as the explicit value, and another value changes it.
+  auto dense_of = [](double bits, double damp) {
+    QuantizeSettings s = small_settings(bits);
+    s.damp = damp;
+    return quantized_weights(s);
+  };
+  const auto d3 = dense_of(3, -1);
+  EXPECT_EQ(d3, dense_of(3, 0.05));
+  EXPECT_NE(d3, dense_of(3, 0.01));
+  EXPECT_EQ(dense_of(2, -1), dense_of(2, 0.01));
 }
 
 TEST(QuantizeErrors, CalibrationTooShort) {

@@ -45,7 +45,9 @@ struct QuantizeSettings {
   int calib_seqs = 0;
   int seq_len = 512;             // L tokens per window
   uint64_t seed = 0x5eed;        // calibration draw and sign vectors
-  double damp = 0.01;            // relative Hessian damping
+  // Relative Hessian damping, H + damp·mean(diag H)·I. Negative (the default): default_damp(bits),
+  // 0.05 at 3 bits (3 <= bits < 4) and 0.01 otherwise.
+  double damp = -1;
   bool rht = true;               // randomized Hadamard transform
   bool ldlq = true;              // block LDLQ (false: nearest rounding)
   // Within a layer, quantize q/k/v first, then collect o_proj's Hessian on the quantized
@@ -85,6 +87,7 @@ std::vector<double> default_scale_search(int bits);
 // 4-bit perplexity; list decoding with 8 candidates lowers the 4-bit proxy loss by 8 %.
 int default_calib_seqs(double bits);
 int default_list_decode(double bits);
+double default_damp(double bits);
 
 // One quantized linear in the report.
 struct LinearReport {
