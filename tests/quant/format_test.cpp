@@ -36,7 +36,7 @@ TEST(Safetensors, RoundTripOfAwkwardShapesAndDtypes) {
       {StDType::U8, {19}}, {StDType::F32, {111, 3}}, {StDType::U16, {7, 13}}, {StDType::F16, {989}}, {StDType::I32, {0}}, {StDType::BF16, {5, 1, 3}}};
   for (size_t i = 0; i < specs.size(); ++i) {
     StTensorData t;
-    t.spec = {"t" + std::to_string(i), specs[i].first, specs[i].second};
+    t.spec = {std::string("t").append(std::to_string(i)), specs[i].first, specs[i].second};
     t.bytes.resize(t.spec.nbytes());
     for (auto& b : t.bytes) b = static_cast<uint8_t>(rng());
     ts.push_back(std::move(t));

@@ -56,7 +56,7 @@ constexpr double kMaxDamp = 1e4;   // relative damping beyond which a Hessian is
 constexpr uint64_t kSignOutSalt = 0xD1B54A32D192ED03ull;  // seeds sign_out from options.seed
 
 std::string shape(int64_t r, int64_t c) {
-  return "[" + std::to_string(r) + ", " + std::to_string(c) + "]";
+  return std::string("[").append(std::to_string(r)).append(", ").append(std::to_string(c)).append("]");
 }
 
 // x ← T(s ∘ x) for every row of X (count, plan.n), in parallel.
