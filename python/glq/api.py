@@ -173,8 +173,8 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     bits: 2, 3, 4 or a fractional average such as 2.5 (per-linear widths are then allocated).
     calib: a UTF-8 text file; calib_seqs windows of seq_len tokens are drawn from it (0: by width,
     as `glq quantize` chooses: 64 at 3 bits, 32 otherwise).
-    damp: relative Hessian damping (None: by width, as `glq quantize` chooses: 0.05 at 3 bits,
-    0.01 otherwise).
+    damp: relative Hessian damping (None: by width, as `glq quantize` chooses: 0.05 below 4 bits,
+    0.01 at 4 bits).
     progress: True prints progress to stderr, a callable receives each event as a dict
     ({"event": "note"|"step"|"layer", ...}), False is silent. Ctrl-C stops the run; the layers
     already done stay in OUT.partial/ and a later call with the same settings resumes there.

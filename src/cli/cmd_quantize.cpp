@@ -140,8 +140,8 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
   app.add_option("--seq-len", a->s.seq_len, "tokens per calibration sequence")->capture_default_str()->check(CLI::Range(2, 1 << 20));
   app.add_option("--seed", a->seed, "seed of the calibration draw and the sign vectors")->capture_default_str();
   app.add_option("--damp", a->s.damp,
-                 "relative Hessian damping: H + damp*mean(diag H)*I (-1: by width, 0.05 at 3 bits (3 <= B < 4), 0.01 "
-                 "otherwise)")
+                 "relative Hessian damping: H + damp*mean(diag H)*I (-1: by width, 0.05 below 4 bits, 0.01 at 4 "
+                 "bits)")
       ->capture_default_str()
       ->check(CLI::Range(-1.0, 10.0));
   app.add_flag("--no-rht", a->no_rht, "no randomized Hadamard transform (baseline)");

@@ -316,9 +316,9 @@ TEST(QuantizePipeline, CalibrationSizeAndListDecodingDefaultByWidth) {
 }
 
 TEST(QuantizePipeline, DampingDefaultByWidth) {
-  // Negative means: 0.05 at 3 bits (3 <= B < 4) and 0.01 otherwise, by the requested average.
-  EXPECT_EQ(default_damp(2), 0.01);
-  EXPECT_EQ(default_damp(2.5), 0.01);
+  // Negative means: 0.05 below 4 bits and 0.01 at 4 bits, by the requested average.
+  EXPECT_EQ(default_damp(2), 0.05);
+  EXPECT_EQ(default_damp(2.5), 0.05);
   EXPECT_EQ(default_damp(3), 0.05);
   EXPECT_EQ(default_damp(3.5), 0.05);
   EXPECT_EQ(default_damp(4), 0.01);
@@ -332,7 +332,7 @@ TEST(QuantizePipeline, DampingDefaultByWidth) {
   const auto d3 = dense_of(3, -1);
   EXPECT_EQ(d3, dense_of(3, 0.05));
   EXPECT_NE(d3, dense_of(3, 0.01));
-  EXPECT_EQ(dense_of(2, -1), dense_of(2, 0.01));
+  EXPECT_EQ(dense_of(4, -1), dense_of(4, 0.01));
 }
 
 TEST(QuantizeErrors, CalibrationTooShort) {

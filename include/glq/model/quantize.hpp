@@ -46,7 +46,7 @@ struct QuantizeSettings {
   int seq_len = 512;             // L tokens per window
   uint64_t seed = 0x5eed;        // calibration draw and sign vectors
   // Relative Hessian damping, H + damp·mean(diag H)·I. Negative (the default): default_damp(bits),
-  // 0.05 at 3 bits (3 <= bits < 4) and 0.01 otherwise.
+  // 0.05 below 4 bits (where the asymmetric and residual targets are on) and 0.01 at 4 bits.
   double damp = -1;
   bool rht = true;               // randomized Hadamard transform
   bool ldlq = true;              // block LDLQ (false: nearest rounding)
