@@ -60,9 +60,20 @@ __global__ void seq_positions_kernel(const int* __restrict__ pos, int n, int* __
   }
 }
 
-// RoPE (rotate-half pairs (i, i + head_dim/2)) on q and k of each token, in place, and the
-// write of k and v into the cache of the token's slot at the token's position. Block (hh, t)
-// takes head hh of token t: the q heads, then the kv heads (whose blocks also copy v).
+// Element d of a head rotated by RoPE at position pos: rotate-half pairs (i, i + head_dim/2),
+// x = the head's values. The one definition of the rotation for rope_cache_kernel and
+// attention_kernel.
+__device__ __forceinline__ float rope_at(const float* x, int d, int half_d, int pos, const float* inv_freq) {
+  const int i = d < half_d ? d : d - half_d;
+  float s, c;
+  sincosf(float(pos) * inv_freq[i], &s, &c);
+  const float x0 = x[i], x1 = x[i + half_d];
+  return d < half_d ? x0 * c - x1 * s : x1 * c + x0 * s;
+}
+
+// RoPE on q and k of each token, in place, and the write of k and v into the cache of the
+// token's slot at the token's position. Block (hh, t) takes head hh of token t: the q heads, then
+// the kv heads (whose blocks also copy v).
 __global__ void rope_cache_kernel(float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
                                   const float* __restrict__ inv_freq, const int* __restrict__ tok_pos,
                                   const int* __restrict__ tok_slot, size_t slot_stride,
@@ -75,10 +86,7 @@ __global__ void rope_cache_kernel(float* __restrict__ qkv, int ld, int heads, in
   const size_t at = size_t(tok_slot[t]) * slot_stride + size_t(pos) * kv_dim + size_t(hh - heads) * head_dim;
   float* base = row + hh * head_dim;  // q heads, then k heads (k starts at q_dim)
   for (int i = threadIdx.x; i < half_d; i += blockDim.x) {
-    float s, c;
-    sincosf(float(pos) * inv_freq[i], &s, &c);
-    const float x0 = base[i], x1 = base[i + half_d];
-    const float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
+    const float y0 = rope_at(base, i, half_d, pos, inv_freq), y1 = rope_at(base, i + half_d, half_d, pos, inv_freq);
     if (hh < heads) {
       base[i] = y0;
       base[i + half_d] = y1;
@@ -164,14 +172,8 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
   }
   const int half_d = head_dim / 2;
   const float* qrow = qkv + size_t(t) * ld;
-  // RoPE of element d of a head at qrow + base (rotate-half pairs, as rope_cache_kernel).
-  const auto rope = [&](int base, int d) {
-    const int i = d < half_d ? d : d - half_d;
-    float sn, cs;
-    sincosf(float(kv_len - 1) * inv_freq[i], &sn, &cs);
-    const float x0 = qrow[base + i], x1 = qrow[base + i + half_d];
-    return d < half_d ? x0 * cs - x1 * sn : x1 * cs + x0 * sn;
-  };
+  // RoPE of element d of the head at qrow + base.
+  const auto rope = [&](int base, int d) { return rope_at(qrow + base, d, half_d, kv_len - 1, inv_freq); };
   uint4 fk = make_uint4(0, 0, 0, 0), fv = fk;  // the fresh row's 8 values of this lane
   if (fresh >= 0 && lane_on && (fresh - s) % S == 0 && fresh >= s) {
     const int kbase = heads * head_dim + kvh * head_dim, vbase = kbase + kv_dim;
