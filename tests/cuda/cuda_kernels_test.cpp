@@ -191,8 +191,13 @@ TEST_P(CudaHadamard, MatchesReferenceBothDirections) {
   check_hadamard_both_directions(GetParam(), 1, 8, 12 + GetParam());  // (a = 1, b ≥ 2048: Sylvester rows)
 }
 
+// Test names of the size-parameterised suites: n<size>.
+std::string size_param_name(const ::testing::TestParamInfo<int>& info) {
+  return std::string("n").append(std::to_string(info.param));
+}
+
 INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamard, ::testing::Values(8, 24, 152, 576, 1536, 2048, 4096, 7912, 8192, 14336),
-                         [](const auto& info) { return std::string("n").append(std::to_string(info.param)); });
+                         size_param_name);
 
 // Many vectors (more than the row kernels take): the block-per-vector kernels, both their
 // shapes (b ≤ 1024: one FWHT step; b > 1024: a second step over the high bits) and the shapes
@@ -206,7 +211,7 @@ TEST_P(CudaHadamardMany, MatchesReferenceBothDirections) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CudaHadamardMany,
                          ::testing::Values(8, 152, 576, 1536, 2560, 4096, 14336, 24576),
-                         [](const auto& info) { return std::string("n").append(std::to_string(info.param)); });
+                         size_param_name);
 
 // T (sign ∘ pre(x)) of `batch` rows of x (row stride ld, [gate | up] for SwiGlu), with the
 // pre-operations as transform_kernels.cuh defines them (RMSNorm eps 1e-5).

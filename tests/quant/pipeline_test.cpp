@@ -75,6 +75,15 @@ std::vector<float> quantized_weights(const QuantizeSettings& s) {
   return all;
 }
 
+// quantized_weights of small_settings(bits) changed by set(settings): how the tests compare a
+// default with explicit settings.
+template <typename Set>
+std::vector<float> quantized_weights_with(double bits, Set set) {
+  QuantizeSettings s = small_settings(bits);
+  set(s);
+  return quantized_weights(s);
+}
+
 bool leftovers(const Fixture& f) {
   for (const auto& e : fs::directory_iterator(f.dir.path)) {
     const std::string n = e.path().filename().string();
@@ -167,10 +176,10 @@ TEST(QuantizePipeline, CorrectionsDefaultToOnBelowFourBitsAndOffAtFour) {
   // The default strengths (-1) mean 1 below 4 bits and 0 at 4 bits: the same checkpoints as
   // the explicit settings.
   auto dense_of = [](double bits, double asym, double residual) {
-    QuantizeSettings s = small_settings(bits);
-    s.asymmetric = asym;
-    s.residual_target = residual;
-    return quantized_weights(s);
+    return quantized_weights_with(bits, [&](QuantizeSettings& s) {
+      s.asymmetric = asym;
+      s.residual_target = residual;
+    });
   };
   EXPECT_EQ(dense_of(4, -1, -1), dense_of(4, 0, 0));
   EXPECT_EQ(dense_of(3, -1, -1), dense_of(3, 1, 1));
@@ -296,9 +305,7 @@ TEST(QuantizePipeline, CalibrationSizeAndListDecodingDefaultByWidth) {
 
   // The default is the same checkpoint as the explicit setting, and list decoding changes it.
   auto dense_of = [](double bits, int list_decode) {
-    QuantizeSettings s = small_settings(bits);
-    s.list_decode = list_decode;
-    return quantized_weights(s);
+    return quantized_weights_with(bits, [&](QuantizeSettings& s) { s.list_decode = list_decode; });
   };
   const auto d4 = dense_of(4, 0);
   EXPECT_EQ(d4, dense_of(4, 8));
@@ -325,9 +332,7 @@ TEST(QuantizePipeline, DampingDefaultByWidth) {
   EXPECT_LT(QuantizeSettings{}.damp, 0);
   // The default is the same checkpoint as the explicit value, and another value changes it.
   auto dense_of = [](double bits, double damp) {
-    QuantizeSettings s = small_settings(bits);
-    s.damp = damp;
-    return quantized_weights(s);
+    return quantized_weights_with(bits, [&](QuantizeSettings& s) { s.damp = damp; });
   };
   const auto d3 = dense_of(3, -1);
   EXPECT_EQ(d3, dense_of(3, 0.05));
