@@ -166,7 +166,7 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
              out: Optional[PathLike] = None, *, calib_seqs: int = 0, seq_len: int = 512,
              seed: int = 0x5EED, damp: Optional[float] = None, rht: bool = True, ldlq: bool = True,
              keep_head_16bit: bool = True, dtype_16bit: str = "float16", resume: bool = True,
-             overwrite: bool = False,
+             overwrite: bool = False, finetune_epochs: int = 0, finetune_lr: float = 1e-3,
              progress: Union[bool, Callable[[dict], None]] = True) -> dict:
     """Quantizes a model (GGUF file or Hugging Face directory) into a GLQ checkpoint at `out`.
 
@@ -175,6 +175,9 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     as `glq quantize` chooses: 64 at 3 bits, 32 otherwise).
     damp: relative Hessian damping (None: by width, as `glq quantize` chooses: 0.05 below 4 bits,
     0.01 at 4 bits).
+    finetune_epochs: after quantizing, tune the row and norm gains end to end toward the
+    unquantized model's next-token distributions for this many epochs (0: off; the report then
+    has a "finetune" entry with the held-out KL before and after); finetune_lr: Adam's step.
     progress: True prints progress to stderr, a callable receives each event as a dict
     ({"event": "note"|"step"|"layer", ...}), False is silent. Ctrl-C stops the run; the layers
     already done stay in OUT.partial/ and a later call with the same settings resumes there.
@@ -191,7 +194,8 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
         cb = progress
     return _glq.quantize(os.fspath(model_path), os.fspath(calib), os.fspath(out), float(bits),
                          calib_seqs, seq_len, seed, -1.0 if damp is None else float(damp), rht, ldlq,
-                         keep_head_16bit, dtype_16bit, resume, overwrite, cb)
+                         keep_head_16bit, dtype_16bit, resume, overwrite, int(finetune_epochs),
+                         float(finetune_lr), cb)
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ void bind_quantize(py::module_& m) {
       "quantize",
       [](const std::string& model_path, const std::string& calib_path, const std::string& out_dir, double bits,
          int calib_seqs, int seq_len, uint64_t seed, double damp, bool rht, bool ldlq, bool keep_head_16bit,
-         const std::string& dtype_16bit, bool resume, bool overwrite, py::object progress) {
+         const std::string& dtype_16bit, bool resume, bool overwrite, int finetune_epochs, double finetune_lr,
+         py::object progress) {
         model::QuantizeSettings s;
         s.bits = bits;
         s.calib_seqs = calib_seqs;
@@ -52,6 +53,8 @@ void bind_quantize(py::module_& m) {
         s.dtype_16bit = dtype_16bit;
         s.resume = resume;
         s.overwrite = overwrite;
+        s.finetune_epochs = finetune_epochs;
+        s.finetune_lr = finetune_lr;
         model::QuantizeProgress p;
         p.note = [&](const std::string& message) {
           py::gil_scoped_acquire gil;
@@ -102,13 +105,22 @@ void bind_quantize(py::module_& m) {
         d["file_bpw"] = r.file_bpw;
         d["seconds"] = r.seconds;
         d["resumed_layers"] = r.resumed_layers;
+        if (r.finetuned) {
+          py::dict ft;
+          ft["heldout_kl_before"] = r.finetune_kl_before;
+          ft["heldout_kl_after"] = r.finetune_kl_after;
+          ft["epochs_run"] = r.finetune_epochs_run;
+          ft["best_epoch"] = r.finetune_best_epoch;
+          ft["seconds"] = r.finetune_seconds;
+          d["finetune"] = ft;
+        }
         return d;
       },
       py::arg("model_path"), py::arg("calib_path"), py::arg("out_dir"), py::arg("bits") = 2.0,
       py::arg("calib_seqs") = 0, py::arg("seq_len") = 512, py::arg("seed") = 0x5eed, py::arg("damp") = -1.0,
       py::arg("rht") = true, py::arg("ldlq") = true, py::arg("keep_head_16bit") = true,
       py::arg("dtype_16bit") = "float16", py::arg("resume") = true, py::arg("overwrite") = false,
-      py::arg("progress") = py::none(),
+      py::arg("finetune_epochs") = 0, py::arg("finetune_lr") = 1e-3, py::arg("progress") = py::none(),
       "Quantizes a GGUF file or Hugging Face directory into a GLQ checkpoint directory; returns the report.");
 }
 

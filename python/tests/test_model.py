@@ -168,6 +168,23 @@ def test_quantize_stops_on_callback_error_and_resumes(tiny_model_dir, calib_file
     assert glq.load(out).linear(1, "q_proj").bits == 2
 
 
+def test_quantize_finetune(tiny_model_dir, calib_file, tmp_path):
+    out = tmp_path / "tuned"
+    events = []
+    r = glq.quantize(tiny_model_dir, bits=2, calib=calib_file, out=out, calib_seqs=4, seq_len=48,
+                     finetune_epochs=2, finetune_lr=0.01, progress=events.append)
+    ft = r["finetune"]
+    assert ft["heldout_kl_before"] > 0 and ft["heldout_kl_after"] <= ft["heldout_kl_before"]
+    assert 1 <= ft["epochs_run"] <= 2
+    assert any(e["event"] == "note" and e["message"].startswith("finetune epoch") for e in events)
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["finetune"]["epochs"] == 2
+    assert np.isfinite(glq.load(out).logits([1, 2, 3])).all()
+    plain = glq.quantize(tiny_model_dir, bits=2, calib=calib_file, out=tmp_path / "plain", calib_seqs=4,
+                         seq_len=48, progress=False)
+    assert "finetune" not in plain
+
+
 def test_quantize_errors(tiny_model_dir, calib_file, tmp_path):
     with pytest.raises(RuntimeError, match="missing.txt"):
         glq.quantize(tiny_model_dir, bits=2, calib=tmp_path / "missing.txt", out=tmp_path / "o", progress=False)

@@ -81,12 +81,13 @@ int run_quantize(QuantizeArgs& a) {
   auto strength = [](double v) { return v < 0 ? std::string("1 below 4 bits, 0 at 4 bits") : fmt::format("{:g}", v); };
   fmt::print(stderr,
              "glq: quantizing {} to {:g} bits per weight (calibration {} x {} tokens of {}, seed {:#x}, damp {:g}, RHT {}, LDLQ {}, "
-             "true-sequential {}, asymmetric target {}, residual target {}, scale refit {}, list decoding {})\n",
+             "true-sequential {}, asymmetric target {}, residual target {}, scale refit {}, list decoding {}{})\n",
              a.model, a.s.bits, a.s.calib_seqs != 0 ? a.s.calib_seqs : model::default_calib_seqs(a.s.bits), a.s.seq_len, a.calib, a.s.seed,
              a.s.damp >= 0 ? a.s.damp : model::default_damp(a.s.bits), a.s.rht ? "on" : "off",
              a.s.ldlq ? "on" : "off", a.s.true_sequential ? "on" : "off", strength(a.s.asymmetric), strength(a.s.residual_target),
              a.s.refit_scales ? "on" : "off",
-             list_decode > 1 ? fmt::format("{} candidates", list_decode) : std::string("off"));
+             list_decode > 1 ? fmt::format("{} candidates", list_decode) : std::string("off"),
+             a.s.finetune_epochs > 0 ? fmt::format(", finetune {} epochs at lr {:g}", a.s.finetune_epochs, a.s.finetune_lr) : "");
   const model::QuantizeResult r = model::quantize_model_files(a.model, a.calib, a.out, a.s, p);
 
   fmt::print(stderr, "\n{:<40} {:>4} {:>11} {:>11} {:>10}\n", "linear", "bits", "proxy loss", "rel. error", "KiB");
@@ -109,6 +110,9 @@ int run_quantize(QuantizeArgs& a) {
              r.out_dir, duration(r.seconds), r.resumed_layers ? fmt::format(" ({} layers resumed)", r.resumed_layers) : "",
              r.linears.size(), r.linear_weights / 1e6, mix, r.linears.empty() ? 0.0 : sum_proxy / r.linears.size(),
              r.linear_bytes / 1048576.0, r.linear_bpw, r.file_bytes / 1048576.0, r.file_bpw, r.total_weights / 1e6);
+  if (r.finetuned)
+    fmt::print(stderr, "glq: finetune: held-out KL to the unquantized model {:.5f} -> {:.5f} nats/token (epoch {} of {} kept, {})\n",
+               r.finetune_kl_before, r.finetune_kl_after, r.finetune_best_epoch, r.finetune_epochs_run, duration(r.finetune_seconds));
   if (a.json) {
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : r.linears)
@@ -118,6 +122,10 @@ int run_quantize(QuantizeArgs& a) {
                         {"file_bytes", r.file_bytes}, {"linear_bytes", r.linear_bytes}, {"linear_weights", r.linear_weights},
                         {"total_weights", r.total_weights}, {"linear_bpw", r.linear_bpw}, {"file_bpw", r.file_bpw},
                         {"resumed_layers", r.resumed_layers}, {"linears", layers}};
+    if (r.finetuned)
+      j["finetune"] = {{"heldout_kl_before", r.finetune_kl_before}, {"heldout_kl_after", r.finetune_kl_after},
+                       {"epochs_run", r.finetune_epochs_run},       {"best_epoch", r.finetune_best_epoch},
+                       {"seconds", r.finetune_seconds}};
     fmt::print("{}\n", j.dump());
   }
   return 0;
@@ -174,6 +182,15 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
                  "off below)")
       ->capture_default_str()
       ->check(CLI::Range(0, 64));
+  app.add_option("--finetune-epochs", a->s.finetune_epochs,
+                 "after quantizing, tune every row's scale gain and every norm gain end to end toward the unquantized "
+                 "model's next-token distributions on the calibration windows, for this many epochs (0: off); the "
+                 "gains of the epoch with the least held-out KL are kept")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100));
+  app.add_option("--finetune-lr", a->s.finetune_lr, "Adam step size of the tuning (the gains start at 1)")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-6, 1.0));
   app.add_flag("--keep-head-fp16,!--quantize-head", a->s.keep_head_16bit,
                "keep lm_head in 16 bits (default: on); --quantize-head quantizes it at ceil(bits)")
       ->capture_default_str();

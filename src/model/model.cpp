@@ -361,6 +361,12 @@ void Model::run_layer(int i, float* hidden, int tokens, const LinearHook* hook) 
   layer_step(config_, L, i, rope_inv_freq_, hidden, tokens, std::span<const SeqSlice>(&s, 1), hook, *pool_);
 }
 
+void Model::set_final_norm(std::vector<float> w) {
+  if (static_cast<int>(w.size()) != config_.hidden_size)
+    throw_mismatch("final norm length", std::to_string(config_.hidden_size), std::to_string(w.size()));
+  final_norm_ = std::move(w);
+}
+
 void Model::final_logits(const float* hidden, int tokens, float* logits) const {
   if (tokens <= 0) return;
   const int h = config_.hidden_size;

@@ -22,6 +22,7 @@
 #include "glq/format/quantization_config.hpp"
 #include "glq/format/quantized_tensors.hpp"
 #include "glq/format/safetensors_io.hpp"
+#include "glq/model/finetune.hpp"
 #include "glq/model/glq_checkpoint.hpp"
 #include "model/quantize_weights.hpp"
 
@@ -302,6 +303,60 @@ std::vector<float> rms_norm_rows(const float* x, int tokens, int h, const std::v
   return out;
 }
 
+format::StTensorData f32_tensor(const std::string& name, const std::vector<float>& v) {
+  format::StTensorData t;
+  t.spec = {name, format::StDType::F32, {static_cast<int64_t>(v.size())}};
+  t.bytes.resize(v.size() * 4);
+  std::memcpy(t.bytes.data(), v.data(), t.bytes.size());
+  return t;
+}
+
+// The tuned gains of a finished end-to-end tuning, kept in OUT.partial/ so that a resumed run
+// does not tune again.
+void write_finetune(const std::string& path, const FinetuneResult& r) {
+  std::vector<format::StTensorData> ts;
+  for (size_t i = 0; i < r.row_gain.size(); ++i)
+    if (!r.row_gain[i].empty()) ts.push_back(f32_tensor(fmt::format("row_gain.{}.{}", i / 7, i % 7), r.row_gain[i]));
+  for (size_t l = 0; l < r.attn_norm.size(); ++l) {
+    ts.push_back(f32_tensor(fmt::format("attn_norm.{}", l), r.attn_norm[l]));
+    ts.push_back(f32_tensor(fmt::format("mlp_norm.{}", l), r.mlp_norm[l]));
+  }
+  ts.push_back(f32_tensor("final_norm", r.final_norm));
+  const nlohmann::json meta = {{"kl_before", r.kl_before},   {"kl_after", r.kl_after},     {"epochs_run", r.epochs_run},
+                               {"best_epoch", r.best_epoch}, {"seconds", r.seconds},       {"train_kl_first", r.train_kl_first}};
+  format::write_safetensors_atomic(path, ts, {{"finetune", meta.dump()}});
+}
+
+FinetuneResult read_finetune(const std::string& path, const Model& model) {
+  const format::SafetensorsReader f(path);
+  const int L = model.num_layers();
+  const int64_t h = model.hidden_size();
+  FinetuneResult r;
+  r.row_gain.resize(static_cast<size_t>(L) * 7);
+  for (int l = 0; l < L; ++l)
+    for (LinearKind k : kAllLinearKinds) {
+      const int64_t shape[] = {model.layer(l).linear(k).rows()};
+      r.row_gain[static_cast<size_t>(l) * 7 + static_cast<size_t>(k)] =
+          format::copy_f32(f.get(fmt::format("row_gain.{}.{}", l, static_cast<int>(k)), format::StDType::F32, shape));
+    }
+  const int64_t hs[] = {h};
+  for (int l = 0; l < L; ++l) {
+    r.attn_norm.push_back(format::copy_f32(f.get(fmt::format("attn_norm.{}", l), format::StDType::F32, hs)));
+    r.mlp_norm.push_back(format::copy_f32(f.get(fmt::format("mlp_norm.{}", l), format::StDType::F32, hs)));
+  }
+  r.final_norm = format::copy_f32(f.get("final_norm", format::StDType::F32, hs));
+  const auto meta = f.metadata().find("finetune");
+  if (meta == f.metadata().end()) throw_format(path, "no 'finetune' metadata");
+  const auto j = nlohmann::json::parse(meta->second);
+  r.kl_before = j.at("kl_before");
+  r.kl_after = j.at("kl_after");
+  r.epochs_run = j.at("epochs_run");
+  r.best_epoch = j.at("best_epoch");
+  r.seconds = j.at("seconds");
+  r.train_kl_first = j.at("train_kl_first");
+  return r;
+}
+
 }  // namespace
 
 std::vector<double> default_scale_search(int bits) {
@@ -417,6 +472,13 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   quantize_weights::check_finite_weights(model);
   const bool head_tied = quantize_weights::head_is_embedding(model);
   const bool quantize_head = !s.keep_head_16bit;
+  const bool ft = s.finetune_epochs > 0;
+  if (ft && quantize_head)
+    throw_unsupported("--finetune-epochs tunes against the 16-bit output head; it cannot be combined with --quantize-head");
+  if (ft && !(s.finetune_lr > 0 && std::isfinite(s.finetune_lr)))
+    throw_invalid(fmt::format("--finetune-lr must be positive, got {}", s.finetune_lr));
+  if (ft && calibration.size() < 2)
+    throw_invalid(fmt::format("--finetune-epochs needs at least 2 calibration windows, got {}", calibration.size()));
   if (quantize_head && (cfg.vocab_size % 8 || cfg.hidden_size % 8))
     throw_unsupported(fmt::format("lm_head {}x{} cannot be quantized: both dimensions must be multiples of 8", cfg.vocab_size, cfg.hidden_size));
 
@@ -445,6 +507,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
                              {"refit_scales", s.refit_scales}, {"residual_target", s.residual_target},
                              {"scale_search", s.scale_search}};
   if (list_decode_of(s) > 1) manifest["list_decode"] = list_decode_of(s);
+  if (ft) manifest["finetune"] = {{"epochs", s.finetune_epochs}, {"lr", s.finetune_lr}};
   const fs::path manifest_path = partial / "manifest.json";
   if (fs::exists(manifest_path)) {
     const nlohmann::json old = read_json_file(manifest_path);
@@ -542,8 +605,10 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     asym = asym || correction_strength(s.asymmetric, j.bits) != 0 || correction_strength(s.residual_target, j.bits) != 0;
     residual = residual || correction_strength(s.residual_target, j.bits) != 0;
   }
+  // (Also the end-to-end tuning's teacher: the unquantized final hidden states.)
   std::vector<std::vector<float>> hidden_fp;
-  if (asym) hidden_fp = hidden;
+  if (asym || ft) hidden_fp = hidden;
+  const std::vector<float> final_norm_fp = model.final_norm();
   const auto t_layers = Clock::now();
   int quantized_here = 0;
   double quantize_seconds = 0;
@@ -557,7 +622,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     std::vector<LinearReport> layer_reports;
     if (fs::exists(layer_file)) {
       // Done by an earlier run: install its result and move on.
-      if (asym) run_layer_all(model, i, hidden_fp, seq_len, nullptr);  // still the unquantized layer
+      if (asym || ft) run_layer_all(model, i, hidden_fp, seq_len, nullptr);  // still the unquantized layer
       const format::SafetensorsReader f(layer_file.string());
       const auto meta = f.metadata().find("reports");
       if (meta == f.metadata().end()) throw_format(layer_file.string(), "no 'reports' metadata");
@@ -576,6 +641,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       // targets, before any of its linears is replaced.
       LayerInputs fp_inputs;
       if (asym) fp_inputs = run_layer_capture(model, i, hidden_fp, seq_len, residual);
+      else if (ft) run_layer_all(model, i, hidden_fp, seq_len, nullptr);
       std::vector<format::StTensorData> tensors;
       for (const auto& group : linear_groups(s.true_sequential)) {
         std::map<LinearKind, HessianAccumulator> hs;
@@ -678,6 +744,37 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     note(fmt::format("lm_head: {} bits, proxy loss {:.4g}, relative weight error {:.4g}", r.bits, r.proxy_loss, r.relative_weight_error));
   }
 
+  // ---- end-to-end tuning of the row and norm gains ----
+  if (ft) {
+    hidden.clear();
+    hidden.shrink_to_fit();
+    const fs::path ft_file = partial / "finetune.safetensors";
+    FinetuneResult fr;
+    if (fs::exists(ft_file)) {
+      fr = read_finetune(ft_file.string(), model);
+      note(fmt::format("finetune: resumed from {}", ft_file.string()));
+    } else {
+      FinetuneSettings fs_;
+      fs_.epochs = s.finetune_epochs;
+      fs_.lr = s.finetune_lr;
+      fs_.seed = s.seed;
+      FinetuneProgress fp;
+      fp.note = progress.note;
+      fp.step = progress.step;
+      fr = finetune(model, calibration, hidden_fp, final_norm_fp, fs_, fp);
+      write_finetune(ft_file.string(), fr);
+    }
+    apply_finetune(model, fr);
+    result.finetuned = true;
+    result.finetune_kl_before = fr.kl_before;
+    result.finetune_kl_after = fr.kl_after;
+    result.finetune_epochs_run = fr.epochs_run;
+    result.finetune_best_epoch = fr.best_epoch;
+    result.finetune_seconds = fr.seconds;
+    note(fmt::format("finetune: held-out KL {:.5f} -> {:.5f} nats/token (epoch {} of {} kept)", fr.kl_before, fr.kl_after,
+                     fr.best_epoch, fr.epochs_run));
+  }
+
   // ---- assemble the checkpoint in a temporary directory, then rename it into place ----
   note("writing the checkpoint");
   const fs::path tmp = fs::path(fmt::format("{}.tmp-{}", out_dir, static_cast<long>(::getpid())));
@@ -713,10 +810,29 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     } else if (!head_tied) {
       add_kept("lm_head.weight", quantize_weights::head_rows(model), {cfg.vocab_size, h});
     }
+    // Tuned stage scales (finetune) replace the stored ones.
+    std::map<std::string, const std::vector<float>*> tuned;
+    if (ft)
+      for (const Job& j : jobs)
+        if (const auto* q = model.layer(j.layer).linear(j.kind).quantized_weight())
+          for (size_t st = 0; st < q->stages.size(); ++st)
+            tuned[format::glq_scales_name(j.name, static_cast<int>(st))] = &q->stages[st].scales;
     for (const auto& p : parts)
       for (const auto& t : p->tensors()) {
         const format::StTensorView* view = &t;
-        items.push_back({{t.name, t.dtype, t.shape}, [view] { return format::copy_bytes(*view); }});
+        const auto it = tuned.find(t.name);
+        if (it != tuned.end()) {
+          const std::vector<float>* v = it->second;
+          if (t.dtype != format::StDType::F32 || format::StTensorSpec{t.name, t.dtype, t.shape}.numel() != static_cast<int64_t>(v->size()))
+            throw Error(ErrorKind::Internal, fmt::format("{}: tuned scales do not match the stored tensor", t.name));
+          items.push_back({{t.name, t.dtype, t.shape}, [v] {
+                             std::vector<uint8_t> b(v->size() * 4);
+                             std::memcpy(b.data(), v->data(), b.size());
+                             return b;
+                           }});
+        } else {
+          items.push_back({{t.name, t.dtype, t.shape}, [view] { return format::copy_bytes(*view); }});
+        }
       }
     // Widest elements first: with the header padded to 8 bytes, every tensor is then aligned
     // to its element size inside the file.
@@ -750,6 +866,13 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     config.erase("quantization_config");
     config["torch_dtype"] = s.dtype_16bit;
     config["quantization_config"] = format::to_json(qc);
+    if (ft)
+      config["quantization_config"]["finetune"] = {{"epochs", s.finetune_epochs},
+                                                   {"lr", s.finetune_lr},
+                                                   {"epochs_run", result.finetune_epochs_run},
+                                                   {"best_epoch", result.finetune_best_epoch},
+                                                   {"heldout_kl_before", result.finetune_kl_before},
+                                                   {"heldout_kl_after", result.finetune_kl_after}};
     write_json_atomic(tmp / "config.json", config.dump(2));
     if (source.write_tokenizer) source.write_tokenizer(tmp.string());
     fsync_dir(tmp);

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "glq/error.hpp"
 #include "glq/format/safetensors_io.hpp"
@@ -270,6 +271,73 @@ TEST(QuantizePipeline, InterruptedRunResumesAndMatchesAnUninterruptedOne) {
   over.overwrite = true;
   quantize_model_files(f.model, f.calib, f.out, over);
   EXPECT_EQ(summarize_glq_checkpoint(f.out).quant.linears[0].bits, 4);
+}
+
+// End-to-end tuning inside the pipeline: the held-out KL does not rise, the checkpoint keeps the
+// codes of the untuned run and stores tuned scales and norms that load and run, the config
+// records the tuning, a run interrupted after tuning resumes without tuning again, and a
+// quantized head is refused.
+TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
+  Fixture f({.layers = 2}, 12000);
+  QuantizeSettings s = small_settings(2);
+  s.calib_seqs = 8;
+  const std::string plain = f.dir.file("plain");
+  quantize_model_files(f.model, f.calib, plain, s);
+  s.finetune_epochs = 3;
+  s.finetune_lr = 0.01;
+  QuantizeProgress stop_at_assembly;
+  bool tuned = false;
+  stop_at_assembly.note = [&](const std::string& m) {
+    if (m.rfind("finetune: held-out KL", 0) == 0) tuned = true;
+    if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stop_at_assembly), std::runtime_error);
+  EXPECT_TRUE(tuned);
+  ASSERT_TRUE(fs::exists(f.out + ".partial/finetune.safetensors"));
+  bool retuned = false, resumed = false;
+  QuantizeProgress watch;
+  watch.note = [&](const std::string& m) {
+    if (m.rfind("finetune: resumed", 0) == 0) resumed = true;
+    if (m.rfind("finetune epoch", 0) == 0 || m.find("held-out windows") != std::string::npos) retuned = true;
+  };
+  const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, s, watch);
+  EXPECT_TRUE(resumed);
+  EXPECT_FALSE(retuned) << "the resumed run reuses the finished tuning";
+  ASSERT_TRUE(r.finetuned);
+  EXPECT_GT(r.finetune_kl_before, 0.0);
+  EXPECT_LE(r.finetune_kl_after, r.finetune_kl_before);
+  EXPECT_GE(r.finetune_epochs_run, 1);
+
+  std::ifstream cfg_in(f.out + "/config.json");
+  const auto cfg = nlohmann::json::parse(cfg_in);
+  ASSERT_TRUE(cfg["quantization_config"].contains("finetune"));
+  EXPECT_EQ(cfg["quantization_config"]["finetune"]["epochs"], 3);
+  EXPECT_EQ(cfg["quantization_config"]["finetune"]["heldout_kl_after"].get<double>(), r.finetune_kl_after);
+
+  auto tuned_model = load_model(f.out);
+  auto plain_model = load_model(plain);
+  bool scales_differ = false, norms_differ = false;
+  for (int i = 0; i < 2; ++i) {
+    for (LinearKind k : kAllLinearKinds) {
+      const auto* a = tuned_model->layer(i).linear(k).quantized_weight();
+      const auto* b = plain_model->layer(i).linear(k).quantized_weight();
+      ASSERT_TRUE(a && b);
+      for (size_t st = 0; st < a->stages.size(); ++st) {
+        EXPECT_EQ(a->stages[st].codes, b->stages[st].codes) << "tuning keeps the codes";
+        scales_differ = scales_differ || a->stages[st].scales != b->stages[st].scales;
+      }
+    }
+    norms_differ = norms_differ || tuned_model->layer(i).attn_norm != plain_model->layer(i).attn_norm;
+  }
+  EXPECT_TRUE(scales_differ);
+  EXPECT_TRUE(norms_differ);
+  const std::vector<int32_t> tokens = tuned_model->tokenizer().encode("the tuned model still runs on eight numbers");
+  const auto lt = logits_of(*tuned_model, tokens);
+  for (float v : lt) ASSERT_TRUE(std::isfinite(v));
+
+  QuantizeSettings head = s;
+  head.keep_head_16bit = false;
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.dir.file("head"), head), Error);
 }
 
 void expect_error(const std::function<void()>& fn, ErrorKind kind, const std::string& needle) {

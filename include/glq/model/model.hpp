@@ -93,6 +93,7 @@ class Model {
   // Rows [first, first + count) of the embedding (count, hidden), from the table or the file.
   void embedding_rows(int64_t first, int64_t count, float* out) const;
   const std::vector<float>& final_norm() const { return final_norm_; }  // (hidden)
+  void set_final_norm(std::vector<float> w);  // throws InvalidArgument unless (hidden)
   Linear& lm_head() { return lm_head_; }                                // (vocab, hidden)
   const Linear& lm_head() const { return lm_head_; }
   // RoPE inverse frequencies (head_dim / 2), frequency scaling applied (for other engines).

@@ -71,6 +71,10 @@ struct QuantizeSettings {
   // error (unquantized minus quantized model) that their inputs predict (asymmetric_target's R).
   // Negative (the default): 1 below 4 bits, 0 at 4 bits, as `asymmetric`.
   double residual_target = -1;
+  // End-to-end tuning of the row gains and norm gains after all layers are quantized
+  // (glq/model/finetune.hpp): epochs over the calibration windows (0: off) and Adam's step.
+  int finetune_epochs = 0;
+  double finetune_lr = 1e-3;
   bool keep_head_16bit = true;   // false: lm_head is quantized too (at the nearest width)
   std::string dtype_16bit = "float16";  // "float16" | "bfloat16" | "float32" for kept tensors
   bool resume = true;            // reuse OUT.partial/ from an interrupted run with equal settings
@@ -112,6 +116,12 @@ struct QuantizeResult {
   double file_bpw = 0;            // 8·file_bytes / total_weights
   double seconds = 0;
   int resumed_layers = 0;
+  // End-to-end tuning (finetune_epochs > 0): held-out KL to the unquantized model before and
+  // after (nats per token), the epochs run, the epoch kept (0: none), its seconds.
+  bool finetuned = false;
+  double finetune_kl_before = 0, finetune_kl_after = 0;
+  int finetune_epochs_run = 0, finetune_best_epoch = 0;
+  double finetune_seconds = 0;
 };
 
 // Progress events (all optional). `eta_s` < 0 when unknown.

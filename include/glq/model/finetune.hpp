@@ -1,0 +1,81 @@
+// End-to-end tuning of a quantized model's continuous parameters (after `glq quantize` has fixed
+// its codes): every quantized linear's per-row gain (one factor on all stage scales of a row) and
+// every RMSNorm gain, fitted to the unquantized model's next-token distributions on the
+// calibration windows.
+//
+//   loss = mean over tokens of KL(p_fp ‖ p_q),   p = softmax(logits)
+//
+// p_fp comes from the unquantized model's final hidden states (computed by the quantizer as it
+// goes) through its own final norm and head; p_q from the quantized model run here in float32
+// with each quantized linear dequantized once (W_r ← γ_r · W_r, γ the tuned row gains) and each
+// norm gain g ← g₀ ∘ β. Gradients come from a hand-written backward pass of the Llama layer
+// (RMSNorm, RoPE, causal grouped-query attention, SwiGLU, residuals) with one layer's
+// activations recomputed at a time (only each layer's input is kept per window), and Adam
+// updates all factors (initialised to 1) once per window, its step decaying linearly to a tenth.
+// A share of the windows is held out: the held-out KL is measured before tuning and after every
+// epoch, the factors of the best epoch are kept (none if no epoch lowers it, so tuning never
+// makes the held-out fit worse), and tuning stops after two epochs in a row without a better one.
+//
+// The codes are not changed, nor the format: the gains are folded into the stored stage scales
+// and norm weights.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "glq/model/model.hpp"
+
+namespace glq::model {
+
+struct FinetuneSettings {
+  int epochs = 0;          // passes over the training windows (0: off)
+  double lr = 1e-3;        // Adam step size on the factors (which start at 1)
+  int holdout = 0;         // held-out windows (0: max(1, windows / 8))
+  uint64_t seed = 0x5eed;  // order of the windows in each epoch
+};
+
+// The tuned factors, in the model's order: row_gain[7·layer + kind] (rows of that linear;
+// empty for a linear that is not quantized), attn_norm / mlp_norm / final_norm the new gains.
+struct FinetuneResult {
+  std::vector<std::vector<float>> row_gain;
+  std::vector<std::vector<float>> attn_norm, mlp_norm;
+  std::vector<float> final_norm;
+  double kl_before = 0;       // held-out KL (nats per token) before tuning
+  double kl_after = 0;        // held-out KL of the kept factors
+  double train_kl_first = 0;  // mean training KL of the first epoch
+  int epochs_run = 0;         // epochs run (early stop when the held-out KL rises)
+  int best_epoch = 0;         // epoch whose factors are kept (0: none, the model is unchanged)
+  double seconds = 0;
+};
+
+struct FinetuneProgress {
+  std::function<void(const std::string& message)> note;
+  std::function<void(int done, int total, const std::string& what, double eta_s)> step;
+};
+
+// Tunes `model` (its linears quantized, or dense: dense ones keep their weights and get no gain)
+// on the windows `tokens` (each of the same length), against the unquantized final hidden
+// states `teacher_hidden` (one (length, hidden) block per window) and the unquantized final norm
+// weight. The output head (dense, or 16-bit) is shared by both and not tuned. Does not modify
+// the model; apply_finetune() does.
+FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_t>>& tokens,
+                        const std::vector<std::vector<float>>& teacher_hidden, const std::vector<float>& teacher_final_norm,
+                        const FinetuneSettings& settings, const FinetuneProgress& progress = {});
+
+// Folds the result into the model: row gains into the stage scales of its quantized linears,
+// the norm gains in place of the old ones.
+void apply_finetune(Model& model, const FinetuneResult& r);
+
+// ---- for tests -----------------------------------------------------------------------------
+// The loss above for one window with all factors 1 plus `delta` at flat parameter index `index`
+// (the order of finetune_parameter_count), in double precision, and its gradient (all
+// parameters) when `grad` is not null. Dense linears only (tests build such models).
+double finetune_loss_double(const Model& model, std::span<const int32_t> tokens, std::span<const float> teacher_hidden,
+                            const std::vector<float>& teacher_final_norm, int64_t index, double delta,
+                            std::vector<double>* grad);
+int64_t finetune_parameter_count(const Model& model);
+
+}  // namespace glq::model

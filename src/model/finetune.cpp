@@ -1,0 +1,559 @@
+// End-to-end tuning of row gains and norm gains (see glq/model/finetune.hpp).
+//
+// The network is run here on its own, in float (tuning) or double (the gradient tests), with
+// plain row-major (tokens, features) matrices and BLAS products; the forward pass is the one of
+// Model::run_layer (same RoPE, same causal grouped-query attention), which the tests check
+// against Model's logits. Flat parameter order: for each layer, the row gains of its linears in
+// kAllLinearKinds order, then the attention-norm and MLP-norm factors; then the final-norm
+// factors.
+#include "glq/model/finetune.hpp"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "glq/codec/quantized_matrix.hpp"
+#include "glq/error.hpp"
+
+namespace glq::model {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb, float beta,
+          float* c, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb,
+              beta, c, ldc);
+}
+void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b, int ldb,
+          double beta, double* c, int ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb,
+              beta, c, ldc);
+}
+
+template <typename S>
+std::vector<S> to_s(const float* p, size_t n) {
+  return std::vector<S>(p, p + n);
+}
+
+// n = x / rms(x) per row (no gain), r = 1 / rms.
+template <typename S>
+void rms_forward(const S* x, int T, int d, double eps, S* n, S* r) {
+  for (int t = 0; t < T; ++t) {
+    const S* xr = x + size_t(t) * d;
+    double ss = 0;
+    for (int i = 0; i < d; ++i) ss += double(xr[i]) * xr[i];
+    const S inv = S(1.0 / std::sqrt(ss / d + eps));
+    r[t] = inv;
+    for (int i = 0; i < d; ++i) n[size_t(t) * d + i] = xr[i] * inv;
+  }
+}
+
+// dx (+)= r · (dn − n · ⟨dn, n⟩ / d) per row.
+template <typename S>
+void rms_backward(const S* dn, const S* n, const S* r, int T, int d, S* dx, bool add) {
+  for (int t = 0; t < T; ++t) {
+    const S* g = dn + size_t(t) * d;
+    const S* nr = n + size_t(t) * d;
+    double dot = 0;
+    for (int i = 0; i < d; ++i) dot += double(g[i]) * nr[i];
+    const S m = S(dot / d);
+    S* o = dx + size_t(t) * d;
+    for (int i = 0; i < d; ++i) {
+      const S v = r[t] * (g[i] - nr[i] * m);
+      o[i] = add ? o[i] + v : v;
+    }
+  }
+}
+
+// RoPE in the "rotate half" form at positions 0..T-1 (angles in float32, as Model computes them);
+// inverse: the transpose (rotation by −angle).
+template <typename S>
+void rope(S* x, int T, int heads, int hd, const std::vector<float>& inv_freq, bool inverse) {
+  const int half = hd / 2;
+  std::vector<S> cs(half), sn(half);
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < half; ++i) {
+      const float a = float(t) * inv_freq[size_t(i)];
+      cs[size_t(i)] = S(std::cos(a));
+      sn[size_t(i)] = inverse ? -S(std::sin(a)) : S(std::sin(a));
+    }
+    for (int h = 0; h < heads; ++h) {
+      S* v = x + (size_t(t) * heads + h) * hd;
+      for (int i = 0; i < half; ++i) {
+        const S x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * cs[size_t(i)] - x2 * sn[size_t(i)];
+        v[i + half] = x2 * cs[size_t(i)] + x1 * sn[size_t(i)];
+      }
+    }
+  }
+}
+
+template <typename S>
+struct Net {
+  struct Lin {
+    int rows = 0, cols = 0;
+    std::vector<S> w;     // (rows, cols), without gains
+    std::vector<S> bias;  // (rows) or empty
+    int64_t off = 0;      // parameter offset of its row gains
+  };
+  struct Layer {
+    Lin lin[7];
+    std::vector<S> g1, g2;  // the model's norm weights (hidden)
+    int64_t off1 = 0, off2 = 0;
+  };
+  int L = 0, d = 0, qd = 0, kvd = 0, f = 0, hd = 0, H = 0, KV = 0, V = 0;
+  double eps = 1e-5;
+  std::vector<float> inv_freq;
+  std::vector<Layer> layers;
+  std::vector<S> gf;       // final norm weight
+  std::vector<S> gf_fp;    // the unquantized model's final norm weight (teacher)
+  int64_t offf = 0, nparams = 0;
+  std::vector<S> head;     // (V, d)
+
+  struct Cache {
+    std::vector<S> n1, r1, zq, zk, zv, q, k, v, P, attn, zo, n2, r2, zg, zu, g, u, act, zd;
+  };
+
+  // Builds the network from the model; quantized linears are dequantized.
+  Net(const Model& m, const std::vector<float>& teacher_final_norm) {
+    const ModelConfig& c = m.config();
+    L = c.num_layers;
+    d = c.hidden_size;
+    qd = c.q_dim();
+    kvd = c.kv_dim();
+    f = c.intermediate_size;
+    hd = c.head_dim;
+    H = c.num_heads;
+    KV = c.num_kv_heads;
+    V = c.vocab_size;
+    eps = c.norm_eps;
+    inv_freq = m.rope_inv_freq();
+    int64_t off = 0;
+    layers.resize(size_t(L));
+    for (int l = 0; l < L; ++l) {
+      const DecoderLayer& D = m.layer(l);
+      Layer& Y = layers[size_t(l)];
+      for (LinearKind k : kAllLinearKinds) {
+        const Linear& src = D.linear(k);
+        Lin& dst = Y.lin[int(k)];
+        dst.rows = src.rows();
+        dst.cols = src.cols();
+        std::vector<float> w;
+        if (src.quantized_weight()) w = codec::dequantize(*src.quantized_weight());
+        else if (src.dense_weight()) w.assign(src.dense_weight(), src.dense_weight() + size_t(src.rows()) * src.cols());
+        else w = src.to_dense();
+        dst.w = to_s<S>(w.data(), w.size());
+        dst.bias = to_s<S>(src.bias().data(), src.bias().size());
+        dst.off = off;
+        off += dst.rows;
+      }
+      Y.g1 = to_s<S>(D.attn_norm.data(), D.attn_norm.size());
+      Y.g2 = to_s<S>(D.mlp_norm.data(), D.mlp_norm.size());
+      Y.off1 = off;
+      off += d;
+      Y.off2 = off;
+      off += d;
+    }
+    gf = to_s<S>(m.final_norm().data(), m.final_norm().size());
+    gf_fp = to_s<S>(teacher_final_norm.data(), teacher_final_norm.size());
+    if (int(gf_fp.size()) != d) throw_mismatch("finetune: teacher final norm length", std::to_string(d), std::to_string(gf_fp.size()));
+    offf = off;
+    off += d;
+    nparams = off;
+    const Linear& hl = m.lm_head();
+    if (hl.rows() != V || hl.cols() != d) throw_invalid("finetune: the output head's shape does not match the vocabulary");
+    std::vector<float> hw;
+    if (hl.dense_weight()) hw.assign(hl.dense_weight(), hl.dense_weight() + size_t(V) * d);
+    else if (hl.is_quantized()) throw_unsupported("finetune: a quantized output head is not supported (keep it in 16 bits)");
+    else hw = hl.to_dense();
+    head = to_s<S>(hw.data(), hw.size());
+  }
+
+  // Y = (X Wᵀ) ∘ γ + b, Z = X Wᵀ.
+  void lin_forward(const Lin& l, const S* theta, const S* X, int T, S* Z, S* Y) const {
+    gemm(false, true, T, l.rows, l.cols, S(1), X, l.cols, l.w.data(), l.cols, S(0), Z, l.rows);
+    const S* gam = theta + l.off;
+    for (int t = 0; t < T; ++t)
+      for (int r = 0; r < l.rows; ++r) {
+        const size_t i = size_t(t) * l.rows + r;
+        Y[i] = Z[i] * gam[r] + (l.bias.empty() ? S(0) : l.bias[size_t(r)]);
+      }
+  }
+
+  // From dY: the row gains' gradient, dZ = dY ∘ γ (in place in dY), dX (+)= dZ W.
+  void lin_backward(const Lin& l, const S* theta, const S* Z, S* dY, int T, S* dX, bool add, S* grad) const {
+    const S* gam = theta + l.off;
+    S* gg = grad + l.off;
+    for (int t = 0; t < T; ++t)
+      for (int r = 0; r < l.rows; ++r) {
+        const size_t i = size_t(t) * l.rows + r;
+        gg[r] += dY[i] * Z[i];
+        dY[i] *= gam[r];
+      }
+    gemm(false, false, T, l.cols, l.rows, S(1), dY, l.rows, l.w.data(), l.cols, add ? S(1) : S(0), dX, l.cols);
+  }
+
+  // a = n ∘ g ∘ β.
+  void gain_forward(const S* n, const std::vector<S>& g, const S* beta, int T, S* a) const {
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < d; ++i) a[size_t(t) * d + i] = n[size_t(t) * d + i] * g[size_t(i)] * beta[i];
+  }
+  // From da: dβ += Σ da ∘ n ∘ g; dn = da ∘ g ∘ β (in place in da).
+  void gain_backward(const S* n, const std::vector<S>& g, const S* beta, int T, S* da, S* dbeta) const {
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < d; ++i) {
+        const size_t j = size_t(t) * d + i;
+        dbeta[i] += da[j] * n[j] * g[size_t(i)];
+        da[j] *= g[size_t(i)] * beta[i];
+      }
+  }
+
+  // Layer l applied to x (T, d) in place; the cache (if given) keeps what the backward needs.
+  void layer_forward(int l, const S* theta, S* x, int T, Cache& c) const {
+    const Layer& Y = layers[size_t(l)];
+    const size_t Td = size_t(T) * d;
+    c.n1.resize(Td);
+    c.r1.resize(static_cast<size_t>(T));
+    rms_forward(x, T, d, eps, c.n1.data(), c.r1.data());
+    std::vector<S> a(Td);
+    gain_forward(c.n1.data(), Y.g1, theta + Y.off1, T, a.data());
+    c.zq.resize(size_t(T) * qd);
+    c.q.resize(size_t(T) * qd);
+    c.zk.resize(size_t(T) * kvd);
+    c.k.resize(size_t(T) * kvd);
+    c.zv.resize(size_t(T) * kvd);
+    c.v.resize(size_t(T) * kvd);
+    lin_forward(Y.lin[int(LinearKind::Q)], theta, a.data(), T, c.zq.data(), c.q.data());
+    lin_forward(Y.lin[int(LinearKind::K)], theta, a.data(), T, c.zk.data(), c.k.data());
+    lin_forward(Y.lin[int(LinearKind::V)], theta, a.data(), T, c.zv.data(), c.v.data());
+    rope(c.q.data(), T, H, hd, inv_freq, false);
+    rope(c.k.data(), T, KV, hd, inv_freq, false);
+    // Causal attention per query head.
+    const int group = H / KV;
+    const S sc = S(1.0 / std::sqrt(double(hd)));
+    c.P.assign(size_t(H) * T * T, S(0));
+    c.attn.resize(size_t(T) * qd);
+    for (int h = 0; h < H; ++h) {
+      const int kh = h / group;
+      S* P = c.P.data() + size_t(h) * T * T;
+      gemm(false, true, T, T, hd, sc, c.q.data() + h * hd, qd, c.k.data() + kh * hd, kvd, S(0), P, T);
+      for (int t = 0; t < T; ++t) {
+        S* row = P + size_t(t) * T;
+        S mx = row[0];
+        for (int j = 1; j <= t; ++j) mx = std::max(mx, row[j]);
+        S sum = 0;
+        for (int j = 0; j <= t; ++j) sum += (row[j] = std::exp(row[j] - mx));
+        const S inv = S(1) / sum;
+        for (int j = 0; j <= t; ++j) row[j] *= inv;
+        for (int j = t + 1; j < T; ++j) row[j] = S(0);
+      }
+      gemm(false, false, T, hd, T, S(1), P, T, c.v.data() + kh * hd, kvd, S(0), c.attn.data() + h * hd, qd);
+    }
+    c.zo.resize(Td);
+    std::vector<S> yo(Td);
+    lin_forward(Y.lin[int(LinearKind::O)], theta, c.attn.data(), T, c.zo.data(), yo.data());
+    for (size_t i = 0; i < Td; ++i) x[i] += yo[i];
+    c.n2.resize(Td);
+    c.r2.resize(static_cast<size_t>(T));
+    rms_forward(x, T, d, eps, c.n2.data(), c.r2.data());
+    gain_forward(c.n2.data(), Y.g2, theta + Y.off2, T, a.data());
+    const size_t Tf = size_t(T) * f;
+    c.zg.resize(Tf);
+    c.g.resize(Tf);
+    c.zu.resize(Tf);
+    c.u.resize(Tf);
+    lin_forward(Y.lin[int(LinearKind::Gate)], theta, a.data(), T, c.zg.data(), c.g.data());
+    lin_forward(Y.lin[int(LinearKind::Up)], theta, a.data(), T, c.zu.data(), c.u.data());
+    c.act.resize(Tf);
+    for (size_t i = 0; i < Tf; ++i) c.act[i] = c.g[i] / (S(1) + std::exp(-c.g[i])) * c.u[i];
+    c.zd.resize(Td);
+    lin_forward(Y.lin[int(LinearKind::Down)], theta, c.act.data(), T, c.zd.data(), yo.data());
+    for (size_t i = 0; i < Td; ++i) x[i] += yo[i];
+  }
+
+  // dx: d(layer output) in, d(layer input) out. c from layer_forward of the same input.
+  void layer_backward(int l, const S* theta, Cache& c, S* dx, int T, S* grad) const {
+    const Layer& Y = layers[size_t(l)];
+    const size_t Td = size_t(T) * d, Tf = size_t(T) * f;
+    // MLP: x_out = x_mid + down(act).
+    std::vector<S> dy(dx, dx + Td);  // d(down output)
+    std::vector<S> dact(Tf);
+    lin_backward(Y.lin[int(LinearKind::Down)], theta, c.zd.data(), dy.data(), T, dact.data(), false, grad);
+    std::vector<S> dg(Tf), du(Tf);
+    for (size_t i = 0; i < Tf; ++i) {
+      const S g = c.g[i], s = S(1) / (S(1) + std::exp(-g));
+      du[i] = dact[i] * g * s;
+      dg[i] = dact[i] * c.u[i] * s * (S(1) + g * (S(1) - s));
+    }
+    std::vector<S> da(Td);
+    lin_backward(Y.lin[int(LinearKind::Gate)], theta, c.zg.data(), dg.data(), T, da.data(), false, grad);
+    lin_backward(Y.lin[int(LinearKind::Up)], theta, c.zu.data(), du.data(), T, da.data(), true, grad);
+    gain_backward(c.n2.data(), Y.g2, theta + Y.off2, T, da.data(), grad + Y.off2);
+    rms_backward(da.data(), c.n2.data(), c.r2.data(), T, d, dx, true);  // dx is now d(x_mid)
+    // Attention: x_mid = x_in + o(attn).
+    dy.assign(dx, dx + Td);
+    std::vector<S> dattn(size_t(T) * qd);
+    lin_backward(Y.lin[int(LinearKind::O)], theta, c.zo.data(), dy.data(), T, dattn.data(), false, grad);
+    std::vector<S> dq(size_t(T) * qd, S(0)), dk(size_t(T) * kvd, S(0)), dv(size_t(T) * kvd, S(0));
+    const int group = H / KV;
+    const S sc = S(1.0 / std::sqrt(double(hd)));
+    std::vector<S> dP(size_t(T) * T);
+    for (int h = 0; h < H; ++h) {
+      const int kh = h / group;
+      const S* P = c.P.data() + size_t(h) * T * T;
+      gemm(false, true, T, T, hd, S(1), dattn.data() + h * hd, qd, c.v.data() + kh * hd, kvd, S(0), dP.data(), T);
+      gemm(true, false, T, hd, T, S(1), P, T, dattn.data() + h * hd, qd, S(1), dv.data() + kh * hd, kvd);
+      for (int t = 0; t < T; ++t) {
+        S* dr = dP.data() + size_t(t) * T;
+        const S* pr = P + size_t(t) * T;
+        S dot = 0;
+        for (int j = 0; j <= t; ++j) dot += dr[j] * pr[j];
+        for (int j = 0; j <= t; ++j) dr[j] = pr[j] * (dr[j] - dot);
+        for (int j = t + 1; j < T; ++j) dr[j] = S(0);
+      }
+      gemm(false, false, T, hd, T, sc, dP.data(), T, c.k.data() + kh * hd, kvd, S(0), dq.data() + h * hd, qd);
+      gemm(true, false, T, hd, T, sc, dP.data(), T, c.q.data() + h * hd, qd, S(1), dk.data() + kh * hd, kvd);
+    }
+    rope(dq.data(), T, H, hd, inv_freq, true);
+    rope(dk.data(), T, KV, hd, inv_freq, true);
+    lin_backward(Y.lin[int(LinearKind::Q)], theta, c.zq.data(), dq.data(), T, da.data(), false, grad);
+    lin_backward(Y.lin[int(LinearKind::K)], theta, c.zk.data(), dk.data(), T, da.data(), true, grad);
+    lin_backward(Y.lin[int(LinearKind::V)], theta, c.zv.data(), dv.data(), T, da.data(), true, grad);
+    gain_backward(c.n1.data(), Y.g1, theta + Y.off1, T, da.data(), grad + Y.off1);
+    rms_backward(da.data(), c.n1.data(), c.r1.data(), T, d, dx, true);  // dx is now d(x_in)
+  }
+
+  // Mean KL(p_fp ‖ p_q) over the window's tokens; with grad, its gradient is added to grad.
+  // x0: the embedding rows (T, d); teacher: the unquantized final hidden states (T, d).
+  double loss(const S* theta, const S* x0, const float* teacher, int T, S* grad) const {
+    const size_t Td = size_t(T) * d;
+    std::vector<S> x(x0, x0 + Td);
+    std::vector<std::vector<S>> inputs;
+    Cache c;
+    for (int l = 0; l < L; ++l) {
+      if (grad) inputs.emplace_back(x);
+      layer_forward(l, theta, x.data(), T, c);
+    }
+    std::vector<S> nf(Td), rf(static_cast<size_t>(T)), af(Td), nt(Td), rt(static_cast<size_t>(T)), at(Td);
+    rms_forward(x.data(), T, d, eps, nf.data(), rf.data());
+    gain_forward(nf.data(), gf, theta + offf, T, af.data());
+    {
+      const std::vector<S> ts = to_s<S>(teacher, Td);
+      rms_forward(ts.data(), T, d, eps, nt.data(), rt.data());
+      for (size_t i = 0; i < Td; ++i) at[i] = nt[i] * gf_fp[i % size_t(d)];
+    }
+    std::vector<S> daf(grad ? Td : 0);
+    const int chunk = 32;
+    std::vector<S> ls(size_t(chunk) * V), lt(size_t(chunk) * V);
+    double kl = 0;
+    for (int t0 = 0; t0 < T; t0 += chunk) {
+      const int n = std::min(chunk, T - t0);
+      gemm(false, true, n, V, d, S(1), af.data() + size_t(t0) * d, d, head.data(), d, S(0), ls.data(), V);
+      gemm(false, true, n, V, d, S(1), at.data() + size_t(t0) * d, d, head.data(), d, S(0), lt.data(), V);
+      for (int r = 0; r < n; ++r) {
+        S* s = ls.data() + size_t(r) * V;
+        const S* tt = lt.data() + size_t(r) * V;
+        const S ms = *std::max_element(s, s + V), mt = *std::max_element(tt, tt + V);
+        double zs = 0, zt = 0;
+        for (int v = 0; v < V; ++v) {
+          zs += std::exp(double(s[v] - ms));
+          zt += std::exp(double(tt[v] - mt));
+        }
+        const double lzs = std::log(zs) + ms, lzt = std::log(zt) + mt;
+        double row = 0;
+        for (int v = 0; v < V; ++v) {
+          const double lpt = tt[v] - lzt, lps = s[v] - lzs, pt = std::exp(lpt);
+          row += pt * (lpt - lps);
+          if (grad) s[v] = S((std::exp(lps) - pt) / T);
+        }
+        kl += row;
+      }
+      if (grad) gemm(false, false, n, d, V, S(1), ls.data(), V, head.data(), d, S(0), daf.data() + size_t(t0) * d, d);
+    }
+    if (!grad) return kl / T;
+    std::vector<S> dx(Td, S(0));
+    gain_backward(nf.data(), gf, theta + offf, T, daf.data(), grad + offf);
+    rms_backward(daf.data(), nf.data(), rf.data(), T, d, dx.data(), false);
+    for (int l = L - 1; l >= 0; --l) {
+      std::vector<S> xl = inputs[size_t(l)];
+      layer_forward(l, theta, xl.data(), T, c);
+      layer_backward(l, theta, c, dx.data(), T, grad);
+    }
+    return kl / T;
+  }
+};
+
+template <typename S>
+std::vector<S> embed_s(const Model& m, std::span<const int32_t> tokens) {
+  std::vector<float> x(tokens.size() * size_t(m.hidden_size()));
+  m.embed(tokens, x.data());
+  return to_s<S>(x.data(), x.size());
+}
+
+}  // namespace
+
+int64_t finetune_parameter_count(const Model& model) {
+  const ModelConfig& c = model.config();
+  int64_t n = c.hidden_size;
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (LinearKind k : kAllLinearKinds) n += model.layer(l).linear(k).rows();
+    n += 2 * c.hidden_size;
+  }
+  return n;
+}
+
+double finetune_loss_double(const Model& model, std::span<const int32_t> tokens, std::span<const float> teacher_hidden,
+                            const std::vector<float>& teacher_final_norm, int64_t index, double delta,
+                            std::vector<double>* grad) {
+  const Net<double> net(model, teacher_final_norm);
+  std::vector<double> theta(size_t(net.nparams), 1.0);
+  if (index >= 0) theta.at(size_t(index)) += delta;
+  const int T = int(tokens.size());
+  if (teacher_hidden.size() != size_t(T) * net.d) throw_invalid("finetune_loss_double: teacher_hidden size");
+  const auto x0 = embed_s<double>(model, tokens);
+  if (grad) grad->assign(size_t(net.nparams), 0.0);
+  return net.loss(theta.data(), x0.data(), teacher_hidden.data(), T, grad ? grad->data() : nullptr);
+}
+
+FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_t>>& tokens,
+                        const std::vector<std::vector<float>>& teacher_hidden, const std::vector<float>& teacher_final_norm,
+                        const FinetuneSettings& s, const FinetuneProgress& progress) {
+  const auto t0 = Clock::now();
+  auto note = [&](const std::string& m) {
+    if (progress.note) progress.note(m);
+  };
+  const int N = int(tokens.size());
+  if (N < 2) throw_invalid(fmt::format("finetune: needs at least 2 calibration windows, got {}", N));
+  if (teacher_hidden.size() != tokens.size()) throw_invalid("finetune: one block of teacher hidden states per window");
+  if (s.lr <= 0 || !std::isfinite(s.lr)) throw_invalid(fmt::format("finetune: learning rate must be positive, got {}", s.lr));
+  const Net<float> net(model, teacher_final_norm);
+  for (int w = 0; w < N; ++w)
+    if (teacher_hidden[size_t(w)].size() != tokens[size_t(w)].size() * size_t(net.d))
+      throw_invalid(fmt::format("finetune: window {}: teacher hidden states of the wrong size", w));
+  const int holdout = s.holdout > 0 ? std::min(s.holdout, N - 1) : std::max(1, N / 8);
+  const int train = N - holdout;
+
+  std::vector<float> theta(size_t(net.nparams), 1.0f), best = theta, grad(theta.size());
+  std::vector<double> m1(theta.size(), 0.0), m2(theta.size(), 0.0);
+  auto held_out_kl = [&](const std::vector<float>& th) {
+    double sum = 0;
+    for (int w = train; w < N; ++w) {
+      const auto x0 = embed_s<float>(model, tokens[size_t(w)]);
+      sum += net.loss(th.data(), x0.data(), teacher_hidden[size_t(w)].data(), int(tokens[size_t(w)].size()), nullptr);
+    }
+    return sum / holdout;
+  };
+  FinetuneResult r;
+  r.kl_before = held_out_kl(theta);
+  double best_kl = r.kl_before;
+  note(fmt::format("finetune: {} parameters, {} training and {} held-out windows; held-out KL {:.5f} nats/token",
+                   net.nparams, train, holdout, r.kl_before));
+  std::vector<int> order(static_cast<size_t>(train));
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(s.seed);
+  const double b1 = 0.9, b2 = 0.999, adam_eps = 1e-8;
+  int64_t step = 0;
+  const int total = s.epochs * train;
+  const auto t_train = Clock::now();
+  for (int e = 1; e <= s.epochs; ++e) {
+    std::shuffle(order.begin(), order.end(), rng);
+    double train_sum = 0;
+    for (int i = 0; i < train; ++i) {
+      const int w = order[size_t(i)];
+      const auto x0 = embed_s<float>(model, tokens[size_t(w)]);
+      std::fill(grad.begin(), grad.end(), 0.0f);
+      train_sum += net.loss(theta.data(), x0.data(), teacher_hidden[size_t(w)].data(), int(tokens[size_t(w)].size()), grad.data());
+      ++step;
+      const double c1 = 1 - std::pow(b1, double(step)), c2 = 1 - std::pow(b2, double(step));
+      const double lr = s.lr * (1.0 - 0.9 * double(step - 1) / double(std::max(1, total)));  // linear decay to lr/10
+      for (size_t j = 0; j < theta.size(); ++j) {
+        const double g = grad[j];
+        if (!std::isfinite(g)) throw Error(ErrorKind::Internal, fmt::format("finetune: non-finite gradient at parameter {}", j));
+        m1[j] = b1 * m1[j] + (1 - b1) * g;
+        m2[j] = b2 * m2[j] + (1 - b2) * g * g;
+        theta[j] = float(theta[j] - lr * (m1[j] / c1) / (std::sqrt(m2[j] / c2) + adam_eps));
+      }
+      if (progress.step) {
+        const int done = (e - 1) * train + i + 1;
+        const double el = std::chrono::duration<double>(Clock::now() - t_train).count();
+        progress.step(done, total, fmt::format("finetune epoch {}/{}", e, s.epochs), el / done * (total - done));
+      }
+    }
+    const double kl = held_out_kl(theta);
+    if (e == 1) r.train_kl_first = train_sum / train;
+    r.epochs_run = e;
+    const bool better = kl < best_kl;
+    if (better) {
+      best_kl = kl;
+      best = theta;
+      r.best_epoch = e;
+    }
+    const bool stop = e - r.best_epoch >= 2;  // two epochs in a row without a better held-out fit
+    note(fmt::format("finetune epoch {}: training KL {:.5f}, held-out KL {:.5f}{}", e, train_sum / train, kl,
+                     better ? "" : stop ? " (not better twice: stopping)" : " (not better)"));
+    if (stop) break;
+  }
+  r.kl_after = best_kl;
+  // The kept factors as gains.
+  r.row_gain.resize(size_t(net.L) * 7);
+  r.attn_norm.resize(size_t(net.L));
+  r.mlp_norm.resize(size_t(net.L));
+  for (int l = 0; l < net.L; ++l) {
+    const auto& Y = net.layers[size_t(l)];
+    for (int k = 0; k < 7; ++k) {
+      const auto& lin = Y.lin[k];
+      r.row_gain[size_t(l) * 7 + k].assign(best.begin() + lin.off, best.begin() + lin.off + lin.rows);
+    }
+    r.attn_norm[size_t(l)].resize(size_t(net.d));
+    r.mlp_norm[size_t(l)].resize(size_t(net.d));
+    for (int i = 0; i < net.d; ++i) {
+      r.attn_norm[size_t(l)][size_t(i)] = Y.g1[size_t(i)] * best[size_t(Y.off1 + i)];
+      r.mlp_norm[size_t(l)][size_t(i)] = Y.g2[size_t(i)] * best[size_t(Y.off2 + i)];
+    }
+  }
+  r.final_norm.resize(size_t(net.d));
+  for (int i = 0; i < net.d; ++i) r.final_norm[size_t(i)] = net.gf[size_t(i)] * best[size_t(net.offf + i)];
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return r;
+}
+
+void apply_finetune(Model& model, const FinetuneResult& r) {
+  const int L = model.num_layers();
+  if (r.row_gain.size() != size_t(L) * 7 || r.attn_norm.size() != size_t(L) || r.mlp_norm.size() != size_t(L))
+    throw_invalid("apply_finetune: result does not match the model's layers");
+  for (int l = 0; l < L; ++l) {
+    DecoderLayer& D = model.layer(l);
+    for (LinearKind k : kAllLinearKinds) {
+      Linear& lin = D.linear(k);
+      const auto& gain = r.row_gain[size_t(l) * 7 + int(k)];
+      if (int(gain.size()) != lin.rows()) throw_invalid("apply_finetune: row gains of the wrong length");
+      const std::vector<float> bias(lin.bias().begin(), lin.bias().end());
+      if (const auto* q = lin.quantized_weight()) {
+        codec::QuantizedMatrix m = *q;
+        for (auto& st : m.stages)
+          for (int row = 0; row < m.rows; ++row) st.scales[size_t(row)] *= gain[size_t(row)];
+        lin = Linear::quantized(std::move(m), bias);
+      } else {
+        std::vector<float> w = lin.to_dense();
+        for (int row = 0; row < lin.rows(); ++row)
+          for (int col = 0; col < lin.cols(); ++col) w[size_t(row) * lin.cols() + col] *= gain[size_t(row)];
+        const int rows = lin.rows(), cols = lin.cols();
+        lin = Linear::dense(std::move(w), rows, cols, bias);
+      }
+    }
+    D.attn_norm = r.attn_norm[size_t(l)];
+    D.mlp_norm = r.mlp_norm[size_t(l)];
+  }
+  model.set_final_norm(r.final_norm);
+}
+
+}  // namespace glq::model

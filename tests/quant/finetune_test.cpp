@@ -1,0 +1,181 @@
+// End-to-end tuning of row and norm gains (glq/model/finetune.hpp): its forward pass against
+// Model's, its gradient against central differences (double precision), and the tuning loop
+// recovering row scalings that were put into a model on purpose.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <cstdio>
+#include <random>
+
+#include "glq/error.hpp"
+#include "glq/model/finetune.hpp"
+#include "glq/model/loader.hpp"
+#include "quant/quant_test_util.hpp"
+
+namespace glq {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::unique_ptr<model::Model> tiny_model(const std::string& name, int layers, bool tied, bool bias = false) {
+  const std::string dir = (fs::temp_directory_path() / ("glq_ft_" + name)).string();
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto c = quant_test::tiny_config(layers);
+  c.vocab_size = 97;
+  c.hidden_size = 32;
+  c.intermediate_size = 40;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 8;
+  c.tie_embeddings = tied;
+  c.arch = bias ? model::Arch::Qwen2 : model::Arch::Llama;
+  c.attention_bias = bias;
+  model::test::write_checkpoint(dir, c, model::test::random_weights(c, 11));
+  quant_test::write_byte_tokenizer(dir);
+  auto m = model::load_model(dir);
+  fs::remove_all(dir);
+  return m;
+}
+
+std::vector<float> final_hidden(const model::Model& m, const std::vector<int32_t>& tokens) {
+  std::vector<float> h(tokens.size() * size_t(m.hidden_size()));
+  m.embed(tokens, h.data());
+  for (int l = 0; l < m.num_layers(); ++l) m.run_layer(l, h.data(), int(tokens.size()));
+  return h;
+}
+
+// Scales every row of every linear by a random factor in [1 - amp, 1 + amp] (what row gains can
+// undo exactly) and every norm weight likewise.
+void perturb(model::Model& m, float amp, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(1.0f - amp, 1.0f + amp);
+  for (int l = 0; l < m.num_layers(); ++l) {
+    auto& D = m.layer(l);
+    for (auto k : model::kAllLinearKinds) {
+      auto& lin = D.linear(k);
+      std::vector<float> w = lin.to_dense();
+      for (int r = 0; r < lin.rows(); ++r) {
+        const float f = u(rng);
+        for (int c = 0; c < lin.cols(); ++c) w[size_t(r) * lin.cols() + c] *= f;
+      }
+      const std::vector<float> bias(lin.bias().begin(), lin.bias().end());
+      const int rows = lin.rows(), cols = lin.cols();
+      lin = model::Linear::dense(std::move(w), rows, cols, bias);
+    }
+    for (auto& g : D.attn_norm) g *= u(rng);
+    for (auto& g : D.mlp_norm) g *= u(rng);
+  }
+}
+
+std::vector<int32_t> tokens_of(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = int32_t(rng() % uint32_t(vocab));
+  return t;
+}
+
+TEST(Finetune, ForwardMatchesTheModel) {
+  // Teacher = the model itself: the KL of the model against its own final hidden states is zero
+  // only if the tuning code's forward pass is Model's (RoPE, attention, SwiGLU, norms, head).
+  for (bool tied : {true, false})
+    for (bool bias : {false, true}) {
+      auto m = tiny_model("fwd", 2, tied, bias);
+      const auto tok = tokens_of(23, m->vocab_size(), 5);
+      const auto h = final_hidden(*m, tok);
+      const double kl = model::finetune_loss_double(*m, tok, h, m->final_norm(), -1, 0, nullptr);
+      EXPECT_LT(kl, 1e-9) << "tied " << tied << " bias " << bias;
+      // A different teacher gives a clearly positive KL (the check can fail).
+      auto h2 = h;
+      for (size_t i = 0; i < h2.size(); i += 3) h2[i] += 0.5f;
+      EXPECT_GT(model::finetune_loss_double(*m, tok, h2, m->final_norm(), -1, 0, nullptr), 1e-4);
+    }
+}
+
+TEST(Finetune, GradientMatchesCentralDifferences) {
+  for (bool bias : {false, true}) {
+    auto teacher = tiny_model("grad_t", 2, true, bias);
+    auto student = tiny_model("grad_s", 2, true, bias);
+    perturb(*student, 0.3f, 9);
+    const auto tok = tokens_of(19, student->vocab_size(), 8);
+    const auto h = final_hidden(*teacher, tok);
+    std::vector<double> g;
+    const double f0 = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), -1, 0, &g);
+    ASSERT_GT(f0, 1e-3);
+    const int64_t n = model::finetune_parameter_count(*student);
+    ASSERT_EQ(int64_t(g.size()), n);
+    // Every 7th parameter (all kinds of gain are hit: each block is longer than 7) and the last.
+    const double eps = 1e-5;
+    double worst = 0;
+    int checked = 0;
+    for (int64_t i = 0; i < n; i += (i + 7 < n ? 7 : std::max<int64_t>(1, n - 1 - i))) {
+      const double fp = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, eps, nullptr);
+      const double fm = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, -eps, nullptr);
+      const double num = (fp - fm) / (2 * eps);
+      const double err = std::abs(num - g[size_t(i)]) / (std::abs(num) + 1e-6);
+      worst = std::max(worst, err);
+      EXPECT_LT(err, 1e-4) << "parameter " << i << ": analytic " << g[size_t(i)] << ", numeric " << num << " (bias " << bias << ")";
+      ++checked;
+      if (i == n - 1) break;
+    }
+    EXPECT_GT(checked, 50);
+  }
+}
+
+TEST(Finetune, RecoversRowAndNormScalings) {
+  auto teacher = tiny_model("fit_t", 2, true);
+  auto student = tiny_model("fit_s", 2, true);
+  perturb(*student, 0.15f, 21);
+  std::vector<std::vector<int32_t>> windows;
+  std::vector<std::vector<float>> hidden;
+  for (int w = 0; w < 42; ++w) {
+    windows.push_back(tokens_of(32, student->vocab_size(), 100 + w));
+    hidden.push_back(final_hidden(*teacher, windows.back()));
+  }
+  model::FinetuneSettings s;
+  s.epochs = 6;
+  s.lr = 0.01;
+  s.holdout = 2;
+  model::FinetuneProgress pr;
+  pr.note = [](const std::string& m) { std::printf("%s\n", m.c_str()); };
+  const auto r = model::finetune(*student, windows, hidden, teacher->final_norm(), s, pr);
+  std::printf("epochs %d best %d before %g after %g first-train %g\n", r.epochs_run, r.best_epoch, r.kl_before, r.kl_after, r.train_kl_first);
+  EXPECT_GT(r.kl_before, 1e-3);
+  EXPECT_LT(r.kl_after, 0.5 * r.kl_before) << "before " << r.kl_before << " after " << r.kl_after;
+  EXPECT_GE(r.best_epoch, 1);
+  // Applied to the model, the held-out windows' logits move toward the teacher's.
+  auto dist = [&](const model::Model& m) {
+    double sum = 0;
+    for (int w = 40; w < 42; ++w) {
+      const auto hs = final_hidden(m, windows[size_t(w)]);
+      std::vector<float> ls(hs.size() / size_t(m.hidden_size()) * size_t(m.vocab_size())), lt(ls.size());
+      m.final_logits(hs.data(), int(windows[size_t(w)].size()), ls.data());
+      teacher->final_logits(hidden[size_t(w)].data(), int(windows[size_t(w)].size()), lt.data());
+      for (size_t i = 0; i < ls.size(); ++i) sum += double(ls[i] - lt[i]) * (ls[i] - lt[i]);
+    }
+    return sum;
+  };
+  const double before = dist(*student);
+  model::apply_finetune(*student, r);
+  EXPECT_LT(dist(*student), 0.5 * before);
+}
+
+TEST(Finetune, RejectsBadSettings) {
+  auto m = tiny_model("bad", 1, true);
+  std::vector<std::vector<int32_t>> windows = {tokens_of(8, m->vocab_size(), 1)};
+  std::vector<std::vector<float>> hidden = {final_hidden(*m, windows[0])};
+  model::FinetuneSettings s;
+  s.epochs = 1;
+  EXPECT_THROW(model::finetune(*m, windows, hidden, m->final_norm(), s), Error);  // one window
+  windows.push_back(windows[0]);
+  hidden.push_back(hidden[0]);
+  s.lr = -1;
+  EXPECT_THROW(model::finetune(*m, windows, hidden, m->final_norm(), s), Error);
+  s.lr = 1e-3;
+  hidden[1].pop_back();
+  EXPECT_THROW(model::finetune(*m, windows, hidden, m->final_norm(), s), Error);
+}
+
+}  // namespace
+}  // namespace glq
