@@ -424,23 +424,36 @@ double finetune_loss_double(const Model& model, std::span<const int32_t> tokens,
   return net.loss(theta.data(), x0.data(), teacher_hidden.data(), T, grad ? grad->data() : nullptr);
 }
 
-FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_t>>& tokens,
-                        const std::vector<std::vector<float>>& teacher_hidden, const std::vector<float>& teacher_final_norm,
-                        const FinetuneSettings& s, const FinetuneProgress& progress) {
+FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_t>>& train_tokens,
+                        const std::vector<std::vector<float>>& train_hidden,
+                        const std::vector<std::vector<int32_t>>& val_tokens, const std::vector<std::vector<float>>& val_hidden,
+                        const std::vector<float>& teacher_final_norm, const FinetuneSettings& s,
+                        const FinetuneProgress& progress) {
   const auto t0 = Clock::now();
   auto note = [&](const std::string& m) {
     if (progress.note) progress.note(m);
   };
+  if (train_hidden.size() != train_tokens.size() || val_hidden.size() != val_tokens.size())
+    throw_invalid("finetune: one block of teacher hidden states per window");
+  // Training windows first, then the held-out ones.
+  std::vector<std::vector<int32_t>> tokens = train_tokens;
+  std::vector<const std::vector<float>*> teacher_hidden;
+  for (const auto& h : train_hidden) teacher_hidden.push_back(&h);
+  for (size_t i = 0; i < val_tokens.size(); ++i) {
+    tokens.push_back(val_tokens[i]);
+    teacher_hidden.push_back(&val_hidden[i]);
+  }
   const int N = int(tokens.size());
-  if (N < 2) throw_invalid(fmt::format("finetune: needs at least 2 calibration windows, got {}", N));
-  if (teacher_hidden.size() != tokens.size()) throw_invalid("finetune: one block of teacher hidden states per window");
+  if (N < 2) throw_invalid(fmt::format("finetune: needs at least 2 windows, got {}", N));
   if (s.lr <= 0 || !std::isfinite(s.lr)) throw_invalid(fmt::format("finetune: learning rate must be positive, got {}", s.lr));
   const Net<float> net(model, teacher_final_norm);
   for (int w = 0; w < N; ++w)
-    if (teacher_hidden[size_t(w)].size() != tokens[size_t(w)].size() * size_t(net.d))
+    if (teacher_hidden[size_t(w)]->size() != tokens[size_t(w)].size() * size_t(net.d))
       throw_invalid(fmt::format("finetune: window {}: teacher hidden states of the wrong size", w));
-  const int holdout = s.holdout > 0 ? std::min(s.holdout, N - 1) : std::max(1, N / 8);
+  const int given = int(val_tokens.size());
+  const int holdout = given > 0 ? given : s.holdout > 0 ? std::min(s.holdout, N - 1) : std::max(1, N / 8);
   const int train = N - holdout;
+  if (train < 1) throw_invalid("finetune: no training windows");
 
   std::vector<float> theta(size_t(net.nparams), 1.0f), best = theta, grad(theta.size());
   std::vector<double> m1(theta.size(), 0.0), m2(theta.size(), 0.0);
@@ -448,15 +461,15 @@ FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_
     double sum = 0;
     for (int w = train; w < N; ++w) {
       const auto x0 = embed_s<float>(model, tokens[size_t(w)]);
-      sum += net.loss(th.data(), x0.data(), teacher_hidden[size_t(w)].data(), int(tokens[size_t(w)].size()), nullptr);
+      sum += net.loss(th.data(), x0.data(), teacher_hidden[size_t(w)]->data(), int(tokens[size_t(w)].size()), nullptr);
     }
     return sum / holdout;
   };
   FinetuneResult r;
   r.kl_before = held_out_kl(theta);
   double best_kl = r.kl_before;
-  note(fmt::format("finetune: {} parameters, {} training and {} held-out windows; held-out KL {:.5f} nats/token",
-                   net.nparams, train, holdout, r.kl_before));
+  note(fmt::format("finetune: {} parameters, {} training and {} {} windows; held-out KL {:.5f} nats/token", net.nparams,
+                   train, holdout, given > 0 ? "validation" : "held-out", r.kl_before));
   std::vector<int> order(static_cast<size_t>(train));
   std::iota(order.begin(), order.end(), 0);
   std::mt19937_64 rng(s.seed);
@@ -471,7 +484,7 @@ FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_
       const int w = order[size_t(i)];
       const auto x0 = embed_s<float>(model, tokens[size_t(w)]);
       std::fill(grad.begin(), grad.end(), 0.0f);
-      train_sum += net.loss(theta.data(), x0.data(), teacher_hidden[size_t(w)].data(), int(tokens[size_t(w)].size()), grad.data());
+      train_sum += net.loss(theta.data(), x0.data(), teacher_hidden[size_t(w)]->data(), int(tokens[size_t(w)].size()), grad.data());
       ++step;
       const double c1 = 1 - std::pow(b1, double(step)), c2 = 1 - std::pow(b2, double(step));
       const double lr = s.lr * (1.0 - 0.9 * double(step - 1) / double(std::max(1, total)));  // linear decay to lr/10

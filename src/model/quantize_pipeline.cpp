@@ -357,6 +357,32 @@ FinetuneResult read_finetune(const std::string& path, const Model& model) {
   return r;
 }
 
+// The first `count` slots of a seeded Fisher-Yates shuffle of `slots` (splitmix64, so every
+// platform draws alike). A longer draw begins with a shorter one's slots.
+std::vector<int64_t> draw_slots(int64_t slots, int64_t count, uint64_t seed) {
+  std::vector<int64_t> order(static_cast<size_t>(slots));
+  std::iota(order.begin(), order.end(), 0);
+  uint64_t state = seed;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t j = i + static_cast<int64_t>(splitmix64(state) % static_cast<uint64_t>(slots - i));
+    std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(j)]);
+  }
+  order.resize(static_cast<size_t>(count));
+  return order;
+}
+
+// Windows of slots order[from, to), in text order.
+std::vector<std::vector<int32_t>> windows_of(std::span<const int32_t> tokens, std::vector<int64_t> order, int64_t from,
+                                             int64_t to, int len) {
+  std::sort(order.begin() + from, order.begin() + to);
+  std::vector<std::vector<int32_t>> out;
+  for (int64_t i = from; i < to; ++i) {
+    const auto* p = tokens.data() + order[static_cast<size_t>(i)] * len;
+    out.emplace_back(p, p + len);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::vector<double> default_scale_search(int bits) {
@@ -397,21 +423,14 @@ std::vector<std::vector<int32_t>> make_calibration_set(std::span<const int32_t> 
     throw_invalid(fmt::format("calibration text {} is too short: {} tokens, need {} sequences x {} tokens = {} "
                               "(use a longer text, or lower --calib-seqs / --seq-len)",
                               origin, tokens.size(), n, len, need));
-  // A seeded Fisher-Yates draw of n of the slots (splitmix64, so every platform draws alike).
-  std::vector<int64_t> order(static_cast<size_t>(slots));
-  std::iota(order.begin(), order.end(), 0);
-  uint64_t state = seed;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t j = i + static_cast<int64_t>(splitmix64(state) % static_cast<uint64_t>(slots - i));
-    std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(j)]);
-  }
-  std::sort(order.begin(), order.begin() + n);
-  std::vector<std::vector<int32_t>> out;
-  for (int i = 0; i < n; ++i) {
-    const auto* p = tokens.data() + order[static_cast<size_t>(i)] * len;
-    out.emplace_back(p, p + len);
-  }
-  return out;
+  return windows_of(tokens, draw_slots(slots, n, seed), 0, n, len);
+}
+
+std::vector<std::vector<int32_t>> make_validation_set(std::span<const int32_t> tokens, int n, int v, int len, uint64_t seed) {
+  if (n <= 0 || v <= 0 || len <= 1) throw_invalid(fmt::format("validation windows: bad sizes {} + {} x {}", n, v, len));
+  const int64_t slots = static_cast<int64_t>(tokens.size()) / len;
+  if (slots < static_cast<int64_t>(n) + v) return {};
+  return windows_of(tokens, draw_slots(slots, static_cast<int64_t>(n) + v, seed), n, n + v, len);
 }
 
 std::vector<int> allocate_bits(const std::vector<SensitivityEntry>& entries, double bits) {
@@ -442,7 +461,8 @@ std::vector<int> allocate_bits(const std::vector<SensitivityEntry>& entries, dou
 
 QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_t>>& calibration,
                               const CheckpointSource& source, const std::string& out_dir,
-                              const QuantizeSettings& s, const QuantizeProgress& progress) {
+                              const QuantizeSettings& s, const QuantizeProgress& progress,
+                              const std::vector<std::vector<int32_t>>& validation) {
   const auto t_start = Clock::now();
   auto note = [&](const std::string& m) {
     if (progress.note) progress.note(m);
@@ -477,8 +497,10 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     throw_unsupported("--finetune-epochs tunes against the 16-bit output head; it cannot be combined with --quantize-head");
   if (ft && !(s.finetune_lr > 0 && std::isfinite(s.finetune_lr)))
     throw_invalid(fmt::format("--finetune-lr must be positive, got {}", s.finetune_lr));
-  if (ft && calibration.size() < 2)
+  if (ft && calibration.size() + validation.size() < 2)
     throw_invalid(fmt::format("--finetune-epochs needs at least 2 calibration windows, got {}", calibration.size()));
+  for (const auto& v : validation)
+    if (static_cast<int>(v.size()) != seq_len) throw_invalid("quantize_model: validation windows differ in length from the calibration's");
   if (quantize_head && (cfg.vocab_size % 8 || cfg.hidden_size % 8))
     throw_unsupported(fmt::format("lm_head {}x{} cannot be quantized: both dimensions must be multiples of 8", cfg.vocab_size, cfg.hidden_size));
 
@@ -608,6 +630,9 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   // (Also the end-to-end tuning's teacher: the unquantized final hidden states.)
   std::vector<std::vector<float>> hidden_fp;
   if (asym || ft) hidden_fp = hidden;
+  // The tuning's validation windows (never seen by the quantizer), through the unquantized layers.
+  std::vector<std::vector<float>> hidden_val;
+  if (ft) hidden_val = embed_all(model, validation);
   const std::vector<float> final_norm_fp = model.final_norm();
   const auto t_layers = Clock::now();
   int quantized_here = 0;
@@ -623,6 +648,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     if (fs::exists(layer_file)) {
       // Done by an earlier run: install its result and move on.
       if (asym || ft) run_layer_all(model, i, hidden_fp, seq_len, nullptr);  // still the unquantized layer
+      if (ft) run_layer_all(model, i, hidden_val, seq_len, nullptr);
       const format::SafetensorsReader f(layer_file.string());
       const auto meta = f.metadata().find("reports");
       if (meta == f.metadata().end()) throw_format(layer_file.string(), "no 'reports' metadata");
@@ -642,6 +668,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       LayerInputs fp_inputs;
       if (asym) fp_inputs = run_layer_capture(model, i, hidden_fp, seq_len, residual);
       else if (ft) run_layer_all(model, i, hidden_fp, seq_len, nullptr);
+      if (ft) run_layer_all(model, i, hidden_val, seq_len, nullptr);
       std::vector<format::StTensorData> tensors;
       for (const auto& group : linear_groups(s.true_sequential)) {
         std::map<LinearKind, HessianAccumulator> hs;
@@ -761,7 +788,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       FinetuneProgress fp;
       fp.note = progress.note;
       fp.step = progress.step;
-      fr = finetune(model, calibration, hidden_fp, final_norm_fp, fs_, fp);
+      fr = finetune(model, calibration, hidden_fp, validation, hidden_val, final_norm_fp, fs_, fp);
       write_finetune(ft_file.string(), fr);
     }
     apply_finetune(model, fr);

@@ -111,7 +111,17 @@ QuantizeResult quantize_model_files(const std::string& model_path, const std::st
   note(fmt::format("calibration: {} has {} bytes, {} tokens; drawing {} x {} tokens", calib_path, text.size(), ids.size(),
                    seqs, settings.seq_len));
   const auto calib = make_calibration_set(ids, seqs, settings.seq_len, settings.seed, calib_path);
-  return quantize_model(*model, calib, source, out_dir, settings, progress);
+  // End-to-end tuning checks itself on windows the quantizer never saw, drawn after the
+  // calibration's from the same shuffle (where the text has room; else it holds out some of the
+  // calibration windows).
+  std::vector<std::vector<int32_t>> validation;
+  if (settings.finetune_epochs > 0) {
+    validation = make_validation_set(ids, seqs, std::max(2, seqs / 8), settings.seq_len, settings.seed);
+    if (validation.empty())
+      note(fmt::format("finetune: {} has no room for validation windows beyond the calibration's; holding out {} of them",
+                       calib_path, std::max(1, seqs / 8)));
+  }
+  return quantize_model(*model, calib, source, out_dir, settings, progress, validation);
 }
 
 }  // namespace glq::model

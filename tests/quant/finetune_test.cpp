@@ -5,7 +5,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <cstdio>
 #include <random>
 
 #include "glq/error.hpp"
@@ -136,11 +135,10 @@ TEST(Finetune, RecoversRowAndNormScalings) {
   model::FinetuneSettings s;
   s.epochs = 6;
   s.lr = 0.01;
-  s.holdout = 2;
-  model::FinetuneProgress pr;
-  pr.note = [](const std::string& m) { std::printf("%s\n", m.c_str()); };
-  const auto r = model::finetune(*student, windows, hidden, teacher->final_norm(), s, pr);
-  std::printf("epochs %d best %d before %g after %g first-train %g\n", r.epochs_run, r.best_epoch, r.kl_before, r.kl_after, r.train_kl_first);
+  // The last two windows as explicit validation windows.
+  const std::vector<std::vector<int32_t>> train_w(windows.begin(), windows.begin() + 40), val_w(windows.begin() + 40, windows.end());
+  const std::vector<std::vector<float>> train_h(hidden.begin(), hidden.begin() + 40), val_h(hidden.begin() + 40, hidden.end());
+  const auto r = model::finetune(*student, train_w, train_h, val_w, val_h, teacher->final_norm(), s);
   EXPECT_GT(r.kl_before, 1e-3);
   EXPECT_LT(r.kl_after, 0.5 * r.kl_before) << "before " << r.kl_before << " after " << r.kl_after;
   EXPECT_GE(r.best_epoch, 1);
@@ -167,14 +165,14 @@ TEST(Finetune, RejectsBadSettings) {
   std::vector<std::vector<float>> hidden = {final_hidden(*m, windows[0])};
   model::FinetuneSettings s;
   s.epochs = 1;
-  EXPECT_THROW(model::finetune(*m, windows, hidden, m->final_norm(), s), Error);  // one window
+  EXPECT_THROW(model::finetune(*m, windows, hidden, {}, {}, m->final_norm(), s), Error);  // one window
   windows.push_back(windows[0]);
   hidden.push_back(hidden[0]);
   s.lr = -1;
-  EXPECT_THROW(model::finetune(*m, windows, hidden, m->final_norm(), s), Error);
+  EXPECT_THROW(model::finetune(*m, windows, hidden, {}, {}, m->final_norm(), s), Error);
   s.lr = 1e-3;
   hidden[1].pop_back();
-  EXPECT_THROW(model::finetune(*m, windows, hidden, m->final_norm(), s), Error);
+  EXPECT_THROW(model::finetune(*m, windows, hidden, {}, {}, m->final_norm(), s), Error);
 }
 
 }  // namespace

@@ -277,6 +277,21 @@ TEST(QuantizePipeline, InterruptedRunResumesAndMatchesAnUninterruptedOne) {
 // codes of the untuned run and stores tuned scales and norms that load and run, the config
 // records the tuning, a run interrupted after tuning resumes without tuning again, and a
 // quantized head is refused.
+TEST(QuantizePipeline, ValidationWindowsAreDisjointFromTheCalibration) {
+  std::vector<int32_t> tokens(1000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(i);
+  const auto calib = make_calibration_set(tokens, 12, 10, 42, "t");
+  const auto val = make_validation_set(tokens, 12, 5, 10, 42);
+  ASSERT_EQ(val.size(), 5u);
+  EXPECT_EQ(val, make_validation_set(tokens, 12, 5, 10, 42)) << "seeded";
+  for (const auto& v : val) {
+    ASSERT_EQ(v.size(), 10u);
+    EXPECT_EQ(v[0] % 10, 0) << "whole slots";
+    for (const auto& c : calib) EXPECT_NE(v[0], c[0]) << "a validation window is also a calibration window";
+  }
+  EXPECT_TRUE(make_validation_set(tokens, 98, 3, 10, 42).empty()) << "100 slots hold 98 + 2, not 98 + 3";
+}
+
 TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
   Fixture f({.layers = 2}, 12000);
   QuantizeSettings s = small_settings(2);
@@ -286,19 +301,21 @@ TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
   s.finetune_epochs = 3;
   s.finetune_lr = 0.01;
   QuantizeProgress stop_at_assembly;
-  bool tuned = false;
+  bool tuned = false, validated = false;
   stop_at_assembly.note = [&](const std::string& m) {
     if (m.rfind("finetune: held-out KL", 0) == 0) tuned = true;
+    if (m.find("validation windows; held-out KL") != std::string::npos) validated = true;
     if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
   };
   EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stop_at_assembly), std::runtime_error);
   EXPECT_TRUE(tuned);
+  EXPECT_TRUE(validated) << "the text has room for validation windows beyond the calibration's";
   ASSERT_TRUE(fs::exists(f.out + ".partial/finetune.safetensors"));
   bool retuned = false, resumed = false;
   QuantizeProgress watch;
   watch.note = [&](const std::string& m) {
     if (m.rfind("finetune: resumed", 0) == 0) resumed = true;
-    if (m.rfind("finetune epoch", 0) == 0 || m.find("held-out windows") != std::string::npos) retuned = true;
+    if (m.rfind("finetune epoch", 0) == 0 || m.find("windows; held-out KL") != std::string::npos) retuned = true;
   };
   const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, s, watch);
   EXPECT_TRUE(resumed);

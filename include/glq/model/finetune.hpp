@@ -33,7 +33,7 @@ namespace glq::model {
 struct FinetuneSettings {
   int epochs = 0;          // passes over the training windows (0: off)
   double lr = 1e-3;        // Adam step size on the factors (which start at 1)
-  int holdout = 0;         // held-out windows (0: max(1, windows / 8))
+  int holdout = 0;         // held-out training windows without validation ones (0: max(1, windows / 8))
   uint64_t seed = 0x5eed;  // order of the windows in each epoch
 };
 
@@ -61,9 +61,13 @@ struct FinetuneProgress {
 // states `teacher_hidden` (one (length, hidden) block per window) and the unquantized final norm
 // weight. The output head (dense, or 16-bit) is shared by both and not tuned. Does not modify
 // the model; apply_finetune() does.
+// `val_tokens` / `val_hidden`: the windows the held-out KL is measured on; empty: `holdout` of
+// the training windows are held out instead.
 FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_t>>& tokens,
-                        const std::vector<std::vector<float>>& teacher_hidden, const std::vector<float>& teacher_final_norm,
-                        const FinetuneSettings& settings, const FinetuneProgress& progress = {});
+                        const std::vector<std::vector<float>>& teacher_hidden,
+                        const std::vector<std::vector<int32_t>>& val_tokens, const std::vector<std::vector<float>>& val_hidden,
+                        const std::vector<float>& teacher_final_norm, const FinetuneSettings& settings,
+                        const FinetuneProgress& progress = {});
 
 // Folds the result into the model: row gains into the stage scales of its quantized linears,
 // the norm gains in place of the old ones.

@@ -135,6 +135,9 @@ struct QuantizeProgress {
 // InvalidArgument naming `origin` when there are fewer than N·L tokens.
 std::vector<std::vector<int32_t>> make_calibration_set(std::span<const int32_t> tokens, int n, int len, uint64_t seed,
                                                        const std::string& origin);
+// v more windows from the same seeded draw, disjoint from make_calibration_set(tokens, n, ...)'s
+// (the end-to-end tuning's validation windows); empty when the text has fewer than n + v slots.
+std::vector<std::vector<int32_t>> make_validation_set(std::span<const int32_t> tokens, int n, int v, int len, uint64_t seed);
 
 // Per-linear widths for a target average (bits fractional); `sensitivity` is (linear, width) →
 // absolute proxy loss at widths lo = floor(bits) and hi = lo + 1. Greedy on loss drop per extra
@@ -157,9 +160,12 @@ struct CheckpointSource {
 // Quantizes `model` (its linears are replaced in place by their quantized matrices as the
 // pipeline goes; deferred ones are read from their file one layer at a time) and writes the
 // checkpoint to out_dir.
+// `validation`: windows the end-to-end tuning measures itself on (finetune_epochs > 0); empty: it
+// holds out some of the calibration windows instead.
 QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_t>>& calibration,
                               const CheckpointSource& source, const std::string& out_dir,
-                              const QuantizeSettings& settings, const QuantizeProgress& progress = {});
+                              const QuantizeSettings& settings, const QuantizeProgress& progress = {},
+                              const std::vector<std::vector<int32_t>>& validation = {});
 
 // The whole job from files: MODEL (GGUF file or Hugging Face directory) and a UTF-8 text file.
 // Checks that a tokenizer is present, that the text is long enough and that out_dir can be
