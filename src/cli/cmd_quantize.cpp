@@ -188,6 +188,11 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
                  "gains of the epoch with the least held-out KL are kept")
       ->capture_default_str()
       ->check(CLI::Range(0, 100));
+  app.add_option("--finetune-windows", a->s.finetune_windows,
+                 "windows of --seq-len tokens the tuning trains on besides the calibration windows, drawn from the "
+                 "same text")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
   app.add_option("--finetune-lr", a->s.finetune_lr, "Adam step size of the tuning (the gains start at 1)")
       ->capture_default_str()
       ->check(CLI::Range(1e-6, 1.0));

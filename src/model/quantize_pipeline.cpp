@@ -426,7 +426,7 @@ std::vector<std::vector<int32_t>> make_calibration_set(std::span<const int32_t> 
   return windows_of(tokens, draw_slots(slots, n, seed), 0, n, len);
 }
 
-std::vector<std::vector<int32_t>> make_validation_set(std::span<const int32_t> tokens, int n, int v, int len, uint64_t seed) {
+std::vector<std::vector<int32_t>> make_windows_after(std::span<const int32_t> tokens, int n, int v, int len, uint64_t seed) {
   if (n <= 0 || v <= 0 || len <= 1) throw_invalid(fmt::format("validation windows: bad sizes {} + {} x {}", n, v, len));
   const int64_t slots = static_cast<int64_t>(tokens.size()) / len;
   if (slots < static_cast<int64_t>(n) + v) return {};
@@ -462,7 +462,8 @@ std::vector<int> allocate_bits(const std::vector<SensitivityEntry>& entries, dou
 QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_t>>& calibration,
                               const CheckpointSource& source, const std::string& out_dir,
                               const QuantizeSettings& s, const QuantizeProgress& progress,
-                              const std::vector<std::vector<int32_t>>& validation) {
+                              const std::vector<std::vector<int32_t>>& validation,
+                              const std::vector<std::vector<int32_t>>& extra) {
   const auto t_start = Clock::now();
   auto note = [&](const std::string& m) {
     if (progress.note) progress.note(m);
@@ -499,8 +500,9 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     throw_invalid(fmt::format("--finetune-lr must be positive, got {}", s.finetune_lr));
   if (ft && calibration.size() + validation.size() < 2)
     throw_invalid(fmt::format("--finetune-epochs needs at least 2 calibration windows, got {}", calibration.size()));
-  for (const auto& v : validation)
-    if (static_cast<int>(v.size()) != seq_len) throw_invalid("quantize_model: validation windows differ in length from the calibration's");
+  for (const auto* set : {&validation, &extra})
+    for (const auto& v : *set)
+      if (static_cast<int>(v.size()) != seq_len) throw_invalid("quantize_model: tuning windows differ in length from the calibration's");
   if (quantize_head && (cfg.vocab_size % 8 || cfg.hidden_size % 8))
     throw_unsupported(fmt::format("lm_head {}x{} cannot be quantized: both dimensions must be multiples of 8", cfg.vocab_size, cfg.hidden_size));
 
@@ -529,7 +531,8 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
                              {"refit_scales", s.refit_scales}, {"residual_target", s.residual_target},
                              {"scale_search", s.scale_search}};
   if (list_decode_of(s) > 1) manifest["list_decode"] = list_decode_of(s);
-  if (ft) manifest["finetune"] = {{"epochs", s.finetune_epochs}, {"lr", s.finetune_lr}};
+  if (ft) manifest["finetune"] = {{"epochs", s.finetune_epochs}, {"lr", s.finetune_lr}, {"validation", validation.size()},
+                                  {"extra", extra.size()}};
   const fs::path manifest_path = partial / "manifest.json";
   if (fs::exists(manifest_path)) {
     const nlohmann::json old = read_json_file(manifest_path);
@@ -631,8 +634,11 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   std::vector<std::vector<float>> hidden_fp;
   if (asym || ft) hidden_fp = hidden;
   // The tuning's validation windows (never seen by the quantizer), through the unquantized layers.
-  std::vector<std::vector<float>> hidden_val;
-  if (ft) hidden_val = embed_all(model, validation);
+  std::vector<std::vector<float>> hidden_val, hidden_extra;
+  if (ft) {
+    hidden_val = embed_all(model, validation);
+    hidden_extra = embed_all(model, extra);
+  }
   const std::vector<float> final_norm_fp = model.final_norm();
   const auto t_layers = Clock::now();
   int quantized_here = 0;
@@ -648,7 +654,10 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     if (fs::exists(layer_file)) {
       // Done by an earlier run: install its result and move on.
       if (asym || ft) run_layer_all(model, i, hidden_fp, seq_len, nullptr);  // still the unquantized layer
-      if (ft) run_layer_all(model, i, hidden_val, seq_len, nullptr);
+      if (ft) {
+        run_layer_all(model, i, hidden_val, seq_len, nullptr);
+        run_layer_all(model, i, hidden_extra, seq_len, nullptr);
+      }
       const format::SafetensorsReader f(layer_file.string());
       const auto meta = f.metadata().find("reports");
       if (meta == f.metadata().end()) throw_format(layer_file.string(), "no 'reports' metadata");
@@ -668,7 +677,10 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       LayerInputs fp_inputs;
       if (asym) fp_inputs = run_layer_capture(model, i, hidden_fp, seq_len, residual);
       else if (ft) run_layer_all(model, i, hidden_fp, seq_len, nullptr);
-      if (ft) run_layer_all(model, i, hidden_val, seq_len, nullptr);
+      if (ft) {
+        run_layer_all(model, i, hidden_val, seq_len, nullptr);
+        run_layer_all(model, i, hidden_extra, seq_len, nullptr);
+      }
       std::vector<format::StTensorData> tensors;
       for (const auto& group : linear_groups(s.true_sequential)) {
         std::map<LinearKind, HessianAccumulator> hs;
@@ -788,7 +800,10 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       FinetuneProgress fp;
       fp.note = progress.note;
       fp.step = progress.step;
-      fr = finetune(model, calibration, hidden_fp, validation, hidden_val, final_norm_fp, fs_, fp);
+      std::vector<std::vector<int32_t>> train = calibration;
+      train.insert(train.end(), extra.begin(), extra.end());
+      for (auto& h : hidden_extra) hidden_fp.push_back(std::move(h));
+      fr = finetune(model, train, hidden_fp, validation, hidden_val, final_norm_fp, fs_, fp);
       write_finetune(ft_file.string(), fr);
     }
     apply_finetune(model, fr);

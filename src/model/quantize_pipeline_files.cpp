@@ -114,14 +114,22 @@ QuantizeResult quantize_model_files(const std::string& model_path, const std::st
   // End-to-end tuning checks itself on windows the quantizer never saw, drawn after the
   // calibration's from the same shuffle (where the text has room; else it holds out some of the
   // calibration windows).
-  std::vector<std::vector<int32_t>> validation;
+  std::vector<std::vector<int32_t>> validation, extra;
   if (settings.finetune_epochs > 0) {
-    validation = make_validation_set(ids, seqs, std::max(2, seqs / 8), settings.seq_len, settings.seed);
+    const int v = std::max(2, seqs / 8);
+    validation = make_windows_after(ids, seqs, v, settings.seq_len, settings.seed);
     if (validation.empty())
       note(fmt::format("finetune: {} has no room for validation windows beyond the calibration's; holding out {} of them",
                        calib_path, std::max(1, seqs / 8)));
+    if (settings.finetune_windows > 0 && !validation.empty()) {
+      extra = make_windows_after(ids, seqs + v, settings.finetune_windows, settings.seq_len, settings.seed);
+      if (extra.empty())
+        throw_invalid(fmt::format("calibration text {} is too short for {} more tuning windows of {} tokens ({} tokens)",
+                                  calib_path, settings.finetune_windows, settings.seq_len, ids.size()));
+      note(fmt::format("finetune: {} validation and {} extra training windows", validation.size(), extra.size()));
+    }
   }
-  return quantize_model(*model, calib, source, out_dir, settings, progress, validation);
+  return quantize_model(*model, calib, source, out_dir, settings, progress, validation, extra);
 }
 
 }  // namespace glq::model

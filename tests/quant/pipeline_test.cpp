@@ -281,15 +281,15 @@ TEST(QuantizePipeline, ValidationWindowsAreDisjointFromTheCalibration) {
   std::vector<int32_t> tokens(1000);
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(i);
   const auto calib = make_calibration_set(tokens, 12, 10, 42, "t");
-  const auto val = make_validation_set(tokens, 12, 5, 10, 42);
+  const auto val = make_windows_after(tokens, 12, 5, 10, 42);
   ASSERT_EQ(val.size(), 5u);
-  EXPECT_EQ(val, make_validation_set(tokens, 12, 5, 10, 42)) << "seeded";
+  EXPECT_EQ(val, make_windows_after(tokens, 12, 5, 10, 42)) << "seeded";
   for (const auto& v : val) {
     ASSERT_EQ(v.size(), 10u);
     EXPECT_EQ(v[0] % 10, 0) << "whole slots";
     for (const auto& c : calib) EXPECT_NE(v[0], c[0]) << "a validation window is also a calibration window";
   }
-  EXPECT_TRUE(make_validation_set(tokens, 98, 3, 10, 42).empty()) << "100 slots hold 98 + 2, not 98 + 3";
+  EXPECT_TRUE(make_windows_after(tokens, 98, 3, 10, 42).empty()) << "100 slots hold 98 + 2, not 98 + 3";
 }
 
 TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
@@ -300,16 +300,17 @@ TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
   quantize_model_files(f.model, f.calib, plain, s);
   s.finetune_epochs = 3;
   s.finetune_lr = 0.01;
+  s.finetune_windows = 4;
   QuantizeProgress stop_at_assembly;
   bool tuned = false, validated = false;
   stop_at_assembly.note = [&](const std::string& m) {
     if (m.rfind("finetune: held-out KL", 0) == 0) tuned = true;
-    if (m.find("validation windows; held-out KL") != std::string::npos) validated = true;
+    if (m.find("12 training and 2 validation windows; held-out KL") != std::string::npos) validated = true;
     if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
   };
   EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stop_at_assembly), std::runtime_error);
   EXPECT_TRUE(tuned);
-  EXPECT_TRUE(validated) << "the text has room for validation windows beyond the calibration's";
+  EXPECT_TRUE(validated) << "8 calibration + 4 extra training windows, 2 validation windows beyond them";
   ASSERT_TRUE(fs::exists(f.out + ".partial/finetune.safetensors"));
   bool retuned = false, resumed = false;
   QuantizeProgress watch;

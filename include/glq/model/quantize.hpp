@@ -75,6 +75,9 @@ struct QuantizeSettings {
   // (glq/model/finetune.hpp): epochs over the calibration windows (0: off) and Adam's step.
   int finetune_epochs = 0;
   double finetune_lr = 1e-3;
+  // Windows the tuning trains on besides the calibration windows, drawn from the same text (their
+  // unquantized hidden states are carried through the layers as the quantizer goes).
+  int finetune_windows = 0;
   bool keep_head_16bit = true;   // false: lm_head is quantized too (at the nearest width)
   std::string dtype_16bit = "float16";  // "float16" | "bfloat16" | "float32" for kept tensors
   bool resume = true;            // reuse OUT.partial/ from an interrupted run with equal settings
@@ -135,9 +138,10 @@ struct QuantizeProgress {
 // InvalidArgument naming `origin` when there are fewer than N·L tokens.
 std::vector<std::vector<int32_t>> make_calibration_set(std::span<const int32_t> tokens, int n, int len, uint64_t seed,
                                                        const std::string& origin);
-// v more windows from the same seeded draw, disjoint from make_calibration_set(tokens, n, ...)'s
-// (the end-to-end tuning's validation windows); empty when the text has fewer than n + v slots.
-std::vector<std::vector<int32_t>> make_validation_set(std::span<const int32_t> tokens, int n, int v, int len, uint64_t seed);
+// Windows v of the same seeded draw after its first n, so disjoint from make_calibration_set(
+// tokens, n, ...)'s (the end-to-end tuning's validation and extra training windows); empty when
+// the text has fewer than n + v slots.
+std::vector<std::vector<int32_t>> make_windows_after(std::span<const int32_t> tokens, int n, int v, int len, uint64_t seed);
 
 // Per-linear widths for a target average (bits fractional); `sensitivity` is (linear, width) →
 // absolute proxy loss at widths lo = floor(bits) and hi = lo + 1. Greedy on loss drop per extra
@@ -161,11 +165,12 @@ struct CheckpointSource {
 // pipeline goes; deferred ones are read from their file one layer at a time) and writes the
 // checkpoint to out_dir.
 // `validation`: windows the end-to-end tuning measures itself on (finetune_epochs > 0); empty: it
-// holds out some of the calibration windows instead.
+// holds out some of the calibration windows instead. `extra`: windows it also trains on.
 QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_t>>& calibration,
                               const CheckpointSource& source, const std::string& out_dir,
                               const QuantizeSettings& settings, const QuantizeProgress& progress = {},
-                              const std::vector<std::vector<int32_t>>& validation = {});
+                              const std::vector<std::vector<int32_t>>& validation = {},
+                              const std::vector<std::vector<int32_t>>& extra = {});
 
 // The whole job from files: MODEL (GGUF file or Hugging Face directory) and a UTF-8 text file.
 // Checks that a tokenizer is present, that the text is long enough and that out_dir can be
