@@ -190,9 +190,9 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
       ->check(CLI::Range(0, 100));
   app.add_option("--finetune-windows", a->s.finetune_windows,
                  "windows of --seq-len tokens the tuning trains on besides the calibration windows, drawn from the "
-                 "same text")
+                 "same text (-1: 3 per calibration window, as many as the text holds)")
       ->capture_default_str()
-      ->check(CLI::Range(0, 100000));
+      ->check(CLI::Range(-1, 100000));
   app.add_option("--finetune-lr", a->s.finetune_lr, "Adam step size of the tuning (the gains start at 1)")
       ->capture_default_str()
       ->check(CLI::Range(1e-6, 1.0));

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -121,12 +122,16 @@ QuantizeResult quantize_model_files(const std::string& model_path, const std::st
     if (validation.empty())
       note(fmt::format("finetune: {} has no room for validation windows beyond the calibration's; holding out {} of them",
                        calib_path, std::max(1, seqs / 8)));
-    if (settings.finetune_windows > 0 && !validation.empty()) {
-      extra = make_windows_after(ids, seqs + v, settings.finetune_windows, settings.seq_len, settings.seed);
-      if (extra.empty())
+    if (settings.finetune_windows != 0 && !validation.empty()) {
+      const int64_t room = static_cast<int64_t>(ids.size()) / settings.seq_len - seqs - v;
+      const int want = settings.finetune_windows > 0 ? settings.finetune_windows : 3 * seqs;
+      if (settings.finetune_windows > 0 && room < want)
         throw_invalid(fmt::format("calibration text {} is too short for {} more tuning windows of {} tokens ({} tokens)",
-                                  calib_path, settings.finetune_windows, settings.seq_len, ids.size()));
-      note(fmt::format("finetune: {} validation and {} extra training windows", validation.size(), extra.size()));
+                                  calib_path, want, settings.seq_len, ids.size()));
+      const int m = static_cast<int>(std::min<int64_t>(want, room));
+      if (m > 0) extra = make_windows_after(ids, seqs + v, m, settings.seq_len, settings.seed);
+      note(fmt::format("finetune: {} validation and {} extra training windows{}", validation.size(), extra.size(),
+                       m < want ? fmt::format(" (the text holds no more than {})", m) : ""));
     }
   }
   return quantize_model(*model, calib, source, out_dir, settings, progress, validation, extra);
