@@ -21,6 +21,7 @@
 
 #include "glq/codec/quantized_matrix.hpp"
 #include "glq/error.hpp"
+#include "glq/transform/hadamard.hpp"
 
 namespace glq::model {
 
@@ -97,13 +98,30 @@ void rope(S* x, int T, int heads, int hd, const std::vector<float>& inv_freq, bo
   }
 }
 
+// v (count, n) ← rows of T(s ∘ v) (forward) or s ∘ Tᵀ v (transpose), float arithmetic.
+template <typename S>
+void out_transform(const transform::HadamardPlan& plan, const std::vector<float>& sign, S* v, int count, bool forward) {
+  const int n = plan.n;
+  std::vector<float> f(static_cast<size_t>(count) * n);
+  for (size_t i = 0; i < f.size(); ++i) f[i] = float(v[i]) * (forward ? sign[i % size_t(n)] : 1.0f);
+  if (forward) transform::hadamard_forward_batch(plan, f.data(), count);
+  else transform::hadamard_transpose_batch(plan, f.data(), count);
+  for (size_t i = 0; i < f.size(); ++i) v[i] = S(forward ? f[i] : f[i] * sign[i % size_t(n)]);
+}
+
 template <typename S>
 struct Net {
+  // A quantized linear's rows are those of W̃ = T_out S_out W (T_in S_in)ᵀ: its stage scales, and
+  // so its row gains γ, act in the output's Hadamard domain, W(γ) = (T_out S_out)ᵀ diag(γ) T_out
+  // S_out W. A dense linear's gains scale the rows of W itself (rht false).
   struct Lin {
     int rows = 0, cols = 0;
     std::vector<S> w;     // (rows, cols), without gains
     std::vector<S> bias;  // (rows) or empty
     int64_t off = 0;      // parameter offset of its row gains
+    bool rht = false;
+    transform::HadamardPlan plan_out;
+    std::vector<float> sign_out;
   };
   struct Layer {
     Lin lin[7];
@@ -148,6 +166,11 @@ struct Net {
         dst.rows = src.rows();
         dst.cols = src.cols();
         std::vector<float> w;
+        if (const auto* q = src.quantized_weight(); q && q->rht) {
+          dst.rht = true;
+          dst.plan_out = q->plan_out;
+          dst.sign_out = q->sign_out;
+        }
         if (src.quantized_weight()) w = codec::dequantize(*src.quantized_weight());
         else if (src.dense_weight()) w.assign(src.dense_weight(), src.dense_weight() + size_t(src.rows()) * src.cols());
         else w = src.to_dense();
@@ -178,27 +201,31 @@ struct Net {
     head = to_s<S>(hw.data(), hw.size());
   }
 
-  // Y = (X Wᵀ) ∘ γ + b, Z = X Wᵀ.
+  // Y = A^T((A X Wᵀ) ∘ γ) + b with A = T_out S_out (the identity for a dense linear); Z = A X Wᵀ,
+  // the output in the domain where the gains act.
   void lin_forward(const Lin& l, const S* theta, const S* X, int T, S* Z, S* Y) const {
     gemm(false, true, T, l.rows, l.cols, S(1), X, l.cols, l.w.data(), l.cols, S(0), Z, l.rows);
+    if (l.rht) out_transform(l.plan_out, l.sign_out, Z, T, true);
     const S* gam = theta + l.off;
-    for (int t = 0; t < T; ++t)
-      for (int r = 0; r < l.rows; ++r) {
-        const size_t i = size_t(t) * l.rows + r;
-        Y[i] = Z[i] * gam[r] + (l.bias.empty() ? S(0) : l.bias[size_t(r)]);
-      }
+    const size_t n = size_t(T) * l.rows;
+    for (size_t i = 0; i < n; ++i) Y[i] = Z[i] * gam[i % size_t(l.rows)];
+    if (l.rht) out_transform(l.plan_out, l.sign_out, Y, T, false);
+    if (!l.bias.empty())
+      for (size_t i = 0; i < n; ++i) Y[i] += l.bias[i % size_t(l.rows)];
   }
 
-  // From dY: the row gains' gradient, dZ = dY ∘ γ (in place in dY), dX (+)= dZ W.
+  // From dY (overwritten): the row gains' gradient, dX (+)= (A^T((A dY) ∘ γ)) W.
   void lin_backward(const Lin& l, const S* theta, const S* Z, S* dY, int T, S* dX, bool add, S* grad) const {
     const S* gam = theta + l.off;
     S* gg = grad + l.off;
+    if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, true);
     for (int t = 0; t < T; ++t)
       for (int r = 0; r < l.rows; ++r) {
         const size_t i = size_t(t) * l.rows + r;
         gg[r] += dY[i] * Z[i];
         dY[i] *= gam[r];
       }
+    if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, false);
     gemm(false, false, T, l.cols, l.rows, S(1), dY, l.rows, l.w.data(), l.cols, add ? S(1) : S(0), dX, l.cols);
   }
 
@@ -422,6 +449,20 @@ double finetune_loss_double(const Model& model, std::span<const int32_t> tokens,
   const auto x0 = embed_s<double>(model, tokens);
   if (grad) grad->assign(size_t(net.nparams), 0.0);
   return net.loss(theta.data(), x0.data(), teacher_hidden.data(), T, grad ? grad->data() : nullptr);
+}
+
+double finetune_kl(const Model& model, const std::vector<std::vector<int32_t>>& tokens,
+                   const std::vector<std::vector<float>>& teacher_hidden, const std::vector<float>& teacher_final_norm) {
+  if (tokens.empty() || teacher_hidden.size() != tokens.size()) throw_invalid("finetune_kl: one block of hidden states per window");
+  const Net<float> net(model, teacher_final_norm);
+  const std::vector<float> theta(size_t(net.nparams), 1.0f);
+  double sum = 0;
+  for (size_t w = 0; w < tokens.size(); ++w) {
+    if (teacher_hidden[w].size() != tokens[w].size() * size_t(net.d)) throw_invalid("finetune_kl: hidden states of the wrong size");
+    const auto x0 = embed_s<float>(model, tokens[w]);
+    sum += net.loss(theta.data(), x0.data(), teacher_hidden[w].data(), int(tokens[w].size()), nullptr);
+  }
+  return sum / double(tokens.size());
 }
 
 FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_t>>& train_tokens,

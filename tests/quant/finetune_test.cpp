@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <random>
 
+#include "glq/codec/quantized_matrix.hpp"
 #include "glq/error.hpp"
 #include "glq/model/finetune.hpp"
 #include "glq/model/loader.hpp"
@@ -157,6 +158,42 @@ TEST(Finetune, RecoversRowAndNormScalings) {
   const double before = dist(*student);
   model::apply_finetune(*student, r);
   EXPECT_LT(dist(*student), 0.5 * before);
+}
+
+// Quantized linears: the gains act on W̃'s rows (the output's Hadamard domain), where
+// apply_finetune folds them into the stage scales; the KL the tuning reports for its kept gains
+// is the KL of the model they are folded into.
+TEST(Finetune, GainsOfQuantizedLinearsAreTheFoldedScales) {
+  auto teacher = tiny_model("q_t", 2, true);
+  auto student = tiny_model("q_s", 2, true);
+  for (int l = 0; l < student->num_layers(); ++l)
+    for (auto k : model::kAllLinearKinds) {
+      auto& lin = student->layer(l).linear(k);
+      codec::QuantizeOptions o;
+      o.bits = 2;
+      o.seed = 100 + 7 * uint64_t(l) + uint64_t(k);
+      const std::vector<float> w = lin.to_dense();
+      lin = model::Linear::quantized(codec::quantize_matrix(w, lin.rows(), lin.cols(), {}, o));
+    }
+  std::vector<std::vector<int32_t>> train_w, val_w;
+  std::vector<std::vector<float>> train_h, val_h;
+  for (int w = 0; w < 14; ++w) {
+    auto t = tokens_of(24, student->vocab_size(), 300 + w);
+    auto h = final_hidden(*teacher, t);
+    (w < 12 ? train_w : val_w).push_back(std::move(t));
+    (w < 12 ? train_h : val_h).push_back(std::move(h));
+  }
+  model::FinetuneSettings s;
+  s.epochs = 3;
+  s.lr = 0.01;
+  const double before = model::finetune_kl(*student, val_w, val_h, teacher->final_norm());
+  const auto r = model::finetune(*student, train_w, train_h, val_w, val_h, teacher->final_norm(), s);
+  EXPECT_NEAR(r.kl_before, before, 1e-4 * before);
+  ASSERT_GE(r.best_epoch, 1) << "no epoch improved the validation KL";
+  EXPECT_LT(r.kl_after, r.kl_before);
+  model::apply_finetune(*student, r);
+  const double after = model::finetune_kl(*student, val_w, val_h, teacher->final_norm());
+  EXPECT_NEAR(after, r.kl_after, 1e-3 * r.kl_after) << "the folded model is not the tuned one";
 }
 
 TEST(Finetune, RejectsBadSettings) {

@@ -7,8 +7,9 @@
 //
 // p_fp comes from the unquantized model's final hidden states (computed by the quantizer as it
 // goes) through its own final norm and head; p_q from the quantized model run here in float32
-// with each quantized linear dequantized once (W_r ← γ_r · W_r, γ the tuned row gains) and each
-// norm gain g ← g₀ ∘ β. Gradients come from a hand-written backward pass of the Llama layer
+// with each quantized linear dequantized once and each norm gain g ← g₀ ∘ β. A row gain γ_r
+// scales row r of the stored W̃ = T_out S_out W (T_in S_in)ᵀ (all its stage scales), so it acts
+// on the linear's output in the Hadamard domain: y = (T_out S_out)ᵀ (γ ∘ (T_out S_out W x)). Gradients come from a hand-written backward pass of the Llama layer
 // (RMSNorm, RoPE, causal grouped-query attention, SwiGLU, residuals) with one layer's
 // activations recomputed at a time (only each layer's input is kept per window), and Adam
 // updates all factors (initialised to 1) once per window, its step decaying linearly to a tenth.
@@ -72,6 +73,10 @@ FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_
 // Folds the result into the model: row gains into the stage scales of its quantized linears,
 // the norm gains in place of the old ones.
 void apply_finetune(Model& model, const FinetuneResult& r);
+
+// The mean KL above over `tokens` with the model as it is (all factors 1), in float.
+double finetune_kl(const Model& model, const std::vector<std::vector<int32_t>>& tokens,
+                   const std::vector<std::vector<float>>& teacher_hidden, const std::vector<float>& teacher_final_norm);
 
 // ---- for tests -----------------------------------------------------------------------------
 // The loss above for one window with all factors 1 plus `delta` at flat parameter index `index`
