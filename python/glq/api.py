@@ -167,6 +167,7 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
              seed: int = 0x5EED, damp: Optional[float] = None, rht: bool = True, ldlq: bool = True,
              keep_head_16bit: bool = True, dtype_16bit: str = "float16", resume: bool = True,
              overwrite: bool = False, finetune_epochs: int = 0, finetune_lr: float = 1e-3,
+             finetune_windows: int = -1,
              progress: Union[bool, Callable[[dict], None]] = True) -> dict:
     """Quantizes a model (GGUF file or Hugging Face directory) into a GLQ checkpoint at `out`.
 
@@ -177,7 +178,8 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     0.01 at 4 bits).
     finetune_epochs: after quantizing, tune the row and norm gains end to end toward the
     unquantized model's next-token distributions for this many epochs (0: off; the report then
-    has a "finetune" entry with the held-out KL before and after); finetune_lr: Adam's step.
+    has a "finetune" entry with the held-out KL before and after); finetune_lr: Adam's step;
+    finetune_windows: training windows besides the calibration's (-1: 3 per calibration window).
     progress: True prints progress to stderr, a callable receives each event as a dict
     ({"event": "note"|"step"|"layer", ...}), False is silent. Ctrl-C stops the run; the layers
     already done stay in OUT.partial/ and a later call with the same settings resumes there.
@@ -195,7 +197,7 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     return _glq.quantize(os.fspath(model_path), os.fspath(calib), os.fspath(out), float(bits),
                          calib_seqs, seq_len, seed, -1.0 if damp is None else float(damp), rht, ldlq,
                          keep_head_16bit, dtype_16bit, resume, overwrite, int(finetune_epochs),
-                         float(finetune_lr), cb)
+                         float(finetune_lr), int(finetune_windows), cb)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
