@@ -640,6 +640,12 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     hidden_extra = embed_all(model, extra);
   }
   const std::vector<float> final_norm_fp = model.final_norm();
+  // The tuning's validation and extra windows through layer i while it is still unquantized.
+  auto run_tuning_windows = [&](int i) {
+    if (!ft) return;
+    run_layer_all(model, i, hidden_val, seq_len, nullptr);
+    run_layer_all(model, i, hidden_extra, seq_len, nullptr);
+  };
   const auto t_layers = Clock::now();
   int quantized_here = 0;
   double quantize_seconds = 0;
@@ -654,10 +660,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     if (fs::exists(layer_file)) {
       // Done by an earlier run: install its result and move on.
       if (asym || ft) run_layer_all(model, i, hidden_fp, seq_len, nullptr);  // still the unquantized layer
-      if (ft) {
-        run_layer_all(model, i, hidden_val, seq_len, nullptr);
-        run_layer_all(model, i, hidden_extra, seq_len, nullptr);
-      }
+      run_tuning_windows(i);
       const format::SafetensorsReader f(layer_file.string());
       const auto meta = f.metadata().find("reports");
       if (meta == f.metadata().end()) throw_format(layer_file.string(), "no 'reports' metadata");
@@ -677,10 +680,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       LayerInputs fp_inputs;
       if (asym) fp_inputs = run_layer_capture(model, i, hidden_fp, seq_len, residual);
       else if (ft) run_layer_all(model, i, hidden_fp, seq_len, nullptr);
-      if (ft) {
-        run_layer_all(model, i, hidden_val, seq_len, nullptr);
-        run_layer_all(model, i, hidden_extra, seq_len, nullptr);
-      }
+      run_tuning_windows(i);
       std::vector<format::StTensorData> tensors;
       for (const auto& group : linear_groups(s.true_sequential)) {
         std::map<LinearKind, HessianAccumulator> hs;
