@@ -721,14 +721,8 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
                          rep.warnings};
           layer_reports.push_back(r);
           for (auto& t : format::quantized_matrix_tensors(job.name, q)) tensors.push_back(std::move(t));
-          std::vector<float> bias(lin.bias().begin(), lin.bias().end());
-          if (!bias.empty()) {
-            format::StTensorData b;
-            b.spec = {job.name + ".bias", format::StDType::F32, {job.rows}};
-            b.bytes.resize(bias.size() * 4);
-            std::memcpy(b.bytes.data(), bias.data(), b.bytes.size());
-            tensors.push_back(std::move(b));
-          }
+          if (!lin.bias().empty())
+            tensors.push_back(f32_tensor(job.name + ".bias", std::vector<float>(lin.bias().begin(), lin.bias().end())));
           // The next layers see this layer's quantized function, run by the CPU kernels; its
           // float32 weight is released.
           quantize_weights::install_quantized(lin, std::move(q));
