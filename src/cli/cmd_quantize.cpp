@@ -184,8 +184,8 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
       ->check(CLI::Range(0, 64));
   app.add_option("--finetune-epochs", a->s.finetune_epochs,
                  "after quantizing, tune every row's scale gain and every norm gain end to end toward the unquantized "
-                 "model's next-token distributions on the calibration windows, for this many epochs (0: off); the "
-                 "gains of the epoch with the least held-out KL are kept")
+                 "model's next-token distributions on windows of the calibration text, for this many epochs (0: off); "
+                 "the gains of the epoch with the least KL on validation windows the quantizer never saw are kept")
       ->capture_default_str()
       ->check(CLI::Range(0, 100));
   app.add_option("--finetune-windows", a->s.finetune_windows,
