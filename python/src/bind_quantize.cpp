@@ -7,6 +7,8 @@
 #include "common.hpp"
 #include "glq/model/quantize.hpp"
 
+#include <nlohmann/json.hpp>
+
 namespace glq::python {
 
 namespace {
@@ -106,14 +108,10 @@ void bind_quantize(py::module_& m) {
         d["file_bpw"] = r.file_bpw;
         d["seconds"] = r.seconds;
         d["resumed_layers"] = r.resumed_layers;
-        if (r.finetuned) {
-          py::dict ft;
-          ft["heldout_kl_before"] = r.finetune_kl_before;
-          ft["heldout_kl_after"] = r.finetune_kl_after;
-          ft["epochs_run"] = r.finetune_epochs_run;
-          ft["best_epoch"] = r.finetune_best_epoch;
+        if (!r.finetune.is_null()) {  // the checkpoint's record, and the seconds
+          nlohmann::ordered_json ft = r.finetune;
           ft["seconds"] = r.finetune_seconds;
-          d["finetune"] = ft;
+          d["finetune"] = py::module_::import("json").attr("loads")(ft.dump());
         }
         return d;
       },

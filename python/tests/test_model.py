@@ -175,7 +175,7 @@ def test_quantize_finetune(tiny_model_dir, calib_file, tmp_path):
                      finetune_epochs=2, finetune_lr=0.01, progress=events.append)
     ft = r["finetune"]
     assert ft["heldout_kl_before"] > 0 and ft["heldout_kl_after"] <= ft["heldout_kl_before"]
-    assert 1 <= ft["epochs_run"] <= 2
+    assert 1 <= ft["epochs_run"] <= 2 and ft["epochs"] == 2 and ft["seconds"] > 0
     assert any(e["event"] == "note" and e["message"].startswith("finetune epoch") for e in events)
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["finetune"]["epochs"] == 2

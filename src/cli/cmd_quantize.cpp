@@ -110,9 +110,10 @@ int run_quantize(QuantizeArgs& a) {
              r.out_dir, duration(r.seconds), r.resumed_layers ? fmt::format(" ({} layers resumed)", r.resumed_layers) : "",
              r.linears.size(), r.linear_weights / 1e6, mix, r.linears.empty() ? 0.0 : sum_proxy / r.linears.size(),
              r.linear_bytes / 1048576.0, r.linear_bpw, r.file_bytes / 1048576.0, r.file_bpw, r.total_weights / 1e6);
-  if (r.finetuned)
-    fmt::print(stderr, "glq: finetune: held-out KL to the unquantized model {:.5f} -> {:.5f} nats/token (epoch {} of {} kept, {})\n",
-               r.finetune_kl_before, r.finetune_kl_after, r.finetune_best_epoch, r.finetune_epochs_run, duration(r.finetune_seconds));
+  if (!r.finetune.is_null())
+    fmt::print(stderr, "glq: finetune: validation KL to the unquantized model {:.5f} -> {:.5f} nats/token (epoch {} of {} kept, {})\n",
+               r.finetune["heldout_kl_before"].get<double>(), r.finetune["heldout_kl_after"].get<double>(),
+               r.finetune["best_epoch"].get<int>(), r.finetune["epochs_run"].get<int>(), duration(r.finetune_seconds));
   if (a.json) {
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : r.linears)
@@ -122,10 +123,10 @@ int run_quantize(QuantizeArgs& a) {
                         {"file_bytes", r.file_bytes}, {"linear_bytes", r.linear_bytes}, {"linear_weights", r.linear_weights},
                         {"total_weights", r.total_weights}, {"linear_bpw", r.linear_bpw}, {"file_bpw", r.file_bpw},
                         {"resumed_layers", r.resumed_layers}, {"linears", layers}};
-    if (r.finetuned)
-      j["finetune"] = {{"heldout_kl_before", r.finetune_kl_before}, {"heldout_kl_after", r.finetune_kl_after},
-                       {"epochs_run", r.finetune_epochs_run},       {"best_epoch", r.finetune_best_epoch},
-                       {"seconds", r.finetune_seconds}};
+    if (!r.finetune.is_null()) {
+      j["finetune"] = r.finetune;
+      j["finetune"]["seconds"] = r.finetune_seconds;
+    }
     fmt::print("{}\n", j.dump());
   }
   return 0;

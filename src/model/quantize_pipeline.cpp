@@ -801,11 +801,10 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       write_finetune(ft_file.string(), fr);
     }
     apply_finetune(model, fr);
-    result.finetuned = true;
-    result.finetune_kl_before = fr.kl_before;
-    result.finetune_kl_after = fr.kl_after;
-    result.finetune_epochs_run = fr.epochs_run;
-    result.finetune_best_epoch = fr.best_epoch;
+    result.finetune = {{"epochs", s.finetune_epochs},      {"lr", s.finetune_lr},
+                       {"extra_windows", extra.size()},     {"validation_windows", validation.size()},
+                       {"epochs_run", fr.epochs_run},       {"best_epoch", fr.best_epoch},
+                       {"heldout_kl_before", fr.kl_before}, {"heldout_kl_after", fr.kl_after}};
     result.finetune_seconds = fr.seconds;
     note(fmt::format("finetune: held-out KL {:.5f} -> {:.5f} nats/token (epoch {} of {} kept)", fr.kl_before, fr.kl_after,
                      fr.best_epoch, fr.epochs_run));
@@ -902,13 +901,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     config.erase("quantization_config");
     config["torch_dtype"] = s.dtype_16bit;
     config["quantization_config"] = format::to_json(qc);
-    if (ft)
-      config["quantization_config"]["finetune"] = {{"epochs", s.finetune_epochs},
-                                                   {"lr", s.finetune_lr},
-                                                   {"epochs_run", result.finetune_epochs_run},
-                                                   {"best_epoch", result.finetune_best_epoch},
-                                                   {"heldout_kl_before", result.finetune_kl_before},
-                                                   {"heldout_kl_after", result.finetune_kl_after}};
+    if (ft) config["quantization_config"]["finetune"] = result.finetune;
     write_json_atomic(tmp / "config.json", config.dump(2));
     if (source.write_tokenizer) source.write_tokenizer(tmp.string());
     fsync_dir(tmp);

@@ -321,16 +321,17 @@ TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
   const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, s, watch);
   EXPECT_TRUE(resumed);
   EXPECT_FALSE(retuned) << "the resumed run reuses the finished tuning";
-  ASSERT_TRUE(r.finetuned);
-  EXPECT_GT(r.finetune_kl_before, 0.0);
-  EXPECT_LE(r.finetune_kl_after, r.finetune_kl_before);
-  EXPECT_GE(r.finetune_epochs_run, 1);
+  ASSERT_FALSE(r.finetune.is_null());
+  EXPECT_GT(r.finetune["heldout_kl_before"].get<double>(), 0.0);
+  EXPECT_LE(r.finetune["heldout_kl_after"].get<double>(), r.finetune["heldout_kl_before"].get<double>());
+  EXPECT_GE(r.finetune["epochs_run"].get<int>(), 1);
 
   std::ifstream cfg_in(f.out + "/config.json");
   const auto cfg = nlohmann::json::parse(cfg_in);
   ASSERT_TRUE(cfg["quantization_config"].contains("finetune"));
   EXPECT_EQ(cfg["quantization_config"]["finetune"]["epochs"], 3);
-  EXPECT_EQ(cfg["quantization_config"]["finetune"]["heldout_kl_after"].get<double>(), r.finetune_kl_after);
+  EXPECT_EQ(cfg["quantization_config"]["finetune"]["heldout_kl_after"].get<double>(), r.finetune["heldout_kl_after"].get<double>());
+  EXPECT_EQ(cfg["quantization_config"]["finetune"]["extra_windows"], 4);
 
   auto tuned_model = load_model(f.out);
   auto plain_model = load_model(plain);

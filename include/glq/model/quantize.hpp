@@ -122,11 +122,10 @@ struct QuantizeResult {
   double file_bpw = 0;            // 8·file_bytes / total_weights
   double seconds = 0;
   int resumed_layers = 0;
-  // End-to-end tuning (finetune_epochs > 0): held-out KL to the unquantized model before and
-  // after (nats per token), the epochs run, the epoch kept (0: none), its seconds.
-  bool finetuned = false;
-  double finetune_kl_before = 0, finetune_kl_after = 0;
-  int finetune_epochs_run = 0, finetune_best_epoch = 0;
+  // End-to-end tuning (finetune_epochs > 0; null otherwise): the record written to the
+  // checkpoint's quantization_config.finetune (docs/format.md: settings, windows, epochs run, the
+  // epoch kept, validation KL before and after in nats per token), and the seconds it took.
+  nlohmann::ordered_json finetune;
   double finetune_seconds = 0;
 };
 
