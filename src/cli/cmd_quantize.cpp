@@ -87,7 +87,9 @@ int run_quantize(QuantizeArgs& a) {
              a.s.ldlq ? "on" : "off", a.s.true_sequential ? "on" : "off", strength(a.s.asymmetric), strength(a.s.residual_target),
              a.s.refit_scales ? "on" : "off",
              list_decode > 1 ? fmt::format("{} candidates", list_decode) : std::string("off"),
-             a.s.finetune_epochs > 0 ? fmt::format(", finetune {} epochs at lr {:g}", a.s.finetune_epochs, a.s.finetune_lr) : "");
+             a.s.finetune_epochs > 0 ? fmt::format(", finetune {} epochs at lr {:g}{}", a.s.finetune_epochs, a.s.finetune_lr,
+                                                      a.s.finetune_bias ? " with biases" : "")
+                                        : "");
   const model::QuantizeResult r = model::quantize_model_files(a.model, a.calib, a.out, a.s, p);
 
   fmt::print(stderr, "\n{:<40} {:>4} {:>11} {:>11} {:>10}\n", "linear", "bits", "proxy loss", "rel. error", "KiB");
@@ -197,6 +199,9 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
   app.add_option("--finetune-lr", a->s.finetune_lr, "Adam step size of the tuning (the gains start at 1)")
       ->capture_default_str()
       ->check(CLI::Range(1e-6, 1.0));
+  app.add_flag("--finetune-bias", a->s.finetune_bias,
+               "the tuning also fits an output bias for every row of every quantized linear (stored as the linear's "
+               "float32 bias: 32 bits per row more)");
   app.add_flag("--keep-head-fp16,!--quantize-head", a->s.keep_head_16bit,
                "keep lm_head in 16 bits (default: on); --quantize-head quantizes it at ceil(bits)")
       ->capture_default_str();

@@ -119,6 +119,9 @@ struct Net {
     std::vector<S> w;     // (rows, cols), without gains
     std::vector<S> bias;  // (rows) or empty
     int64_t off = 0;      // parameter offset of its row gains
+    int64_t boff = -1;    // parameter offset of its tuned bias (-1: none)
+    S bscale = S(1);      // the tuned bias is bscale · θ: θ in units of the output's RMS
+    mutable double probe_sq = 0, probe_n = 0;  // sums for the RMS (set_bias_scales)
     bool rht = false;
     transform::HadamardPlan plan_out;
     std::vector<float> sign_out;
@@ -135,6 +138,8 @@ struct Net {
   std::vector<S> gf;       // final norm weight
   std::vector<S> gf_fp;    // the unquantized model's final norm weight (teacher)
   int64_t offf = 0, nparams = 0;
+  int64_t bias_start = 0;  // parameters from here on are biases (start at 0)
+  mutable bool probing = false;
   std::vector<S> head;     // (V, d)
 
   struct Cache {
@@ -142,7 +147,7 @@ struct Net {
   };
 
   // Builds the network from the model; quantized linears are dequantized.
-  Net(const Model& m, const std::vector<float>& teacher_final_norm) {
+  Net(const Model& m, const std::vector<float>& teacher_final_norm, bool with_bias) {
     const ModelConfig& c = m.config();
     L = c.num_layers;
     d = c.hidden_size;
@@ -191,6 +196,13 @@ struct Net {
     if (int(gf_fp.size()) != d) throw_mismatch("finetune: teacher final norm length", std::to_string(d), std::to_string(gf_fp.size()));
     offf = off;
     off += d;
+    bias_start = off;
+    if (with_bias)
+      for (auto& Y : layers)
+        for (auto& l : Y.lin) {
+          l.boff = off;
+          off += l.rows;
+        }
     nparams = off;
     const Linear& hl = m.lm_head();
     if (hl.rows() != V || hl.cols() != d) throw_invalid("finetune: the output head's shape does not match the vocabulary");
@@ -201,7 +213,14 @@ struct Net {
     head = to_s<S>(hw.data(), hw.size());
   }
 
-  // Y = A^T((A X Wᵀ) ∘ γ) + b with A = T_out S_out (the identity for a dense linear); Z = A X Wᵀ,
+  // The parameters' starting point: gains 1, biases 0.
+  std::vector<S> initial() const {
+    std::vector<S> theta(size_t(nparams), S(1));
+    std::fill(theta.begin() + bias_start, theta.end(), S(0));
+    return theta;
+  }
+
+  // Y = A^T((A X Wᵀ) ∘ γ) + b₀ + b with A = T_out S_out (the identity for a dense linear); Z = A X Wᵀ,
   // the output in the domain where the gains act.
   void lin_forward(const Lin& l, const S* theta, const S* X, int T, S* Z, S* Y) const {
     gemm(false, true, T, l.rows, l.cols, S(1), X, l.cols, l.w.data(), l.cols, S(0), Z, l.rows);
@@ -212,12 +231,38 @@ struct Net {
     if (l.rht) out_transform(l.plan_out, l.sign_out, Y, T, false);
     if (!l.bias.empty())
       for (size_t i = 0; i < n; ++i) Y[i] += l.bias[i % size_t(l.rows)];
+    if (probing) {
+      for (size_t i = 0; i < n; ++i) l.probe_sq += double(Y[i]) * double(Y[i]);
+      l.probe_n += double(n);
+    }
+    if (l.boff >= 0)
+      for (size_t i = 0; i < n; ++i) Y[i] += l.bscale * theta[l.boff + int64_t(i % size_t(l.rows))];
   }
 
-  // From dY (overwritten): the row gains' gradient, dX (+)= (A^T((A dY) ∘ γ)) W.
+  // The biases' units: each linear's output RMS over the window x0 (T tokens) with the factors
+  // at their start, so that Adam's step means the same for a bias as for a gain.
+  void set_bias_scales(const S* x0, int T) {
+    if (bias_start == nparams) return;
+    const std::vector<S> theta = initial();
+    std::vector<S> x(x0, x0 + size_t(T) * d);
+    Cache c;
+    probing = true;
+    for (int l = 0; l < L; ++l) layer_forward(l, theta.data(), x.data(), T, c);
+    probing = false;
+    for (auto& Y : layers)
+      for (auto& l : Y.lin) {
+        l.bscale = S(std::max(1e-6, std::sqrt(l.probe_sq / std::max(1.0, l.probe_n))));
+        l.probe_sq = l.probe_n = 0;
+      }
+  }
+
+  // From dY (overwritten): the row gains' and bias's gradients, dX (+)= (A^T((A dY) ∘ γ)) W.
   void lin_backward(const Lin& l, const S* theta, const S* Z, S* dY, int T, S* dX, bool add, S* grad) const {
     const S* gam = theta + l.off;
     S* gg = grad + l.off;
+    if (l.boff >= 0)
+      for (int t = 0; t < T; ++t)
+        for (int r = 0; r < l.rows; ++r) grad[l.boff + r] += l.bscale * dY[size_t(t) * l.rows + r];
     if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, true);
     for (int t = 0; t < T; ++t)
       for (int r = 0; r < l.rows; ++r) {
@@ -428,11 +473,11 @@ std::vector<S> embed_s(const Model& m, std::span<const int32_t> tokens) {
 
 }  // namespace
 
-int64_t finetune_parameter_count(const Model& model) {
+int64_t finetune_parameter_count(const Model& model, bool bias) {
   const ModelConfig& c = model.config();
   int64_t n = c.hidden_size;
   for (int l = 0; l < c.num_layers; ++l) {
-    for (LinearKind k : kAllLinearKinds) n += model.layer(l).linear(k).rows();
+    for (LinearKind k : kAllLinearKinds) n += (bias ? 2 : 1) * int64_t(model.layer(l).linear(k).rows());
     n += 2 * c.hidden_size;
   }
   return n;
@@ -440,13 +485,14 @@ int64_t finetune_parameter_count(const Model& model) {
 
 double finetune_loss_double(const Model& model, std::span<const int32_t> tokens, std::span<const float> teacher_hidden,
                             const std::vector<float>& teacher_final_norm, int64_t index, double delta,
-                            std::vector<double>* grad) {
-  const Net<double> net(model, teacher_final_norm);
-  std::vector<double> theta(size_t(net.nparams), 1.0);
+                            std::vector<double>* grad, bool bias) {
+  Net<double> net(model, teacher_final_norm, bias);
+  std::vector<double> theta = net.initial();
   if (index >= 0) theta.at(size_t(index)) += delta;
   const int T = int(tokens.size());
   if (teacher_hidden.size() != size_t(T) * net.d) throw_invalid("finetune_loss_double: teacher_hidden size");
   const auto x0 = embed_s<double>(model, tokens);
+  net.set_bias_scales(x0.data(), T);
   if (grad) grad->assign(size_t(net.nparams), 0.0);
   return net.loss(theta.data(), x0.data(), teacher_hidden.data(), T, grad ? grad->data() : nullptr);
 }
@@ -454,8 +500,8 @@ double finetune_loss_double(const Model& model, std::span<const int32_t> tokens,
 double finetune_kl(const Model& model, const std::vector<std::vector<int32_t>>& tokens,
                    const std::vector<std::vector<float>>& teacher_hidden, const std::vector<float>& teacher_final_norm) {
   if (tokens.empty() || teacher_hidden.size() != tokens.size()) throw_invalid("finetune_kl: one block of hidden states per window");
-  const Net<float> net(model, teacher_final_norm);
-  const std::vector<float> theta(size_t(net.nparams), 1.0f);
+  const Net<float> net(model, teacher_final_norm, false);
+  const std::vector<float> theta = net.initial();
   double sum = 0;
   for (size_t w = 0; w < tokens.size(); ++w) {
     if (teacher_hidden[w].size() != tokens[w].size() * size_t(net.d)) throw_invalid("finetune_kl: hidden states of the wrong size");
@@ -487,16 +533,17 @@ FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_
   const int N = int(tokens.size());
   if (N < 2) throw_invalid(fmt::format("finetune: needs at least 2 windows, got {}", N));
   if (s.lr <= 0 || !std::isfinite(s.lr)) throw_invalid(fmt::format("finetune: learning rate must be positive, got {}", s.lr));
-  const Net<float> net(model, teacher_final_norm);
+  Net<float> net(model, teacher_final_norm, s.bias);
   for (int w = 0; w < N; ++w)
     if (teacher_hidden[size_t(w)]->size() != tokens[size_t(w)].size() * size_t(net.d))
       throw_invalid(fmt::format("finetune: window {}: teacher hidden states of the wrong size", w));
+  net.set_bias_scales(embed_s<float>(model, tokens[0]).data(), int(tokens[0].size()));
   const int given = int(val_tokens.size());
   const int holdout = given > 0 ? given : s.holdout > 0 ? std::min(s.holdout, N - 1) : std::max(1, N / 8);
   const int train = N - holdout;
   if (train < 1) throw_invalid("finetune: no training windows");
 
-  std::vector<float> theta(size_t(net.nparams), 1.0f), best = theta, grad(theta.size());
+  std::vector<float> theta = net.initial(), best = theta, grad(theta.size());
   std::vector<double> m1(theta.size(), 0.0), m2(theta.size(), 0.0);
   auto held_out_kl = [&](const std::vector<float>& th) {
     double sum = 0;
@@ -576,13 +623,25 @@ FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_
   }
   r.final_norm.resize(size_t(net.d));
   for (int i = 0; i < net.d; ++i) r.final_norm[size_t(i)] = net.gf[size_t(i)] * best[size_t(net.offf + i)];
+  if (s.bias) {
+    r.bias.resize(size_t(net.L) * 7);
+    for (int l = 0; l < net.L; ++l)
+      for (int k = 0; k < 7; ++k) {
+        const auto& lin = net.layers[size_t(l)].lin[k];
+        auto& b = r.bias[size_t(l) * 7 + k];
+        b.resize(size_t(lin.rows));
+        for (int i = 0; i < lin.rows; ++i)
+          b[size_t(i)] = lin.bscale * best[size_t(lin.boff + i)] + (lin.bias.empty() ? 0.0f : float(lin.bias[size_t(i)]));
+      }
+  }
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return r;
 }
 
 void apply_finetune(Model& model, const FinetuneResult& r) {
   const int L = model.num_layers();
-  if (r.row_gain.size() != size_t(L) * 7 || r.attn_norm.size() != size_t(L) || r.mlp_norm.size() != size_t(L))
+  if (r.row_gain.size() != size_t(L) * 7 || r.attn_norm.size() != size_t(L) || r.mlp_norm.size() != size_t(L) ||
+      (!r.bias.empty() && r.bias.size() != size_t(L) * 7))
     throw_invalid("apply_finetune: result does not match the model's layers");
   for (int l = 0; l < L; ++l) {
     DecoderLayer& D = model.layer(l);
@@ -590,7 +649,12 @@ void apply_finetune(Model& model, const FinetuneResult& r) {
       Linear& lin = D.linear(k);
       const auto& gain = r.row_gain[size_t(l) * 7 + int(k)];
       if (int(gain.size()) != lin.rows()) throw_invalid("apply_finetune: row gains of the wrong length");
-      const std::vector<float> bias(lin.bias().begin(), lin.bias().end());
+      std::vector<float> bias(lin.bias().begin(), lin.bias().end());
+      if (!r.bias.empty()) {
+        const auto& b = r.bias[size_t(l) * 7 + int(k)];
+        if (int(b.size()) != lin.rows()) throw_invalid("apply_finetune: a bias of the wrong length");
+        bias = b;
+      }
       if (const auto* q = lin.quantized_weight()) {
         codec::QuantizedMatrix m = *q;
         for (auto& st : m.stages)

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <numeric>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -322,6 +323,7 @@ void write_finetune(const std::string& path, const FinetuneResult& r) {
     ts.push_back(f32_tensor(fmt::format("mlp_norm.{}", l), r.mlp_norm[l]));
   }
   ts.push_back(f32_tensor("final_norm", r.final_norm));
+  for (size_t i = 0; i < r.bias.size(); ++i) ts.push_back(f32_tensor(fmt::format("bias.{}.{}", i / 7, i % 7), r.bias[i]));
   const nlohmann::json meta = {{"kl_before", r.kl_before},   {"kl_after", r.kl_after},     {"epochs_run", r.epochs_run},
                                {"best_epoch", r.best_epoch}, {"seconds", r.seconds},       {"train_kl_first", r.train_kl_first}};
   format::write_safetensors_atomic(path, ts, {{"finetune", meta.dump()}});
@@ -345,6 +347,15 @@ FinetuneResult read_finetune(const std::string& path, const Model& model) {
     r.mlp_norm.push_back(format::copy_f32(f.get(fmt::format("mlp_norm.{}", l), format::StDType::F32, hs)));
   }
   r.final_norm = format::copy_f32(f.get("final_norm", format::StDType::F32, hs));
+  if (f.find("bias.0.0")) {
+    r.bias.resize(static_cast<size_t>(L) * 7);
+    for (int l = 0; l < L; ++l)
+      for (LinearKind k : kAllLinearKinds) {
+        const int64_t shape[] = {model.layer(l).linear(k).rows()};
+        r.bias[static_cast<size_t>(l) * 7 + static_cast<size_t>(k)] =
+            format::copy_f32(f.get(fmt::format("bias.{}.{}", l, static_cast<int>(k)), format::StDType::F32, shape));
+      }
+  }
   const auto meta = f.metadata().find("finetune");
   if (meta == f.metadata().end()) throw_format(path, "no 'finetune' metadata");
   const auto j = nlohmann::json::parse(meta->second);
@@ -533,6 +544,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   if (list_decode_of(s) > 1) manifest["list_decode"] = list_decode_of(s);
   if (ft) manifest["finetune"] = {{"epochs", s.finetune_epochs}, {"lr", s.finetune_lr}, {"validation", validation.size()},
                                   {"extra", extra.size()}};
+  if (ft && s.finetune_bias) manifest["finetune"]["bias"] = true;
   const fs::path manifest_path = partial / "manifest.json";
   if (fs::exists(manifest_path)) {
     const nlohmann::json old = read_json_file(manifest_path);
@@ -785,12 +797,16 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     FinetuneResult fr;
     if (fs::exists(ft_file)) {
       fr = read_finetune(ft_file.string(), model);
+      if (fr.bias.empty() == s.finetune_bias)
+        throw_format(ft_file.string(), fmt::format("the tuning there was run {} biases; this run asks {} them",
+                                                   fr.bias.empty() ? "without" : "with", s.finetune_bias ? "for" : "not for"));
       note(fmt::format("finetune: resumed from {}", ft_file.string()));
     } else {
       FinetuneSettings fs_;
       fs_.epochs = s.finetune_epochs;
       fs_.lr = s.finetune_lr;
       fs_.seed = s.seed;
+      fs_.bias = s.finetune_bias;
       FinetuneProgress fp;
       fp.note = progress.note;
       fp.step = progress.step;
@@ -802,6 +818,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     }
     apply_finetune(model, fr);
     result.finetune = {{"epochs", s.finetune_epochs},      {"lr", s.finetune_lr},
+                       {"bias", s.finetune_bias},
                        {"extra_windows", extra.size()},     {"validation_windows", validation.size()},
                        {"epochs_run", fr.epochs_run},       {"best_epoch", fr.best_epoch},
                        {"heldout_kl_before", fr.kl_before}, {"heldout_kl_after", fr.kl_after}};
@@ -852,9 +869,29 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
         if (const auto* q = model.layer(j.layer).linear(j.kind).quantized_weight())
           for (size_t st = 0; st < q->stages.size(); ++st)
             tuned[format::glq_scales_name(j.name, static_cast<int>(st))] = &q->stages[st].scales;
+    // Tuned biases (finetune --finetune-bias) replace the stored ones or are added.
+    std::map<std::string, std::vector<float>> tuned_bias;
+    if (ft && s.finetune_bias)
+      for (const Job& j : jobs) {
+        const Linear& lin = model.layer(j.layer).linear(j.kind);
+        tuned_bias[j.name + ".bias"].assign(lin.bias().begin(), lin.bias().end());
+      }
+    std::set<std::string> bias_written;
+    auto bias_item = [](const std::string& name, const std::vector<float>* v) {
+      return Item{{name, format::StDType::F32, {static_cast<int64_t>(v->size())}}, [v] {
+                    std::vector<uint8_t> b(v->size() * 4);
+                    std::memcpy(b.data(), v->data(), b.size());
+                    return b;
+                  }};
+    };
     for (const auto& p : parts)
       for (const auto& t : p->tensors()) {
         const format::StTensorView* view = &t;
+        if (const auto b = tuned_bias.find(t.name); b != tuned_bias.end()) {
+          items.push_back(bias_item(t.name, &b->second));
+          bias_written.insert(t.name);
+          continue;
+        }
         const auto it = tuned.find(t.name);
         if (it != tuned.end()) {
           const std::vector<float>* v = it->second;
@@ -869,6 +906,8 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
           items.push_back({{t.name, t.dtype, t.shape}, [view] { return format::copy_bytes(*view); }});
         }
       }
+    for (const auto& [name, v] : tuned_bias)
+      if (!bias_written.count(name)) items.push_back(bias_item(name, &v));
     // Widest elements first: with the header padded to 8 bytes, every tensor is then aligned
     // to its element size inside the file.
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
@@ -929,6 +968,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   for (const auto& r : reports) {
     result.linear_weights += static_cast<int64_t>(r.rows) * r.cols;
     result.linear_bytes += r.stored_bytes;
+    if (ft && s.finetune_bias && r.layer >= 0) result.linear_bytes += 4 * static_cast<int64_t>(r.rows);  // the tuned bias
   }
   result.total_weights = cfg.parameter_count();
   result.linear_bpw = result.linear_weights ? 8.0 * static_cast<double>(result.linear_bytes) / static_cast<double>(result.linear_weights) : 0;

@@ -1,6 +1,6 @@
 // End-to-end tuning of row and norm gains (glq/model/finetune.hpp): its forward pass against
 // Model's, its gradient against central differences (double precision), and the tuning loop
-// recovering row scalings that were put into a model on purpose.
+// recovering row scalings and output offsets that were put into a model on purpose.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -93,34 +93,42 @@ TEST(Finetune, ForwardMatchesTheModel) {
     }
 }
 
+// With `tuned` the tuned biases are parameters too (after the gains); `bias`: the model has biases
+// of its own.
 TEST(Finetune, GradientMatchesCentralDifferences) {
-  for (bool bias : {false, true}) {
-    auto teacher = tiny_model("grad_t", 2, true, bias);
-    auto student = tiny_model("grad_s", 2, true, bias);
-    perturb(*student, 0.3f, 9);
-    const auto tok = tokens_of(19, student->vocab_size(), 8);
-    const auto h = final_hidden(*teacher, tok);
-    std::vector<double> g;
-    const double f0 = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), -1, 0, &g);
-    ASSERT_GT(f0, 1e-3);
-    const int64_t n = model::finetune_parameter_count(*student);
-    ASSERT_EQ(int64_t(g.size()), n);
-    // Every 7th parameter (all kinds of gain are hit: each block is longer than 7) and the last.
-    const double eps = 1e-5;
-    double worst = 0;
-    int checked = 0;
-    for (int64_t i = 0; i < n; i += (i + 7 < n ? 7 : std::max<int64_t>(1, n - 1 - i))) {
-      const double fp = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, eps, nullptr);
-      const double fm = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, -eps, nullptr);
-      const double num = (fp - fm) / (2 * eps);
-      const double err = std::abs(num - g[size_t(i)]) / (std::abs(num) + 1e-6);
-      worst = std::max(worst, err);
-      EXPECT_LT(err, 1e-4) << "parameter " << i << ": analytic " << g[size_t(i)] << ", numeric " << num << " (bias " << bias << ")";
-      ++checked;
-      if (i == n - 1) break;
+  for (bool tuned : {false, true})
+    for (bool bias : {false, true}) {
+      auto teacher = tiny_model("grad_t", 2, true, bias);
+      auto student = tiny_model("grad_s", 2, true, bias);
+      perturb(*student, 0.3f, 9);
+      const auto tok = tokens_of(19, student->vocab_size(), 8);
+      const auto h = final_hidden(*teacher, tok);
+      std::vector<double> g;
+      const double f0 = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), -1, 0, &g, tuned);
+      ASSERT_GT(f0, 1e-3);
+      const int64_t n = model::finetune_parameter_count(*student, tuned);
+      ASSERT_EQ(int64_t(g.size()), n);
+      if (tuned) {
+        EXPECT_EQ(n, 2 * model::finetune_parameter_count(*student) - 2 * student->hidden_size() * student->num_layers() -
+                         student->hidden_size());
+        // The biases start at 0: the loss is the untuned one.
+        EXPECT_NEAR(f0, model::finetune_loss_double(*student, tok, h, teacher->final_norm(), -1, 0, nullptr), 1e-12);
+      }
+      // Every 7th parameter (all kinds of gain and bias are hit: each block is longer than 7) and the last.
+      const double eps = 1e-5;
+      int checked = 0;
+      for (int64_t i = 0; i < n; i += (i + 7 < n ? 7 : std::max<int64_t>(1, n - 1 - i))) {
+        const double fp = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, eps, nullptr, tuned);
+        const double fm = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, -eps, nullptr, tuned);
+        const double num = (fp - fm) / (2 * eps);
+        const double err = std::abs(num - g[size_t(i)]) / (std::abs(num) + 1e-6);
+        EXPECT_LT(err, 1e-4) << "parameter " << i << ": analytic " << g[size_t(i)] << ", numeric " << num << " (bias " << bias
+                             << ", tuned biases " << tuned << ")";
+        ++checked;
+        if (i == n - 1) break;
+      }
+      EXPECT_GT(checked, tuned ? 100 : 50);
     }
-    EXPECT_GT(checked, 50);
-  }
 }
 
 TEST(Finetune, RecoversRowAndNormScalings) {
@@ -164,36 +172,87 @@ TEST(Finetune, RecoversRowAndNormScalings) {
 // apply_finetune folds them into the stage scales; the KL the tuning reports for its kept gains
 // is the KL of the model they are folded into.
 TEST(Finetune, GainsOfQuantizedLinearsAreTheFoldedScales) {
-  auto teacher = tiny_model("q_t", 2, true);
-  auto student = tiny_model("q_s", 2, true);
+  for (bool tuned : {false, true}) {
+    auto teacher = tiny_model("q_t", 2, true);
+    auto student = tiny_model("q_s", 2, true);
+    for (int l = 0; l < student->num_layers(); ++l)
+      for (auto k : model::kAllLinearKinds) {
+        auto& lin = student->layer(l).linear(k);
+        codec::QuantizeOptions o;
+        o.bits = 2;
+        o.seed = 100 + 7 * uint64_t(l) + uint64_t(k);
+        const std::vector<float> w = lin.to_dense();
+        lin = model::Linear::quantized(codec::quantize_matrix(w, lin.rows(), lin.cols(), {}, o));
+      }
+    std::vector<std::vector<int32_t>> train_w, val_w;
+    std::vector<std::vector<float>> train_h, val_h;
+    for (int w = 0; w < 44; ++w) {
+      auto t = tokens_of(24, student->vocab_size(), 300 + w);
+      auto h = final_hidden(*teacher, t);
+      (w < 40 ? train_w : val_w).push_back(std::move(t));
+      (w < 40 ? train_h : val_h).push_back(std::move(h));
+    }
+    model::FinetuneSettings s;
+    s.epochs = 3;
+    s.lr = 0.01;
+    s.bias = tuned;
+    const double before = model::finetune_kl(*student, val_w, val_h, teacher->final_norm());
+    const auto r = model::finetune(*student, train_w, train_h, val_w, val_h, teacher->final_norm(), s);
+    EXPECT_NEAR(r.kl_before, before, 1e-4 * before);
+    ASSERT_GE(r.best_epoch, 1) << "no epoch improved the validation KL (tuned biases " << tuned << ")";
+    EXPECT_LT(r.kl_after, r.kl_before);
+    EXPECT_EQ(r.bias.size(), tuned ? size_t(7 * student->num_layers()) : size_t(0));
+    model::apply_finetune(*student, r);
+    if (tuned) {
+      double moved = 0;
+      for (int l = 0; l < student->num_layers(); ++l)
+        for (auto k : model::kAllLinearKinds) {
+          const auto b = student->layer(l).linear(k).bias();
+          ASSERT_EQ(int(b.size()), student->layer(l).linear(k).rows());
+          for (float v : b) moved = std::max(moved, double(std::abs(v)));
+        }
+      EXPECT_GT(moved, 1e-3) << "no bias was tuned";
+    }
+    const double after = model::finetune_kl(*student, val_w, val_h, teacher->final_norm());
+    EXPECT_NEAR(after, r.kl_after, 1e-3 * r.kl_after) << "the folded model is not the tuned one (tuned biases " << tuned << ")";
+  }
+}
+
+// Offsets added to every linear's output: the tuned biases take them back out.
+TEST(Finetune, RecoversOutputOffsets) {
+  auto teacher = tiny_model("off_t", 2, true);
+  auto student = tiny_model("off_s", 2, true);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 0.05f);
   for (int l = 0; l < student->num_layers(); ++l)
     for (auto k : model::kAllLinearKinds) {
       auto& lin = student->layer(l).linear(k);
-      codec::QuantizeOptions o;
-      o.bits = 2;
-      o.seed = 100 + 7 * uint64_t(l) + uint64_t(k);
-      const std::vector<float> w = lin.to_dense();
-      lin = model::Linear::quantized(codec::quantize_matrix(w, lin.rows(), lin.cols(), {}, o));
+      std::vector<float> b(size_t(lin.rows()));
+      for (auto& v : b) v = nd(rng);
+      const int rows = lin.rows(), cols = lin.cols();
+      lin = model::Linear::dense(lin.to_dense(), rows, cols, b);
     }
   std::vector<std::vector<int32_t>> train_w, val_w;
   std::vector<std::vector<float>> train_h, val_h;
-  for (int w = 0; w < 14; ++w) {
-    auto t = tokens_of(24, student->vocab_size(), 300 + w);
+  for (int w = 0; w < 42; ++w) {
+    auto t = tokens_of(32, student->vocab_size(), 500 + w);
     auto h = final_hidden(*teacher, t);
-    (w < 12 ? train_w : val_w).push_back(std::move(t));
-    (w < 12 ? train_h : val_h).push_back(std::move(h));
+    (w < 40 ? train_w : val_w).push_back(std::move(t));
+    (w < 40 ? train_h : val_h).push_back(std::move(h));
   }
   model::FinetuneSettings s;
-  s.epochs = 3;
+  s.epochs = 6;
   s.lr = 0.01;
-  const double before = model::finetune_kl(*student, val_w, val_h, teacher->final_norm());
+  s.bias = true;
   const auto r = model::finetune(*student, train_w, train_h, val_w, val_h, teacher->final_norm(), s);
-  EXPECT_NEAR(r.kl_before, before, 1e-4 * before);
-  ASSERT_GE(r.best_epoch, 1) << "no epoch improved the validation KL";
-  EXPECT_LT(r.kl_after, r.kl_before);
+  EXPECT_LT(r.kl_after, 0.3 * r.kl_before) << "before " << r.kl_before << " after " << r.kl_after;
+  // Without biases the same tuning cannot undo offsets nearly as well.
+  s.bias = false;
+  const auto g = model::finetune(*student, train_w, train_h, val_w, val_h, teacher->final_norm(), s);
+  EXPECT_LT(r.kl_after, 0.7 * g.kl_after) << "gains alone " << g.kl_after << ", with biases " << r.kl_after;
+  // Folded into the model's biases, the tuned model is the one whose KL was reported.
   model::apply_finetune(*student, r);
-  const double after = model::finetune_kl(*student, val_w, val_h, teacher->final_norm());
-  EXPECT_NEAR(after, r.kl_after, 1e-3 * r.kl_after) << "the folded model is not the tuned one";
+  EXPECT_NEAR(model::finetune_kl(*student, val_w, val_h, teacher->final_norm()), r.kl_after, 1e-3 * r.kl_after);
 }
 
 TEST(Finetune, RejectsBadSettings) {

@@ -359,6 +359,64 @@ TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
   EXPECT_THROW(quantize_model_files(f.model, f.calib, f.dir.file("head"), head), Error);
 }
 
+// --finetune-bias: every quantized linear of the checkpoint carries its tuned bias (counted in the
+// linears' bytes), the loaded model runs with it, and a tuning with biases is not resumed by a run
+// without (nor the reverse).
+TEST(QuantizePipeline, FinetuneBiasesAreStoredAndLoaded) {
+  Fixture f({.layers = 2}, 12000);
+  QuantizeSettings s = small_settings(2);
+  s.calib_seqs = 8;
+  s.finetune_epochs = 2;
+  s.finetune_lr = 0.002;
+  s.finetune_windows = 4;
+  const std::string gains = f.dir.file("gains");
+  const QuantizeResult g = quantize_model_files(f.model, f.calib, gains, s);
+  s.finetune_bias = true;
+  QuantizeProgress stop_at_assembly;
+  stop_at_assembly.note = [&](const std::string& m) {
+    if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stop_at_assembly), std::runtime_error);
+  QuantizeSettings without = s;
+  without.finetune_bias = false;
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, without), Error) << "a different tuning is not resumed";
+  const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, s);
+  ASSERT_FALSE(r.finetune.is_null());
+  EXPECT_EQ(r.finetune["bias"], true);
+  ASSERT_GE(r.finetune["best_epoch"].get<int>(), 1) << "the tuning with biases did not improve: nothing to check";
+  EXPECT_EQ(g.finetune["bias"], false);
+  int64_t rows = 0;
+  for (const auto& l : r.linears) rows += l.layer >= 0 ? l.rows : 0;
+  EXPECT_EQ(r.linear_bytes, g.linear_bytes + uint64_t(4 * rows)) << "the biases are counted in the linears' bytes";
+
+  std::ifstream cfg_in(f.out + "/config.json");
+  const auto cfg = nlohmann::json::parse(cfg_in);
+  EXPECT_EQ(cfg["quantization_config"]["finetune"]["bias"], true);
+  auto tuned = load_model(f.out);
+  auto plain = load_model(gains);
+  bool moved = false;
+  for (int i = 0; i < 2; ++i)
+    for (LinearKind k : kAllLinearKinds) {
+      const auto& lin = tuned->layer(i).linear(k);
+      ASSERT_TRUE(lin.is_quantized());
+      ASSERT_EQ(int(lin.bias().size()), lin.rows()) << linear_tensor_prefix(i, k);
+      EXPECT_TRUE(plain->layer(i).linear(k).bias().empty());
+      for (float v : lin.bias()) {
+        ASSERT_TRUE(std::isfinite(v));
+        moved = moved || v != 0.0f;
+      }
+    }
+  EXPECT_TRUE(moved) << "no bias was tuned";
+  const std::vector<int32_t> tokens = tuned->tokenizer().encode("biases are part of the tuned model");
+  const auto lt = logits_of(*tuned, tokens), lp = logits_of(*plain, tokens);
+  double diff = 0;
+  for (size_t i = 0; i < lt.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(lt[i]));
+    diff = std::max(diff, double(std::abs(lt[i] - lp[i])));
+  }
+  EXPECT_GT(diff, 1e-4) << "the biases change the model";
+}
+
 void expect_error(const std::function<void()>& fn, ErrorKind kind, const std::string& needle) {
   try {
     fn();

@@ -17,6 +17,10 @@
 // epoch, the factors of the best epoch are kept (none if no epoch lowers it, so tuning never
 // makes the held-out fit worse), and tuning stops after two epochs in a row without a better one.
 //
+// With `bias`, every linear also gets an output bias b (one per row, in the output's own domain,
+// starting at 0): y = W(γ) x + b₀ + b. It is stored as the linear's `.bias` tensor (32 bits per
+// row, counted in the linear's bytes), which the engines already apply.
+//
 // The codes are not changed, nor the format: the gains are folded into the stored stage scales
 // and norm weights.
 #pragma once
@@ -36,6 +40,7 @@ struct FinetuneSettings {
   double lr = 1e-3;        // Adam step size on the factors (which start at 1)
   int holdout = 0;         // held-out training windows without validation ones (0: max(1, windows / 8))
   uint64_t seed = 0x5eed;  // order of the windows in each epoch
+  bool bias = false;       // also tune an output bias per row of every linear
 };
 
 // The tuned factors, in the model's order: row_gain[7·layer + kind] (rows of that linear;
@@ -44,6 +49,7 @@ struct FinetuneResult {
   std::vector<std::vector<float>> row_gain;
   std::vector<std::vector<float>> attn_norm, mlp_norm;
   std::vector<float> final_norm;
+  std::vector<std::vector<float>> bias;  // bias[7·layer + kind]: the linear's whole new bias; empty: not tuned
   double kl_before = 0;       // held-out KL (nats per token) before tuning
   double kl_after = 0;        // held-out KL of the kept factors
   double train_kl_first = 0;  // mean training KL of the first epoch
@@ -71,7 +77,7 @@ FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_
                         const FinetuneProgress& progress = {});
 
 // Folds the result into the model: row gains into the stage scales of its quantized linears,
-// the norm gains in place of the old ones.
+// the norm gains in place of the old ones, the tuned biases in place of the linears' biases.
 void apply_finetune(Model& model, const FinetuneResult& r);
 
 // The mean KL above over `tokens` with the model as it is (all factors 1), in float.
@@ -80,11 +86,12 @@ double finetune_kl(const Model& model, const std::vector<std::vector<int32_t>>& 
 
 // ---- for tests -----------------------------------------------------------------------------
 // The loss above for one window with all factors 1 plus `delta` at flat parameter index `index`
-// (the order of finetune_parameter_count), in double precision, and its gradient (all
-// parameters) when `grad` is not null. Dense linears only (tests build such models).
+// (the order of finetune_parameter_count: row gains and norm gains, then the biases when `bias`;
+// gains start at 1, biases at 0), in double precision, and its gradient (all parameters) when
+// `grad` is not null.
 double finetune_loss_double(const Model& model, std::span<const int32_t> tokens, std::span<const float> teacher_hidden,
                             const std::vector<float>& teacher_final_norm, int64_t index, double delta,
-                            std::vector<double>* grad);
-int64_t finetune_parameter_count(const Model& model);
+                            std::vector<double>* grad, bool bias = false);
+int64_t finetune_parameter_count(const Model& model, bool bias = false);
 
 }  // namespace glq::model

@@ -81,6 +81,7 @@ struct QuantizeSettings {
   // SmolLM2-135M against 16,384 calibration tokens at 4 bits, where the training KL fell much
   // faster than the KL on other windows (docs/quantize.md).
   int finetune_windows = -1;
+  bool finetune_bias = false;  // the tuning also fits an output bias per row of every quantized linear
   bool keep_head_16bit = true;   // false: lm_head is quantized too (at the nearest width)
   std::string dtype_16bit = "float16";  // "float16" | "bfloat16" | "float32" for kept tensors
   bool resume = true;            // reuse OUT.partial/ from an interrupted run with equal settings
