@@ -54,6 +54,12 @@ run_all() {
   $T "$bin/glq_test_cuda" --gtest_brief=1 >"$OUT/tests.log" 2>&1
   local test_rc=$?
   tail -n 30 "$OUT/tests.log"
+  # The ring kernel picks byte dot products or fp16 products by shape: each forced on every shape.
+  for i8 in 0 1; do
+    GLQ_QGEMV_RING_I8=$i8 $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter='CudaQgemvRing*:CudaEngine.*' \
+      >"$OUT/tests_ring_i8_$i8.log" 2>&1 || test_rc=1
+    tail -n 3 "$OUT/tests_ring_i8_$i8.log"
+  done
   : >"$OUT/gemv.jsonl"
   : >"$OUT/model.jsonl"
   local shapes="4096x14336 14336x4096 4096x4096 1024x4096"

@@ -183,6 +183,12 @@ def test_quantize_finetune(tiny_model_dir, calib_file, tmp_path):
     plain = glq.quantize(tiny_model_dir, bits=2, calib=calib_file, out=tmp_path / "plain", calib_seqs=4,
                          seq_len=48, progress=False)
     assert "finetune" not in plain
+    assert ft["bias"] is False
+    biased = glq.quantize(tiny_model_dir, bits=2, calib=calib_file, out=tmp_path / "biased", calib_seqs=4,
+                          seq_len=48, finetune_epochs=1, finetune_lr=0.002, finetune_bias=True, progress=False)
+    assert biased["finetune"]["bias"] is True
+    names = [name for name, _, bias in glq.checkpoint_linears(tmp_path / "biased") if bias is not None]
+    assert len(names) == len(glq.checkpoint_linears(tmp_path / "biased"))
 
 
 def test_quantize_errors(tiny_model_dir, calib_file, tmp_path):

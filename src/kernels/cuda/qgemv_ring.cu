@@ -166,6 +166,79 @@ __device__ __forceinline__ void e8r_chain(const uint2 c, bool first, const __hal
   }
 }
 
+// ---- byte dot products (the I8 variant) -------------------------------------------------------
+// x̃ of a block's column range as 16-bit integers, x = round(x̃ · q) with q = 32767 / max|x̃| over
+// the range, each split into a signed high byte and an unsigned low byte (x = 256·h + l); a
+// codeword times 4 is a vector of small integers (E8P16: ±2, ±6, ±10 plus the shift ±1; E8R8:
+// 0, ±2, ±4, ±8), so one PRMT gives 4 of its coordinates as bytes and DP4A multiplies them by 4
+// high or low bytes of x exactly, summed in int32. Per code: 4 DP4A and 2 PRMT where the fp16
+// path has 4 HFMA2 and 6 PRMT, and no fp16 chain to convert: the sums stay integers to the end.
+// The shift: ⟨c, x⟩·4 = ⟨4σ∘p, x⟩ + Σx when its bit is clear, − Σx when set; each lane adds
+// Σx of its groups once (S) and, per code, −2Σx where the bit is set (a sign-replicating PRMT
+// gives −1 or 0, one IMAD).
+__device__ __forceinline__ int dp4a_ss(uint32_t a, uint32_t b, int c) {
+  int d;
+  asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+__device__ __forceinline__ int dp4a_su(uint32_t a, uint32_t b, int c) {
+  int d;
+  asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+// 4·(E8P16 magnitudes 0.5, 1.5, 2.5) as bytes (0, 2, 6, 10) and their negatives; E8R8's
+// (0.5, 1, 2) as (0, 2, 4, 8).
+constexpr uint32_t kI8E8pLo = 0x0A060200u, kI8E8pHi = 0xF6FAFE00u;
+constexpr uint32_t kI8E8rLo = 0x08040200u, kI8E8rHi = 0xF8FCFE00u;
+
+// One E8P16 word (8 rows × one group) into the rows' integer sums: ah (high bytes of x), al (low
+// bytes, and the shift terms). xh/xl: coordinates 0..3 and 4..7 of the group; sx2: 2·Σx.
+template <int B>
+__device__ __forceinline__ void e8p_i8(const uint4 c, const uint32_t (&xh)[B][2], const uint32_t (&xl)[B][2],
+                                       const int (&sx2)[B], const unsigned char* tab, uint32_t lane4, uint32_t blo,
+                                       uint32_t bhi, int (&ah)[8][B], int (&al)[8][B]) {
+  const uint32_t words[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const uint32_t w = words[r >> 1];
+    const uint32_t off_sel = byte_perm(lane4, w, (r & 1) ? 0x1160u : 0x1140u);
+    const uint32_t off_sign = byte_perm(lane4, w, (r & 1) ? 0x1170u : 0x1150u);
+    const uint32_t e = lds32(tab + off_sel) ^ lds32(tab + off_sign + 128);
+    const uint32_t b03 = byte_perm(blo, bhi, e), b47 = byte_perm(blo, bhi, e >> 16);
+    // −1 where the code's shift bit (bit 15 of its half of w: the top bit of byte 1 or 3) is set.
+    const int m = int(byte_perm(w, 0u, (r & 1) ? 0xBBBBu : 0x9999u));
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      ah[r][b] = dp4a_ss(b03, xh[b][0], ah[r][b]);
+      ah[r][b] = dp4a_ss(b47, xh[b][1], ah[r][b]);
+      int l = dp4a_su(b03, xl[b][0], al[r][b]);
+      l = dp4a_su(b47, xl[b][1], l);
+      al[r][b] = l + m * sx2[b];
+    }
+  }
+}
+
+// One E8R8 word (8 rows × one group, a byte each) into integer sums, as e8r_chain's lookups.
+template <int B>
+__device__ __forceinline__ void e8r_i8(const uint2 c, const uint32_t (&xh)[B][2], const uint32_t (&xl)[B][2],
+                                       const unsigned char* tab_r8, uint32_t lane8, uint32_t blo, uint32_t bhi,
+                                       int (&ah)[8][B], int (&al)[8][B]) {
+  const uint32_t words[2] = {c.x, c.y};
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const uint32_t off = byte_perm(lane8, words[r >> 2], 0x1140u + ((r & 3) << 4)) >> 1;
+    const uint32_t e = lds32(tab_r8 + off);
+    const uint32_t b03 = byte_perm(blo, bhi, e), b47 = byte_perm(blo, bhi, e >> 16);
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      ah[r][b] = dp4a_ss(b03, xh[b][0], ah[r][b]);
+      ah[r][b] = dp4a_ss(b47, xh[b][1], ah[r][b]);
+      al[r][b] = dp4a_su(b03, xl[b][0], al[r][b]);
+      al[r][b] = dp4a_su(b47, xl[b][1], al[r][b]);
+    }
+  }
+}
+
 __device__ __forceinline__ float hsum(__half2 h) { return __half2float(__hadd(__low2half(h), __high2half(h))); }
 
 // Sum of v[r] over the warp, scattered: returns the sum of row 4·b4 + 2·b3 + b2 (bits of the
@@ -262,7 +335,7 @@ __device__ __forceinline__ void ring_finish(const RingParams& p, float* sm) {
 // beside the block on one SM): at 64, ptxas rematerialises constants and addresses inside the
 // loop (394 instructions per 16 codes at one vector of 2 bpw against 363 with 72 registers), and
 // the whole product measured slower on an H100.
-template <int B, Layout L>
+template <int B, Layout L, bool I8>
 __global__ void __launch_bounds__(kRingThreads, 1)
     qgemv_ring_kernel(const RingParams p) {
   using T = LayoutTraits<L>;
@@ -348,16 +421,67 @@ __global__ void __launch_bounds__(kRingThreads, 1)
 #pragma unroll
     for (int d = 0; d < D; ++d) issue(d, d);
   }
-  for (int i = threadIdx.x; i < B * nx; i += kRingThreads) {
-    const int b = i / nx, gl = i - b * nx;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (gl < gn) v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
-    xs[i] = v;
-    const float2 f0 = __half22float2(as_half2(v.x)), f1 = __half22float2(as_half2(v.y));
-    const float2 f2 = __half22float2(as_half2(v.z)), f3 = __half22float2(as_half2(v.w));
-    const float s = 0.25f * ((f0.x + f0.y) + (f1.x + f1.y) + (f2.x + f2.y) + (f3.x + f3.y));
-    const uint32_t hs = __half_as_ushort(__float2half_rn(s));
-    sxs[i] = make_uint2(hs, hs << 16);
+  float xscale[B];  // I8: the factor from integer sums to products, max|x̃| / (4 · 32767)
+  if constexpr (!I8) {
+    for (int i = threadIdx.x; i < B * nx; i += kRingThreads) {
+      const int b = i / nx, gl = i - b * nx;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (gl < gn) v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
+      xs[i] = v;
+      const float2 f0 = __half22float2(as_half2(v.x)), f1 = __half22float2(as_half2(v.y));
+      const float2 f2 = __half22float2(as_half2(v.z)), f3 = __half22float2(as_half2(v.w));
+      const float s = 0.25f * ((f0.x + f0.y) + (f1.x + f1.y) + (f2.x + f2.y) + (f3.x + f3.y));
+      const uint32_t hs = __half_as_ushort(__float2half_rn(s));
+      sxs[i] = make_uint2(hs, hs << 16);
+    }
+  } else {
+    // max|x̃| of the range per vector (block-wide, through the not yet written sxs), then x̃ as
+    // 16-bit integers split into high and low bytes, and 2·Σx per group.
+    float* red = reinterpret_cast<float*>(sxs);
+    float q[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      __half2 m2 = __float2half2_rn(0.0f);
+      for (int gl = threadIdx.x; gl < gn; gl += kRingThreads) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
+        m2 = __hmax2(m2, __hmax2(__hmax2(__habs2(as_half2(v.x)), __habs2(as_half2(v.y))),
+                                 __hmax2(__habs2(as_half2(v.z)), __habs2(as_half2(v.w)))));
+      }
+      float m = fmaxf(__low2float(m2), __high2float(m2));
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+      if (lane == 0) red[warp * B + b] = m;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      float m = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, red[w * B + b]);
+      q[b] = m > 0.0f ? 32767.0f / m : 1.0f;
+      xscale[b] = 0.25f / q[b];
+    }
+    __syncthreads();  // red is overwritten below
+#pragma unroll
+    for (int b = 0; b < B; ++b)
+      for (int gl = threadIdx.x; gl < nx; gl += kRingThreads) {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (gl < gn) v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
+        const uint32_t hv[4] = {v.x, v.y, v.z, v.w};
+        uint32_t h[2] = {0, 0}, l[2] = {0, 0};
+        int sum = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float2 f = __half22float2(as_half2(hv[j]));
+          const int x0 = __float2int_rn(f.x * q[b]), x1 = __float2int_rn(f.y * q[b]);
+          sum += x0 + x1;
+          const int sh = (j & 1) * 16;
+          h[j >> 1] |= ((uint32_t(x0 >> 8) & 0xFFu) | ((uint32_t(x1 >> 8) & 0xFFu) << 8)) << sh;
+          l[j >> 1] |= ((uint32_t(x0) & 0xFFu) | ((uint32_t(x1) & 0xFFu) << 8)) << sh;
+        }
+        xs[b * nx + gl] = make_uint4(h[0], h[1], l[0], l[1]);
+        sxs[b * nx + gl] = make_uint2(uint32_t(2 * sum), 0u);
+      }
   }
   __syncthreads();
 
@@ -365,11 +489,19 @@ __global__ void __launch_bounds__(kRingThreads, 1)
   const uint32_t lane4 = opaque(uint32_t(lane) * 4), lane8 = opaque(uint32_t(lane) * 8);
   const uint32_t p_lo = __ldg(p.tables + kTableBytesLo), p_hi = kE8pBytesHi;  // see kTableBytesLo
   const uint32_t r_lo = __ldg(p.tables + kTableBytesLo + 1), r_hi = kE8rBytesHi;
+  const uint32_t i8p_lo = I8 ? opaque(kI8E8pLo) : 0u, i8r_lo = I8 && T::r8 ? opaque(kI8E8rLo) : 0u;
   float acc0[8][B], acc1[8][B];
+  int ah0[8][B], al0[8][B], ah1[8][B], al1[8][B];  // I8: integer sums of the two stages
+  int s2[B];                                         // I8: 2·Σx over this lane's groups
 #pragma unroll
   for (int r = 0; r < 8; ++r)
 #pragma unroll
-    for (int b = 0; b < B; ++b) acc0[r][b] = acc1[r][b] = 0.0f;
+    for (int b = 0; b < B; ++b) {
+      acc0[r][b] = acc1[r][b] = 0.0f;
+      ah0[r][b] = al0[r][b] = ah1[r][b] = al1[r][b] = 0;
+    }
+#pragma unroll
+  for (int b = 0; b < B; ++b) s2[b] = 0;
   int slot = 0;
   for (int i = 0; i < W; i += kChain) {
     cp_async_wait<D - kChain>();
@@ -387,34 +519,57 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     }
 #pragma unroll
     for (int k = 0; k < kChain; ++k) issue(i + D + k, slot + k);
-    __half2 h0[8][B], h1[8][B];
+    if constexpr (I8) {
 #pragma unroll
-    for (int k = 0; k < kChain; ++k) {
-      const int gl = (i + k) * 32 + lane;
-      __half2 xv[B][4];
-      uint32_t sxl[B], sxh[B];
+      for (int k = 0; k < kChain; ++k) {
+        const int gl = (i + k) * 32 + lane;
+        uint32_t xh[B][2], xl[B][2];
+        int sx2[B];
 #pragma unroll
-      for (int b = 0; b < B; ++b) {
-        const uint4 t = xs[b * nx + gl];
-        xv[b][0] = as_half2(t.x);
-        xv[b][1] = as_half2(t.y);
-        xv[b][2] = as_half2(t.z);
-        xv[b][3] = as_half2(t.w);
-        const uint2 s = sxs[b * nx + gl];
-        sxl[b] = s.x;
-        sxh[b] = s.y;
+        for (int b = 0; b < B; ++b) {
+          const uint4 t = xs[b * nx + gl];
+          xh[b][0] = t.x;
+          xh[b][1] = t.y;
+          xl[b][0] = t.z;
+          xl[b][1] = t.w;
+          sx2[b] = int(sxs[b * nx + gl].x);
+          s2[b] += sx2[b];
+        }
+        e8p_i8<B>(c0[k], xh, xl, sx2, tab, lane4, i8p_lo, kI8E8pHi, ah0, al0);
+        if constexpr (L == Layout::PP) e8p_i8<B>(c1[k], xh, xl, sx2, tab, lane4, i8p_lo, kI8E8pHi, ah1, al1);
+        if constexpr (L == Layout::PR)
+          e8r_i8<B>(make_uint2(c1[k].x, c1[k].y), xh, xl, tab_r8, lane8, i8r_lo, kI8E8rHi, ah1, al1);
       }
-      e8p_chain<B>(c0[k], k == 0, xv, sxl, sxh, tab, lane4, p_lo, p_hi, h0);
-      if constexpr (L == Layout::PP) e8p_chain<B>(c1[k], k == 0, xv, sxl, sxh, tab, lane4, p_lo, p_hi, h1);
-      if constexpr (L == Layout::PR) e8r_chain<B>(make_uint2(c1[k].x, c1[k].y), k == 0, xv, tab_r8, lane8, r_lo, r_hi, h1);
+    } else {
+      __half2 h0[8][B], h1[8][B];
+#pragma unroll
+      for (int k = 0; k < kChain; ++k) {
+        const int gl = (i + k) * 32 + lane;
+        __half2 xv[B][4];
+        uint32_t sxl[B], sxh[B];
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+          const uint4 t = xs[b * nx + gl];
+          xv[b][0] = as_half2(t.x);
+          xv[b][1] = as_half2(t.y);
+          xv[b][2] = as_half2(t.z);
+          xv[b][3] = as_half2(t.w);
+          const uint2 s = sxs[b * nx + gl];
+          sxl[b] = s.x;
+          sxh[b] = s.y;
+        }
+        e8p_chain<B>(c0[k], k == 0, xv, sxl, sxh, tab, lane4, p_lo, p_hi, h0);
+        if constexpr (L == Layout::PP) e8p_chain<B>(c1[k], k == 0, xv, sxl, sxh, tab, lane4, p_lo, p_hi, h1);
+        if constexpr (L == Layout::PR) e8r_chain<B>(make_uint2(c1[k].x, c1[k].y), k == 0, xv, tab_r8, lane8, r_lo, r_hi, h1);
+      }
+#pragma unroll
+      for (int r = 0; r < 8; ++r)
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+          acc0[r][b] += hsum(h0[r][b]);
+          if constexpr (T::stages > 1) acc1[r][b] += hsum(h1[r][b]);
+        }
     }
-#pragma unroll
-    for (int r = 0; r < 8; ++r)
-#pragma unroll
-      for (int b = 0; b < B; ++b) {
-        acc0[r][b] += hsum(h0[r][b]);
-        if constexpr (T::stages > 1) acc1[r][b] += hsum(h1[r][b]);
-      }
     slot += kChain;
     if (slot == D) slot = 0;
   }
@@ -426,7 +581,17 @@ __global__ void __launch_bounds__(kRingThreads, 1)
   for (int b = 0; b < B; ++b) {
     float v[8];
 #pragma unroll
-    for (int r = 0; r < 8; ++r) v[r] = T::stages > 1 ? sc0[r] * acc0[r][b] + sc1[r] * acc1[r][b] : sc0[r] * acc0[r][b];
+    for (int r = 0; r < 8; ++r) {
+      if constexpr (I8) {
+        const int sh = s2[b] / 2;  // Σx of the lane's groups: the shift terms of the clear bits
+        acc0[r][b] = float(ah0[r][b]) * 256.0f + float(al0[r][b] + sh);
+        if constexpr (L == Layout::PP) acc1[r][b] = float(ah1[r][b]) * 256.0f + float(al1[r][b] + sh);
+        if constexpr (L == Layout::PR) acc1[r][b] = float(ah1[r][b]) * 256.0f + float(al1[r][b]);
+        acc0[r][b] *= xscale[b];
+        acc1[r][b] *= xscale[b];
+      }
+      v[r] = T::stages > 1 ? sc0[r] * acc0[r][b] + sc1[r] * acc1[r][b] : sc0[r] * acc0[r][b];
+    }
     const float s = reduce_scatter8(v, lane);
     if (valid && (lane & 3) == 0) {
       float* dst = p.yt + size_t(b) * p.ld_y + size_t(tile) * 8 + row;
@@ -495,28 +660,48 @@ RingPlan plan_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
   return plan;  // n_kb == 0: no shape fits the device's shared memory
 }
 
-template <int B, Layout L>
-void* ring_kernel_ptr() { return reinterpret_cast<void*>(qgemv_ring_kernel<B, L>); }
+template <int B, Layout L, bool I8>
+void* ring_kernel_ptr() { return reinterpret_cast<void*>(qgemv_ring_kernel<B, L, I8>); }
 
-// The compiled configurations: (1 or 2 vectors) × (P, PR, PP).
-void* ring_kernel_for(int batch, Layout l) {
-  switch (batch * 3 + int(l)) {
-    case 3: return ring_kernel_ptr<1, Layout::P>();
-    case 4: return ring_kernel_ptr<1, Layout::PR>();
-    case 5: return ring_kernel_ptr<1, Layout::PP>();
-    case 6: return ring_kernel_ptr<2, Layout::P>();
-    case 7: return ring_kernel_ptr<2, Layout::PR>();
-    case 8: return ring_kernel_ptr<2, Layout::PP>();
+// The compiled configurations: (1 or 2 vectors) × (P, PR, PP) × (fp16 products, byte dot products).
+void* ring_kernel_for(int batch, Layout l, bool i8) {
+  switch ((batch * 3 + int(l)) * 2 + int(i8)) {
+    case 6: return ring_kernel_ptr<1, Layout::P, false>();
+    case 7: return ring_kernel_ptr<1, Layout::P, true>();
+    case 8: return ring_kernel_ptr<1, Layout::PR, false>();
+    case 9: return ring_kernel_ptr<1, Layout::PR, true>();
+    case 10: return ring_kernel_ptr<1, Layout::PP, false>();
+    case 11: return ring_kernel_ptr<1, Layout::PP, true>();
+    case 12: return ring_kernel_ptr<2, Layout::P, false>();
+    case 13: return ring_kernel_ptr<2, Layout::P, true>();
+    case 14: return ring_kernel_ptr<2, Layout::PR, false>();
+    case 15: return ring_kernel_ptr<2, Layout::PR, true>();
+    case 16: return ring_kernel_ptr<2, Layout::PP, false>();
+    case 17: return ring_kernel_ptr<2, Layout::PP, true>();
   }
   throw_invalid("qgemv_ring: batch " + std::to_string(batch) + " outside 1.." + std::to_string(kRingMaxBatch));
 }
 
-void allow_ring_smem(const DeviceInfo& info, int batch, Layout l) {
-  static std::once_flag flags[kRingMaxBatch + 1][3];
-  std::call_once(flags[batch][int(l)], [&] {
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(ring_kernel_for(batch, l), cudaFuncAttributeMaxDynamicSharedMemorySize,
+void allow_ring_smem(const DeviceInfo& info, int batch, Layout l, bool i8) {
+  static std::once_flag flags[kRingMaxBatch + 1][3][2];
+  std::call_once(flags[batch][int(l)][int(i8)], [&] {
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(ring_kernel_for(batch, l, i8), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(info.smem_optin)));
   });
+}
+
+// Byte dot products or fp16 products. The byte path stages x̃ in two passes (its range's max
+// first), a fixed cost that only pays on enough words per lane (H200, 2026-11-28: at one vector
+// 5-16% faster with 14-16 words per lane, 0-5% with 4, 4% slower with 2; at two vectors 5%
+// faster with 16 words, equal with 14, 9-14% slower with 2-4). GLQ_QGEMV_RING_I8=0 or 1 forces
+// one of them (comparisons, tests).
+bool ring_i8(int batch, int words) {
+  static const int forced = [] {
+    const char* v = std::getenv("GLQ_QGEMV_RING_I8");
+    return v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "1") == 0) ? std::atoi(v) : -1;
+  }();
+  if (forced >= 0) return forced == 1;
+  return words >= (batch == 1 ? 4 : 8);
 }
 
 // GLQ_QGEMV_RING_EARLY=0: request the first words after griddepcontrol.wait, for comparisons.
@@ -600,8 +785,9 @@ void launch_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const u
     p.fin = *fin;
     smem = std::max(smem, fused_finish_smem(fin->t));
   }
-  allow_ring_smem(info, batch, l);
-  launch_checked(reinterpret_cast<void (*)(RingParams)>(ring_kernel_for(batch, l)), dim3(plan.blocks_x, plan.n_kb),
+  const bool i8 = ring_i8(batch, plan.words);
+  allow_ring_smem(info, batch, l, i8);
+  launch_checked(reinterpret_cast<void (*)(RingParams)>(ring_kernel_for(batch, l, i8)), dim3(plan.blocks_x, plan.n_kb),
                  dim3(kRingThreads), smem, stream, pdl_enabled(info), "qgemv_ring_kernel", p);
 }
 
