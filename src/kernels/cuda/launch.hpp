@@ -59,6 +59,13 @@ inline bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_byte
   const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
   return pa < pb + b_bytes && pb < pa + a_bytes;
 }
+// A switch from the environment: 0 or 1 where $var is "0" or "1", else -1 (unset: the default).
+inline int env_switch(const char* var) {
+  const char* v = std::getenv(var);
+  if (!v) return -1;
+  const std::string s(v);
+  return s == "0" ? 0 : s == "1" ? 1 : -1;
+}
 // The batch from which a kernel is chosen: `def`, or $min_var if set; never if $off_var is "0".
 inline int env_min_batch(const char* off_var, const char* min_var, int def) {
   const char* off = std::getenv(off_var);

@@ -696,28 +696,19 @@ void allow_ring_smem(const DeviceInfo& info, int batch, Layout l, bool i8) {
 // faster with 16 words, equal with 14, 9-14% slower with 2-4). GLQ_QGEMV_RING_I8=0 or 1 forces
 // one of them (comparisons, tests).
 bool ring_i8(int batch, int words) {
-  static const int forced = [] {
-    const char* v = std::getenv("GLQ_QGEMV_RING_I8");
-    return v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "1") == 0) ? std::atoi(v) : -1;
-  }();
+  static const int forced = env_switch("GLQ_QGEMV_RING_I8");
   if (forced >= 0) return forced == 1;
   return words >= (batch == 1 ? 4 : 8);
 }
 
 // GLQ_QGEMV_RING_EARLY=0: request the first words after griddepcontrol.wait, for comparisons.
 bool ring_early() {
-  static const bool on = [] {
-    const char* v = std::getenv("GLQ_QGEMV_RING_EARLY");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static const bool on = env_switch("GLQ_QGEMV_RING_EARLY") != 0;
   return on;
 }
 
 bool ring_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GLQ_QGEMV_RING");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static const bool on = env_switch("GLQ_QGEMV_RING") != 0;
   return on;
 }
 
