@@ -107,11 +107,12 @@ int run_quantize(QuantizeArgs& a) {
   fmt::print(stderr,
              "\nglq: wrote {} in {}{}\n"
              "glq: {} quantized linears, {:.2f}M weights ({}), mean proxy loss {:.5f}\n"
-             "glq: linear layers: {:.2f} MiB = {:.3f} bits per weight (codes, scales and signs)\n"
+             "glq: linear layers: {:.2f} MiB = {:.3f} bits per weight (codes, scales and signs{})\n"
              "glq: model.safetensors: {:.2f} MiB = {:.3f} bits per weight over all {:.2f}M parameters (16-bit tensors included)\n",
              r.out_dir, duration(r.seconds), r.resumed_layers ? fmt::format(" ({} layers resumed)", r.resumed_layers) : "",
              r.linears.size(), r.linear_weights / 1e6, mix, r.linears.empty() ? 0.0 : sum_proxy / r.linears.size(),
-             r.linear_bytes / 1048576.0, r.linear_bpw, r.file_bytes / 1048576.0, r.file_bpw, r.total_weights / 1e6);
+             r.linear_bytes / 1048576.0, r.linear_bpw,
+             !r.finetune.is_null() && r.finetune.value("bias", false) ? ", tuned biases" : "", r.file_bytes / 1048576.0, r.file_bpw, r.total_weights / 1e6);
   if (!r.finetune.is_null())
     fmt::print(stderr, "glq: finetune: validation KL to the unquantized model {:.5f} -> {:.5f} nats/token (epoch {} of {} kept, {})\n",
                r.finetune["heldout_kl_before"].get<double>(), r.finetune["heldout_kl_after"].get<double>(),
