@@ -919,6 +919,26 @@ TEST(CudaQgemvRing, MatchesMatvecReference) {
   }
 }
 
+// A NaN in the input comes out as NaN in every output of the ring kernel, whichever of its
+// paths the shape takes (fp16 products propagate it; the byte path's scale does), at 1 and 2
+// vectors (the other vector finite).
+TEST(CudaQgemvRing, PropagatesNaN) {
+  SKIP_WITHOUT_GPU();
+  glq::cuda::Context ctx;
+  for (const auto& [rows, cols] : {std::pair{2056, 4096}, std::pair{888, 7912}, std::pair{152, 88}}) {
+    const auto q = random_qmatrix(rows, cols, 2, 5 * rows + cols);
+    const auto dq = glq::cuda::upload(q);
+    for (int batch : {1, 2}) {
+      auto x = random_vector(size_t(batch) * cols, 17 + rows + batch);
+      x[size_t(cols) / 3] = std::numeric_limits<float>::quiet_NaN();  // in the first vector
+      const auto y = run_qmatmul(ctx, dq, x, batch, QPath::Gemv);
+      for (int r = 0; r < rows; ++r) ASSERT_TRUE(std::isnan(y[size_t(r)])) << rows << "x" << cols << " row " << r;
+      for (size_t i = size_t(rows); i < y.size(); ++i)
+        ASSERT_TRUE(std::isfinite(y[i])) << rows << "x" << cols << ": the second vector is finite, output " << i;
+    }
+  }
+}
+
 // The ring kernel with the output transform fused (its last block transforms the whole of ỹ),
 // through the internal API (whatever GLQ_FUSED_FINISH says): output lengths that are not powers of two (152 = 76·2 and
 // 1000 + 8 = 63·16 with a DCT mixing, 2056 = 257·8, 14336 = 28·512) and one that is (4096),

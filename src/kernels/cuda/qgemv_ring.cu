@@ -188,6 +188,7 @@ __device__ __forceinline__ int dp4a_su(uint32_t a, uint32_t b, int c) {
 }
 // 4·(E8P16 magnitudes 0.5, 1.5, 2.5) as bytes (0, 2, 6, 10) and their negatives; E8R8's
 // (0.5, 1, 2) as (0, 2, 4, 8).
+__device__ __forceinline__ float max_nan(float a, float b) { return (a != a || b != b) ? a + b : fmaxf(a, b); }
 constexpr uint32_t kI8E8pLo = 0x0A060200u, kI8E8pHi = 0xF6FAFE00u;
 constexpr uint32_t kI8E8rLo = 0x08040200u, kI8E8rHi = 0xF8FCFE00u;
 
@@ -441,15 +442,16 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     float q[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) {
+      // NaN-propagating maxima: a NaN in x̃ makes the products NaN, as the fp16 path's do.
       __half2 m2 = __float2half2_rn(0.0f);
       for (int gl = threadIdx.x; gl < gn; gl += kRingThreads) {
         const uint4 v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
-        m2 = __hmax2(m2, __hmax2(__hmax2(__habs2(as_half2(v.x)), __habs2(as_half2(v.y))),
-                                 __hmax2(__habs2(as_half2(v.z)), __habs2(as_half2(v.w)))));
+        m2 = __hmax2_nan(m2, __hmax2_nan(__hmax2_nan(__habs2(as_half2(v.x)), __habs2(as_half2(v.y))),
+                                         __hmax2_nan(__habs2(as_half2(v.z)), __habs2(as_half2(v.w)))));
       }
-      float m = fmaxf(__low2float(m2), __high2float(m2));
+      float m = max_nan(__low2float(m2), __high2float(m2));
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+      for (int o = 16; o > 0; o >>= 1) m = max_nan(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
       if (lane == 0) red[warp * B + b] = m;
     }
     __syncthreads();
@@ -457,9 +459,10 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     for (int b = 0; b < B; ++b) {
       float m = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, red[w * B + b]);
-      q[b] = m > 0.0f ? 32767.0f / m : 1.0f;
-      xscale[b] = 0.25f / q[b];
+      for (int w = 0; w < kWarps; ++w) m = max_nan(m, red[w * B + b]);
+      const bool finite = isfinite(m);
+      q[b] = finite && m > 0.0f ? 32767.0f / m : 1.0f;
+      xscale[b] = finite ? 0.25f / q[b] : __int_as_float(0x7FC00000);  // a non-finite x̃: NaN out
     }
     __syncthreads();  // red is overwritten below
 #pragma unroll
