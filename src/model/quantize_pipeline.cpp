@@ -316,14 +316,18 @@ format::StTensorData f32_tensor(const std::string& name, const std::vector<float
 // does not tune again.
 void write_finetune(const std::string& path, const FinetuneResult& r) {
   std::vector<format::StTensorData> ts;
-  for (size_t i = 0; i < r.row_gain.size(); ++i)
-    if (!r.row_gain[i].empty()) ts.push_back(f32_tensor(fmt::format("row_gain.{}.{}", i / 7, i % 7), r.row_gain[i]));
+  // One vector per linear: tensors "<what>.<layer>.<kind>" (read_finetune's per_linear).
+  auto per_linear = [&](const char* what, const std::vector<std::vector<float>>& v) {
+    for (size_t i = 0; i < v.size(); ++i)
+      if (!v[i].empty()) ts.push_back(f32_tensor(fmt::format("{}.{}.{}", what, i / 7, i % 7), v[i]));
+  };
+  per_linear("row_gain", r.row_gain);
   for (size_t l = 0; l < r.attn_norm.size(); ++l) {
     ts.push_back(f32_tensor(fmt::format("attn_norm.{}", l), r.attn_norm[l]));
     ts.push_back(f32_tensor(fmt::format("mlp_norm.{}", l), r.mlp_norm[l]));
   }
   ts.push_back(f32_tensor("final_norm", r.final_norm));
-  for (size_t i = 0; i < r.bias.size(); ++i) ts.push_back(f32_tensor(fmt::format("bias.{}.{}", i / 7, i % 7), r.bias[i]));
+  per_linear("bias", r.bias);
   const nlohmann::json meta = {{"kl_before", r.kl_before},   {"kl_after", r.kl_after},     {"epochs_run", r.epochs_run},
                                {"best_epoch", r.best_epoch}, {"seconds", r.seconds},       {"train_kl_first", r.train_kl_first}};
   format::write_safetensors_atomic(path, ts, {{"finetune", meta.dump()}});
@@ -334,28 +338,25 @@ FinetuneResult read_finetune(const std::string& path, const Model& model) {
   const int L = model.num_layers();
   const int64_t h = model.hidden_size();
   FinetuneResult r;
-  r.row_gain.resize(static_cast<size_t>(L) * 7);
-  for (int l = 0; l < L; ++l)
-    for (LinearKind k : kAllLinearKinds) {
-      const int64_t shape[] = {model.layer(l).linear(k).rows()};
-      r.row_gain[static_cast<size_t>(l) * 7 + static_cast<size_t>(k)] =
-          format::copy_f32(f.get(fmt::format("row_gain.{}.{}", l, static_cast<int>(k)), format::StDType::F32, shape));
-    }
+  // One vector per linear (rows long), tensors "<what>.<layer>.<kind>".
+  auto per_linear = [&](const char* what) {
+    std::vector<std::vector<float>> v(static_cast<size_t>(L) * 7);
+    for (int l = 0; l < L; ++l)
+      for (LinearKind k : kAllLinearKinds) {
+        const int64_t shape[] = {model.layer(l).linear(k).rows()};
+        v[static_cast<size_t>(l) * 7 + static_cast<size_t>(k)] =
+            format::copy_f32(f.get(fmt::format("{}.{}.{}", what, l, static_cast<int>(k)), format::StDType::F32, shape));
+      }
+    return v;
+  };
+  r.row_gain = per_linear("row_gain");
   const int64_t hs[] = {h};
   for (int l = 0; l < L; ++l) {
     r.attn_norm.push_back(format::copy_f32(f.get(fmt::format("attn_norm.{}", l), format::StDType::F32, hs)));
     r.mlp_norm.push_back(format::copy_f32(f.get(fmt::format("mlp_norm.{}", l), format::StDType::F32, hs)));
   }
   r.final_norm = format::copy_f32(f.get("final_norm", format::StDType::F32, hs));
-  if (f.find("bias.0.0")) {
-    r.bias.resize(static_cast<size_t>(L) * 7);
-    for (int l = 0; l < L; ++l)
-      for (LinearKind k : kAllLinearKinds) {
-        const int64_t shape[] = {model.layer(l).linear(k).rows()};
-        r.bias[static_cast<size_t>(l) * 7 + static_cast<size_t>(k)] =
-            format::copy_f32(f.get(fmt::format("bias.{}.{}", l, static_cast<int>(k)), format::StDType::F32, shape));
-      }
-  }
+  if (f.find("bias.0.0")) r.bias = per_linear("bias");
   const auto meta = f.metadata().find("finetune");
   if (meta == f.metadata().end()) throw_format(path, "no 'finetune' metadata");
   const auto j = nlohmann::json::parse(meta->second);
@@ -877,7 +878,8 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
         tuned_bias[j.name + ".bias"].assign(lin.bias().begin(), lin.bias().end());
       }
     std::set<std::string> bias_written;
-    auto bias_item = [](const std::string& name, const std::vector<float>* v) {
+    // A float32 vector of the tuning as a tensor (its bytes taken when written).
+    auto f32_item = [](const std::string& name, const std::vector<float>* v) {
       return Item{{name, format::StDType::F32, {static_cast<int64_t>(v->size())}}, [v] {
                     std::vector<uint8_t> b(v->size() * 4);
                     std::memcpy(b.data(), v->data(), b.size());
@@ -888,26 +890,22 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       for (const auto& t : p->tensors()) {
         const format::StTensorView* view = &t;
         if (const auto b = tuned_bias.find(t.name); b != tuned_bias.end()) {
-          items.push_back(bias_item(t.name, &b->second));
+          items.push_back(f32_item(t.name, &b->second));
           bias_written.insert(t.name);
           continue;
         }
         const auto it = tuned.find(t.name);
         if (it != tuned.end()) {
           const std::vector<float>* v = it->second;
-          if (t.dtype != format::StDType::F32 || format::StTensorSpec{t.name, t.dtype, t.shape}.numel() != static_cast<int64_t>(v->size()))
+          if (t.dtype != format::StDType::F32 || t.shape != std::vector<int64_t>{static_cast<int64_t>(v->size())})
             throw Error(ErrorKind::Internal, fmt::format("{}: tuned scales do not match the stored tensor", t.name));
-          items.push_back({{t.name, t.dtype, t.shape}, [v] {
-                             std::vector<uint8_t> b(v->size() * 4);
-                             std::memcpy(b.data(), v->data(), b.size());
-                             return b;
-                           }});
+          items.push_back(f32_item(t.name, v));
         } else {
           items.push_back({{t.name, t.dtype, t.shape}, [view] { return format::copy_bytes(*view); }});
         }
       }
     for (const auto& [name, v] : tuned_bias)
-      if (!bias_written.count(name)) items.push_back(bias_item(name, &v));
+      if (!bias_written.count(name)) items.push_back(f32_item(name, &v));
     // Widest elements first: with the header padded to 8 bytes, every tensor is then aligned
     // to its element size inside the file.
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
