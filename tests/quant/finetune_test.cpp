@@ -76,6 +76,23 @@ std::vector<int32_t> tokens_of(int n, int vocab, uint32_t seed) {
   return t;
 }
 
+// `n` windows of `len` random tokens with the teacher's final hidden states: the first `train`
+// for training, the rest for validation.
+struct Windows {
+  std::vector<std::vector<int32_t>> train_w, val_w;
+  std::vector<std::vector<float>> train_h, val_h;
+};
+Windows make_windows(const model::Model& teacher, int vocab, int n, int len, int train, uint32_t seed) {
+  Windows ws;
+  for (int w = 0; w < n; ++w) {
+    auto t = tokens_of(len, vocab, seed + uint32_t(w));
+    auto h = final_hidden(teacher, t);
+    (w < train ? ws.train_w : ws.val_w).push_back(std::move(t));
+    (w < train ? ws.train_h : ws.val_h).push_back(std::move(h));
+  }
+  return ws;
+}
+
 TEST(Finetune, ForwardMatchesTheModel) {
   // Teacher = the model itself: the KL of the model against its own final hidden states is zero
   // only if the tuning code's forward pass is Model's (RoPE, attention, SwiGLU, norms, head).
@@ -184,14 +201,7 @@ TEST(Finetune, GainsOfQuantizedLinearsAreTheFoldedScales) {
         const std::vector<float> w = lin.to_dense();
         lin = model::Linear::quantized(codec::quantize_matrix(w, lin.rows(), lin.cols(), {}, o));
       }
-    std::vector<std::vector<int32_t>> train_w, val_w;
-    std::vector<std::vector<float>> train_h, val_h;
-    for (int w = 0; w < 44; ++w) {
-      auto t = tokens_of(24, student->vocab_size(), 300 + w);
-      auto h = final_hidden(*teacher, t);
-      (w < 40 ? train_w : val_w).push_back(std::move(t));
-      (w < 40 ? train_h : val_h).push_back(std::move(h));
-    }
+    const auto [train_w, val_w, train_h, val_h] = make_windows(*teacher, student->vocab_size(), 44, 24, 40, 300);
     model::FinetuneSettings s;
     s.epochs = 3;
     s.lr = 0.01;
@@ -232,14 +242,7 @@ TEST(Finetune, RecoversOutputOffsets) {
       const int rows = lin.rows(), cols = lin.cols();
       lin = model::Linear::dense(lin.to_dense(), rows, cols, b);
     }
-  std::vector<std::vector<int32_t>> train_w, val_w;
-  std::vector<std::vector<float>> train_h, val_h;
-  for (int w = 0; w < 42; ++w) {
-    auto t = tokens_of(32, student->vocab_size(), 500 + w);
-    auto h = final_hidden(*teacher, t);
-    (w < 40 ? train_w : val_w).push_back(std::move(t));
-    (w < 40 ? train_h : val_h).push_back(std::move(h));
-  }
+  const auto [train_w, val_w, train_h, val_h] = make_windows(*teacher, student->vocab_size(), 42, 32, 40, 500);
   model::FinetuneSettings s;
   s.epochs = 6;
   s.lr = 0.01;

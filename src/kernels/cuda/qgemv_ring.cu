@@ -115,6 +115,14 @@ __device__ __forceinline__ uint32_t opaque(uint32_t v) {
 
 __device__ __forceinline__ uint32_t lds32(const unsigned char* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
+// Selector word of the E8P16 code in half `hi` of w from the bank-private tables: bytes
+// [lane·4, code byte, 0, 0] address the selector entry, the sign entry is 128 bytes on.
+__device__ __forceinline__ uint32_t e8p_selector(const unsigned char* tab, uint32_t lane4, uint32_t w, bool hi) {
+  const uint32_t off_sel = byte_perm(lane4, w, hi ? 0x1160u : 0x1140u);
+  const uint32_t off_sign = byte_perm(lane4, w, hi ? 0x1170u : 0x1150u);
+  return lds32(tab + off_sel) ^ lds32(tab + off_sign + 128);
+}
+
 // One E8P16 word (8 rows × one group) into the rows' fp16 chains h. sxl/sxh: ¼Σx̃ of the group
 // in the low / high half (other half zero); the shift bit (bit 15 of a code) flips its sign.
 template <int B>
@@ -126,10 +134,7 @@ __device__ __forceinline__ void e8p_chain(const uint4 c, bool first, const __hal
 #pragma unroll
   for (int r = 0; r < 8; ++r) {
     const uint32_t w = words[r >> 1];
-    // bytes [lane·4, code byte, 0, 0]: the selector entry, then the sign entry 128 bytes on.
-    const uint32_t off_sel = byte_perm(lane4, w, (r & 1) ? 0x1160u : 0x1140u);
-    const uint32_t off_sign = byte_perm(lane4, w, (r & 1) ? 0x1170u : 0x1150u);
-    const uint32_t e = lds32(tab + off_sel) ^ lds32(tab + off_sign + 128);
+    const uint32_t e = e8p_selector(tab, lane4, w, r & 1);
     uint32_t wv[4];
     decode_pairs(e, blo, bhi, wv);
 #pragma unroll
@@ -202,9 +207,7 @@ __device__ __forceinline__ void e8p_i8(const uint4 c, const uint32_t (&xh)[B][2]
 #pragma unroll
   for (int r = 0; r < 8; ++r) {
     const uint32_t w = words[r >> 1];
-    const uint32_t off_sel = byte_perm(lane4, w, (r & 1) ? 0x1160u : 0x1140u);
-    const uint32_t off_sign = byte_perm(lane4, w, (r & 1) ? 0x1170u : 0x1150u);
-    const uint32_t e = lds32(tab + off_sel) ^ lds32(tab + off_sign + 128);
+    const uint32_t e = e8p_selector(tab, lane4, w, r & 1);
     const uint32_t b03 = byte_perm(blo, bhi, e), b47 = byte_perm(blo, bhi, e >> 16);
     // −1 where the code's shift bit (bit 15 of its half of w: the top bit of byte 1 or 3) is set.
     const int m = int(byte_perm(w, 0u, (r & 1) ? 0xBBBBu : 0x9999u));
