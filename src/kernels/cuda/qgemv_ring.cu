@@ -440,18 +440,31 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     }
   } else {
     // max|x̃| of the range per vector (block-wide, through the not yet written sxs), then x̃ as
-    // 16-bit integers split into high and low bytes, and 2·Σx per group.
+    // 16-bit integers split into high and low bytes, and 2·Σx per group. A thread's first
+    // kStageRegs words of each vector stay in registers between the two passes, so that on the
+    // usual shapes (≤ kStageRegs·512 groups per range) x̃ is read from global memory once.
+    constexpr int kStageRegs = 2;
     float* red = reinterpret_cast<float*>(sxs);
     float q[B];
+    uint4 xr[B][kStageRegs];
+    auto load_x = [&](int b, int gl) {
+      return gl < gn ? __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl) : make_uint4(0, 0, 0, 0);
+    };
+    // NaN-propagating maxima: a NaN in x̃ makes the products NaN, as the fp16 path's do.
+    auto abs_max = [](__half2 m2, const uint4 v) {
+      return __hmax2_nan(m2, __hmax2_nan(__hmax2_nan(__habs2(as_half2(v.x)), __habs2(as_half2(v.y))),
+                                         __hmax2_nan(__habs2(as_half2(v.z)), __habs2(as_half2(v.w)))));
+    };
+#pragma unroll
+    for (int b = 0; b < B; ++b)
+#pragma unroll
+      for (int k = 0; k < kStageRegs; ++k) xr[b][k] = load_x(b, int(threadIdx.x) + k * kRingThreads);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
-      // NaN-propagating maxima: a NaN in x̃ makes the products NaN, as the fp16 path's do.
       __half2 m2 = __float2half2_rn(0.0f);
-      for (int gl = threadIdx.x; gl < gn; gl += kRingThreads) {
-        const uint4 v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
-        m2 = __hmax2_nan(m2, __hmax2_nan(__hmax2_nan(__habs2(as_half2(v.x)), __habs2(as_half2(v.y))),
-                                         __hmax2_nan(__habs2(as_half2(v.z)), __habs2(as_half2(v.w)))));
-      }
+#pragma unroll
+      for (int k = 0; k < kStageRegs; ++k) m2 = abs_max(m2, xr[b][k]);
+      for (int gl = threadIdx.x + kStageRegs * kRingThreads; gl < gn; gl += kRingThreads) m2 = abs_max(m2, load_x(b, gl));
       float m = max_nan(__low2float(m2), __high2float(m2));
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) m = max_nan(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
@@ -468,26 +481,31 @@ __global__ void __launch_bounds__(kRingThreads, 1)
       xscale[b] = finite ? 0.25f / q[b] : __int_as_float(0x7FC00000);  // a non-finite x̃: NaN out
     }
     __syncthreads();  // red is overwritten below
+    auto stage = [&](int b, int gl, const uint4 v) {
+      const uint32_t hv[4] = {v.x, v.y, v.z, v.w};
+      uint32_t h[2] = {0, 0}, l[2] = {0, 0};
+      int sum = 0;
 #pragma unroll
-    for (int b = 0; b < B; ++b)
-      for (int gl = threadIdx.x; gl < nx; gl += kRingThreads) {
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (gl < gn) v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
-        const uint32_t hv[4] = {v.x, v.y, v.z, v.w};
-        uint32_t h[2] = {0, 0}, l[2] = {0, 0};
-        int sum = 0;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float2 f = __half22float2(as_half2(hv[j]));
-          const int x0 = __float2int_rn(f.x * q[b]), x1 = __float2int_rn(f.y * q[b]);
-          sum += x0 + x1;
-          const int sh = (j & 1) * 16;
-          h[j >> 1] |= ((uint32_t(x0 >> 8) & 0xFFu) | ((uint32_t(x1 >> 8) & 0xFFu) << 8)) << sh;
-          l[j >> 1] |= ((uint32_t(x0) & 0xFFu) | ((uint32_t(x1) & 0xFFu) << 8)) << sh;
-        }
-        xs[b * nx + gl] = make_uint4(h[0], h[1], l[0], l[1]);
-        sxs[b * nx + gl] = make_uint2(uint32_t(2 * sum), 0u);
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = __half22float2(as_half2(hv[j]));
+        const int x0 = __float2int_rn(f.x * q[b]), x1 = __float2int_rn(f.y * q[b]);
+        sum += x0 + x1;
+        const int sh = (j & 1) * 16;
+        h[j >> 1] |= ((uint32_t(x0 >> 8) & 0xFFu) | ((uint32_t(x1 >> 8) & 0xFFu) << 8)) << sh;
+        l[j >> 1] |= ((uint32_t(x0) & 0xFFu) | ((uint32_t(x1) & 0xFFu) << 8)) << sh;
       }
+      xs[b * nx + gl] = make_uint4(h[0], h[1], l[0], l[1]);
+      sxs[b * nx + gl] = make_uint2(uint32_t(2 * sum), 0u);
+    };
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+#pragma unroll
+      for (int k = 0; k < kStageRegs; ++k) {
+        const int gl = int(threadIdx.x) + k * kRingThreads;
+        if (gl < nx) stage(b, gl, xr[b][k]);
+      }
+      for (int gl = threadIdx.x + kStageRegs * kRingThreads; gl < nx; gl += kRingThreads) stage(b, gl, load_x(b, gl));
+    }
   }
   __syncthreads();
 
