@@ -60,6 +60,10 @@ run_all() {
       >"$OUT/tests_ring_i8_$i8.log" 2>&1 || test_rc=1
     tail -n 3 "$OUT/tests_ring_i8_$i8.log"
   done
+  # And planned for one SM: one column range per row block, so long ranges are staged too.
+  GLQ_QGEMV_RING_SMS=1 $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter='CudaQgemvRing*' \
+    >"$OUT/tests_ring_one_sm.log" 2>&1 || test_rc=1
+  tail -n 3 "$OUT/tests_ring_one_sm.log"
   : >"$OUT/gemv.jsonl"
   : >"$OUT/model.jsonl"
   local shapes="4096x14336 14336x4096 4096x4096 1024x4096"

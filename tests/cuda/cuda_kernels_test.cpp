@@ -898,8 +898,10 @@ TEST(CudaQgemvRing, MatchesMatvecReference) {
   glq::cuda::Context ctx;
   const char* env = std::getenv("GLQ_QGEMV_RING");
   const bool ring_on = !(env && std::string(env) == "0");
+  // 152x12008: 1,501 groups, more than the byte path keeps in registers while staging when a
+  // range holds all columns (GLQ_QGEMV_RING_SMS=1, as scripts/gpu_check.sh also runs it).
   for (const auto& [rows, cols] : {std::pair{152, 88}, std::pair{888, 7912}, std::pair{8, 1528}, std::pair{1528, 152},
-                                   std::pair{2056, 4096}}) {
+                                   std::pair{2056, 4096}, std::pair{152, 12008}}) {
     for (int bits : {2, 3, 4}) {
       const auto q = random_qmatrix(rows, cols, bits, 7 * rows + cols + bits);
       const auto dq = glq::cuda::upload(q);
