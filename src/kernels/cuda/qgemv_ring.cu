@@ -426,11 +426,14 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     for (int d = 0; d < D; ++d) issue(d, d);
   }
   float xscale[B];  // I8: the factor from integer sums to products, max|x̃| / (4 · 32767)
+  // Word gl of vector b's x̃ in this block's range; zeros past it (the padding to whole chains).
+  auto load_x = [&](int b, int gl) {
+    return gl < gn ? __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl) : make_uint4(0, 0, 0, 0);
+  };
   if constexpr (!I8) {
     for (int i = threadIdx.x; i < B * nx; i += kRingThreads) {
       const int b = i / nx, gl = i - b * nx;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (gl < gn) v = __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl);
+      const uint4 v = load_x(b, gl);
       xs[i] = v;
       const float2 f0 = __half22float2(as_half2(v.x)), f1 = __half22float2(as_half2(v.y));
       const float2 f2 = __half22float2(as_half2(v.z)), f3 = __half22float2(as_half2(v.w));
@@ -447,9 +450,6 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     float* red = reinterpret_cast<float*>(sxs);
     float q[B];
     uint4 xr[B][kStageRegs];
-    auto load_x = [&](int b, int gl) {
-      return gl < gn ? __ldg(reinterpret_cast<const uint4*>(p.xt + size_t(b) * p.ld_x) + g0 + gl) : make_uint4(0, 0, 0, 0);
-    };
     // NaN-propagating maxima: a NaN in x̃ makes the products NaN, as the fp16 path's do.
     auto abs_max = [](__half2 m2, const uint4 v) {
       return __hmax2_nan(m2, __hmax2_nan(__hmax2_nan(__habs2(as_half2(v.x)), __habs2(as_half2(v.y))),
