@@ -64,6 +64,16 @@ run_all() {
   GLQ_QGEMV_RING_SMS=1 $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter='CudaQgemvRing*' \
     >"$OUT/tests_ring_one_sm.log" 2>&1 || test_rc=1
   tail -n 3 "$OUT/tests_ring_one_sm.log"
+  # Segments (one wave of warps sharing the words evenly) forced wherever the groups per row allow
+  # them, and never; forced and planned for one SM, where a warp's segment crosses many tiles.
+  for flat in 1 0; do
+    GLQ_QGEMV_RING_FLAT=$flat $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter='CudaQgemvRing*:CudaEngine.*' \
+      >"$OUT/tests_ring_flat_$flat.log" 2>&1 || test_rc=1
+    tail -n 3 "$OUT/tests_ring_flat_$flat.log"
+  done
+  GLQ_QGEMV_RING_FLAT=1 GLQ_QGEMV_RING_SMS=1 $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter='CudaQgemvRing*' \
+    >"$OUT/tests_ring_flat_one_sm.log" 2>&1 || test_rc=1
+  tail -n 3 "$OUT/tests_ring_flat_one_sm.log"
   : >"$OUT/gemv.jsonl"
   : >"$OUT/model.jsonl"
   local shapes="4096x14336 14336x4096 4096x4096 1024x4096"

@@ -892,7 +892,10 @@ TEST(CudaQgemm, MatchesReferenceAndDequantPath) {
 // The ring decode kernel (qgemv_ring.cu) that launch_qgemv_cores runs for 1 and 2 vectors of
 // the 2/3/4 bpw layouts: fewer than 16 row tiles (19), a partial last block of tiles (111 =
 // 6·16 + 15), one column range and many (989 groups: atomics into the zeroed ỹ), group counts
-// that leave a partial 32-lane word and an odd number of words per lane.
+// that leave a partial 32-lane word and an odd number of words per lane. Where the groups per row
+// are a multiple of 64 (2056x4096, 1000x1536) the planner may take segments instead of column
+// ranges (scripts/gpu_check.sh also runs this with GLQ_QGEMV_RING_FLAT=1, and planned for one SM,
+// where a warp's segment crosses many tiles, and with GLQ_QGEMV_RING_FLAT=0).
 TEST(CudaQgemvRing, MatchesMatvecReference) {
   SKIP_WITHOUT_GPU();
   glq::cuda::Context ctx;
@@ -901,7 +904,7 @@ TEST(CudaQgemvRing, MatchesMatvecReference) {
   // 152x12008: 1,501 groups, more than the byte path keeps in registers while staging when a
   // range holds all columns (GLQ_QGEMV_RING_SMS=1, as scripts/gpu_check.sh also runs it).
   for (const auto& [rows, cols] : {std::pair{152, 88}, std::pair{888, 7912}, std::pair{8, 1528}, std::pair{1528, 152},
-                                   std::pair{2056, 4096}, std::pair{152, 12008}}) {
+                                   std::pair{2056, 4096}, std::pair{152, 12008}, std::pair{1000, 1536}}) {
     for (int bits : {2, 3, 4}) {
       const auto q = random_qmatrix(rows, cols, bits, 7 * rows + cols + bits);
       const auto dq = glq::cuda::upload(q);

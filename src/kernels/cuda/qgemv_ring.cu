@@ -92,6 +92,12 @@ struct RingParams {
   int tiles;                    // rows / 8
   int kb_groups;                // groups per column range (blockIdx.y)
   int words;                    // words per lane of a range, rounded up to whole chains
+  int xs_words;                 // 16-byte words of x̃ staged per vector (zero past the range)
+  // Segments (the kernel's F): warp w of block x takes the seg_words consecutive words from
+  // (16x + w)·seg_words of the row-major (tiles, groups) array (total_words in all), the rows of
+  // one tile after another; the whole of x̃ staged, atomics into a zeroed yt.
+  int seg_words;
+  long long total_words;
   const __half* xt;             // (B, ld_x)
   int ld_x;
   float* yt;                    // (B, ld_y)
@@ -339,10 +345,11 @@ __device__ __forceinline__ void ring_finish(const RingParams& p, float* sm) {
 // beside the block on one SM): at 64, ptxas rematerialises constants and addresses inside the
 // loop (394 instructions per 16 codes at one vector of 2 bpw against 363 with 72 registers), and
 // the whole product measured slower on an H100.
-template <int B, Layout L, bool I8>
+template <int B, Layout L, bool I8, bool F>
 __global__ void __launch_bounds__(kRingThreads, 1)
     qgemv_ring_kernel(const RingParams p) {
   using T = LayoutTraits<L>;
+  static_assert(!F || (B == 1 && I8), "segments: one vector, byte dot products");
   constexpr int kWarps = kRingWarps;
   constexpr int D = T::depth;
   static_assert(D % kChain == 0, "the ring holds whole chains");
@@ -352,16 +359,19 @@ __global__ void __launch_bounds__(kRingThreads, 1)
   unsigned char* ring_base = tab + kTabE8pBytes + (T::r8 ? kTabR8Bytes : 0);
   uint4* ring0 = reinterpret_cast<uint4*>(ring_base);                   // (D, warps, 32) stage 0
   unsigned char* ring1 = ring_base + D * kRingThreads * 16;             // (D, warps, 32) stage 1
-  const int W = p.words, nx = W * 32;
+  const int W = p.words, nx = p.xs_words;
   uint4* xs = reinterpret_cast<uint4*>(ring1 + D * kRingThreads * T::bytes1);  // (B, nx) x̃
   uint2* sxs = reinterpret_cast<uint2*>(xs + B * nx);                           // (B, nx) ¼Σx̃ lo/hi
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int tile = blockIdx.x * kWarps + warp;
-  const bool valid = tile < p.tiles;
-  const int g0 = blockIdx.y * p.kb_groups;
-  const int gn = min(p.kb_groups, p.groups - g0);
-  const size_t word0 = size_t(valid ? tile : 0) * p.groups + g0;
+  // Column ranges: row tile 16x + warp over range y. Segments: flat words [seg0, seg0 + seg_n).
+  const long long seg0 = (long long)(blockIdx.x * kWarps + warp) * p.seg_words;
+  const int seg_n = F ? int(max(0LL, min((long long)p.seg_words, p.total_words - seg0))) : 0;
+  int tile = F ? int(seg0 / p.groups) : blockIdx.x * kWarps + warp;
+  const bool valid = F ? seg_n > 0 : tile < p.tiles;
+  const int g0 = F ? 0 : blockIdx.y * p.kb_groups;
+  const int gn = F ? p.groups : min(p.kb_groups, p.groups - g0);
+  const size_t word0 = !valid ? 0 : F ? size_t(seg0) : size_t(tile) * p.groups + g0;
 
   // 1. The table entries (one word per thread, all loads in one round trip: a loop of load +
   //    store per entry costs one round trip each), then the first D words of this lane.
@@ -373,7 +383,7 @@ __global__ void __launch_bounds__(kRingThreads, 1)
   // Word i of this lane is word0 + 32·i + lane: a running source pointer and a bound computed
   // once, so that a request is an add and a compare (recomputed from the parameters, the
   // addresses cost ~1.5 instructions per code).
-  const int lane_words = valid ? gn - lane : 0;  // word i exists while 32·i < lane_words
+  const int lane_words = valid ? (F ? seg_n : gn) - lane : 0;  // word i exists while 32·i < lane_words
   const uint4* src0 = p.codes0 + word0 + lane;
   const unsigned char* src1 = T::stages > 1 ? p.codes1 + (word0 + lane) * T::bytes1 : nullptr;
   uint4* dst0 = ring0 + warp * 32 + lane;
@@ -395,7 +405,8 @@ __global__ void __launch_bounds__(kRingThreads, 1)
   float sc0[8], sc1[8];
 #pragma unroll
   for (int r = 0; r < 8; ++r) sc0[r] = sc1[r] = 0.0f;
-  if (valid) {
+  // The row scales of the current tile (a segment loads the next tile's when it gets there).
+  auto load_scales = [&]() {
     const float4* s0 = reinterpret_cast<const float4*>(p.scales0 + size_t(tile) * 8);
     const float4 a = __ldg(s0), b = __ldg(s0 + 1);
     sc0[0] = a.x; sc0[1] = a.y; sc0[2] = a.z; sc0[3] = a.w; sc0[4] = b.x; sc0[5] = b.y; sc0[6] = b.z; sc0[7] = b.w;
@@ -404,7 +415,8 @@ __global__ void __launch_bounds__(kRingThreads, 1)
       const float4 c = __ldg(s1), e = __ldg(s1 + 1);
       sc1[0] = c.x; sc1[1] = c.y; sc1[2] = c.z; sc1[3] = c.w; sc1[4] = e.x; sc1[5] = e.y; sc1[6] = e.z; sc1[7] = e.w;
     }
-  }
+  };
+  if (valid) load_scales();
 
   // 2. Tables: thread t writes the 32 lane copies of its entry (8 16-byte stores at byte
   //    (t >> 1)·256 + (t & 1)·128, the selector or sign half of entry t >> 1); the store order
@@ -526,8 +538,48 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     }
 #pragma unroll
   for (int b = 0; b < B; ++b) s2[b] = 0;
+  // Scales, warp sums, one store (or atomic) per row of the current tile; the sums restart.
+  const int row = ((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1);
+  auto flush = [&]() {
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      float v[8];
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {
+        if constexpr (I8) {
+          const int sh = s2[b] / 2;  // Σx of the lane's groups: the shift terms of the clear bits
+          acc0[r][b] = float(ah0[r][b]) * 256.0f + float(al0[r][b] + sh);
+          if constexpr (L == Layout::PP) acc1[r][b] = float(ah1[r][b]) * 256.0f + float(al1[r][b] + sh);
+          if constexpr (L == Layout::PR) acc1[r][b] = float(ah1[r][b]) * 256.0f + float(al1[r][b]);
+          acc0[r][b] *= xscale[b];
+          acc1[r][b] *= xscale[b];
+        }
+        v[r] = T::stages > 1 ? sc0[r] * acc0[r][b] + sc1[r] * acc1[r][b] : sc0[r] * acc0[r][b];
+        acc0[r][b] = acc1[r][b] = 0.0f;
+        ah0[r][b] = al0[r][b] = ah1[r][b] = al1[r][b] = 0;
+      }
+      s2[b] = 0;
+      const float s = reduce_scatter8(v, lane);
+      if (valid && (lane & 3) == 0) {
+        float* dst = p.yt + size_t(b) * p.ld_y + size_t(tile) * 8 + row;
+        if (p.atomic) atomicAdd(dst, s); else *dst = s;
+      }
+    }
+  };
+  // Segments: the group of this iteration's first word within its tile, and the iterations
+  // left in the tile (segments and tiles are whole iterations of kChain words of 32 lanes).
+  int gofs = F ? int(seg0 % p.groups) : 0;
+  int left = F ? (p.groups - gofs) / (32 * kChain) : 0;
   int slot = 0;
   for (int i = 0; i < W; i += kChain) {
+    const bool seg_live = F && i * 32 < seg_n;
+    if (seg_live && left == 0) {  // the segment moves on to the next tile (uniform in the warp)
+      flush();
+      ++tile;
+      load_scales();
+      gofs = 0;
+      left = p.groups / (32 * kChain);
+    }
     cp_async_wait<D - kChain>();
     uint4 c0[kChain];
     uint4 c1[kChain];
@@ -546,7 +598,7 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     if constexpr (I8) {
 #pragma unroll
       for (int k = 0; k < kChain; ++k) {
-        const int gl = (i + k) * 32 + lane;
+        const int gl = !F ? (i + k) * 32 + lane : seg_live ? gofs + k * 32 + lane : p.groups;
         uint32_t xh[B][2], xl[B][2];
         int sx2[B];
 #pragma unroll
@@ -596,32 +648,13 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     }
     slot += kChain;
     if (slot == D) slot = 0;
+    gofs += 32 * kChain;
+    --left;
   }
   cp_async_wait<0>();  // nothing may be in flight into shared memory when the block exits
 
-  // 5. Scales, warp sums, one store (or atomic) per row.
-  const int row = ((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1);
-#pragma unroll
-  for (int b = 0; b < B; ++b) {
-    float v[8];
-#pragma unroll
-    for (int r = 0; r < 8; ++r) {
-      if constexpr (I8) {
-        const int sh = s2[b] / 2;  // Σx of the lane's groups: the shift terms of the clear bits
-        acc0[r][b] = float(ah0[r][b]) * 256.0f + float(al0[r][b] + sh);
-        if constexpr (L == Layout::PP) acc1[r][b] = float(ah1[r][b]) * 256.0f + float(al1[r][b] + sh);
-        if constexpr (L == Layout::PR) acc1[r][b] = float(ah1[r][b]) * 256.0f + float(al1[r][b]);
-        acc0[r][b] *= xscale[b];
-        acc1[r][b] *= xscale[b];
-      }
-      v[r] = T::stages > 1 ? sc0[r] * acc0[r][b] + sc1[r] * acc1[r][b] : sc0[r] * acc0[r][b];
-    }
-    const float s = reduce_scatter8(v, lane);
-    if (valid && (lane & 3) == 0) {
-      float* dst = p.yt + size_t(b) * p.ld_y + size_t(tile) * 8 + row;
-      if (p.atomic) atomicAdd(dst, s); else *dst = s;
-    }
-  }
+  // 5. The last tile's rows.
+  flush();
 
   // 6. Fused output transform: the last block to finish runs it over the whole of ỹ.
   if (p.done && last_block_done(p.done, gridDim.x * gridDim.y)) ring_finish<B>(p, reinterpret_cast<float*>(smem4));
@@ -629,7 +662,9 @@ __global__ void __launch_bounds__(kRingThreads, 1)
 
 struct RingPlan {
   Layout layout = Layout::P;
-  int kb_groups = 0, n_kb = 0, blocks_x = 0, words = 0;
+  int kb_groups = 0, n_kb = 0, blocks_x = 0, words = 0, xs_words = 0;
+  bool flat = false;  // segments of seg_words flat words per warp, blocks_x blocks
+  int seg_words = 0;
   size_t smem = 0;
 };
 
@@ -643,7 +678,7 @@ bool ring_layout(const DeviceQuantizedMatrix& w, Layout* out) {
   return true;
 }
 
-size_t ring_smem(Layout l, int batch, int words) {
+size_t ring_smem(Layout l, int batch, int xs_words) {
   const int depth = l == Layout::P    ? LayoutTraits<Layout::P>::depth
                     : l == Layout::PR ? LayoutTraits<Layout::PR>::depth
                                       : LayoutTraits<Layout::PP>::depth;
@@ -651,11 +686,36 @@ size_t ring_smem(Layout l, int batch, int words) {
                      : l == Layout::PR ? LayoutTraits<Layout::PR>::bytes1
                                        : LayoutTraits<Layout::PP>::bytes1;
   return size_t(kTabE8pBytes) + (l == Layout::PR ? kTabR8Bytes : 0) + size_t(depth) * kRingThreads * (16 + bytes1) +
-         size_t(batch) * words * 32 * (16 + 8);
+         size_t(batch) * xs_words * (16 + 8);
+}
+
+// Byte dot products or fp16 products. The byte path stages x̃ in two passes (its range's max
+// first), a fixed cost that only pays on enough words per lane (H200, 2026-11-28: at one vector
+// 5-16% faster with 14-16 words per lane, 0-5% with 4, 4% slower with 2; at two vectors 5%
+// faster with 16 words, equal with 14, 9-14% slower with 2-4). GLQ_QGEMV_RING_I8=0 or 1 forces
+// one of them (comparisons, tests).
+bool ring_i8(int batch, int words) {
+  static const int forced = env_switch("GLQ_QGEMV_RING_I8");
+  if (forced >= 0) return forced == 1;
+  return words >= (batch == 1 ? 4 : 8);
+}
+
+// GLQ_QGEMV_RING_FLAT: 1 plans segments wherever the shape allows them, 0 never (comparisons,
+// tests); default: where they cost less than the column ranges.
+int ring_flat_forced() {
+  static const int forced = env_switch("GLQ_QGEMV_RING_FLAT");
+  return forced;
 }
 
 // Column ranges: the count that gives the fewest (waves × (words per lane + fixed cost)), one
-// block per SM; ties go to fewer blocks (fewer atomics, fewer table fills).
+// block per SM; ties go to fewer blocks (fewer atomics, fewer table fills). Segments (one
+// vector, byte dot products, groups per row a multiple of 32·kChain so that no iteration of a
+// warp straddles two tiles): one wave whose warps share the words evenly, to within an
+// iteration, whatever the row count; they stage the whole of x̃ and flush a tile's rows with
+// atomics when they leave it. Taken only where the column ranges need more than one wave and
+// segments cost less (28672 rows are 224 row blocks of 16 tiles: 1.7 waves on 132 SMs): on the
+// one-wave shapes they measured slower (H200, 2026-11-28: 6144x4096 and 14336x4096 at 2 bpw,
+// 11.67 against 11.44 us and 15.95 against 14.88).
 RingPlan plan_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch, Layout layout) {
   RingPlan plan;
   plan.layout = layout;
@@ -669,7 +729,7 @@ RingPlan plan_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
     const int kb = std::min(G, ((G + n - 1) / n + 31) / 32 * 32);
     const int n_kb = (G + kb - 1) / kb;
     const int words = ((kb + 31) / 32 + kChain - 1) / kChain * kChain;
-    const size_t smem = ring_smem(layout, batch, words);
+    const size_t smem = ring_smem(layout, batch, words * 32);
     if (smem > info.smem_optin) continue;
     const long blocks = long(plan.blocks_x) * n_kb;
     const long cost = ((blocks + sms - 1) / sms) * (words + kBlockFixedWords);
@@ -678,17 +738,49 @@ RingPlan plan_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
       plan.kb_groups = kb;
       plan.n_kb = n_kb;
       plan.words = words;
+      plan.xs_words = words * 32;
+      plan.smem = smem;
+    }
+  }
+  const int forced = ring_flat_forced();
+  constexpr int kIter = 32 * kChain;  // words of a warp's iteration
+  const long waves = (long(plan.blocks_x) * plan.n_kb + sms - 1) / sms;
+  if (forced != 0 && batch == 1 && G % kIter == 0) {
+    const long long total = (long long)tiles * G;
+    const long long warps = (long long)sms * kRingWarps;
+    const int seg = int(((total + warps - 1) / warps + kIter - 1) / kIter * kIter);
+    const int words = seg / 32;
+    const int xs_words = (G + 1 + 31) / 32 * 32;  // the whole of x̃ and a zero word
+    const size_t smem = ring_smem(layout, batch, xs_words);
+    const long cost = words + kBlockFixedWords;
+    if (smem <= info.smem_optin && ring_i8(1, words) &&
+        (forced == 1 || plan.n_kb == 0 || (waves > 1 && cost < best))) {
+      plan.flat = true;
+      plan.seg_words = seg;
+      plan.blocks_x = int(((total + seg - 1) / seg + kRingWarps - 1) / kRingWarps);
+      plan.n_kb = 1;
+      plan.kb_groups = G;
+      plan.words = words;
+      plan.xs_words = xs_words;
       plan.smem = smem;
     }
   }
   return plan;  // n_kb == 0: no shape fits the device's shared memory
 }
 
-template <int B, Layout L, bool I8>
-void* ring_kernel_ptr() { return reinterpret_cast<void*>(qgemv_ring_kernel<B, L, I8>); }
+template <int B, Layout L, bool I8, bool F = false>
+void* ring_kernel_ptr() { return reinterpret_cast<void*>(qgemv_ring_kernel<B, L, I8, F>); }
 
 // The compiled configurations: (1 or 2 vectors) × (P, PR, PP) × (fp16 products, byte dot products).
-void* ring_kernel_for(int batch, Layout l, bool i8) {
+void* ring_kernel_for(int batch, Layout l, bool i8, bool flat) {
+  if (flat) {  // segments: one vector, byte dot products
+    if (batch == 1 && i8) switch (l) {
+        case Layout::P: return ring_kernel_ptr<1, Layout::P, true, true>();
+        case Layout::PR: return ring_kernel_ptr<1, Layout::PR, true, true>();
+        case Layout::PP: return ring_kernel_ptr<1, Layout::PP, true, true>();
+      }
+    throw_invalid("qgemv_ring: segments take one vector with byte dot products");
+  }
   switch ((batch * 3 + int(l)) * 2 + int(i8)) {
     case 6: return ring_kernel_ptr<1, Layout::P, false>();
     case 7: return ring_kernel_ptr<1, Layout::P, true>();
@@ -706,23 +798,12 @@ void* ring_kernel_for(int batch, Layout l, bool i8) {
   throw_invalid("qgemv_ring: batch " + std::to_string(batch) + " outside 1.." + std::to_string(kRingMaxBatch));
 }
 
-void allow_ring_smem(const DeviceInfo& info, int batch, Layout l, bool i8) {
-  static std::once_flag flags[kRingMaxBatch + 1][3][2];
-  std::call_once(flags[batch][int(l)][int(i8)], [&] {
-    GLQ_CUDA_CHECK(cudaFuncSetAttribute(ring_kernel_for(batch, l, i8), cudaFuncAttributeMaxDynamicSharedMemorySize,
+void allow_ring_smem(const DeviceInfo& info, int batch, Layout l, bool i8, bool flat) {
+  static std::once_flag flags[kRingMaxBatch + 1][3][2][2];
+  std::call_once(flags[batch][int(l)][int(i8)][int(flat)], [&] {
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(ring_kernel_for(batch, l, i8, flat), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(info.smem_optin)));
   });
-}
-
-// Byte dot products or fp16 products. The byte path stages x̃ in two passes (its range's max
-// first), a fixed cost that only pays on enough words per lane (H200, 2026-11-28: at one vector
-// 5-16% faster with 14-16 words per lane, 0-5% with 4, 4% slower with 2; at two vectors 5%
-// faster with 16 words, equal with 14, 9-14% slower with 2-4). GLQ_QGEMV_RING_I8=0 or 1 forces
-// one of them (comparisons, tests).
-bool ring_i8(int batch, int words) {
-  static const int forced = env_switch("GLQ_QGEMV_RING_I8");
-  if (forced >= 0) return forced == 1;
-  return words >= (batch == 1 ? 4 : 8);
 }
 
 // GLQ_QGEMV_RING_EARLY=0: request the first words after griddepcontrol.wait, for comparisons.
@@ -747,7 +828,8 @@ bool qgemv_ring_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w
 bool qgemv_ring_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch) {
   Layout l;
   if (!ring_layout(w, &l)) return false;
-  return plan_ring(info, w, batch, l).n_kb > 1;
+  const RingPlan plan = plan_ring(info, w, batch, l);
+  return plan.flat || plan.n_kb > 1;
 }
 
 namespace {
@@ -787,12 +869,15 @@ void launch_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const u
   p.tiles = w.rows / 8;
   p.kb_groups = plan.kb_groups;
   p.words = plan.words;
+  p.xs_words = plan.xs_words;
+  p.seg_words = plan.seg_words;
+  p.total_words = (long long)(w.rows / 8) * w.groups;
   p.xt = reinterpret_cast<const __half*>(xt_half);
   p.ld_x = ld_x;
   p.yt = yt;
   p.ld_y = ld_y;
   p.tables = tables;
-  p.atomic = plan.n_kb > 1;
+  p.atomic = plan.flat || plan.n_kb > 1;
   p.early = ring_early();
   p.done = done;
   size_t smem = plan.smem;
@@ -801,8 +886,8 @@ void launch_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const u
     smem = std::max(smem, fused_finish_smem(fin->t));
   }
   const bool i8 = ring_i8(batch, plan.words);
-  allow_ring_smem(info, batch, l, i8);
-  launch_checked(reinterpret_cast<void (*)(RingParams)>(ring_kernel_for(batch, l, i8)), dim3(plan.blocks_x, plan.n_kb),
+  allow_ring_smem(info, batch, l, i8, plan.flat);
+  launch_checked(reinterpret_cast<void (*)(RingParams)>(ring_kernel_for(batch, l, i8, plan.flat)), dim3(plan.blocks_x, plan.n_kb),
                  dim3(kRingThreads), smem, stream, pdl_enabled(info), "qgemv_ring_kernel", p);
 }
 
