@@ -135,12 +135,13 @@ double rel_err(const float* got, const std::vector<double>& ref) {
 // `wide`: one layer of hidden 3072 (a = 12, b = 256) and intermediate 5120 (a = 20, b = 256),
 // the shapes of the tensor-core transforms, prefilled with 24, 40 and 64 tokens: the transforms
 // split over thread-block clusters (sm_90) with RMSNorm and SwiGLU fused, the tile kernel's
-// fp16 slices of ỹ and the residual add in the output side.
-void check_engine(int heads, int kv_heads, int head_dim, bool wide = false) {
+// fp16 slices of ỹ and the residual add in the output side. `long_context`: a cache of 700
+// tokens, a 600-token prompt and graph decoding after it, whose attention merges 10 key chunks.
+void check_engine(int heads, int kv_heads, int head_dim, bool wide = false, bool long_context = false) {
   TinyModel m;
   auto& c = m.cfg;
   c.vocab = 152; c.hidden = wide ? 3072 : 64; c.intermediate = wide ? 5120 : 96; c.layers = wide ? 1 : 2;
-  c.heads = heads; c.kv_heads = kv_heads; c.head_dim = head_dim; c.max_context = 100; c.norm_eps = 1e-5f;
+  c.heads = heads; c.kv_heads = kv_heads; c.head_dim = head_dim; c.max_context = long_context ? 700 : 100; c.norm_eps = 1e-5f;
   for (int i = 0; i < c.head_dim / 2; ++i) c.rope_inv_freq.push_back(std::pow(10000.0f, -2.0f * i / c.head_dim));
   std::mt19937_64 rng(42);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -207,6 +208,19 @@ void check_engine(int heads, int kv_heads, int head_dim, bool wide = false) {
     EXPECT_LT(rel_err(got.data() + (n - 1) * c.vocab, ref.back()), 2e-2) << what << " last token";
     return p;
   };
+  if (long_context) {
+    // 600 tokens in one pass (logits of the last only), then 4 steps through the graph.
+    engine.reset();
+    std::vector<int32_t> all(600);
+    for (size_t i = 0; i < all.size(); ++i) all[i] = int32_t((i * 53 + 7) % c.vocab);
+    engine.forward(all.data(), int(all.size()), false);
+    const auto gen = engine.generate_greedy(4);
+    all.insert(all.end(), gen.begin(), gen.end() - 1);
+    const auto ref = cpu_forward(m, all);
+    const auto last = engine.logits_host(1);
+    EXPECT_LT(rel_err(last.data(), ref.back()), 2e-2) << "logits after decoding over 10 key chunks";
+    return;
+  }
   if (wide) {
     check_prefill(24, 41, 3, 5, "24-token prefill (wide)");
     check_prefill(40, 37, 11, 9, "40-token prefill (wide)");
@@ -289,6 +303,21 @@ TEST(CudaEngine, MatchesCpuForwardWithOtherAttentionBlocks) {
   d::set_attention_threads(256);
   d::set_rope_in_attention(0);
   check_engine(4, 2, 16);
+}
+
+// Decoding over 10 key chunks of 64 (the last block of each head group merges their partials),
+// with 512, 256 and 128 threads per attention block, head_dim 16 and 128.
+TEST(CudaEngine, DecodeMergesManyKeyChunks) {
+  if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  struct Restore {
+    ~Restore() { glq::cuda::detail::set_attention_threads(0); }
+  } restore;
+  for (const int threads : {512, 256, 128}) {
+    SCOPED_TRACE(testing::Message() << threads << " threads per attention block");
+    glq::cuda::detail::set_attention_threads(threads);
+    check_engine(4, 2, 16, false, true);
+    check_engine(8, 2, 128, false, true);
+  }
 }
 
 // The shapes of the tensor-core transforms (see check_engine): 24 query heads of 128 on 6 kv heads.
