@@ -714,8 +714,9 @@ int ring_flat_forced() {
 // iteration, whatever the row count; they stage the whole of x̃ and flush a tile's rows with
 // atomics when they leave it. Taken only where the column ranges need more than one wave and
 // segments cost less (28672 rows are 224 row blocks of 16 tiles: 1.7 waves on 132 SMs): on the
-// one-wave shapes they measured slower (H200, 2026-11-28: 6144x4096 and 14336x4096 at 2 bpw,
-// 11.67 against 11.44 us and 15.95 against 14.88).
+// one-wave shapes they measured slower (H200, 2026-11-28, forced: 6144x4096 and 14336x4096 at 2
+// bpw, 11.62 against 11.58 us and 15.92 against 14.81; the whole decode step 358-359 against
+// 374 tok/s).
 RingPlan plan_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch, Layout layout) {
   RingPlan plan;
   plan.layout = layout;
