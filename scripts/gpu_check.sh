@@ -45,6 +45,16 @@ find_cublas() {
   done
 }
 
+# The CUDA tests matching FILTER with the environment VAR=VALUE... into $OUT/tests_ring_NAME.log
+# (run from run_all: its T, bin and test_rc).
+ring_variant() {
+  local name=$1 filter=$2
+  shift 2
+  env "$@" $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter="$filter" >"$OUT/tests_ring_$name.log" 2>&1 ||
+    test_rc=1
+  tail -n 3 "$OUT/tests_ring_$name.log"
+}
+
 run_all() {
   local bin=$1
   local T="timeout ${GLQ_BENCH_TIMEOUT:-150}"
@@ -54,26 +64,17 @@ run_all() {
   $T "$bin/glq_test_cuda" --gtest_brief=1 >"$OUT/tests.log" 2>&1
   local test_rc=$?
   tail -n 30 "$OUT/tests.log"
-  # The ring kernel picks byte dot products or fp16 products by shape: each forced on every shape.
-  for i8 in 0 1; do
-    GLQ_QGEMV_RING_I8=$i8 $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter='CudaQgemvRing*:CudaEngine.*' \
-      >"$OUT/tests_ring_i8_$i8.log" 2>&1 || test_rc=1
-    tail -n 3 "$OUT/tests_ring_i8_$i8.log"
-  done
-  # And planned for one SM: one column range per row block, so long ranges are staged too.
-  GLQ_QGEMV_RING_SMS=1 $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter='CudaQgemvRing*' \
-    >"$OUT/tests_ring_one_sm.log" 2>&1 || test_rc=1
-  tail -n 3 "$OUT/tests_ring_one_sm.log"
-  # Segments (one wave of warps sharing the words evenly) forced wherever the groups per row allow
-  # them, and never; forced and planned for one SM, where a warp's segment crosses many tiles.
-  for flat in 1 0; do
-    GLQ_QGEMV_RING_FLAT=$flat $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter='CudaQgemvRing*:CudaEngine.*' \
-      >"$OUT/tests_ring_flat_$flat.log" 2>&1 || test_rc=1
-    tail -n 3 "$OUT/tests_ring_flat_$flat.log"
-  done
-  GLQ_QGEMV_RING_FLAT=1 GLQ_QGEMV_RING_SMS=1 $T "$bin/glq_test_cuda" --gtest_brief=1 --gtest_filter='CudaQgemvRing*' \
-    >"$OUT/tests_ring_flat_one_sm.log" 2>&1 || test_rc=1
-  tail -n 3 "$OUT/tests_ring_flat_one_sm.log"
+  # The ring kernel's choices, each forced: byte dot products or fp16 products (chosen by shape);
+  # planned for one SM (one column range per row block, so long ranges are staged too);
+  # segments (one wave of warps sharing the words evenly) wherever the groups per row allow them,
+  # and never, and forced on one SM, where a warp's segment crosses many tiles.
+  local ring='CudaQgemvRing*' both='CudaQgemvRing*:CudaEngine.*'
+  ring_variant i8_0 "$both" GLQ_QGEMV_RING_I8=0
+  ring_variant i8_1 "$both" GLQ_QGEMV_RING_I8=1
+  ring_variant one_sm "$ring" GLQ_QGEMV_RING_SMS=1
+  ring_variant flat_1 "$both" GLQ_QGEMV_RING_FLAT=1
+  ring_variant flat_0 "$both" GLQ_QGEMV_RING_FLAT=0
+  ring_variant flat_one_sm "$ring" GLQ_QGEMV_RING_FLAT=1 GLQ_QGEMV_RING_SMS=1
   : >"$OUT/gemv.jsonl"
   : >"$OUT/model.jsonl"
   local shapes="4096x14336 14336x4096 4096x4096 1024x4096"

@@ -208,17 +208,22 @@ void check_engine(int heads, int kv_heads, int head_dim, bool wide = false, bool
     EXPECT_LT(rel_err(got.data() + (n - 1) * c.vocab, ref.back()), 2e-2) << what << " last token";
     return p;
   };
-  if (long_context) {
-    // 600 tokens in one pass (logits of the last only), then 4 steps through the graph.
-    engine.reset();
-    std::vector<int32_t> all(600);
-    for (size_t i = 0; i < all.size(); ++i) all[i] = int32_t((i * 53 + 7) % c.vocab);
-    engine.forward(all.data(), int(all.size()), false);
-    const auto gen = engine.generate_greedy(4);
+  // `steps` greedy steps through the graph after `prompt` (in the cache), against the CPU pass
+  // fed the same tokens: the last step's logits.
+  auto check_decode_after = [&](std::vector<int32_t> all, int steps, const char* what) {
+    const auto gen = engine.generate_greedy(steps);
     all.insert(all.end(), gen.begin(), gen.end() - 1);
     const auto ref = cpu_forward(m, all);
     const auto last = engine.logits_host(1);
-    EXPECT_LT(rel_err(last.data(), ref.back()), 2e-2) << "logits after decoding over 10 key chunks";
+    EXPECT_LT(rel_err(last.data(), ref.back()), 2e-2) << what;
+  };
+  if (long_context) {
+    // 600 tokens in one pass (logits of the last only), then 4 steps through the graph.
+    engine.reset();
+    std::vector<int32_t> p(600);
+    for (size_t i = 0; i < p.size(); ++i) p[i] = int32_t((i * 53 + 7) % c.vocab);
+    engine.forward(p.data(), int(p.size()), false);
+    check_decode_after(p, 4, "logits after decoding over 10 key chunks");
     return;
   }
   if (wide) {
@@ -261,12 +266,7 @@ void check_engine(int heads, int kv_heads, int head_dim, bool wide = false, bool
   const auto p80 = check_prefill(80, 53, 7, 11, "80-token prefill");
   // Decoding after it, through the graph: each step's attention spans two key chunks, merged by
   // the last block to finish.
-  const auto gen80 = engine.generate_greedy(4);
-  std::vector<int32_t> all80 = p80;
-  all80.insert(all80.end(), gen80.begin(), gen80.end() - 1);
-  const auto ref80 = cpu_forward(m, all80);
-  const auto last80 = engine.logits_host(1);
-  EXPECT_LT(rel_err(last80.data(), ref80.back()), 2e-2) << "logits after decoding past the first key chunk";
+  check_decode_after(p80, 4, "logits after decoding past the first key chunk");
 }
 
 TEST(CudaEngine, MatchesCpuForwardPrefillAndGraphDecode) {
