@@ -75,6 +75,9 @@ run_all() {
   ring_variant flat_1 "$both" GLQ_QGEMV_RING_FLAT=1
   ring_variant flat_0 "$both" GLQ_QGEMV_RING_FLAT=0
   ring_variant flat_one_sm "$ring" GLQ_QGEMV_RING_FLAT=1 GLQ_QGEMV_RING_SMS=1
+  # The engine with each residual add's output transform and the next RMSNorm's input transform
+  # as two kernels instead of one (bridge_rows_kernel).
+  ring_variant bridge_0 'CudaEngine.*' GLQ_CUDA_BRIDGE=0
   : >"$OUT/gemv.jsonl"
   : >"$OUT/model.jsonl"
   local shapes="4096x14336 14336x4096 4096x4096 1024x4096"

@@ -289,6 +289,130 @@ TEST(CudaHadamardManyPre, MatchesReference) {
   }
 }
 
+// One product's output side fused with the next one's input side (launch_bridge, the engine's
+// residual add and RMSNorm between products of ≤ 16 tokens): h_out = h + sign_out ∘ T_outᵀ(Σ ỹ
+// slices) + bias, and T_in (sign_in ∘ RMSNorm(h_out)) in fp16, against the CPU transforms, on
+// every output layout (a = 1 with the whole FWHT in one block up to b = 8192, a = 9, 12, 44) and
+// input row view (Sylvester rows for a = 1), with 1-4 slices, strided rows, and the next product's
+// ỹ zeroed. h is left as it was; buffers the kernel would read while writing are refused.
+struct BridgeCase {
+  int n, batch, parts;
+  bool bias;
+};
+
+class CudaBridge : public ::testing::TestWithParam<BridgeCase> {};
+
+TEST_P(CudaBridge, MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  namespace d = glq::cuda::detail;
+  const auto [n, batch, parts, with_bias] = GetParam();
+  glq::cuda::Context ctx;
+  const auto plan = glq::transform::make_hadamard_plan(n);
+  glq::cuda::DeviceHadamard dplan;
+  dplan.n = plan.n;
+  dplan.a = plan.a;
+  dplan.b = plan.b;
+  if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
+  const int ld = n + 8, ld_in = n + 4;  // strided rows of h and of ỹ
+  const size_t part_stride = size_t(batch) * ld_in + 12;
+  const auto sign_out = glq::transform::random_signs(n, 21 + n);
+  const auto sign_in = glq::transform::random_signs(n, 22 + n);
+  const auto norm_w = random_vector(n, 23 + n);
+  const auto bias = random_vector(n, 24 + n);
+  const auto h = random_vector(size_t(batch) * ld, 25 + n);
+  const auto yt = random_vector(part_stride * parts, 26 + n);
+  // Reference: the new residual, then the next input transform of its RMSNorm.
+  std::vector<float> h_ref(size_t(batch + 1) * n), row(n);  // (prepare_reference reads a row past the last)
+  for (int v = 0; v < batch; ++v) {
+    for (int i = 0; i < n; ++i) {
+      float acc = 0.0f;
+      for (int k = 0; k < parts; ++k) acc += yt[k * part_stride + size_t(v) * ld_in + i];
+      row[size_t(i)] = acc;
+    }
+    glq::transform::hadamard_transpose(plan, row.data());
+    for (int i = 0; i < n; ++i)
+      h_ref[size_t(v) * n + i] = h[size_t(v) * ld + i] + sign_out[i] * row[i] + (with_bias ? bias[i] : 0.0f);
+  }
+  const auto x_ref = prepare_reference(plan, h_ref.data(), n, batch, d::PreOp::RmsNorm, norm_w, sign_in);
+  h_ref.resize(size_t(batch) * n);
+
+  auto dsign_out = glq::cuda::to_device(sign_out);
+  auto dsign_in = glq::cuda::to_device(sign_in);
+  auto dw = glq::cuda::to_device(norm_w);
+  auto dbias = glq::cuda::to_device(bias);
+  auto dh = glq::cuda::to_device(h);
+  auto dyt = glq::cuda::to_device(yt);
+  std::vector<float> poison(size_t(batch) * ld, std::numeric_limits<float>::quiet_NaN());
+  auto dh_out = glq::cuda::to_device(poison);
+  const int zero_count = 333;
+  std::vector<float> junk(size_t(batch) * zero_count, 1.0f);
+  auto dz = glq::cuda::to_device(junk);
+  glq::cuda::DeviceMemory dx(size_t(batch) * n * 2);
+  d::FinishParams f;
+  f.t = d::transform_shape(dplan, dsign_out.as<const float>());
+  f.yt = dyt.as<const float>();
+  f.ld_in = ld_in;
+  f.parts = parts;
+  f.part_stride = part_stride;
+  f.y = dh.as<float>();
+  f.ld_out = ld;
+  f.accumulate = 1;
+  d::PrepareParams p;
+  p.t = d::transform_shape(dplan, dsign_in.as<const float>());
+  p.pre = d::PreOp::RmsNorm;
+  p.norm_w = dw.as<const float>();
+  p.eps = 1e-5f;
+  p.out = dx.as<uint16_t>();
+  p.ld_out = n;
+  p.zero_ptr = dz.as<float>();
+  p.zero_count = zero_count;
+  ASSERT_TRUE(d::bridge_supported(ctx.info(), f, p, dh_out.as<float>(), batch)) << "n=" << n;
+  d::launch_bridge(ctx.info(), f, p, dh_out.as<float>(), with_bias ? dbias.as<const float>() : nullptr, batch,
+                   ctx.stream());
+  GLQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  std::vector<float> h_got(size_t(batch) * ld), h_after(h.size());
+  dh_out.download(h_got.data(), h_got.size() * 4);
+  dh.download(h_after.data(), h_after.size() * 4);
+  EXPECT_EQ(h_after, h) << "h_in changed";
+  std::vector<float> h_cmp(size_t(batch) * n);
+  for (int v = 0; v < batch; ++v) {
+    std::copy_n(h_got.begin() + size_t(v) * ld, n, h_cmp.begin() + size_t(v) * n);
+    for (int i = n; i < ld; ++i) ASSERT_TRUE(std::isnan(h_got[size_t(v) * ld + i])) << "wrote past row " << v;
+  }
+  EXPECT_LT(relative_error(h_cmp, h_ref), 1e-5) << "n=" << n << " a=" << plan.a << " batch=" << batch;
+  std::vector<uint16_t> xh(size_t(batch) * n);
+  dx.download(xh.data(), xh.size() * 2);
+  std::vector<float> x_got(xh.size());
+  for (size_t i = 0; i < xh.size(); ++i) x_got[i] = half_bits_to_float(xh[i]);
+  EXPECT_LT(relative_error(x_got, x_ref), 1e-3) << "n=" << n << " a=" << plan.a << " batch=" << batch;
+  dz.download(junk.data(), junk.size() * 4);
+  EXPECT_EQ(std::count(junk.begin(), junk.end(), 0.0f), std::ptrdiff_t(junk.size())) << "n=" << n;
+
+  // Refused: writing the vector it reads, zeroing what it reads, more than the row kernels' batch.
+  EXPECT_FALSE(d::bridge_supported(ctx.info(), f, p, dh.as<float>(), batch));
+  d::PrepareParams pz = p;
+  pz.zero_ptr = dyt.as<float>();
+  EXPECT_FALSE(d::bridge_supported(ctx.info(), f, pz, dh_out.as<float>(), batch));
+  EXPECT_THROW(d::launch_bridge(ctx.info(), f, pz, dh_out.as<float>(), nullptr, batch, ctx.stream()), glq::Error);
+  EXPECT_FALSE(d::bridge_supported(ctx.info(), f, p, dh_out.as<float>(), 17));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaBridge,
+                         ::testing::Values(BridgeCase{4096, 1, 4, false}, BridgeCase{4096, 1, 1, true},
+                                           BridgeCase{4096, 3, 2, true}, BridgeCase{2048, 16, 3, false},
+                                           BridgeCase{8192, 1, 2, true}, BridgeCase{576, 1, 1, true},
+                                           BridgeCase{576, 5, 4, false}, BridgeCase{1536, 2, 2, true},
+                                           BridgeCase{2816, 1, 3, true}, BridgeCase{64, 7, 1, false}),
+                         [](const auto& info) {
+                           return std::string("n")
+                               .append(std::to_string(info.param.n))
+                               .append("_batch")
+                               .append(std::to_string(info.param.batch))
+                               .append("_parts")
+                               .append(std::to_string(info.param.parts))
+                               .append(info.param.bias ? "_bias" : "");
+                         });
+
 // Many vectors, whole vector per block (launch_prepare_wide / launch_finish_wide, which
 // launch_prepare / launch_finish take from kWideMinBatch vectors on), at any batch through the
 // internal launchers: both directions on every FWHT layout (b = 64 ... 8192, one or two passes)

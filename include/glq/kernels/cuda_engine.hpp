@@ -118,8 +118,14 @@ class Engine {
   // head runs on no row, the last, all n, or the `gather` rows listed in d_rows.
   void enqueue_tokens(int n, bool single, HeadRows rows, int gather = 0);
   void run_pass(int n, int k, bool decode_only);
-  void run_linear(const EngineLinear& l, const void* prepare_params, float* y, int ld_y,
-                  bool accumulate, int n);
+  // y (+)= l(pre(x)) for n tokens. With `into` (a Bridge: the next quantized product, its
+  // RMSNorm and a second residual buffer), the output transform may instead run fused with the
+  // next product's input transform (detail::launch_bridge): then the result lands in the Bridge's
+  // buffer, not y, and the call returns true; the next product is then run with `prepared`, its
+  // x̃ and zeroed ỹ already in place.
+  struct Bridge;
+  bool run_linear(const EngineLinear& l, const void* prepare_params, float* y, int ld_y, bool accumulate, int n,
+                  const Bridge* into = nullptr, bool prepared = false);
 
   Context& ctx_;
   EngineConfig config_;

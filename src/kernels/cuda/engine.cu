@@ -890,6 +890,7 @@ struct Engine::Buffers {
   DeviceMemory step;    // int: tokens generated
   DeviceMemory generated;  // (capacity) int32
   DeviceMemory h;       // (max_tokens, hidden) residual stream
+  DeviceMemory h2;      // (max_tokens, hidden) its second buffer, for the fused transforms (Bridge)
   DeviceMemory hsel;    // (max_tokens, hidden) gathered rows for the output head
   DeviceMemory qkv;     // (max_tokens, q_dim + 2 kv_dim)
   DeviceMemory gu;      // (max_tokens, 2 intermediate)
@@ -956,6 +957,7 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
   b.step = DeviceMemory(4);
   b.generated = DeviceMemory(size_t(c.max_context + 1) * 4);
   b.h = DeviceMemory(T * c.hidden * 4);
+  b.h2 = DeviceMemory(T * c.hidden * 4);
   b.hsel = DeviceMemory(T * c.hidden * 4);
   b.qkv = DeviceMemory(T * (q_dim + 2 * kv_dim) * 4);
   b.gu = DeviceMemory(T * 2 * c.intermediate * 4);
@@ -1087,28 +1089,51 @@ bool fused_linear(Context& ctx, const DeviceQuantizedMatrix& w, detail::PrepareP
 
 }  // namespace
 
-void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float* y, int ld_y,
-                        bool accumulate, int n) {
+struct Engine::Bridge {
+  const EngineLinear* next = nullptr;  // the product whose input transform is fused in
+  detail::PrepareParams pre;           // its pre-operation (RMSNorm; x is the new residual)
+  float* h_out = nullptr;              // where the new residual goes (not y)
+};
+
+namespace {
+
+// Whether the n-token products of w accumulate ỹ with atomics (ỹ zeroed first).
+bool gemv_needs_zero(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int n) {
+  bool zero = false;
+  for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
+    zero = zero || detail::qgemv_needs_zeroed_output(info, w, std::min(kGemvMaxBatch, n - c0));
+  return zero;
+}
+
+// ỹ of a product run after a Bridge: its own scratch slot, since the bridge zeroes it while it
+// still reads the ỹ of the product before (slot 1).
+constexpr int kBridgedYtSlot = 4;
+
+}  // namespace
+
+bool Engine::run_linear(const EngineLinear& l, const void* prepare_params, float* y, int ld_y,
+                        bool accumulate, int n, const Bridge* into, bool prepared) {
   detail::PrepareParams p = *static_cast<const detail::PrepareParams*>(prepare_params);
   const auto& info = ctx_.info();
   cudaStream_t stream = ctx_.stream();
   auto handle = static_cast<cublasHandle_t>(ctx_.cublas_handle());
   const float alpha = 1.0f, beta_acc = 1.0f, beta_zero = 0.0f;
-  if (l.q && fused_linear(ctx_, *l.q, p, size_t(b_->max_tokens), y, ld_y, accumulate, n)) {
+  const bool gemv = n <= 2 * kGemvMaxBatch;
+  if (prepared && !(l.q && gemv && !detail::qgemv_ring_fused_enabled()))
+    throw_invalid("Engine::run_linear: a prepared product must be a quantized one of at most " +
+                  std::to_string(2 * kGemvMaxBatch) + " tokens");
+  if (l.q && !prepared && fused_linear(ctx_, *l.q, p, size_t(b_->max_tokens), y, ld_y, accumulate, n)) {
     // (input transform, then the decode kernel with the output transform in its last block)
   } else if (l.q) {
     const auto& w = *l.q;
     auto* xt = static_cast<uint16_t*>(ctx_.scratch(0, size_t(b_->max_tokens) * w.cols * 2));
-    const bool gemv = n <= 2 * kGemvMaxBatch;
     // 17-64 tokens: the shared-memory tile kernel, its slices of ỹ in the same scratch (reserved
     // for them by the constructor), summed by the output transform.
     const int tile_parts = engine_tile_parts(info, w, n);
     const bool tiles = tile_parts > 0;
-    auto* yt = static_cast<float*>(ctx_.scratch(1, yt_scratch_bytes(size_t(b_->max_tokens), w, n, tile_parts)));
-    bool zero = false;
-    if (gemv)
-      for (int c0 = 0; c0 < n; c0 += kGemvMaxBatch)
-        zero = zero || detail::qgemv_needs_zeroed_output(info, w, std::min(kGemvMaxBatch, n - c0));
+    auto* yt = static_cast<float*>(ctx_.scratch(prepared ? kBridgedYtSlot : 1,
+                                                yt_scratch_bytes(size_t(b_->max_tokens), w, n, tile_parts)));
+    const bool zero = gemv && gemv_needs_zero(info, w, n);
     p.t = detail::transform_in(w);
     p.out_type = detail::OutType::Half;
     p.out = xt;
@@ -1119,7 +1144,7 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     const bool qgemm = !gemv && !tiles && detail::qgemm_supported(info, w, n) && detail::prepare_permutes(info, p, n);
     p.permute = qgemm ? 1 : 0;
     const bool half_out = qgemm || (!gemv && !tiles && detail::gemm_half_out());  // ỹ in fp16, as qmatmul's
-    detail::launch_prepare(info, p, n, stream);
+    if (!prepared) detail::launch_prepare(info, p, n, stream);
     detail::FinishParams f;
     f.t = detail::transform_out(w);
     f.yt = yt;
@@ -1148,6 +1173,26 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
       f.yt = nullptr;
       f.yt_half = reinterpret_cast<const uint16_t*>(yt);
     }
+    const EngineLinear* next = into ? into->next : nullptr;
+    if (next && next->q && gemv && !half_out && !detail::qgemv_ring_fused_enabled() &&
+        (!l.bias.bytes() || l.bias.bytes() == size_t(l.rows) * 4)) {
+      // The next product's input transform fused in (its x̃ in slot 0, its ỹ zeroed in its slot).
+      const auto& wn = *next->q;
+      detail::PrepareParams pn = into->pre;
+      pn.t = detail::transform_in(wn);
+      pn.out_type = detail::OutType::Half;
+      pn.out = ctx_.scratch(0, size_t(b_->max_tokens) * wn.cols * 2);
+      pn.ld_out = wn.cols;
+      pn.permute = 0;
+      const bool zero_next = gemv_needs_zero(info, wn, n);
+      pn.zero_ptr = zero_next ? static_cast<float*>(ctx_.scratch(kBridgedYtSlot, yt_scratch_bytes(size_t(b_->max_tokens), wn, n, 0)))
+                              : nullptr;
+      pn.zero_count = zero_next ? wn.rows : 0;
+      if (detail::bridge_supported(info, f, pn, into->h_out, n)) {
+        detail::launch_bridge(info, f, pn, into->h_out, l.bias.bytes() ? l.bias.as<const float>() : nullptr, n, stream);
+        return true;
+      }
+    }
     detail::launch_finish(info, f, n, stream);
   } else if (l.dense) {
     const auto& w = *l.dense;
@@ -1173,6 +1218,7 @@ void Engine::run_linear(const EngineLinear& l, const void* prepare_params, float
     add_bias_kernel<<<n, 256, 0, stream>>>(y, ld_y, l.bias.as<const float>(), l.rows);
     GLQ_CUDA_CHECK_LAUNCH("add_bias_kernel");
   }
+  return false;
 }
 
 void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) {
@@ -1183,7 +1229,10 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
   const int ld_qkv = q_dim + 2 * kv_dim;
   const int attn_groups = (c.heads / c.kv_heads + kAttnGroup - 1) / kAttnGroup;
   const int rope_threads = std::min(128, std::max(32, (c.head_dim / 2 + 31) / 32 * 32));
+  // The residual stream: h, or its second buffer after a product whose output transform ran fused
+  // with the next one's input transform (Bridge), which cannot write the vector its blocks read.
   float* h = b.h.as<float>();
+  float* h_other = b.h2.as<float>();
   float* qkv = b.qkv.as<float>();
   float* gu = b.gu.as<float>();
   const int* tok_pos = b.tok_pos.as<const int>();
@@ -1197,20 +1246,40 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
                                       c.hidden, c.vocab, h);
   GLQ_CUDA_CHECK_LAUNCH("embed_kernel");
   const size_t layer_stride = size_t(c.slots) * b.slot_stride;
+  const auto norm_params = [&](const DeviceMemory& norm_w) {
+    detail::PrepareParams p;
+    p.pre = detail::PreOp::RmsNorm;
+    p.x = h;
+    p.ld_x = c.hidden;
+    p.norm_w = norm_w.as<const float>();
+    p.eps = c.norm_eps;
+    return p;
+  };
+  // y += l(pre(x)) into the residual stream, fused with the input transform of `next` (RMSNorm
+  // with norm_w) where run_linear can: then the stream moves to the other buffer. Returns whether
+  // it did (next then runs `prepared`).
+  const auto residual_linear = [&](const EngineLinear& l, const detail::PrepareParams& pre, const EngineLinear* next,
+                                   const DeviceMemory* norm_w) {
+    Bridge br;
+    if (next) {
+      br.next = next;
+      br.pre = norm_params(*norm_w);
+      br.h_out = h_other;
+    }
+    const bool fused = run_linear(l, &pre, h, c.hidden, true, n, next ? &br : nullptr);
+    if (fused) std::swap(h, h_other);
+    return fused;
+  };
+  bool qkv_prepared = false;  // the first q/k/v product's x̃ was written by the layer before
   for (int li = 0; li < c.layers; ++li) {
     const auto& L = w_.layers[li];
     __half* kc = b.k_cache.as<__half>() + size_t(li) * layer_stride;
     __half* vc = b.v_cache.as<__half>() + size_t(li) * layer_stride;
     // [q | k | v] = rmsnorm(h) · Wqkv^T
-    detail::PrepareParams pn;
-    pn.pre = detail::PreOp::RmsNorm;
-    pn.x = h;
-    pn.ld_x = c.hidden;
-    pn.norm_w = L.attn_norm.as<const float>();
-    pn.eps = c.norm_eps;
+    detail::PrepareParams pn = norm_params(L.attn_norm);
     int off = 0;
     for (const auto& part : L.qkv) {
-      run_linear(part, &pn, qkv + off, ld_qkv, false, n);
+      run_linear(part, &pn, qkv + off, ld_qkv, false, n, nullptr, qkv_prepared && off == 0);
       off += part.rows;
     }
     if (off != ld_qkv) throw_mismatch("Engine: q/k/v rows of layer " + std::to_string(li), std::to_string(ld_qkv), std::to_string(off));
@@ -1236,13 +1305,12 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
     pc.pre = detail::PreOp::Plain;
     pc.x = b.attn.as<const float>();
     pc.ld_x = q_dim;
-    run_linear(L.o, &pc, h, c.hidden, true, n);
+    const bool gu_prepared = residual_linear(L.o, pc, L.gate_up.empty() ? nullptr : &L.gate_up[0], &L.mlp_norm);
     // [gate | up] = rmsnorm(h) · Wgu^T
-    detail::PrepareParams pm = pn;
-    pm.norm_w = L.mlp_norm.as<const float>();
+    detail::PrepareParams pm = norm_params(L.mlp_norm);
     off = 0;
     for (const auto& part : L.gate_up) {
-      run_linear(part, &pm, gu + off, 2 * c.intermediate, false, n);
+      run_linear(part, &pm, gu + off, 2 * c.intermediate, false, n, nullptr, gu_prepared && off == 0);
       off += part.rows;
     }
     if (off != 2 * c.intermediate) throw_mismatch("Engine: gate/up rows of layer " + std::to_string(li), std::to_string(2 * c.intermediate), std::to_string(off));
@@ -1251,7 +1319,9 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
     ps.pre = detail::PreOp::SwiGlu;
     ps.x = gu;
     ps.ld_x = 2 * c.intermediate;
-    run_linear(L.down, &ps, h, c.hidden, true, n);
+    const bool last = li + 1 == c.layers || w_.layers[li + 1].qkv.empty();
+    qkv_prepared = residual_linear(L.down, ps, last ? nullptr : &w_.layers[li + 1].qkv[0],
+                                   last ? nullptr : &w_.layers[li + 1].attn_norm);
   }
   // logits = rmsnorm(h) · lm_head^T, for the chosen rows
   if (head_rows == HeadRows::None) return;

@@ -510,6 +510,108 @@ __global__ void finish_rows_kernel(const FinishParams p, int staged) {
   }
 }
 
+// ---- One product's output side and the next one's input side in one kernel ------------------
+//
+// Block (i, vec) of bridge_rows_kernel: h_out = h_in + sign_out ∘ (T_outᵀ ỹ) (+ bias), then row i
+// (of the row kernels' view p.t) of T_in (sign_in ∘ RMSNorm(h_out)), the work of finish_rows_kernel
+// and prepare_rows_kernel<RmsNorm> with one kernel boundary and one round trip fewer. RMSNorm needs
+// the whole of h_out, so every block computes all of it (the whole output transform; it reads ỹ
+// and h_in from L2) and writes only its own slice, the elements of its input row. h_out must not
+// be h_in: the blocks read h_in while others write.
+__global__ void __launch_bounds__(1024) bridge_rows_kernel(const FinishParams f, const PrepareParams p,
+                                                          float* __restrict__ h_out, const float* __restrict__ bias) {
+  extern __shared__ __align__(16) float sm[];
+  __shared__ float red[32];
+  const int i = blockIdx.x;
+  const size_t vec = blockIdx.y;
+  const int n = f.t.n, ao = f.t.a, lbo = f.t.log2b, bo = 1 << lbo, rpo = bo + bo / 32;
+  const int ai = p.t.a, lbi = p.t.log2b, bi = 1 << lbi;
+  const int ys_len = (ao * rpo + 3) & ~3;
+  float* ys = sm;          // ỹ, its a_out rows padded (zp)
+  float* ws = ys + ys_len;  // norm weight ∘ sign_in, then h_out ∘ those
+  float* hs = ws + n;      // h_in
+  float* z = hs + n;       // row i of the input side (padded)
+  float* qrow = z + ((bi + bi / 32 + 3) & ~3);  // row i of Q_in (a_in)
+  float* qs = qrow + ai;   // Q_outᵀ (a_out × a_out): qs[r·a_out + k] = Q_out[k, r]
+  float2* sb = reinterpret_cast<float2*>(qrow + ((ai + ao * ao + 1) & ~1));  // (sign_out, bias) per element
+  // Constants of the weights first, before waiting on the decode kernel that writes ỹ: the
+  // steps after the wait read shared memory only, besides ỹ and h_in.
+  for (int o = threadIdx.x; o < n; o += blockDim.x)
+    sb[o] = make_float2(f.t.sign ? __ldg(f.t.sign + o) : 1.0f, bias ? __ldg(bias + o) : 0.0f);
+  if (ai > 1)
+    for (int k = threadIdx.x; k < ai; k += blockDim.x) qrow[k] = q_entry(p.t, i, k);
+  if (ao > 1)
+    for (int e = threadIdx.x; e < ao * ao; e += blockDim.x) qs[e] = q_entry(f.t, e % ao, e / ao);
+  float4* ws4 = reinterpret_cast<float4*>(ws);
+  const float4* w4 = reinterpret_cast<const float4*>(p.norm_w);
+  const float4* sg4 = reinterpret_cast<const float4*>(p.t.sign);
+#pragma unroll 4
+  for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
+    float4 w = __ldg(w4 + k);
+    if (sg4) {
+      const float4 sg = __ldg(sg4 + k);
+      w.x *= sg.x; w.y *= sg.y; w.z *= sg.z; w.w *= sg.w;
+    }
+    ws4[k] = w;
+  }
+  pdl_trigger();
+  pdl_wait();
+  // ỹ (the sum of its slices) and h_in: every load in flight at once.
+  const float4* h4 = reinterpret_cast<const float4*>(f.y + vec * f.ld_out);
+#pragma unroll 4
+  for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
+    const float4 v = yt_value4(f, vec, k);
+    reinterpret_cast<float4*>(hs)[k] = h4[k];
+    const int o = 4 * k, r = o >> lbo, j = o & (bo - 1);
+    float* row = ys + r * rpo;
+    row[zp(j)] = v.x;
+    row[zp(j + 1)] = v.y;
+    row[zp(j + 2)] = v.z;
+    row[zp(j + 3)] = v.w;
+  }
+  __syncthreads();
+  for (int r = 0; r < ao; ++r) fwht_padded(ys + r * rpo, lbo);
+  // h_out, its slice written; RMSNorm's sum of squares; h_out ∘ norm weight ∘ sign_in into ws.
+  float ss = 0.0f;
+  float* ho = h_out + vec * f.ld_out;
+  for (int o = threadIdx.x; o < n; o += blockDim.x) {
+    const int r = o >> lbo, j = o & (bo - 1);
+    float v;
+    if (ao == 1) {
+      v = ys[zp(j)];
+    } else {
+      v = 0.0f;
+      for (int k = 0; k < ao; ++k) v = fmaf(qs[r * ao + k], ys[k * rpo + zp(j)], v);
+    }
+    const float2 c = sb[o];
+    const float h = hs[o] + fmaf(v * f.t.inv_sqrt_b, c.x, c.y);
+    if ((o >> lbi) == i) ho[o] = h;
+    ss += h * h;
+    ws[o] *= h;
+  }
+  const float rs = rsqrtf(block_sum(ss, red) / float(n) + p.eps);  // (its barriers publish ws)
+  if (p.zero_ptr) {
+    const int per = (p.zero_count + ai - 1) / ai;
+    const int end = min(p.zero_count, (i + 1) * per);
+    for (int k = i * per + threadIdx.x; k < end; k += blockDim.x) p.zero_ptr[vec * p.zero_count + k] = 0.0f;
+  }
+  for (int j = threadIdx.x; j < bi; j += blockDim.x) {
+    float v;
+    if (ai == 1) {
+      v = ws[j];
+    } else {
+      v = 0.0f;
+#pragma unroll 4
+      for (int k = 0; k < ai; ++k) v = fmaf(qrow[k], ws[k * bi + j], v);
+    }
+    z[zp(j)] = v * rs;
+  }
+  __syncthreads();
+  fwht_padded(z, lbi);
+  __half* out = static_cast<__half*>(p.out) + vec * p.ld_out + size_t(i) * bi;
+  for (int j = threadIdx.x; j < bi; j += blockDim.x) out[j] = __float2half_rn(z[zp(j)] * p.t.inv_sqrt_b);
+}
+
 // ---- Many vectors, input side: row groups of a vector per block, every step coalesced -------
 //
 // Block (g, vec) computes rows [g·R, g·R + R) (R ≤ 8) of the a×b view of the result, in three
@@ -1011,6 +1113,7 @@ size_t dynamic_limit(const DeviceInfo& info) {
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::RmsNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_rows_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(finish_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
+    GLQ_CUDA_CHECK(cudaFuncSetAttribute(bridge_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::Plain>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::RmsNorm>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
     GLQ_CUDA_CHECK(cudaFuncSetAttribute(prepare_many_kernel<PreOp::SwiGlu>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(lim)));
@@ -1296,6 +1399,62 @@ void launch_finish(const DeviceInfo& info, const FinishParams& params, int batch
   const size_t smem = smem_for(info, params.t.n + params.t.a * ((params.t.a + 3) & ~3));
   finish_kernel<<<batch, threads_for(params.t.n), smem, stream>>>(params);
   GLQ_CUDA_CHECK_LAUNCH("finish_kernel");
+}
+
+// The output side of one product and the input side of the next (bridge_rows_kernel): the
+// engine's residual add followed by RMSNorm. GLQ_CUDA_BRIDGE=0 keeps the two kernels.
+namespace {
+
+TransformShape bridge_in_shape(const PrepareParams& p, int batch) { return row_shape(p.t, batch); }
+
+size_t bridge_smem(const FinishParams& f, const TransformShape& ti) {
+  const int bo = 1 << f.t.log2b, bi = 1 << ti.log2b;
+  const size_t ys = size_t(f.t.a * (bo + bo / 32) + 3) & ~size_t(3);
+  const size_t z = size_t(bi + bi / 32 + 3) & ~size_t(3);
+  const size_t q = (size_t(ti.a) + size_t(f.t.a) * f.t.a + 1) & ~size_t(1);  // Q_in's row and Q_outᵀ
+  return (ys + 2 * size_t(f.t.n) + z + q + 2 * size_t(f.t.n)) * sizeof(float);
+}
+
+}  // namespace
+
+bool bridge_enabled() {
+  static const bool on = env_switch("GLQ_CUDA_BRIDGE") != 0;
+  return on;
+}
+
+bool bridge_supported(const DeviceInfo& info, const FinishParams& f, const PrepareParams& p, const float* h_out,
+                      int batch) {
+  if (!bridge_enabled() || batch < 1 || batch > kRowKernelMaxBatch || batch >= wide_min_batch() ||
+      use_transform_tc(info, batch))
+    return false;
+  const int n = f.t.n;
+  if (n <= 0 || n != p.t.n || (n & 3) || (f.t.a << f.t.log2b) != n || (p.t.a << p.t.log2b) != n) return false;
+  if (p.pre != PreOp::RmsNorm || p.out_type != OutType::Half || p.permute || !p.norm_w || !p.out) return false;
+  if (!f.yt || f.yt_half || f.parts < 1 || f.parts > 4 || !f.accumulate || !f.y || !h_out || h_out == f.y) return false;
+  if ((f.ld_in & 3) || (f.ld_out & 3) || (f.parts > 1 && (f.part_stride & 3))) return false;
+  if (!aligned_to(f.yt, 16) || !aligned_to(f.y, 16) || !aligned_to(h_out, 16) || !aligned_to(p.norm_w, 16) ||
+      (p.t.sign && !aligned_to(p.t.sign, 16)))
+    return false;
+  // ỹ's slices and h_in are read while other blocks write h_out and zero p.zero_ptr.
+  const size_t yt_bytes = (size_t(batch - 1) * f.ld_in + n + size_t(f.parts - 1) * f.part_stride) * 4;
+  const size_t h_bytes = (size_t(batch - 1) * f.ld_out + n) * 4;
+  if (overlaps(h_out, h_bytes, f.yt, yt_bytes) || overlaps(h_out, h_bytes, f.y, h_bytes)) return false;
+  if (p.zero_ptr) {
+    const size_t zb = size_t(batch) * p.zero_count * 4;
+    if (overlaps(p.zero_ptr, zb, f.yt, yt_bytes) || overlaps(p.zero_ptr, zb, f.y, h_bytes)) return false;
+  }
+  const TransformShape ti = bridge_in_shape(p, batch);
+  return bridge_smem(f, ti) <= dynamic_limit(info);
+}
+
+void launch_bridge(const DeviceInfo& info, const FinishParams& f, const PrepareParams& params, float* h_out,
+                   const float* bias, int batch, cudaStream_t stream) {
+  if (!bridge_supported(info, f, params, h_out, batch))
+    throw_invalid("launch_bridge: the shapes, buffers or alignment do not allow the fused transforms (bridge_supported)");
+  PrepareParams p = params;
+  p.t = bridge_in_shape(params, batch);
+  launch_checked(bridge_rows_kernel, dim3(p.t.a, batch), dim3(1024), bridge_smem(f, p.t), stream, pdl_enabled(info),
+                 "bridge_rows_kernel", f, p, h_out, bias);
 }
 
 PrepareParams hadamard_input_params(const DeviceHadamard& plan, const float* sign, const float* x, void* out,

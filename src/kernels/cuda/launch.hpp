@@ -113,6 +113,17 @@ bool prepare_permutes(const DeviceInfo& info, const PrepareParams& p, int batch)
 // (GLQ_CUDA_HALF_PARTS=0: fp32).
 bool tc_finish_half_parts(const DeviceInfo& info, const FinishParams& f, int batch);
 
+// One product's output side and the next one's input side in one kernel (bridge_rows_kernel,
+// batch ≤ 16): h_out = f.y + f's result (+ bias, nullable; f.accumulate must be set), then p's
+// input transform of RMSNorm(h_out) (p.pre RmsNorm; p.x is not read), with p.zero_ptr zeroed.
+// h_out must be a second buffer, not f.y. bridge_supported: whether the shapes, buffers and
+// alignment allow it (GLQ_CUDA_BRIDGE=0: never); launch_bridge throws where they do not.
+bool bridge_enabled();
+bool bridge_supported(const DeviceInfo& info, const FinishParams& f, const PrepareParams& p, const float* h_out,
+                      int batch);
+void launch_bridge(const DeviceInfo& info, const FinishParams& f, const PrepareParams& p, float* h_out,
+                   const float* bias, int batch, cudaStream_t stream);
+
 // Hadamard transform of `batch` vectors of length plan.n (one block each; see hadamard.cu).
 //   input:  out_half (batch, n) = T (sign ∘ x);  also zeroes zero_ptr (batch, zero_count).
 //   output: out_float (batch, n) = sign ∘ (T^T x).
