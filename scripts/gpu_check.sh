@@ -61,7 +61,8 @@ run_all() {
   mkdir -p "$OUT"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
   echo "== tests"
-  $T "$bin/glq_test_cuda" --gtest_brief=1 >"$OUT/tests.log" 2>&1
+  # The whole suite takes ~140 s on an H200 (its CPU references): a limit of its own.
+  timeout "${GLQ_TEST_TIMEOUT:-600}" "$bin/glq_test_cuda" --gtest_brief=1 >"$OUT/tests.log" 2>&1
   local test_rc=$?
   tail -n 30 "$OUT/tests.log"
   # The ring kernel's choices, each forced: byte dot products or fp16 products (chosen by shape);
