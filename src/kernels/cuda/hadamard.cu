@@ -327,6 +327,22 @@ __device__ __forceinline__ float q_entry(const TransformShape& t, int i, int k) 
   return __ldg(t.q + i * t.a + k);
 }
 
+// dst[k] = (norm_w ∘ sign)[4k .. 4k+3] for k < n/4, thread k mod blockDim writing k (RMSNorm's
+// constant factors, staged before the wait on the kernel that writes x). 16-byte aligned inputs.
+__device__ __forceinline__ void stage_norm_sign(float4* dst, const float* norm_w, const float* sign, int n) {
+  const float4* w4 = reinterpret_cast<const float4*>(norm_w);
+  const float4* sg4 = reinterpret_cast<const float4*>(sign);
+#pragma unroll 4
+  for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
+    float4 w = __ldg(w4 + k);
+    if (sg4) {
+      const float4 sg = __ldg(sg4 + k);
+      w.x *= sg.x; w.y *= sg.y; w.z *= sg.z; w.w *= sg.w;
+    }
+    dst[k] = w;
+  }
+}
+
 // Row-parallel input transform, for few vectors: block (i, vec) computes row i of the a×b view
 // of T (sign ∘ pre(x)) = (Q ⊗ H/√b)(...): first its row of the mixing, z = Σ_k Q[i,k] x_k
 // (the mixing and the FWHT commute), then the FWHT of z in shared memory. The a blocks of a
@@ -357,18 +373,7 @@ __global__ void prepare_rows_kernel(const PrepareParams p, int staged) {
                     (kPre != PreOp::SwiGlu || !((reinterpret_cast<uintptr_t>(xv + n)) & 15));
   float4* x4 = reinterpret_cast<float4*>(xs);
   const float4* sg4 = reinterpret_cast<const float4*>(p.t.sign);
-  if (vec4 && kPre == PreOp::RmsNorm) {
-    const float4* w4 = reinterpret_cast<const float4*>(p.norm_w);
-#pragma unroll 4
-    for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
-      float4 w = __ldg(w4 + k);
-      if (sg4) {
-        const float4 sg = __ldg(sg4 + k);
-        w.x *= sg.x; w.y *= sg.y; w.z *= sg.z; w.w *= sg.w;
-      }
-      x4[k] = w;  // read back by the same thread below
-    }
-  }
+  if (vec4 && kPre == PreOp::RmsNorm) stage_norm_sign(x4, p.norm_w, p.t.sign, n);  // read back by the same thread below
   pdl_trigger();
   pdl_wait();
   float scale = 1.0f;      // RMSNorm's 1/rms as pre_value() reads x
@@ -542,18 +547,7 @@ __global__ void __launch_bounds__(1024) bridge_rows_kernel(const FinishParams f,
     for (int k = threadIdx.x; k < ai; k += blockDim.x) qrow[k] = q_entry(p.t, i, k);
   if (ao > 1)
     for (int e = threadIdx.x; e < ao * ao; e += blockDim.x) qs[e] = q_entry(f.t, e % ao, e / ao);
-  float4* ws4 = reinterpret_cast<float4*>(ws);
-  const float4* w4 = reinterpret_cast<const float4*>(p.norm_w);
-  const float4* sg4 = reinterpret_cast<const float4*>(p.t.sign);
-#pragma unroll 4
-  for (int k = threadIdx.x; k < n / 4; k += blockDim.x) {
-    float4 w = __ldg(w4 + k);
-    if (sg4) {
-      const float4 sg = __ldg(sg4 + k);
-      w.x *= sg.x; w.y *= sg.y; w.z *= sg.z; w.w *= sg.w;
-    }
-    ws4[k] = w;
-  }
+  stage_norm_sign(reinterpret_cast<float4*>(ws), p.norm_w, p.t.sign, n);
   pdl_trigger();
   pdl_wait();
   // ỹ (the sum of its slices) and h_in: every load in flight at once.
