@@ -139,16 +139,22 @@ TEST(CudaDevice, CountNeverThrows) { EXPECT_GE(glq::cuda::device_count(), 0); }
 
 // ---- GPU ------------------------------------------------------------------------------------
 
-// Both transform directions of `batch` vectors of length n against the reference (signs and
-// inputs drawn from the seeds).
-void check_hadamard_both_directions(int n, int batch, uint64_t sign_seed, uint64_t x_seed) {
-  glq::cuda::Context ctx;
-  const auto plan = glq::transform::make_hadamard_plan(n);
+// The plan on the device.
+glq::cuda::DeviceHadamard device_plan(const glq::transform::HadamardPlan& plan) {
   glq::cuda::DeviceHadamard dplan;
   dplan.n = plan.n;
   dplan.a = plan.a;
   dplan.b = plan.b;
   if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
+  return dplan;
+}
+
+// Both transform directions of `batch` vectors of length n against the reference (signs and
+// inputs drawn from the seeds).
+void check_hadamard_both_directions(int n, int batch, uint64_t sign_seed, uint64_t x_seed) {
+  glq::cuda::Context ctx;
+  const auto plan = glq::transform::make_hadamard_plan(n);
+  const auto dplan = device_plan(plan);
   const auto sign = glq::transform::random_signs(n, sign_seed);
   const auto x = random_vector(size_t(batch) * n, x_seed);
   auto dsign = glq::cuda::to_device(sign);
@@ -248,11 +254,7 @@ TEST(CudaHadamardManyPre, MatchesReference) {
   for (const auto& [n, batch] : {std::pair{1536, 19}, std::pair{14336, 19}, std::pair{2048, 1}, std::pair{4096, 2},
                                  std::pair{4096, 3}, std::pair{8192, 2}}) {
     const auto plan = glq::transform::make_hadamard_plan(n);
-    glq::cuda::DeviceHadamard dplan;
-    dplan.n = plan.n;
-    dplan.a = plan.a;
-    dplan.b = plan.b;
-    if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
+    const auto dplan = device_plan(plan);
     const auto sign = glq::transform::random_signs(n, 9);
     const auto norm_w = random_vector(n, 3 + n);
     const auto x = random_vector(size_t(batch) * 2 * n, 17 + n);  // [gate | up] rows for SwiGLU
@@ -308,11 +310,7 @@ TEST_P(CudaBridge, MatchesReference) {
   const auto [n, batch, parts, with_bias] = GetParam();
   glq::cuda::Context ctx;
   const auto plan = glq::transform::make_hadamard_plan(n);
-  glq::cuda::DeviceHadamard dplan;
-  dplan.n = plan.n;
-  dplan.a = plan.a;
-  dplan.b = plan.b;
-  if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
+  const auto dplan = device_plan(plan);
   const int ld = n + 8, ld_in = n + 4;  // strided rows of h and of ỹ
   const size_t part_stride = size_t(batch) * ld_in + 12;
   const auto sign_out = glq::transform::random_signs(n, 21 + n);
@@ -423,15 +421,6 @@ struct WideCase {
 };
 
 class CudaHadamardWide : public ::testing::TestWithParam<WideCase> {};
-
-glq::cuda::DeviceHadamard device_plan(const glq::transform::HadamardPlan& plan) {
-  glq::cuda::DeviceHadamard dplan;
-  dplan.n = plan.n;
-  dplan.a = plan.a;
-  dplan.b = plan.b;
-  if (plan.a > 1) dplan.q = glq::cuda::to_device(plan.q);
-  return dplan;
-}
 
 std::vector<float> download_half(const glq::cuda::DeviceMemory& dh, size_t count) {
   std::vector<uint16_t> h(count);
