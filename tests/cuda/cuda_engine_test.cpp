@@ -135,13 +135,15 @@ double rel_err(const float* got, const std::vector<double>& ref) {
 // `wide`: one layer of hidden 3072 (a = 12, b = 256) and intermediate 5120 (a = 20, b = 256),
 // the shapes of the tensor-core transforms, prefilled with 24, 40 and 64 tokens: the transforms
 // split over thread-block clusters (sm_90) with RMSNorm and SwiGLU fused, the tile kernel's
-// fp16 slices of ỹ and the residual add in the output side. `long_context`: a cache of 700
-// tokens, a 600-token prompt and graph decoding after it, whose attention merges 10 key chunks.
-void check_engine(int heads, int kv_heads, int head_dim, bool wide = false, bool long_context = false) {
+// fp16 slices of ỹ and the residual add in the output side. `long_context`: a cache of `capacity`
+// tokens, a `prompt_tokens`-token prompt and graph decoding after it, whose attention merges several
+// key chunks.
+void check_engine(int heads, int kv_heads, int head_dim, bool wide = false, bool long_context = false,
+                  int capacity = 700, int prompt_tokens = 600) {
   TinyModel m;
   auto& c = m.cfg;
   c.vocab = 152; c.hidden = wide ? 3072 : 64; c.intermediate = wide ? 5120 : 96; c.layers = wide ? 1 : 2;
-  c.heads = heads; c.kv_heads = kv_heads; c.head_dim = head_dim; c.max_context = long_context ? 700 : 100; c.norm_eps = 1e-5f;
+  c.heads = heads; c.kv_heads = kv_heads; c.head_dim = head_dim; c.max_context = long_context ? capacity : 100; c.norm_eps = 1e-5f;
   for (int i = 0; i < c.head_dim / 2; ++i) c.rope_inv_freq.push_back(std::pow(10000.0f, -2.0f * i / c.head_dim));
   std::mt19937_64 rng(42);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -218,12 +220,12 @@ void check_engine(int heads, int kv_heads, int head_dim, bool wide = false, bool
     EXPECT_LT(rel_err(last.data(), ref.back()), 2e-2) << what;
   };
   if (long_context) {
-    // 600 tokens in one pass (logits of the last only), then 4 steps through the graph.
+    // The prompt in one pass (logits of the last only), then 4 steps through the graph.
     engine.reset();
-    std::vector<int32_t> p(600);
+    std::vector<int32_t> p(size_t(prompt_tokens), 0);
     for (size_t i = 0; i < p.size(); ++i) p[i] = int32_t((i * 53 + 7) % c.vocab);
     engine.forward(p.data(), int(p.size()), false);
-    check_decode_after(p, 4, "logits after decoding over 10 key chunks");
+    check_decode_after(p, 4, "logits after decoding over several key chunks");
     return;
   }
   if (wide) {
@@ -305,16 +307,40 @@ TEST(CudaEngine, MatchesCpuForwardWithOtherAttentionBlocks) {
   check_engine(4, 2, 16);
 }
 
-// Decoding over 10 key chunks of 64 (the last block of each head group merges their partials),
-// with 512, 256 and 128 threads per attention block, head_dim 16 and 128.
+// Decoding after a long prompt, over several key chunks (the last block of each head group
+// merges their partials). The three kernels by context length (attention_kind): 600 tokens
+// (512 threads, 19 chunks of 32 keys), 1,100 (256 threads, 18 of 64) and 3,200 (512 threads, 13
+// of 256); then 600 tokens in chunks of 32, 64, 128 and 256 keys (19, 10, 5 and 3 chunks), and in
+// 64-key chunks with blocks of 256 and 128 threads; head_dim 16, 32 (ten query heads on one kv
+// head: two head groups) and 128.
 TEST(CudaEngine, DecodeMergesManyKeyChunks) {
   if (glq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  namespace d = glq::cuda::detail;
   struct Restore {
-    ~Restore() { glq::cuda::detail::set_attention_threads(0); }
+    ~Restore() {
+      glq::cuda::detail::set_attention_threads(0);
+      glq::cuda::detail::set_attention_chunk(0);
+    }
   } restore;
-  for (const int threads : {512, 256, 128}) {
+  d::set_attention_threads(0);
+  d::set_attention_chunk(0);
+  check_engine(4, 2, 16, false, true);
+  check_engine(10, 1, 32, false, true);
+  check_engine(8, 2, 128, false, true);
+  check_engine(4, 2, 16, false, true, 1200, 1100);
+  check_engine(8, 2, 128, false, true, 1200, 1100);
+  check_engine(4, 2, 16, false, true, 3300, 3200);
+  for (const int keys : {32, 64, 128, 256}) {
+    SCOPED_TRACE(testing::Message() << keys << " keys per attention chunk");
+    d::set_attention_chunk(keys);
+    check_engine(4, 2, 16, false, true);
+    check_engine(10, 1, 32, false, true);
+    check_engine(8, 2, 128, false, true);
+  }
+  d::set_attention_chunk(64);
+  for (const int threads : {256, 128}) {
     SCOPED_TRACE(testing::Message() << threads << " threads per attention block");
-    glq::cuda::detail::set_attention_threads(threads);
+    d::set_attention_threads(threads);
     check_engine(4, 2, 16, false, true);
     check_engine(8, 2, 128, false, true);
   }

@@ -15,6 +15,7 @@
 // Hadamard transform kernels of the neighbouring linears (see docs/cuda.md).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -133,10 +134,15 @@ class Engine {
   std::unique_ptr<Buffers> b_;
   int position_ = 0;
   int last_row_ = 0;  // row of logits() holding the last token's logits
-  cudaGraphExec_t decode_graph_ = nullptr;  // generate_greedy: a step and the argmax
-  cudaGraphExec_t step_graph_ = nullptr;    // forward() of one token
+  // The decode attention takes one of kAttnKinds kernels by the step's longest context (engine.cu,
+  // attention_kind); enqueue_tokens launches attn_kind_'s, and each graph is captured per kind.
+  static constexpr int kAttnKinds = 3;
+  using Graphs = std::array<cudaGraphExec_t, kAttnKinds>;
+  int attn_kind_ = 0;
+  Graphs decode_graph_{};  // generate_greedy: a step and the argmax
+  Graphs step_graph_{};    // forward() of one token
   int step_calls_ = 0;
-  std::vector<cudaGraphExec_t> batch_graphs_;  // forward_slots decode passes, by sequences
+  std::vector<Graphs> batch_graphs_;  // forward_slots decode passes, by sequences
   std::vector<int> batch_calls_;
 };
 

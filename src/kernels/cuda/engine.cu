@@ -1,12 +1,13 @@
 // The GPU decoder engine (see glq/kernels/cuda_engine.hpp): its own kernels (embedding, RoPE
 // with the KV-cache write, chunked attention, greedy sampling) and the orchestration.
 //
-// Attention is split over chunks of kAttnChunk keys (flash-decoding): at batch 1 a single block
-// per head would read a whole head's cache alone and leave most SMs idle. Each (token, kv head,
-// chunk) block serves the query heads that share the kv head (grouped-query attention), so
-// each key and value row is read once; the last block of a token's chunks merges their
-// partials (see attention_kernel). The grid covers the cache's capacity, so the decode graph
-// stays valid as the context grows; chunks past the current length exit at once.
+// Attention is split over chunks of 32 to 256 keys, by the token's context length (flash-decoding;
+// chunk_keys): at batch 1 a single block per head would read a whole head's cache alone and
+// leave most SMs idle. Each (token, kv head, chunk) block serves the query heads that share the
+// kv head (grouped-query attention), so each key and value row is read once; the last block of a
+// token's chunks merges their partials (see attention_kernel). The grid covers the cache's
+// capacity in the shortest chunks, so a decode graph stays valid as the context grows (chunks
+// past the current length exit at once); one graph per kernel kind (attention_kind).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,7 +30,9 @@ namespace glq::cuda {
 
 namespace {
 
-constexpr int kAttnChunk = 64;        // keys per attention block
+constexpr int kAttnMinChunk = 32;     // keys per attention block: 32, 64, 128 or 256 (chunk_keys)
+constexpr int kAttnMaxChunk = 256;
+constexpr int kAttnTargetChunks = 24; // the longest chunk count that chunk_keys avoids raising
 constexpr int kAttnGroup = 8;         // query heads per attention block (of one kv head)
 constexpr int kAttnMaxHeadDim = 256;
 constexpr int kMaxStepTokens = 512;   // longer inputs are run in pieces of this many tokens
@@ -111,13 +114,30 @@ __device__ __forceinline__ void half8_to_float(const uint4 u, float* f) {
 }
 
 // Dynamic shared memory of attention_kernel with T threads for `grp` query heads per block:
-// q (grp rows of 8·LK), the chunk's probabilities (grp rows of kAttnChunk) and the key slices'
-// partial outputs (T / LK slices of grp rows of 8·LK = grp · 8 · T floats).
-size_t attention_smem(int lk, int threads, int grp) { return size_t(grp) * (8 * lk + kAttnChunk + 8 * threads) * 4; }
+// q (grp rows of 8·LK), the chunk's probabilities (grp rows of CK, the most keys per chunk) and
+// the key slices' partial outputs (T / LK slices of grp rows of 8·LK = grp · 8 · T floats).
+size_t attention_smem(int lk, int threads, int grp, int ck) { return size_t(grp) * (8 * lk + ck + 8 * threads) * 4; }
+
+// Keys per chunk for a token that attends kv_len keys: `fixed` where set (a test or benchmark
+// choice), else the shortest of 32, 64, 128, 256 that cuts kv_len into at most
+// kAttnTargetChunks chunks; at most `most` (the kernel's CK). Every block of the token computes
+// the same. A block's time is a chain of dependent steps that grows little with its keys (they
+// are all requested at once), while the merge grows with the chunks and the blocks beyond one
+// wave queue: on an H200, Llama-3-8B's decode at 2 bpw ran fastest with 32-key chunks at context
+// 512-576 (18 chunks), 64 at ~1,000 (17) and 256 at ~4,000 (16) (docs/cuda.md).
+__host__ __device__ __forceinline__ int chunk_keys(int kv_len, int fixed, int most) {
+  int ck = fixed;
+  if (!ck) {
+    ck = kAttnMinChunk;
+    while (ck < most && (kv_len + ck - 1) / ck > kAttnTargetChunks) ck *= 2;
+  }
+  return ck < most ? ck : most;
+}
 
 // Block (chunk c, kv head kvh · groups + gg, token t) attends the query heads h0 .. h0 + gn of
 // kv head kvh (at most kAttnGroup of its G = heads / kv_heads heads, so the chunk's keys and
-// values are read once for all of them) over the chunk's keys [64c, 64c + 64). LK lanes hold
+// values are read once for all of them) over the chunk's keys [ck·c, ck·c + ck), ck =
+// chunk_keys(...) ≤ CK (the grid covers the cache in chunks of kAttnMinChunk). LK lanes hold
 // one key or value row, 8 fp16 values each (one 16-byte load); the T / LK key
 // slices take keys s, s + S, ... Where the token's keys span several chunks, each block writes
 // its partial max m, sum l and unnormalised output, and the last block of the (token, head
@@ -129,35 +149,36 @@ size_t attention_smem(int lk, int threads, int grp) { return size_t(grp) * (8 * 
 // does rope_cache_kernel's work, one kernel fewer per layer: q is rotated as it is staged, and
 // the block(s) of the last chunk compute the token's own rotated k row and its v row from qkv
 // (rounded to fp16, as the cache holds them), use them, and write them into the cache.
-template <int LK, int T>
+template <int LK, int T, int CK>
 __global__ void __launch_bounds__(T)
 attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads, int head_dim,
                  __half* __restrict__ k_cache_all, __half* __restrict__ v_cache_all,
                  const float* __restrict__ inv_freq, const int* __restrict__ tok_pos,
                  const int* __restrict__ tok_slot, size_t slot_stride,
-                 float scale, int chunks, float* __restrict__ part_m, float* __restrict__ part_l,
+                 float scale, int chunks, int fixed_chunk, float* __restrict__ part_m, float* __restrict__ part_l,
                  float* __restrict__ part_acc, unsigned* __restrict__ done, float* __restrict__ out) {
   constexpr int S = T / LK, HP = 8 * LK;  // key slices, padded head dim
   const int G = heads / kv_heads, groups = (G + kAttnGroup - 1) / kAttnGroup;
   const int grp = min(G, kAttnGroup);     // query heads of the fullest block: the smem rows
   extern __shared__ __align__(16) float sm[];
   float* qs = sm;                  // (grp, HP)
-  float* ps = qs + grp * HP;       // (grp, kAttnChunk)
-  float* red = ps + grp * kAttnChunk;  // (S, grp, HP)
+  float* ps = qs + grp * HP;       // (grp, CK)
+  float* red = ps + grp * CK;  // (S, grp, HP)
   __shared__ float ms[kAttnGroup], ls[kAttnGroup];
   const int c = blockIdx.x, kvh = blockIdx.y / groups, gg = blockIdx.y % groups, t = blockIdx.z;
   const int h0 = kvh * G + gg * kAttnGroup, gn = min(kAttnGroup, G - gg * kAttnGroup);
   const int kv_len = tok_pos[t] + 1;
-  const int active = (kv_len + kAttnChunk - 1) / kAttnChunk;
+  const int ck = chunk_keys(kv_len, fixed_chunk, CK);
+  const int active = (kv_len + ck - 1) / ck;
   if (c >= active) return;
-  const int j0 = c * kAttnChunk, n = min(kAttnChunk, kv_len - j0);
+  const int j0 = c * ck, n = min(ck, kv_len - j0);
   const int kv_dim = kv_heads * head_dim;
   const size_t cache0 = size_t(tok_slot[t]) * slot_stride + size_t(j0) * kv_dim + size_t(kvh) * head_dim;
   const int s = threadIdx.x / LK, l = threadIdx.x % LK;
   const bool lane_on = l * 8 < head_dim;
   // Every key and value row of the thread is requested before the first is used: one memory
   // round trip for the chunk instead of one per key (values for R ≤ 8, to bound the registers).
-  constexpr int R = kAttnChunk / S > 0 ? kAttnChunk / S : 1;  // keys per thread
+  constexpr int R = CK / S > 0 ? CK / S : 1;  // keys per thread at most (rounds r with r·S ≥ n are skipped)
   constexpr bool kPrefetchV = R <= 8;
   // The token's own row (j = n - 1 of the last chunk) where this kernel applies RoPE.
   const int fresh = inv_freq && c == active - 1 ? n - 1 : -1;
@@ -201,9 +222,10 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
     qs[e] = d < head_dim ? (inv_freq ? rope(base, d) : qrow[base + d]) * scale : 0.0f;
   }
   __syncthreads();
-  // Scores: every lane runs the same rounds (the shuffles need the whole warp).
+  // Scores: every lane runs the same rounds (the shuffles need the whole warp; n is the block's).
 #pragma unroll
   for (int r = 0; r < R; ++r) {
+    if (r * S >= n) break;
     const int j = s + r * S;
     float kf[8];
     half8_to_float(kr[r], kf);
@@ -216,19 +238,19 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
                 qb.z * kf[6] + qb.w * kf[7];
 #pragma unroll
       for (int off = LK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xFFFFFFFFu, d, off);
-      if (l == 0 && j < n) ps[g * kAttnChunk + j] = d;
+      if (l == 0 && j < n) ps[g * CK + j] = d;
     }
   }
   __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int g = warp; g < gn; g += T / 32) {
     float m = -INFINITY;
-    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[g * kAttnChunk + j]);
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, ps[g * CK + j]);
     m = detail::warp_max(m);
     float sum = 0.0f;
     for (int j = lane; j < n; j += 32) {
-      const float e = __expf(ps[g * kAttnChunk + j] - m);
-      ps[g * kAttnChunk + j] = e;
+      const float e = __expf(ps[g * CK + j] - m);
+      ps[g * CK + j] = e;
       sum += e;
     }
     sum = detail::warp_sum(sum);
@@ -245,6 +267,7 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
     for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
+    if (r * S >= n) break;
     const int j = s + r * S;
     if (j >= n || !lane_on) continue;
     float vf[8];
@@ -255,7 +278,7 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
 #pragma unroll
     for (int g = 0; g < kAttnGroup; ++g) {
       if (g >= gn) break;
-      const float p = ps[g * kAttnChunk + j];
+      const float p = ps[g * CK + j];
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
     }
@@ -325,7 +348,7 @@ attention_kernel(const float* __restrict__ qkv, int ld, int heads, int kv_heads,
   if (threadIdx.x == 0) *counter = 0;
 }
 
-std::atomic<int> g_rope_in_attention{-1}, g_attention_threads{0};
+std::atomic<int> g_rope_in_attention{-1}, g_attention_threads{0}, g_attention_chunk{0};
 
 // RoPE and the cache write inside the attention kernel for steps of one token
 // (GLQ_CUDA_ROPE_IN_ATTENTION=0: always the separate rope_cache_kernel).
@@ -339,13 +362,9 @@ bool rope_in_attention_enabled() {
   return on;
 }
 
-// Threads per attention block for a cache of `chunks` key chunks: 512 (16 warps, 2 keys of the
-// 64-key chunk per thread) up to 16 chunks (1024 tokens), else 256. A block's work is a chain of
-// dependent loads, shuffles and FMAs, so more warps per chunk shorten it where few chunks leave
-// most SMs idle; with many chunks the blocks fill the GPU and the smaller ones win (H200: decode
-// at context 512 353 tok/s with 512 threads, 344 with 256, 306 with the former 128; at context
-// 4096 282 / 305 / 292; docs/cuda.md). GLQ_CUDA_ATTN_THREADS=128, 256 or 512 chooses one.
-int attention_threads(int chunks) {
+// Threads per attention block where chosen (set_attention_threads, GLQ_CUDA_ATTN_THREADS = 128,
+// 256 or 512), else 0: by the kind (attention_kind).
+int attention_forced_threads() {
   const int forced = g_attention_threads.load();
   if (forced) return forced;
   static const int env = [] {
@@ -353,35 +372,66 @@ int attention_threads(int chunks) {
     const int n = v ? std::atoi(v) : 0;
     return n == 128 || n == 256 || n == 512 ? n : 0;
   }();
-  if (env) return env;
-  return chunks <= 16 ? 512 : 256;
+  return env;
 }
 
-template <int LK, int T>
+// The decode attention's kernel for a step whose longest context is kv_len keys (each kind is
+// a CUDA graph of its own; Engine::attn_kind_): 0 up to 1,024 keys, blocks of 512 threads
+// (16 warps) and chunks of 32 or 64 keys (chunk_keys); 1 up to 3,072, blocks of 256 threads and
+// 64-key chunks; 2 beyond, blocks of 512 threads and chunks of up to 256 keys (8 keys per
+// thread at head_dim 128: more registers and loop rounds per block, which measured 1.5 % slower
+// at context 512 and 1.7 % at 2,048 than the kernels above, and 2.3 % faster at 4,096 and 9.4 %
+// at 8,000, where 64-key chunks are 64-125 partials for one block to merge). A block's work is a
+// chain of dependent loads, shuffles and FMAs, so more warps per chunk shorten it where few
+// chunks leave most SMs idle (H200, 64-key chunks at context 512: 353 tok/s with 512 threads,
+// 344 with 256, 306 with 128); docs/cuda.md.
+int attention_kind(int kv_len) { return kv_len <= 1024 ? 0 : kv_len <= 3072 ? 1 : 2; }
+
+// Keys per attention chunk where fixed (the test hook set_attention_chunk, else
+// GLQ_CUDA_ATTN_CHUNK = 32, 64, 128 or 256), else 0: by the context length (chunk_keys).
+int attention_fixed_chunk() {
+  const int forced = g_attention_chunk.load();
+  if (forced) return forced;
+  static const int env = [] {
+    const char* v = std::getenv("GLQ_CUDA_ATTN_CHUNK");
+    const int n = v ? std::atoi(v) : 0;
+    return n == 32 || n == 64 || n == 128 || n == 256 ? n : 0;
+  }();
+  return env;
+}
+
+template <int LK, int T, int CK>
 void launch_attention_t(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
                         int head_dim, __half* kc, __half* vc, const float* inv_freq, const int* tok_pos,
-                        const int* tok_slot, size_t slot_stride, float scale, int chunks, float* pm, float* pl,
-                        float* pa, unsigned* done, float* out) {
-  const size_t smem = attention_smem(LK, T, std::min(heads / kv_heads, kAttnGroup));
+                        const int* tok_slot, size_t slot_stride, float scale, int chunks, int fixed_chunk,
+                        float* pm, float* pl, float* pa, unsigned* done, float* out) {
+  const size_t smem = attention_smem(LK, T, std::min(heads / kv_heads, kAttnGroup), CK);
   static const bool opted_in = [] {  // the most any head grouping needs, once per kernel
-    const size_t most = attention_smem(LK, T, kAttnGroup);
+    const size_t most = attention_smem(LK, T, kAttnGroup, CK);
     if (most > 48 * 1024)
       GLQ_CUDA_CHECK(
-          cudaFuncSetAttribute(attention_kernel<LK, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
+          cudaFuncSetAttribute(attention_kernel<LK, T, CK>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
     return true;
   }();
   (void)opted_in;
-  attention_kernel<LK, T><<<grid, T, smem, stream>>>(qkv, ld, heads, kv_heads, head_dim, kc, vc, inv_freq, tok_pos,
-                                                     tok_slot, slot_stride, scale, chunks, pm, pl, pa, done, out);
+  attention_kernel<LK, T, CK><<<grid, T, smem, stream>>>(qkv, ld, heads, kv_heads, head_dim, kc, vc, inv_freq,
+                                                         tok_pos, tok_slot, slot_stride, scale, chunks, fixed_chunk,
+                                                         pm, pl, pa, done, out);
   GLQ_CUDA_CHECK_LAUNCH("attention_kernel");
 }
 
+// Blocks of 128 and 256 threads take chunks of up to 64 keys; of 512, up to 64 or (`long_chunks`)
+// up to kAttnMaxChunk.
 template <int LK, typename... A>
-void launch_attention_lk(int threads, A... args) {
+void launch_attention_lk(int threads, bool long_chunks, A... args) {
   switch (threads) {
-    case 128: launch_attention_t<LK, 128>(args...); break;
-    case 512: launch_attention_t<LK, 512>(args...); break;
-    default: launch_attention_t<LK, 256>(args...); break;
+    case 128: launch_attention_t<LK, 128, 64>(args...); break;
+    case 256: launch_attention_t<LK, 256, 64>(args...); break;
+    default:
+      if (long_chunks)
+        launch_attention_t<LK, 512, kAttnMaxChunk>(args...);
+      else
+        launch_attention_t<LK, 512, 64>(args...);
   }
 }
 
@@ -592,17 +642,21 @@ void launch_prefill_attention(int n, cudaStream_t stream, const float* qkv, int 
   }
 }
 
+// grid.x: the chunks of kAttnMinChunk keys that cover the cache (the most any length takes);
+// kind: attention_kind; fixed_chunk: attention_fixed_chunk().
 template <typename... A>
-void launch_attention(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads, int head_dim,
-                      A... rest) {
-  const int t = attention_threads(int(grid.x));
+void launch_attention(dim3 grid, int kind, int fixed_chunk, cudaStream_t stream, const float* qkv, int ld, int heads,
+                      int kv_heads, int head_dim, A... rest) {
+  const int forced = attention_forced_threads();
+  const int t = forced ? forced : kind == 1 && !fixed_chunk ? 256 : 512;
+  const bool long_cache = t == 512 && (fixed_chunk ? fixed_chunk > 64 : kind == 2);
   switch (attention_lanes(head_dim)) {
-    case 1: launch_attention_lk<1>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 2: launch_attention_lk<2>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 4: launch_attention_lk<4>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 8: launch_attention_lk<8>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 16: launch_attention_lk<16>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    default: launch_attention_lk<32>(t, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 1: launch_attention_lk<1>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 2: launch_attention_lk<2>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 4: launch_attention_lk<4>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 8: launch_attention_lk<8>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 16: launch_attention_lk<16>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    default: launch_attention_lk<32>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
   }
 }
 
@@ -756,6 +810,9 @@ void set_attention_threads(int threads) {
   g_attention_threads.store(threads == 128 || threads == 256 || threads == 512 ? threads : 0);
 }
 void set_rope_in_attention(int on) { g_rope_in_attention.store(on < 0 ? -1 : on != 0); }
+void set_attention_chunk(int keys) {
+  g_attention_chunk.store(keys == 32 || keys == 64 || keys == 128 || keys == 256 ? keys : 0);
+}
 }  // namespace detail
 
 // ---- weights --------------------------------------------------------------------------------
@@ -878,7 +935,7 @@ double measure_copy_bandwidth(Context& ctx) {
 // ---- engine ---------------------------------------------------------------------------------
 
 struct Engine::Buffers {
-  int chunks = 0;       // attention chunks covering the cache capacity
+  int chunks = 0;       // attention chunks of kAttnMinChunk keys covering the cache capacity
   int max_tokens = 0;   // tokens per step
   size_t slot_stride = 0;  // elements of one slot of one layer's K (or V) cache
   DeviceMemory tokens;  // (max_tokens) int32
@@ -943,7 +1000,7 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
                    std::to_string(w_.embedding.bytes()));
   const int q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
   auto& b = *b_;
-  b.chunks = (c.max_context + kAttnChunk - 1) / kAttnChunk;
+  b.chunks = (c.max_context + kAttnMinChunk - 1) / kAttnMinChunk;
   b.max_tokens = std::min(kMaxStepTokens, std::max(c.max_context, c.slots));
   b.slot_stride = size_t(c.max_context) * kv_dim;
   const size_t T = b.max_tokens;
@@ -996,10 +1053,13 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
 }
 
 Engine::~Engine() {
-  if (decode_graph_) cudaGraphExecDestroy(decode_graph_);
-  if (step_graph_) cudaGraphExecDestroy(step_graph_);
-  for (auto g : batch_graphs_)
-    if (g) cudaGraphExecDestroy(g);
+  auto destroy = [](const Graphs& graphs) {
+    for (auto g : graphs)
+      if (g) cudaGraphExecDestroy(g);
+  };
+  destroy(decode_graph_);
+  destroy(step_graph_);
+  for (const auto& g : batch_graphs_) destroy(g);
 }
 
 void Engine::reset() { truncate(0); }
@@ -1291,15 +1351,17 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
           kc, vc);
       GLQ_CUDA_CHECK_LAUNCH("rope_cache_kernel");
     }
-    if (single && n > 1 && prefill_attention_supported(c.head_dim))
+    if (single && n > 1 && prefill_attention_supported(c.head_dim)) {
       launch_prefill_attention(n, stream, qkv, ld_qkv, c.heads, c.kv_heads, c.head_dim, kc, vc, tok_pos, tok_slot,
                                b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)), b.attn.as<float>());
-    else
-      launch_attention(dim3(b.chunks, c.kv_heads * attn_groups, n), stream, qkv, ld_qkv, c.heads, c.kv_heads,
-                       c.head_dim, kc, vc, rope_in_attention ? b.inv_freq.as<const float>() : nullptr, tok_pos,
-                       tok_slot, b.slot_stride, 1.0f / std::sqrt(float(c.head_dim)),
-                       b.chunks, b.part_m.as<float>(), b.part_l.as<float>(), b.part_acc.as<float>(),
-                       b.attn_done.as<unsigned>(), b.attn.as<float>());
+    } else {
+      const int fixed_chunk = attention_fixed_chunk();
+      launch_attention(dim3(b.chunks, c.kv_heads * attn_groups, n), attn_kind_, fixed_chunk, stream, qkv, ld_qkv,
+                       c.heads, c.kv_heads, c.head_dim, kc, vc,
+                       rope_in_attention ? b.inv_freq.as<const float>() : nullptr, tok_pos, tok_slot, b.slot_stride,
+                       1.0f / std::sqrt(float(c.head_dim)), b.chunks, fixed_chunk, b.part_m.as<float>(),
+                       b.part_l.as<float>(), b.part_acc.as<float>(), b.attn_done.as<unsigned>(), b.attn.as<float>());
+    }
     // h += attention · Wo^T
     detail::PrepareParams pc;
     pc.pre = detail::PreOp::Plain;
@@ -1391,12 +1453,14 @@ void Engine::forward(const int32_t* tokens, int n, bool all_logits) {
       advance_kernel<<<1, 1, 0, stream>>>(b_->pos.as<int>(), m);
       GLQ_CUDA_CHECK_LAUNCH("advance_kernel");
     };
+    attn_kind_ = attention_kind(position_ + m);
     if (m == 1 && !all_logits) {
       // One decode token: the second such call captures the pass (scratch and cuBLAS were set
       // up by the first), later ones replay it.
-      if (!step_graph_ && step_calls_++ >= 1) step_graph_ = capture_graph(stream, body);
-      if (step_graph_) {
-        GLQ_CUDA_CHECK(cudaGraphLaunch(step_graph_, stream));
+      cudaGraphExec_t& graph = step_graph_[size_t(attn_kind_)];
+      if (!graph && step_calls_++ >= 1) graph = capture_graph(stream, body);
+      if (graph) {
+        GLQ_CUDA_CHECK(cudaGraphLaunch(graph, stream));
       } else {
         body();
       }
@@ -1476,17 +1540,19 @@ void Engine::run_pass(int n, int k, bool decode_only) {
   GLQ_CUDA_CHECK(cudaMemcpyAsync(b.tokens.data(), b.h_tokens.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream));
   GLQ_CUDA_CHECK(cudaMemcpyAsync(b.tok_pos.data(), b.h_pos.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream));
   GLQ_CUDA_CHECK(cudaMemcpyAsync(b.tok_slot.data(), b.h_slot.data(), size_t(n) * 4, cudaMemcpyHostToDevice, stream));
+  attn_kind_ = attention_kind(*std::max_element(b.h_pos.begin(), b.h_pos.begin() + n) + 1);
   if (decode_only && n <= kMaxGraphBatch) {
     // Every sequence decodes one token and wants its logits: the rows are the tokens. The
     // second pass of n sequences captures a graph, later ones replay it.
     if (batch_graphs_.size() <= size_t(n)) {
-      batch_graphs_.resize(size_t(n) + 1, nullptr);
+      batch_graphs_.resize(size_t(n) + 1, Graphs{});
       batch_calls_.resize(size_t(n) + 1, 0);
     }
     auto body = [&] { enqueue_tokens(n, false, HeadRows::All); };
-    if (!batch_graphs_[n] && batch_calls_[n]++ >= 1) batch_graphs_[n] = capture_graph(stream, body);
-    if (batch_graphs_[n]) {
-      GLQ_CUDA_CHECK(cudaGraphLaunch(batch_graphs_[n], stream));
+    cudaGraphExec_t& graph = batch_graphs_[size_t(n)][size_t(attn_kind_)];
+    if (!graph && batch_calls_[n]++ >= 1) graph = capture_graph(stream, body);
+    if (graph) {
+      GLQ_CUDA_CHECK(cudaGraphLaunch(graph, stream));
     } else {
       body();
     }
@@ -1527,17 +1593,24 @@ std::vector<int32_t> Engine::generate_greedy(int n, double* graph_seconds) {
   };
   int done = 1;
   if (done < n) {  // one step outside the graph: scratch and cuBLAS set up before capture
+    attn_kind_ = attention_kind(position_ + 1);
     step();
     ++done;
     ++position_;
   }
-  if (done < n && !decode_graph_) decode_graph_ = capture_graph(stream, step);
+  // Graph step i attends position_ + i + 1 keys: the graphs of the kinds the steps need, captured
+  // before the timed replays.
+  const int graph_steps = n - done;
+  for (int i = 0; i < graph_steps; ++i) {
+    attn_kind_ = attention_kind(position_ + i + 1);
+    if (!decode_graph_[size_t(attn_kind_)]) decode_graph_[size_t(attn_kind_)] = capture_graph(stream, step);
+  }
   cudaEvent_t e0, e1;
   GLQ_CUDA_CHECK(cudaEventCreate(&e0));
   GLQ_CUDA_CHECK(cudaEventCreate(&e1));
   GLQ_CUDA_CHECK(cudaEventRecord(e0, stream));
-  const int graph_steps = n - done;
-  for (int i = 0; i < graph_steps; ++i) GLQ_CUDA_CHECK(cudaGraphLaunch(decode_graph_, stream));
+  for (int i = 0; i < graph_steps; ++i)
+    GLQ_CUDA_CHECK(cudaGraphLaunch(decode_graph_[size_t(attention_kind(position_ + i + 1))], stream));
   GLQ_CUDA_CHECK(cudaEventRecord(e1, stream));
   GLQ_CUDA_CHECK(cudaEventSynchronize(e1));
   float ms = 0;

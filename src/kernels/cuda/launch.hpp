@@ -199,12 +199,15 @@ bool qgemm_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int
 void set_qgemm(int on);
 void launch_qgemm(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                   const uint16_t* xt_half, uint16_t* yt_half, int batch, cudaStream_t stream);
-// The engine's decode attention (engine.cu): threads per block (128, 256 or 512; 0 restores
-// GLQ_CUDA_ATTN_THREADS or the default: 512 up to 16 key chunks, else 256) and RoPE with the cache write inside the attention
-// kernel for one-token steps (0/1; -1 restores GLQ_CUDA_ROPE_IN_ATTENTION or the default, on),
+// The engine's decode attention (engine.cu): threads per block (128 or 256, with key chunks of
+// at most 64, or 512; 0 restores GLQ_CUDA_ATTN_THREADS or the default, 512), RoPE with the cache
+// write inside the attention kernel for one-token steps (0/1; -1 restores
+// GLQ_CUDA_ROPE_IN_ATTENTION or the default, on) and the keys per chunk (32, 64, 128 or 256 for
+// every context length; 0 restores GLQ_CUDA_ATTN_CHUNK or the default, by the context length),
 // for tests and benchmarks. Read when a step is enqueued (a captured graph keeps its choice).
 void set_attention_threads(int threads);
 void set_rope_in_attention(int on);
+void set_attention_chunk(int keys);
 bool qgemv_cores_needs_zeroed_output(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int batch);
 void launch_qgemv_cores(const DeviceInfo& info, const DeviceQuantizedMatrix& w, const uint32_t* tables,
                         const uint16_t* xt_half, int ld_x, float* yt, int ld_y, int batch,
