@@ -139,7 +139,7 @@ double rel_err(const float* got, const std::vector<double>& ref) {
 // tokens, a `prompt_tokens`-token prompt and graph decoding after it, whose attention merges several
 // key chunks.
 void check_engine(int heads, int kv_heads, int head_dim, bool wide = false, bool long_context = false,
-                  int capacity = 700, int prompt_tokens = 600) {
+                  int capacity = 700, int prompt_tokens = 600, int decode_steps = 4) {
   TinyModel m;
   auto& c = m.cfg;
   c.vocab = 152; c.hidden = wide ? 3072 : 64; c.intermediate = wide ? 5120 : 96; c.layers = wide ? 1 : 2;
@@ -220,12 +220,12 @@ void check_engine(int heads, int kv_heads, int head_dim, bool wide = false, bool
     EXPECT_LT(rel_err(last.data(), ref.back()), 2e-2) << what;
   };
   if (long_context) {
-    // The prompt in one pass (logits of the last only), then 4 steps through the graph.
+    // The prompt in one pass (logits of the last only), then `decode_steps` through the graph.
     engine.reset();
     std::vector<int32_t> p(size_t(prompt_tokens), 0);
     for (size_t i = 0; i < p.size(); ++i) p[i] = int32_t((i * 53 + 7) % c.vocab);
     engine.forward(p.data(), int(p.size()), false);
-    check_decode_after(p, 4, "logits after decoding over several key chunks");
+    check_decode_after(p, decode_steps, "logits after decoding over several key chunks");
     return;
   }
   if (wide) {
@@ -330,6 +330,8 @@ TEST(CudaEngine, DecodeMergesManyKeyChunks) {
   check_engine(4, 2, 16, false, true, 1200, 1100);
   check_engine(8, 2, 128, false, true, 1200, 1100);
   check_engine(4, 2, 16, false, true, 3300, 3200);
+  // Steps across the first two kinds' boundary (contexts 1,021-1,027): two decode graphs.
+  check_engine(8, 2, 128, false, true, 1100, 1020, 8);
   for (const int keys : {32, 64, 128, 256}) {
     SCOPED_TRACE(testing::Message() << keys << " keys per attention chunk");
     d::set_attention_chunk(keys);

@@ -32,7 +32,7 @@ namespace {
 
 constexpr int kAttnMinChunk = 32;     // keys per attention block: 32, 64, 128 or 256 (chunk_keys)
 constexpr int kAttnMaxChunk = 256;
-constexpr int kAttnTargetChunks = 24; // the longest chunk count that chunk_keys avoids raising
+constexpr int kAttnTargetChunks = 24; // chunk_keys: the shortest chunks that make at most this many
 constexpr int kAttnGroup = 8;         // query heads per attention block (of one kv head)
 constexpr int kAttnMaxHeadDim = 256;
 constexpr int kMaxStepTokens = 512;   // longer inputs are run in pieces of this many tokens
@@ -121,10 +121,9 @@ size_t attention_smem(int lk, int threads, int grp, int ck) { return size_t(grp)
 // Keys per chunk for a token that attends kv_len keys: `fixed` where set (a test or benchmark
 // choice), else the shortest of 32, 64, 128, 256 that cuts kv_len into at most
 // kAttnTargetChunks chunks; at most `most` (the kernel's CK). Every block of the token computes
-// the same. A block's time is a chain of dependent steps that grows little with its keys (they
-// are all requested at once), while the merge grows with the chunks and the blocks beyond one
-// wave queue: on an H200, Llama-3-8B's decode at 2 bpw ran fastest with 32-key chunks at context
-// 512-576 (18 chunks), 64 at ~1,000 (17) and 256 at ~4,000 (16) (docs/cuda.md).
+// the same. The merge's serial chain grows with the chunks, a block's with its keys per thread:
+// on an H200, Llama-3-8B's decode at 2 bpw ran fastest with 32-key chunks at context 512-576
+// (18 chunks), 64 at ~1,000 (17) and 256 at ~4,000 (16) (docs/cuda.md).
 __host__ __device__ __forceinline__ int chunk_keys(int kv_len, int fixed, int most) {
   int ck = fixed;
   if (!ck) {
@@ -400,13 +399,11 @@ int attention_fixed_chunk() {
   return env;
 }
 
+// The shared memory the largest head grouping needs, opted into once per kernel (by the engine's
+// constructor for every kernel a step may take, outside any graph capture; attention_opt_in).
 template <int LK, int T, int CK>
-void launch_attention_t(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
-                        int head_dim, __half* kc, __half* vc, const float* inv_freq, const int* tok_pos,
-                        const int* tok_slot, size_t slot_stride, float scale, int chunks, int fixed_chunk,
-                        float* pm, float* pl, float* pa, unsigned* done, float* out) {
-  const size_t smem = attention_smem(LK, T, std::min(heads / kv_heads, kAttnGroup), CK);
-  static const bool opted_in = [] {  // the most any head grouping needs, once per kernel
+void attention_opt_in_t() {
+  static const bool opted_in = [] {
     const size_t most = attention_smem(LK, T, kAttnGroup, CK);
     if (most > 48 * 1024)
       GLQ_CUDA_CHECK(
@@ -414,6 +411,15 @@ void launch_attention_t(dim3 grid, cudaStream_t stream, const float* qkv, int ld
     return true;
   }();
   (void)opted_in;
+}
+
+template <int LK, int T, int CK>
+void launch_attention_t(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
+                        int head_dim, __half* kc, __half* vc, const float* inv_freq, const int* tok_pos,
+                        const int* tok_slot, size_t slot_stride, float scale, int chunks, int fixed_chunk,
+                        float* pm, float* pl, float* pa, unsigned* done, float* out) {
+  const size_t smem = attention_smem(LK, T, std::min(heads / kv_heads, kAttnGroup), CK);
+  attention_opt_in_t<LK, T, CK>();
   attention_kernel<LK, T, CK><<<grid, T, smem, stream>>>(qkv, ld, heads, kv_heads, head_dim, kc, vc, inv_freq,
                                                          tok_pos, tok_slot, slot_stride, scale, chunks, fixed_chunk,
                                                          pm, pl, pa, done, out);
@@ -440,6 +446,27 @@ int attention_lanes(int head_dim) {
   int lk = 1;
   while (lk * 8 < head_dim) lk *= 2;
   return lk;
+}
+
+template <int LK>
+void attention_opt_in_lk() {
+  attention_opt_in_t<LK, 128, 64>();
+  attention_opt_in_t<LK, 256, 64>();
+  attention_opt_in_t<LK, 512, 64>();
+  attention_opt_in_t<LK, 512, kAttnMaxChunk>();
+}
+
+// Every attention kernel of head_dim's lanes opts into its shared memory now: a step of a kind
+// first met while a graph is being captured must not change a kernel's attributes then.
+void attention_opt_in(int head_dim) {
+  switch (attention_lanes(head_dim)) {
+    case 1: attention_opt_in_lk<1>(); break;
+    case 2: attention_opt_in_lk<2>(); break;
+    case 4: attention_opt_in_lk<4>(); break;
+    case 8: attention_opt_in_lk<8>(); break;
+    case 16: attention_opt_in_lk<16>(); break;
+    default: attention_opt_in_lk<32>(); break;
+  }
 }
 
 // ---- Prefill attention on the tensor cores --------------------------------------------------
@@ -649,14 +676,14 @@ void launch_attention(dim3 grid, int kind, int fixed_chunk, cudaStream_t stream,
                       int kv_heads, int head_dim, A... rest) {
   const int forced = attention_forced_threads();
   const int t = forced ? forced : kind == 1 && !fixed_chunk ? 256 : 512;
-  const bool long_cache = t == 512 && (fixed_chunk ? fixed_chunk > 64 : kind == 2);
+  const bool long_chunks = t == 512 && (fixed_chunk ? fixed_chunk > 64 : kind == 2);
   switch (attention_lanes(head_dim)) {
-    case 1: launch_attention_lk<1>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 2: launch_attention_lk<2>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 4: launch_attention_lk<4>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 8: launch_attention_lk<8>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 16: launch_attention_lk<16>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    default: launch_attention_lk<32>(t, long_cache, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 1: launch_attention_lk<1>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 2: launch_attention_lk<2>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 4: launch_attention_lk<4>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 8: launch_attention_lk<8>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    case 16: launch_attention_lk<16>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
+    default: launch_attention_lk<32>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
   }
 }
 
@@ -1049,6 +1076,7 @@ Engine::Engine(Context& ctx, EngineConfig config, EngineWeights weights)
   }
   reserve_yt(w_.lm_head);
   if (yt_bytes) ctx_.scratch(1, yt_bytes);
+  attention_opt_in(c.head_dim);
   reset();
 }
 
