@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "cli/command.hpp"
 #include "cli/cuda_session.hpp"
@@ -28,7 +29,27 @@ struct ServeArgs {
   int prefill_chunk = 256;
   size_t max_body = 1 << 20;
   std::string device = "cpu";
+  // Sampling for requests that leave it out (docs/server.md): the model's generation_config.json
+  // where it sets a value, else these; a flag given on the command line wins over both.
+  float temperature = 0.7f;
+  float top_p = 0.9f;
+  int top_k = 0;
+  float repetition_penalty = 1.0f;
+  std::vector<const CLI::Option*> sampling_flags;  // --temp, --top-p, --top-k, --repeat-penalty
 };
+
+// The sampling defaults: the flags' values, where the model's generation_config.json does not set
+// them and the flag was not given.
+glq::server::SamplingParams sampling_defaults(const ServeArgs& a) {
+  glq::server::SamplingParams d;
+  d.temperature = a.temperature;
+  d.top_p = a.top_p;
+  d.top_k = a.top_k;
+  d.repetition_penalty = a.repetition_penalty;
+  const auto& f = a.sampling_flags;
+  return glq::server::apply_generation_config(std::filesystem::path(a.model) / "generation_config.json", d,
+                                              {f[0]->count() > 0, f[1]->count() > 0, f[2]->count() > 0, f[3]->count() > 0});
+}
 
 // The name clients see: the file name without .gguf, or the directory name.
 std::string default_model_id(const std::string& path) {
@@ -67,6 +88,7 @@ int serve(const ServeArgs& a) {
     throw_invalid(fmt::format("--ctx {} is beyond the model's context length of {}", a.ctx, m->config().max_context));
   o.scheduler.prefill_chunk = a.prefill_chunk;
   o.max_body_bytes = a.max_body;
+  o.sampling = sampling_defaults(a);
   std::unique_ptr<server::CudaBackend> gpu;
   if (a.device == "cuda") {
     // The GPU engine with one KV-cache slot per parallel sequence of the scheduler's context.
@@ -82,6 +104,8 @@ int serve(const ServeArgs& a) {
   fmt::print(stderr, "glq serve: model '{}' on http://{}:{}/v1 ({} slots, queue {}, context {}, API key {})\n", o.model_id,
              a.host, port, o.scheduler.parallel, o.scheduler.queue, o.scheduler.context,
              o.api_key.empty() ? "off" : "required");
+  fmt::print(stderr, "glq serve: requests without them sample at temperature {:g}, top_p {:g}, top_k {}, repetition_penalty {:g}\n",
+             o.sampling.temperature, o.sampling.top_p, o.sampling.top_k, o.sampling.repetition_penalty);
   if (a.host != "127.0.0.1" && a.host != "localhost" && a.host != "::1")
     fmt::print(stderr, "glq serve: listening on {}: reachable from other machines{}\n", a.host,
                o.api_key.empty() ? ", without an API key" : "");
@@ -113,5 +137,13 @@ GLQ_COMMAND("serve", "OpenAI-compatible HTTP server (completions, chat, streamin
   app.add_option("--max-body", a->max_body, "largest request body in bytes (larger: 413)")->capture_default_str();
   app.add_option("--device", a->device, "cpu, or cuda (the GPU engine; needs a CUDA build)")
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  auto& flags = a->sampling_flags;
+  flags.push_back(app.add_option("--temp", a->temperature,
+                                 "temperature of requests that set none (0 = greedy; the model's generation_config.json wins over the default)")
+                      ->capture_default_str()->check(CLI::Range(0.0, 2.0)));
+  flags.push_back(app.add_option("--top-p", a->top_p, "top_p of requests that set none (1 = off)")->capture_default_str()->check(CLI::Range(0.0, 1.0)));
+  flags.push_back(app.add_option("--top-k", a->top_k, "top_k of requests that set none (0 = off)")->capture_default_str()->check(CLI::NonNegativeNumber));
+  flags.push_back(app.add_option("--repeat-penalty", a->repetition_penalty, "repetition_penalty of requests that set none (1 = off)")
+                      ->capture_default_str()->check(CLI::Range(0.01, 10.0)));
   return [a] { return serve(*a); };
 });

@@ -1,9 +1,12 @@
 // Request validation and response bodies of the OpenAI-compatible API (see glq/server/api.hpp).
 #include "glq/server/api.hpp"
 
+#include "glq/error.hpp"
+
 #include <fmt/format.h>
 
 #include <cmath>
+#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -239,13 +242,14 @@ std::vector<int32_t> token_array(const json& v, int vocab_size) {
 
 }  // namespace
 
-ApiRequest parse_completion_request(std::string_view body, int vocab_size) {
+ApiRequest parse_completion_request(std::string_view body, int vocab_size, const SamplingParams& defaults) {
   const json j = parse_body(body);
   refuse_unknown(j, {"model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "n", "stream",
                      "stream_options", "logprobs", "echo", "stop", "presence_penalty", "frequency_penalty",
                      "best_of", "logit_bias", "user", "seed", "top_k", "repetition_penalty", "ignore_eos"});
   ApiRequest r;
   r.kind = ApiKind::Completion;
+  r.params.sampling = defaults;
   const json* p = field(j, "prompt");
   if (!p) bad("prompt", "'prompt' is required.");
   if (p->is_string()) {
@@ -275,7 +279,31 @@ ApiRequest parse_completion_request(std::string_view body, int vocab_size) {
   return r;
 }
 
-ApiRequest parse_chat_request(std::string_view body, int vocab_size) {
+SamplingParams apply_generation_config(const std::filesystem::path& file, SamplingParams base, KeepSampling keep) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec)) return base;
+  std::ifstream in(file);
+  const json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  auto fail = [&](const std::string& what) { throw Error(ErrorKind::Format, fmt::format("{}: {}", file.string(), what)); };
+  if (!j.is_object()) fail("not a JSON object");
+  auto number = [&](const char* key, bool kept, double lo, double hi) -> std::optional<double> {
+    const auto it = j.find(key);
+    if (kept || it == j.end() || it->is_null()) return std::nullopt;
+    if (!it->is_number()) fail(fmt::format("'{}' must be a number, got {}", key, it->dump()));
+    const double v = it->get<double>();
+    if (!(v >= lo && v <= hi)) fail(fmt::format("'{}' is {}, outside [{}, {}]", key, v, lo, hi));
+    return v;
+  };
+  if (auto v = number("temperature", keep.temperature, 0, 2)) base.temperature = static_cast<float>(*v);
+  if (auto v = number("top_p", keep.top_p, 0, 1)) base.top_p = static_cast<float>(*v);
+  if (auto v = number("top_k", keep.top_k, -1, std::numeric_limits<int>::max())) base.top_k = *v < 0 ? 0 : static_cast<int>(*v);
+  if (auto v = number("repetition_penalty", keep.repetition_penalty, 1e-6, 10)) base.repetition_penalty = static_cast<float>(*v);
+  const auto ds = j.find("do_sample");
+  if (!keep.temperature && ds != j.end() && ds->is_boolean() && !ds->get<bool>()) base.temperature = 0;
+  return base;
+}
+
+ApiRequest parse_chat_request(std::string_view body, int vocab_size, const SamplingParams& defaults) {
   const json j = parse_body(body);
   refuse_unknown(j, {"model", "messages", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
                      "max_tokens", "max_completion_tokens", "n", "presence_penalty", "response_format", "seed",
@@ -285,6 +313,7 @@ ApiRequest parse_chat_request(std::string_view body, int vocab_size) {
                      "repetition_penalty", "ignore_eos"});
   ApiRequest r;
   r.kind = ApiKind::Chat;
+  r.params.sampling = defaults;
   const json* m = field(j, "messages");
   if (!m) bad("messages", "'messages' is required.");
   if (!m->is_array()) bad("messages", fmt::format("'messages' must be an array, got {}.", describe(*m)));

@@ -288,8 +288,8 @@ struct StreamState {
 void Server::Impl::handle_generate(const httplib::Request& req, httplib::Response& res, ApiKind kind) {
   const model::Tokenizer& tok = model.tokenizer();
   const int context = opt.scheduler.context;
-  ApiRequest r = kind == ApiKind::Chat ? parse_chat_request(req.body, model.vocab_size())
-                                       : parse_completion_request(req.body, model.vocab_size());
+  ApiRequest r = kind == ApiKind::Chat ? parse_chat_request(req.body, model.vocab_size(), opt.sampling)
+                                       : parse_completion_request(req.body, model.vocab_size(), opt.sampling);
 
   // Tokenize (a text too long to fit the context in any tokenization is refused first).
   auto too_long = [&](size_t prompt_tokens_or_more, bool exact) {
@@ -441,6 +441,12 @@ Server::Server(const model::Model& model, ServerOptions options) {
   if (options.max_body_bytes < 1024) throw_invalid(fmt::format("server: max_body_bytes {} must be at least 1024", options.max_body_bytes));
   if (options.port < 0 || options.port > 65535) throw_invalid(fmt::format("server: port {} must be from 0 to 65535", options.port));
   if (options.model_id.empty()) throw_invalid("server: model_id must not be empty");
+  const SamplingParams& d = options.sampling;
+  if (!(d.temperature >= 0 && d.temperature <= 2)) throw_invalid(fmt::format("server: default temperature {} must be from 0 to 2", d.temperature));
+  if (!(d.top_p >= 0 && d.top_p <= 1)) throw_invalid(fmt::format("server: default top_p {} must be from 0 to 1", d.top_p));
+  if (d.top_k < 0) throw_invalid(fmt::format("server: default top_k {} must be >= 0", d.top_k));
+  if (!(d.repetition_penalty > 0 && d.repetition_penalty <= 10))
+    throw_invalid(fmt::format("server: default repetition_penalty {} must be in (0, 10]", d.repetition_penalty));
   impl_ = std::make_unique<Impl>(model, std::move(options));
 }
 

@@ -1,8 +1,14 @@
 // Request validation and response bodies of the OpenAI-compatible API, without a model.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "glq/error.hpp"
 #include "glq/server/api.hpp"
 
 namespace glq::server {
@@ -61,6 +67,70 @@ TEST(Api, DefaultsAndNulls) {
   EXPECT_TRUE(r.params.stop.empty());
   EXPECT_FALSE(r.params.sampling.seed.has_value());
   EXPECT_FALSE(r.stream);
+}
+
+TEST(Api, ServerDefaultsFillWhatARequestLeavesOut) {
+  SamplingParams d;
+  d.temperature = 0.7f;
+  d.top_p = 0.9f;
+  d.top_k = 40;
+  d.repetition_penalty = 1.2f;
+  // Left out or null: the server's values.
+  for (const bool chat : {false, true}) {
+    const std::string body = chat ? R"({"messages": [{"role": "user", "content": "x"}], "top_p": null})"
+                                  : R"({"prompt": "x", "top_p": null})";
+    const ApiRequest r = chat ? parse_chat_request(body, kVocab, d) : parse_completion_request(body, kVocab, d);
+    EXPECT_FLOAT_EQ(r.params.sampling.temperature, 0.7f);
+    EXPECT_FLOAT_EQ(r.params.sampling.top_p, 0.9f);
+    EXPECT_EQ(r.params.sampling.top_k, 40);
+    EXPECT_FLOAT_EQ(r.params.sampling.repetition_penalty, 1.2f);
+  }
+  // Given: the request's, including 0 and the values that turn a filter off.
+  const ApiRequest g = parse_completion_request(
+      R"({"prompt": "x", "temperature": 0, "top_p": 1, "top_k": -1, "repetition_penalty": 1})", kVocab, d);
+  EXPECT_FLOAT_EQ(g.params.sampling.temperature, 0.0f);
+  EXPECT_FLOAT_EQ(g.params.sampling.top_p, 1.0f);
+  EXPECT_EQ(g.params.sampling.top_k, 0);
+  EXPECT_FLOAT_EQ(g.params.sampling.repetition_penalty, 1.0f);
+}
+
+TEST(Api, GenerationConfigSetsTheServersDefaults) {
+  const auto dir = std::filesystem::temp_directory_path() / ("glq_gencfg_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto file = dir / "generation_config.json";
+  auto write = [&](const std::string& text) { std::ofstream(file) << text; };
+  SamplingParams base;
+  base.temperature = 0.7f;
+  base.top_p = 0.9f;
+  // No file: the base unchanged.
+  EXPECT_FLOAT_EQ(apply_generation_config(dir / "absent.json", base).temperature, 0.7f);
+  write(R"({"bos_token_id": 1, "temperature": 0.2, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.05})");
+  SamplingParams d = apply_generation_config(file, base);
+  EXPECT_FLOAT_EQ(d.temperature, 0.2f);
+  EXPECT_FLOAT_EQ(d.top_p, 0.95f);
+  EXPECT_EQ(d.top_k, 50);
+  EXPECT_FLOAT_EQ(d.repetition_penalty, 1.05f);
+  // Values the user gave stay.
+  d = apply_generation_config(file, base, {.temperature = true, .top_k = true});
+  EXPECT_FLOAT_EQ(d.temperature, 0.7f);
+  EXPECT_FLOAT_EQ(d.top_p, 0.95f);
+  EXPECT_EQ(d.top_k, 0);
+  write(R"({"do_sample": false, "top_p": null})");
+  d = apply_generation_config(file, base);
+  EXPECT_FLOAT_EQ(d.temperature, 0.0f);
+  EXPECT_FLOAT_EQ(d.top_p, 0.9f);
+  // Bad files name the file and the field.
+  for (const char* bad : {"[1, 2]", R"({"temperature": "hot"})", R"({"top_p": 3})", R"({"temperature")"}) {
+    write(bad);
+    try {
+      apply_generation_config(file, base);
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::Format) << bad;
+      EXPECT_NE(std::string(e.what()).find("generation_config.json"), std::string::npos) << e.what();
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Api, PromptForms) {

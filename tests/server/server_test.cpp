@@ -5,6 +5,7 @@
 #include <atomic>
 #include <thread>
 
+#include "glq/error.hpp"
 #include "server_test_util.hpp"
 
 namespace glq::server::test {
@@ -121,6 +122,20 @@ TEST(Server, CompletionEqualsEngineGreedy) {
                          json{{"prompt", completion_prompt(prompt)}, {"max_tokens", 11}, {"temperature", 0}}.dump());
   ASSERT_EQ(ids.status, 200) << ids.body;
   EXPECT_EQ(ids.parsed()["choices"][0]["text"], ref.text);
+}
+
+TEST(Server, DefaultSamplingAppliesToRequestsWithoutIt) {
+  GLQ_REQUIRE_MODEL();
+  ServerOptions o = small_server();
+  o.sampling.temperature = 0;  // the server's default: greedy
+  TestServer s(o);
+  const std::string prompt = "The three primary colours are";
+  const Reply r = post(s, "/v1/completions", json{{"prompt", prompt}, {"max_tokens", 9}}.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.parsed()["choices"][0]["text"], greedy_reference(completion_prompt(prompt), 9).text);
+  ServerOptions bad = small_server();
+  bad.sampling.top_p = 1.5f;
+  EXPECT_THROW(Server(*shared_model(), bad), ::glq::Error);
 }
 
 TEST(Server, ChatCompletionEqualsEngineGreedy) {

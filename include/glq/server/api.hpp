@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -90,9 +91,20 @@ struct ApiRequest {
 };
 
 // Throw ApiError(400) naming the offending field. vocab_size bounds token ids (a prompt given
-// as ids, logit_bias keys).
-ApiRequest parse_completion_request(std::string_view body, int vocab_size);
-ApiRequest parse_chat_request(std::string_view body, int vocab_size);
+// as ids, logit_bias keys). The sampling fields a request leaves out take their values from
+// `defaults` (the server's; OpenAI's when default-constructed).
+ApiRequest parse_completion_request(std::string_view body, int vocab_size, const SamplingParams& defaults = {});
+ApiRequest parse_chat_request(std::string_view body, int vocab_size, const SamplingParams& defaults = {});
+
+// A server's sampling defaults from a Hugging Face generation_config.json: temperature, top_p,
+// top_k and repetition_penalty replace base's where the file sets them (`do_sample: false`
+// means greedy) and the matching `keep` flag is false (a value the user gave). No file: base.
+// Throws Format naming the file and field for a file that is not a JSON object or a value out
+// of the API's range.
+struct KeepSampling {
+  bool temperature = false, top_p = false, top_k = false, repetition_penalty = false;
+};
+SamplingParams apply_generation_config(const std::filesystem::path& file, SamplingParams base, KeepSampling keep = {});
 
 // ---- response bodies ------------------------------------------------------------------------
 

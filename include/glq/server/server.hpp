@@ -31,6 +31,9 @@ struct ServerOptions {
   std::string api_key;              // non-empty: /v1/* need "Authorization: Bearer <key>"
   std::string model_id = "glq";     // the name in /v1/models and in responses
   SchedulerOptions scheduler;
+  // What a request's left-out temperature, top_p, top_k and repetition_penalty mean (OpenAI's
+  // defaults unless set; `glq serve` sets them from its flags or the model's generation_config).
+  SamplingParams sampling;
   size_t max_body_bytes = 1 << 20;  // larger request bodies get 413
   int http_threads = 0;             // 0: parallel + queue + 64
   int heartbeat_ms = 2000;          // streams: an SSE comment after this long without data
