@@ -167,7 +167,7 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
              seed: int = 0x5EED, damp: Optional[float] = None, rht: bool = True, ldlq: bool = True,
              keep_head_16bit: bool = True, dtype_16bit: str = "float16", resume: bool = True,
              overwrite: bool = False, finetune_epochs: int = 0, finetune_lr: float = 1e-3,
-             finetune_windows: int = -1, finetune_bias: bool = False,
+             finetune_windows: int = -1, finetune_bias: bool = False, finetune_stage_gains: bool = False,
              progress: Union[bool, Callable[[dict], None]] = True) -> dict:
     """Quantizes a model (GGUF file or Hugging Face directory) into a GLQ checkpoint at `out`.
 
@@ -180,7 +180,8 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     unquantized model's next-token distributions for this many epochs (0: off; the report then
     has a "finetune" entry with the held-out KL before and after); finetune_lr: Adam's step;
     finetune_windows: training windows besides the calibration's (-1: 3 per calibration window);
-    finetune_bias: the tuning also fits an output bias per row of every quantized linear.
+    finetune_bias: the tuning also fits an output bias per row of every quantized linear;
+    finetune_stage_gains: a gain per stage of each row of a two-stage (3- or 4-bit) linear.
     progress: True prints progress to stderr, a callable receives each event as a dict
     ({"event": "note"|"step"|"layer", ...}), False is silent. Ctrl-C stops the run; the layers
     already done stay in OUT.partial/ and a later call with the same settings resumes there.
@@ -198,7 +199,8 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     return _glq.quantize(os.fspath(model_path), os.fspath(calib), os.fspath(out), float(bits),
                          calib_seqs, seq_len, seed, -1.0 if damp is None else float(damp), rht, ldlq,
                          keep_head_16bit, dtype_16bit, resume, overwrite, int(finetune_epochs),
-                         float(finetune_lr), int(finetune_windows), bool(finetune_bias), cb)
+                         float(finetune_lr), int(finetune_windows), bool(finetune_bias),
+                         bool(finetune_stage_gains), cb)
 
 
 # ---- helpers ----------------------------------------------------------------------------------

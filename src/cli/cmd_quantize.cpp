@@ -88,7 +88,8 @@ int run_quantize(QuantizeArgs& a) {
              a.s.refit_scales ? "on" : "off",
              list_decode > 1 ? fmt::format("{} candidates", list_decode) : std::string("off"),
              a.s.finetune_epochs > 0 ? fmt::format(", finetune {} epochs at lr {:g}{}", a.s.finetune_epochs, a.s.finetune_lr,
-                                                      a.s.finetune_bias ? " with biases" : "")
+                                                      std::string(a.s.finetune_bias ? " with biases" : "") +
+                                                          (a.s.finetune_stage_gains ? ", a gain per stage" : ""))
                                         : "");
   const model::QuantizeResult r = model::quantize_model_files(a.model, a.calib, a.out, a.s, p);
 
@@ -203,6 +204,9 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
   app.add_flag("--finetune-bias", a->s.finetune_bias,
                "the tuning also fits an output bias for every row of every quantized linear (stored as the linear's "
                "float32 bias: 32 bits per row more)");
+  app.add_flag("--finetune-stage-gains", a->s.finetune_stage_gains,
+               "the tuning fits a gain per stage of each row of a two-stage linear (3 and 4 bits: the first stage's "
+               "scale and the second's) instead of one on both; no bits more");
   app.add_flag("--keep-head-fp16,!--quantize-head", a->s.keep_head_16bit,
                "keep lm_head in 16 bits (default: on); --quantize-head quantizes it at ceil(bits)")
       ->capture_default_str();

@@ -109,6 +109,49 @@ void out_transform(const transform::HadamardPlan& plan, const std::vector<float>
   for (size_t i = 0; i < f.size(); ++i) v[i] = S(forward ? f[i] : f[i] * sign[i % size_t(n)]);
 }
 
+// The same in double precision (the gradient tests: their central differences need a loss
+// without float rounding): T = Q ⊗ H_b/√b with the plan's Q, its transpose Qᵀ ⊗ H_b/√b.
+void out_transform(const transform::HadamardPlan& plan, const std::vector<float>& sign, double* v, int count, bool forward) {
+  const int n = plan.n, a = plan.a, b = plan.b;
+  const double inv = 1.0 / std::sqrt(double(b));
+  std::vector<double> tmp(static_cast<size_t>(n));
+  auto fwht_rows = [&](double* x) {
+    for (int r = 0; r < a; ++r) {
+      double* row = x + size_t(r) * b;
+      for (int h = 1; h < b; h <<= 1)
+        for (int i = 0; i < b; i += 2 * h)
+          for (int j = i; j < i + h; ++j) {
+            const double u = row[j], w = row[j + h];
+            row[j] = u + w;
+            row[j + h] = u - w;
+          }
+      for (int j = 0; j < b; ++j) row[j] *= inv;
+    }
+  };
+  auto mix = [&](double* x, bool transpose) {  // X ← Q X (or Qᵀ X), X (a, b)
+    if (a == 1) return;
+    std::fill(tmp.begin(), tmp.end(), 0.0);
+    for (int i = 0; i < a; ++i)
+      for (int k = 0; k < a; ++k) {
+        const double q = plan.q[transpose ? size_t(k) * a + i : size_t(i) * a + k];
+        for (int j = 0; j < b; ++j) tmp[size_t(i) * b + j] += q * x[size_t(k) * b + j];
+      }
+    std::copy(tmp.begin(), tmp.end(), x);
+  };
+  for (int c = 0; c < count; ++c) {
+    double* x = v + size_t(c) * n;
+    if (forward) {
+      for (int i = 0; i < n; ++i) x[i] *= sign[size_t(i)];
+      fwht_rows(x);
+      mix(x, false);
+    } else {
+      mix(x, true);
+      fwht_rows(x);
+      for (int i = 0; i < n; ++i) x[i] *= sign[size_t(i)];
+    }
+  }
+}
+
 template <typename S>
 struct Net {
   // A quantized linear's rows are those of W̃ = T_out S_out W (T_in S_in)ᵀ: its stage scales, and
@@ -116,7 +159,9 @@ struct Net {
   // S_out W. A dense linear's gains scale the rows of W itself (rht false).
   struct Lin {
     int rows = 0, cols = 0;
-    std::vector<S> w;     // (rows, cols), without gains
+    std::vector<S> w;     // (rows, cols), without gains: the first stage alone where w2 is not empty
+    std::vector<S> w2;    // (rows, cols): the later stages, when they have gains of their own
+    int64_t off2 = -1;    // parameter offset of the later stages' row gains (-1: they share off's)
     std::vector<S> bias;  // (rows) or empty
     int64_t off = 0;      // parameter offset of its row gains
     int64_t boff = -1;    // parameter offset of its tuned bias (-1: none)
@@ -138,7 +183,8 @@ struct Net {
   std::vector<S> gf;       // final norm weight
   std::vector<S> gf_fp;    // the unquantized model's final norm weight (teacher)
   int64_t offf = 0, nparams = 0;
-  int64_t bias_start = 0;  // parameters from here on are biases (start at 0)
+  bool tuned_bias = false;  // the linears' biases are parameters (after the gains, from `bias_start`)
+  int64_t bias_start = 0;
   mutable bool probing = false;
   std::vector<S> head;     // (V, d)
 
@@ -147,7 +193,7 @@ struct Net {
   };
 
   // Builds the network from the model; quantized linears are dequantized.
-  Net(const Model& m, const std::vector<float>& teacher_final_norm, bool with_bias) {
+  Net(const Model& m, const std::vector<float>& teacher_final_norm, bool with_bias, bool stage_gains) {
     const ModelConfig& c = m.config();
     L = c.num_layers;
     d = c.hidden_size;
@@ -176,7 +222,15 @@ struct Net {
           dst.plan_out = q->plan_out;
           dst.sign_out = q->sign_out;
         }
-        if (src.quantized_weight()) w = codec::dequantize(*src.quantized_weight());
+        if (const auto* q = src.quantized_weight(); q && stage_gains && q->stages.size() > 1) {
+          // First stage and later stages apart: each its own gains.
+          codec::QuantizedMatrix first = *q, later = *q;
+          for (size_t st = 1; st < first.stages.size(); ++st) std::fill(first.stages[st].scales.begin(), first.stages[st].scales.end(), 0.0f);
+          std::fill(later.stages[0].scales.begin(), later.stages[0].scales.end(), 0.0f);
+          w = codec::dequantize(first);
+          const std::vector<float> w2 = codec::dequantize(later);
+          dst.w2 = to_s<S>(w2.data(), w2.size());
+        } else if (src.quantized_weight()) w = codec::dequantize(*src.quantized_weight());
         else if (src.dense_weight()) w.assign(src.dense_weight(), src.dense_weight() + size_t(src.rows()) * src.cols());
         else w = src.to_dense();
         dst.w = to_s<S>(w.data(), w.size());
@@ -197,10 +251,17 @@ struct Net {
     offf = off;
     off += d;
     bias_start = off;
+    tuned_bias = with_bias;
     if (with_bias)
       for (auto& Y : layers)
         for (auto& l : Y.lin) {
           l.boff = off;
+          off += l.rows;
+        }
+    for (auto& Y : layers)
+      for (auto& l : Y.lin)
+        if (!l.w2.empty()) {
+          l.off2 = off;
           off += l.rows;
         }
     nparams = off;
@@ -216,18 +277,30 @@ struct Net {
   // The parameters' starting point: gains 1, biases 0.
   std::vector<S> initial() const {
     std::vector<S> theta(size_t(nparams), S(1));
-    std::fill(theta.begin() + bias_start, theta.end(), S(0));
+    for (const auto& Y : layers)
+      for (const auto& l : Y.lin)
+        if (l.boff >= 0) std::fill(theta.begin() + l.boff, theta.begin() + l.boff + l.rows, S(0));
     return theta;
   }
 
+  // Elements of a linear's Z for T tokens (the later stages' part follows the first's).
+  static size_t z_size(const Lin& l, int T) { return size_t(T) * l.rows * (l.w2.empty() ? 1 : 2); }
+
   // Y = A^T((A X Wᵀ) ∘ γ) + b₀ + b with A = T_out S_out (the identity for a dense linear); Z = A X Wᵀ,
-  // the output in the domain where the gains act.
+  // the output in the domain where the gains act. With later-stage gains γ₂: Y = A^T(γ ∘ A X W₁ᵀ +
+  // γ₂ ∘ A X W₂ᵀ) + ..., Z holding both products (z_size).
   void lin_forward(const Lin& l, const S* theta, const S* X, int T, S* Z, S* Y) const {
-    gemm(false, true, T, l.rows, l.cols, S(1), X, l.cols, l.w.data(), l.cols, S(0), Z, l.rows);
-    if (l.rht) out_transform(l.plan_out, l.sign_out, Z, T, true);
-    const S* gam = theta + l.off;
+    const bool two = !l.w2.empty();
     const size_t n = size_t(T) * l.rows;
+    gemm(false, true, T, l.rows, l.cols, S(1), X, l.cols, l.w.data(), l.cols, S(0), Z, l.rows);
+    if (two) gemm(false, true, T, l.rows, l.cols, S(1), X, l.cols, l.w2.data(), l.cols, S(0), Z + n, l.rows);
+    if (l.rht) out_transform(l.plan_out, l.sign_out, Z, two ? 2 * T : T, true);
+    const S* gam = theta + l.off;
     for (size_t i = 0; i < n; ++i) Y[i] = Z[i] * gam[i % size_t(l.rows)];
+    if (two) {
+      const S* gam2 = theta + l.off2;
+      for (size_t i = 0; i < n; ++i) Y[i] += Z[n + i] * gam2[i % size_t(l.rows)];
+    }
     if (l.rht) out_transform(l.plan_out, l.sign_out, Y, T, false);
     if (!l.bias.empty())
       for (size_t i = 0; i < n; ++i) Y[i] += l.bias[i % size_t(l.rows)];
@@ -242,7 +315,7 @@ struct Net {
   // The biases' units: each linear's output RMS over the window x0 (T tokens) with the factors
   // at their start, so that Adam's step means the same for a bias as for a gain.
   void set_bias_scales(const S* x0, int T) {
-    if (bias_start == nparams) return;
+    if (!tuned_bias) return;
     const std::vector<S> theta = initial();
     std::vector<S> x(x0, x0 + size_t(T) * d);
     Cache c;
@@ -256,14 +329,28 @@ struct Net {
       }
   }
 
-  // From dY (overwritten): the row gains' and bias's gradients, dX (+)= (A^T((A dY) ∘ γ)) W.
+  // From dY (overwritten): the row gains' and bias's gradients, dX (+)= (A^T((A dY) ∘ γ)) W (and
+  // (+)= (A^T((A dY) ∘ γ₂)) W₂ with later-stage gains).
   void lin_backward(const Lin& l, const S* theta, const S* Z, S* dY, int T, S* dX, bool add, S* grad) const {
     const S* gam = theta + l.off;
     S* gg = grad + l.off;
+    const bool two = !l.w2.empty();
+    const size_t n = size_t(T) * l.rows;
     if (l.boff >= 0)
       for (int t = 0; t < T; ++t)
         for (int r = 0; r < l.rows; ++r) grad[l.boff + r] += l.bscale * dY[size_t(t) * l.rows + r];
     if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, true);
+    std::vector<S> d2(two ? n : 0);
+    if (two) {
+      const S* gam2 = theta + l.off2;
+      S* gg2 = grad + l.off2;
+      for (int t = 0; t < T; ++t)
+        for (int r = 0; r < l.rows; ++r) {
+          const size_t i = size_t(t) * l.rows + r;
+          gg2[r] += dY[i] * Z[n + i];
+          d2[i] = dY[i] * gam2[r];
+        }
+    }
     for (int t = 0; t < T; ++t)
       for (int r = 0; r < l.rows; ++r) {
         const size_t i = size_t(t) * l.rows + r;
@@ -272,6 +359,10 @@ struct Net {
       }
     if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, false);
     gemm(false, false, T, l.cols, l.rows, S(1), dY, l.rows, l.w.data(), l.cols, add ? S(1) : S(0), dX, l.cols);
+    if (two) {
+      if (l.rht) out_transform(l.plan_out, l.sign_out, d2.data(), T, false);
+      gemm(false, false, T, l.cols, l.rows, S(1), d2.data(), l.rows, l.w2.data(), l.cols, S(1), dX, l.cols);
+    }
   }
 
   // a = n ∘ g ∘ β.
@@ -298,11 +389,11 @@ struct Net {
     rms_forward(x, T, d, eps, c.n1.data(), c.r1.data());
     std::vector<S> a(Td);
     gain_forward(c.n1.data(), Y.g1, theta + Y.off1, T, a.data());
-    c.zq.resize(size_t(T) * qd);
+    c.zq.resize(z_size(Y.lin[int(LinearKind::Q)], T));
     c.q.resize(size_t(T) * qd);
-    c.zk.resize(size_t(T) * kvd);
+    c.zk.resize(z_size(Y.lin[int(LinearKind::K)], T));
     c.k.resize(size_t(T) * kvd);
-    c.zv.resize(size_t(T) * kvd);
+    c.zv.resize(z_size(Y.lin[int(LinearKind::V)], T));
     c.v.resize(size_t(T) * kvd);
     lin_forward(Y.lin[int(LinearKind::Q)], theta, a.data(), T, c.zq.data(), c.q.data());
     lin_forward(Y.lin[int(LinearKind::K)], theta, a.data(), T, c.zk.data(), c.k.data());
@@ -330,7 +421,7 @@ struct Net {
       }
       gemm(false, false, T, hd, T, S(1), P, T, c.v.data() + kh * hd, kvd, S(0), c.attn.data() + h * hd, qd);
     }
-    c.zo.resize(Td);
+    c.zo.resize(z_size(Y.lin[int(LinearKind::O)], T));
     std::vector<S> yo(Td);
     lin_forward(Y.lin[int(LinearKind::O)], theta, c.attn.data(), T, c.zo.data(), yo.data());
     for (size_t i = 0; i < Td; ++i) x[i] += yo[i];
@@ -339,15 +430,15 @@ struct Net {
     rms_forward(x, T, d, eps, c.n2.data(), c.r2.data());
     gain_forward(c.n2.data(), Y.g2, theta + Y.off2, T, a.data());
     const size_t Tf = size_t(T) * f;
-    c.zg.resize(Tf);
+    c.zg.resize(z_size(Y.lin[int(LinearKind::Gate)], T));
     c.g.resize(Tf);
-    c.zu.resize(Tf);
+    c.zu.resize(z_size(Y.lin[int(LinearKind::Up)], T));
     c.u.resize(Tf);
     lin_forward(Y.lin[int(LinearKind::Gate)], theta, a.data(), T, c.zg.data(), c.g.data());
     lin_forward(Y.lin[int(LinearKind::Up)], theta, a.data(), T, c.zu.data(), c.u.data());
     c.act.resize(Tf);
     for (size_t i = 0; i < Tf; ++i) c.act[i] = c.g[i] / (S(1) + std::exp(-c.g[i])) * c.u[i];
-    c.zd.resize(Td);
+    c.zd.resize(z_size(Y.lin[int(LinearKind::Down)], T));
     lin_forward(Y.lin[int(LinearKind::Down)], theta, c.act.data(), T, c.zd.data(), yo.data());
     for (size_t i = 0; i < Td; ++i) x[i] += yo[i];
   }
@@ -473,11 +564,15 @@ std::vector<S> embed_s(const Model& m, std::span<const int32_t> tokens) {
 
 }  // namespace
 
-int64_t finetune_parameter_count(const Model& model, bool bias) {
+int64_t finetune_parameter_count(const Model& model, bool bias, bool stage_gains) {
   const ModelConfig& c = model.config();
   int64_t n = c.hidden_size;
   for (int l = 0; l < c.num_layers; ++l) {
-    for (LinearKind k : kAllLinearKinds) n += (bias ? 2 : 1) * int64_t(model.layer(l).linear(k).rows());
+    for (LinearKind k : kAllLinearKinds) {
+      const Linear& lin = model.layer(l).linear(k);
+      n += (bias ? 2 : 1) * int64_t(lin.rows());
+      if (const auto* q = lin.quantized_weight(); stage_gains && q && q->stages.size() > 1) n += lin.rows();
+    }
     n += 2 * c.hidden_size;
   }
   return n;
@@ -485,8 +580,8 @@ int64_t finetune_parameter_count(const Model& model, bool bias) {
 
 double finetune_loss_double(const Model& model, std::span<const int32_t> tokens, std::span<const float> teacher_hidden,
                             const std::vector<float>& teacher_final_norm, int64_t index, double delta,
-                            std::vector<double>* grad, bool bias) {
-  Net<double> net(model, teacher_final_norm, bias);
+                            std::vector<double>* grad, bool bias, bool stage_gains) {
+  Net<double> net(model, teacher_final_norm, bias, stage_gains);
   std::vector<double> theta = net.initial();
   if (index >= 0) theta.at(size_t(index)) += delta;
   const int T = int(tokens.size());
@@ -500,7 +595,7 @@ double finetune_loss_double(const Model& model, std::span<const int32_t> tokens,
 double finetune_kl(const Model& model, const std::vector<std::vector<int32_t>>& tokens,
                    const std::vector<std::vector<float>>& teacher_hidden, const std::vector<float>& teacher_final_norm) {
   if (tokens.empty() || teacher_hidden.size() != tokens.size()) throw_invalid("finetune_kl: one block of hidden states per window");
-  const Net<float> net(model, teacher_final_norm, false);
+  const Net<float> net(model, teacher_final_norm, false, false);
   const std::vector<float> theta = net.initial();
   double sum = 0;
   for (size_t w = 0; w < tokens.size(); ++w) {
@@ -533,7 +628,7 @@ FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_
   const int N = int(tokens.size());
   if (N < 2) throw_invalid(fmt::format("finetune: needs at least 2 windows, got {}", N));
   if (s.lr <= 0 || !std::isfinite(s.lr)) throw_invalid(fmt::format("finetune: learning rate must be positive, got {}", s.lr));
-  Net<float> net(model, teacher_final_norm, s.bias);
+  Net<float> net(model, teacher_final_norm, s.bias, s.stage_gains);
   for (int w = 0; w < N; ++w)
     if (teacher_hidden[size_t(w)]->size() != tokens[size_t(w)].size() * size_t(net.d))
       throw_invalid(fmt::format("finetune: window {}: teacher hidden states of the wrong size", w));
@@ -621,6 +716,14 @@ FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_
       r.mlp_norm[size_t(l)][size_t(i)] = Y.g2[size_t(i)] * best[size_t(Y.off2 + i)];
     }
   }
+  if (s.stage_gains) {
+    r.stage_gain.resize(size_t(net.L) * 7);
+    for (int l = 0; l < net.L; ++l)
+      for (int k = 0; k < 7; ++k) {
+        const auto& lin = net.layers[size_t(l)].lin[k];
+        if (lin.off2 >= 0) r.stage_gain[size_t(l) * 7 + k].assign(best.begin() + lin.off2, best.begin() + lin.off2 + lin.rows);
+      }
+  }
   r.final_norm.resize(size_t(net.d));
   for (int i = 0; i < net.d; ++i) r.final_norm[size_t(i)] = net.gf[size_t(i)] * best[size_t(net.offf + i)];
   if (s.bias) {
@@ -641,7 +744,7 @@ FinetuneResult finetune(const Model& model, const std::vector<std::vector<int32_
 void apply_finetune(Model& model, const FinetuneResult& r) {
   const int L = model.num_layers();
   if (r.row_gain.size() != size_t(L) * 7 || r.attn_norm.size() != size_t(L) || r.mlp_norm.size() != size_t(L) ||
-      (!r.bias.empty() && r.bias.size() != size_t(L) * 7))
+      (!r.bias.empty() && r.bias.size() != size_t(L) * 7) || (!r.stage_gain.empty() && r.stage_gain.size() != size_t(L) * 7))
     throw_invalid("apply_finetune: result does not match the model's layers");
   for (int l = 0; l < L; ++l) {
     DecoderLayer& D = model.layer(l);
@@ -655,10 +758,16 @@ void apply_finetune(Model& model, const FinetuneResult& r) {
         if (int(b.size()) != lin.rows()) throw_invalid("apply_finetune: a bias of the wrong length");
         bias = b;
       }
+      const std::vector<float>* later = r.stage_gain.empty() || r.stage_gain[size_t(l) * 7 + int(k)].empty()
+                                            ? nullptr : &r.stage_gain[size_t(l) * 7 + int(k)];
+      if (later && (!lin.quantized_weight() || lin.quantized_weight()->stages.size() < 2 || int(later->size()) != lin.rows()))
+        throw_invalid("apply_finetune: later-stage gains for a linear without later stages, or of the wrong length");
       if (const auto* q = lin.quantized_weight()) {
         codec::QuantizedMatrix m = *q;
-        for (auto& st : m.stages)
-          for (int row = 0; row < m.rows; ++row) st.scales[size_t(row)] *= gain[size_t(row)];
+        for (size_t st = 0; st < m.stages.size(); ++st) {
+          const auto& g = st > 0 && later ? *later : gain;
+          for (int row = 0; row < m.rows; ++row) m.stages[st].scales[size_t(row)] *= g[size_t(row)];
+        }
         lin = Linear::quantized(std::move(m), bias);
       } else {
         std::vector<float> w = lin.to_dense();

@@ -328,6 +328,7 @@ void write_finetune(const std::string& path, const FinetuneResult& r) {
   }
   ts.push_back(f32_tensor("final_norm", r.final_norm));
   per_linear("bias", r.bias);
+  per_linear("stage_gain", r.stage_gain);
   const nlohmann::json meta = {{"kl_before", r.kl_before},   {"kl_after", r.kl_after},     {"epochs_run", r.epochs_run},
                                {"best_epoch", r.best_epoch}, {"seconds", r.seconds},       {"train_kl_first", r.train_kl_first}};
   format::write_safetensors_atomic(path, ts, {{"finetune", meta.dump()}});
@@ -357,6 +358,19 @@ FinetuneResult read_finetune(const std::string& path, const Model& model) {
   }
   r.final_norm = format::copy_f32(f.get("final_norm", format::StDType::F32, hs));
   if (f.find("bias.0.0")) r.bias = per_linear("bias");
+  // Later-stage gains: present for the linears with two stages (a linear without them keeps
+  // an empty vector).
+  bool any_stage = false;
+  std::vector<std::vector<float>> sg(static_cast<size_t>(L) * 7);
+  for (int l = 0; l < L; ++l)
+    for (LinearKind k : kAllLinearKinds) {
+      const std::string name = fmt::format("stage_gain.{}.{}", l, static_cast<int>(k));
+      if (!f.find(name)) continue;
+      const int64_t shape[] = {model.layer(l).linear(k).rows()};
+      sg[static_cast<size_t>(l) * 7 + static_cast<size_t>(k)] = format::copy_f32(f.get(name, format::StDType::F32, shape));
+      any_stage = true;
+    }
+  if (any_stage) r.stage_gain = std::move(sg);
   const auto meta = f.metadata().find("finetune");
   if (meta == f.metadata().end()) throw_format(path, "no 'finetune' metadata");
   const auto j = nlohmann::json::parse(meta->second);
@@ -546,6 +560,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
   if (ft) manifest["finetune"] = {{"epochs", s.finetune_epochs}, {"lr", s.finetune_lr}, {"validation", validation.size()},
                                   {"extra", extra.size()}};
   if (ft && s.finetune_bias) manifest["finetune"]["bias"] = true;
+  if (ft && s.finetune_stage_gains) manifest["finetune"]["stage_gains"] = true;
   const fs::path manifest_path = partial / "manifest.json";
   if (fs::exists(manifest_path)) {
     const nlohmann::json old = read_json_file(manifest_path);
@@ -801,6 +816,8 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       if (fr.bias.empty() == s.finetune_bias)
         throw_format(ft_file.string(), fmt::format("the tuning there was run {} biases; this run asks {} them",
                                                    fr.bias.empty() ? "without" : "with", s.finetune_bias ? "for" : "not for"));
+      if (!fr.stage_gain.empty() && !s.finetune_stage_gains)
+        throw_format(ft_file.string(), "the tuning there fitted a gain per stage; this run does not ask for them");
       note(fmt::format("finetune: resumed from {}", ft_file.string()));
     } else {
       FinetuneSettings fs_;
@@ -808,6 +825,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       fs_.lr = s.finetune_lr;
       fs_.seed = s.seed;
       fs_.bias = s.finetune_bias;
+      fs_.stage_gains = s.finetune_stage_gains;
       FinetuneProgress fp;
       fp.note = progress.note;
       fp.step = progress.step;
@@ -819,7 +837,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     }
     apply_finetune(model, fr);
     result.finetune = {{"epochs", s.finetune_epochs},      {"lr", s.finetune_lr},
-                       {"bias", s.finetune_bias},
+                       {"bias", s.finetune_bias},           {"stage_gains", s.finetune_stage_gains},
                        {"extra_windows", extra.size()},     {"validation_windows", validation.size()},
                        {"epochs_run", fr.epochs_run},       {"best_epoch", fr.best_epoch},
                        {"heldout_kl_before", fr.kl_before}, {"heldout_kl_after", fr.kl_after}};

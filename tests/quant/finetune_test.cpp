@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <tuple>
 
 #include "glq/codec/quantized_matrix.hpp"
 #include "glq/error.hpp"
@@ -44,6 +45,19 @@ std::vector<float> final_hidden(const model::Model& m, const std::vector<int32_t
   m.embed(tokens, h.data());
   for (int l = 0; l < m.num_layers(); ++l) m.run_layer(l, h.data(), int(tokens.size()));
   return h;
+}
+
+// Every linear of m quantized at `bits` (seeded per linear).
+void quantize_all(model::Model& m, int bits) {
+  for (int l = 0; l < m.num_layers(); ++l)
+    for (auto k : model::kAllLinearKinds) {
+      auto& lin = m.layer(l).linear(k);
+      codec::QuantizeOptions o;
+      o.bits = bits;
+      o.seed = 100 + 7 * uint64_t(l) + uint64_t(k);
+      const std::vector<float> w = lin.to_dense();
+      lin = model::Linear::quantized(codec::quantize_matrix(w, lin.rows(), lin.cols(), {}, o));
+    }
 }
 
 // Scales every row of every linear by a random factor in [1 - amp, 1 + amp] (what row gains can
@@ -148,6 +162,40 @@ TEST(Finetune, GradientMatchesCentralDifferences) {
     }
 }
 
+// Gains per stage (4 bits: two stages): their gradients too, the later stages' gains after
+// everything else.
+TEST(Finetune, StageGainsGradientMatchesCentralDifferences) {
+  auto teacher = tiny_model("sgrad_t", 2, true);
+  auto student = tiny_model("sgrad_s", 2, true);
+  quantize_all(*student, 4);
+  const auto tok = tokens_of(17, student->vocab_size(), 8);
+  const auto h = final_hidden(*teacher, tok);
+  for (bool bias : {false, true}) {
+    std::vector<double> g;
+    const double f0 = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), -1, 0, &g, bias, true);
+    const int64_t n = model::finetune_parameter_count(*student, bias, true);
+    ASSERT_EQ(int64_t(g.size()), n);
+    int64_t rows = 0;
+    for (int l = 0; l < student->num_layers(); ++l)
+      for (auto k : model::kAllLinearKinds) rows += student->layer(l).linear(k).rows();
+    EXPECT_EQ(n, model::finetune_parameter_count(*student, bias) + rows);
+    // All gains 1: the model as it is (up to float rounding: the stages are dequantized apart).
+    EXPECT_NEAR(f0, model::finetune_loss_double(*student, tok, h, teacher->final_norm(), -1, 0, nullptr), 1e-5 * f0);
+    const double eps = 1e-5;
+    int checked = 0;
+    // Every 5th parameter of the later-stage gains (the last rows block) and every 11th before.
+    for (int64_t i = 0; i < n; i += i >= n - rows ? 5 : 11) {
+      const double fp = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, eps, nullptr, bias, true);
+      const double fm = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, -eps, nullptr, bias, true);
+      const double num = (fp - fm) / (2 * eps);
+      EXPECT_LT(std::abs(num - g[size_t(i)]) / (std::abs(num) + 1e-6), 1e-4)
+          << "parameter " << i << " of " << n << ": analytic " << g[size_t(i)] << ", numeric " << num << " (bias " << bias << ")";
+      checked += i >= n - rows;
+    }
+    EXPECT_GT(checked, 20);
+  }
+}
+
 TEST(Finetune, RecoversRowAndNormScalings) {
   auto teacher = tiny_model("fit_t", 2, true);
   auto student = tiny_model("fit_s", 2, true);
@@ -189,29 +237,33 @@ TEST(Finetune, RecoversRowAndNormScalings) {
 // apply_finetune folds them into the stage scales; the KL the tuning reports for its kept gains
 // is the KL of the model they are folded into.
 TEST(Finetune, GainsOfQuantizedLinearsAreTheFoldedScales) {
-  for (bool tuned : {false, true}) {
+  // (bits, tuned biases, a gain per stage)
+  for (auto [bits, tuned, stages] : {std::tuple{2, false, false}, {2, true, false}, {3, false, true}, {3, true, true}}) {
     auto teacher = tiny_model("q_t", 2, true);
     auto student = tiny_model("q_s", 2, true);
-    for (int l = 0; l < student->num_layers(); ++l)
-      for (auto k : model::kAllLinearKinds) {
-        auto& lin = student->layer(l).linear(k);
-        codec::QuantizeOptions o;
-        o.bits = 2;
-        o.seed = 100 + 7 * uint64_t(l) + uint64_t(k);
-        const std::vector<float> w = lin.to_dense();
-        lin = model::Linear::quantized(codec::quantize_matrix(w, lin.rows(), lin.cols(), {}, o));
-      }
+    quantize_all(*student, bits);
     const auto [train_w, val_w, train_h, val_h] = make_windows(*teacher, student->vocab_size(), 44, 24, 40, 300);
     model::FinetuneSettings s;
     s.epochs = 3;
     s.lr = 0.01;
     s.bias = tuned;
+    s.stage_gains = stages;
     const double before = model::finetune_kl(*student, val_w, val_h, teacher->final_norm());
     const auto r = model::finetune(*student, train_w, train_h, val_w, val_h, teacher->final_norm(), s);
     EXPECT_NEAR(r.kl_before, before, 1e-4 * before);
-    ASSERT_GE(r.best_epoch, 1) << "no epoch improved the validation KL (tuned biases " << tuned << ")";
+    ASSERT_GE(r.best_epoch, 1) << "no epoch improved the validation KL (" << bits << " bits, tuned biases " << tuned << ", stage gains " << stages << "; KL " << r.kl_before << ")";
     EXPECT_LT(r.kl_after, r.kl_before);
     EXPECT_EQ(r.bias.size(), tuned ? size_t(7 * student->num_layers()) : size_t(0));
+    ASSERT_EQ(r.stage_gain.size(), stages ? size_t(7 * student->num_layers()) : size_t(0));
+    if (stages) {
+      // The two stages' gains of a row moved apart somewhere.
+      double apart = 0;
+      for (size_t i = 0; i < r.stage_gain.size(); ++i) {
+        ASSERT_EQ(r.stage_gain[i].size(), r.row_gain[i].size());
+        for (size_t j = 0; j < r.stage_gain[i].size(); ++j) apart = std::max(apart, double(std::abs(r.stage_gain[i][j] - r.row_gain[i][j])));
+      }
+      EXPECT_GT(apart, 1e-3);
+    }
     model::apply_finetune(*student, r);
     if (tuned) {
       double moved = 0;
@@ -224,7 +276,8 @@ TEST(Finetune, GainsOfQuantizedLinearsAreTheFoldedScales) {
       EXPECT_GT(moved, 1e-3) << "no bias was tuned";
     }
     const double after = model::finetune_kl(*student, val_w, val_h, teacher->final_norm());
-    EXPECT_NEAR(after, r.kl_after, 1e-3 * r.kl_after) << "the folded model is not the tuned one (tuned biases " << tuned << ")";
+    EXPECT_NEAR(after, r.kl_after, 1e-3 * r.kl_after)
+        << "the folded model is not the tuned one (" << bits << " bits, tuned biases " << tuned << ", stage gains " << stages << ")";
   }
 }
 

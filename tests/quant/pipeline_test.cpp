@@ -407,6 +407,7 @@ TEST(QuantizePipeline, FinetuneBiasesAreStoredAndLoaded) {
       }
     }
   EXPECT_TRUE(moved) << "no bias was tuned";
+  EXPECT_FALSE(r.finetune["stage_gains"].get<bool>());
   const std::vector<int32_t> tokens = tuned->tokenizer().encode("biases are part of the tuned model");
   const auto lt = logits_of(*tuned, tokens), lp = logits_of(*plain, tokens);
   double diff = 0;
@@ -415,6 +416,54 @@ TEST(QuantizePipeline, FinetuneBiasesAreStoredAndLoaded) {
     diff = std::max(diff, double(std::abs(lt[i] - lp[i])));
   }
   EXPECT_GT(diff, 1e-4) << "the biases change the model";
+}
+
+// --finetune-stage-gains at 3 bits: the two stages of a row get gains of their own (their scales'
+// ratio moves), the tuning is kept in OUT.partial/ and resumed with them, and not by a run without.
+TEST(QuantizePipeline, FinetuneStageGainsScaleEachStage) {
+  Fixture f({.layers = 2}, 12000);
+  QuantizeSettings s = small_settings(3);
+  s.calib_seqs = 8;
+  const std::string plain = f.dir.file("plain3");
+  quantize_model_files(f.model, f.calib, plain, s);
+  s.finetune_epochs = 2;
+  s.finetune_lr = 0.002;
+  s.finetune_windows = 4;
+  s.finetune_stage_gains = true;
+  QuantizeProgress stop_at_assembly;
+  stop_at_assembly.note = [&](const std::string& m) {
+    if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stop_at_assembly), std::runtime_error);
+  QuantizeSettings without = s;
+  without.finetune_stage_gains = false;
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, without), Error) << "a different tuning is not resumed";
+  bool resumed = false;
+  QuantizeProgress watch;
+  watch.note = [&](const std::string& m) {
+    if (m.rfind("finetune: resumed", 0) == 0) resumed = true;
+  };
+  const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, s, watch);
+  EXPECT_TRUE(resumed);
+  ASSERT_FALSE(r.finetune.is_null());
+  EXPECT_TRUE(r.finetune["stage_gains"].get<bool>());
+  ASSERT_GE(r.finetune["best_epoch"].get<int>(), 1) << "the tuning did not improve: nothing to check";
+  auto tuned = load_model(f.out);
+  auto base = load_model(plain);
+  double moved = 0;
+  for (int i = 0; i < 2; ++i)
+    for (LinearKind k : kAllLinearKinds) {
+      const auto* a = tuned->layer(i).linear(k).quantized_weight();
+      const auto* b = base->layer(i).linear(k).quantized_weight();
+      ASSERT_TRUE(a && b);
+      ASSERT_EQ(a->stages.size(), 2u);
+      for (int row = 0; row < a->rows; ++row) {
+        const double ra = a->stages[1].scales[size_t(row)] / a->stages[0].scales[size_t(row)];
+        const double rb = b->stages[1].scales[size_t(row)] / b->stages[0].scales[size_t(row)];
+        moved = std::max(moved, std::abs(ra / rb - 1));
+      }
+    }
+  EXPECT_GT(moved, 1e-3) << "no row's stages were scaled apart";
 }
 
 void expect_error(const std::function<void()>& fn, ErrorKind kind, const std::string& needle) {

@@ -1,7 +1,7 @@
 // End-to-end tuning of a quantized model's continuous parameters (after `glq quantize` has fixed
-// its codes): every quantized linear's per-row gain (one factor on all stage scales of a row) and
-// every RMSNorm gain, fitted to the unquantized model's next-token distributions on the
-// calibration windows.
+// its codes): every quantized linear's per-row gain (one factor on all stage scales of a row, or
+// with `stage_gains` one per stage) and every RMSNorm gain, fitted to the unquantized model's
+// next-token distributions on the calibration windows.
 //
 //   loss = mean over tokens of KL(p_fp ‖ p_q),   p = softmax(logits)
 //
@@ -41,6 +41,9 @@ struct FinetuneSettings {
   int holdout = 0;         // held-out training windows without validation ones (0: max(1, windows / 8))
   uint64_t seed = 0x5eed;  // order of the windows in each epoch
   bool bias = false;       // also tune an output bias per row of every linear
+  // Two gains per row of a linear with two stages (3 and 4 bits): one on the first stage's scale,
+  // one on the second's, instead of one on both (no bits more: each stage has its scales).
+  bool stage_gains = false;
 };
 
 // The tuned factors, in the model's order: row_gain[7·layer + kind] (rows of that linear;
@@ -50,6 +53,9 @@ struct FinetuneResult {
   std::vector<std::vector<float>> attn_norm, mlp_norm;
   std::vector<float> final_norm;
   std::vector<std::vector<float>> bias;  // bias[7·layer + kind]: the linear's whole new bias; empty: not tuned
+  // stage_gain[7·layer + kind]: the gains of its later stages' scales (row_gain then scales the
+  // first stage's only); empty (all, or a linear's): row_gain scales every stage.
+  std::vector<std::vector<float>> stage_gain;
   double kl_before = 0;       // held-out KL (nats per token) before tuning
   double kl_after = 0;        // held-out KL of the kept factors
   double train_kl_first = 0;  // mean training KL of the first epoch
@@ -86,12 +92,12 @@ double finetune_kl(const Model& model, const std::vector<std::vector<int32_t>>& 
 
 // ---- for tests -----------------------------------------------------------------------------
 // The loss above for one window with all factors 1 plus `delta` at flat parameter index `index`
-// (the order of finetune_parameter_count: row gains and norm gains, then the biases when `bias`;
-// gains start at 1, biases at 0), in double precision, and its gradient (all parameters) when
-// `grad` is not null.
+// (the order of finetune_parameter_count: row gains and norm gains, then the biases when `bias`,
+// then the later-stage gains when `stage_gains`; gains start at 1, biases at 0), in double
+// precision, and its gradient (all parameters) when `grad` is not null.
 double finetune_loss_double(const Model& model, std::span<const int32_t> tokens, std::span<const float> teacher_hidden,
                             const std::vector<float>& teacher_final_norm, int64_t index, double delta,
-                            std::vector<double>* grad, bool bias = false);
-int64_t finetune_parameter_count(const Model& model, bool bias = false);
+                            std::vector<double>* grad, bool bias = false, bool stage_gains = false);
+int64_t finetune_parameter_count(const Model& model, bool bias = false, bool stage_gains = false);
 
 }  // namespace glq::model

@@ -82,6 +82,7 @@ struct QuantizeSettings {
   // faster than the KL on other windows (docs/quantize.md).
   int finetune_windows = -1;
   bool finetune_bias = false;  // the tuning also fits an output bias per row of every quantized linear
+  bool finetune_stage_gains = false;  // a gain per stage of each row of a two-stage linear (3, 4 bits), not one for both
   bool keep_head_16bit = true;   // false: lm_head is quantized too (at the nearest width)
   std::string dtype_16bit = "float16";  // "float16" | "bfloat16" | "float32" for kept tensors
   bool resume = true;            // reuse OUT.partial/ from an interrupted run with equal settings
