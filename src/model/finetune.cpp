@@ -340,22 +340,19 @@ struct Net {
       for (int t = 0; t < T; ++t)
         for (int r = 0; r < l.rows; ++r) grad[l.boff + r] += l.bscale * dY[size_t(t) * l.rows + r];
     if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, true);
-    std::vector<S> d2(two ? n : 0);
-    if (two) {
-      const S* gam2 = theta + l.off2;
-      S* gg2 = grad + l.off2;
-      for (int t = 0; t < T; ++t)
-        for (int r = 0; r < l.rows; ++r) {
-          const size_t i = size_t(t) * l.rows + r;
-          gg2[r] += dY[i] * Z[n + i];
-          d2[i] = dY[i] * gam2[r];
-        }
-    }
+    std::vector<S> d2(two ? n : 0);  // A dY ∘ γ₂
+    const S* gam2 = two ? theta + l.off2 : nullptr;
+    S* gg2 = two ? grad + l.off2 : nullptr;
     for (int t = 0; t < T; ++t)
       for (int r = 0; r < l.rows; ++r) {
         const size_t i = size_t(t) * l.rows + r;
-        gg[r] += dY[i] * Z[i];
-        dY[i] *= gam[r];
+        const S d = dY[i];
+        gg[r] += d * Z[i];
+        dY[i] = d * gam[r];
+        if (two) {
+          gg2[r] += d * Z[n + i];
+          d2[i] = d * gam2[r];
+        }
       }
     if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, false);
     gemm(false, false, T, l.cols, l.rows, S(1), dY, l.rows, l.w.data(), l.cols, add ? S(1) : S(0), dX, l.cols);

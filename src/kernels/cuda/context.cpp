@@ -275,10 +275,7 @@ namespace {
 
 // GLQ_CUDA_FUSED_INPUT=1: batch 1 runs the input transform inside the decode kernel.
 bool fused_batch1() {
-  static const bool on = [] {
-    const char* v = std::getenv("GLQ_CUDA_FUSED_INPUT");
-    return v && std::strcmp(v, "1") == 0;
-  }();
+  static const bool on = detail::env_is("GLQ_CUDA_FUSED_INPUT", "1");
   return on;
 }
 
@@ -320,10 +317,7 @@ void dequantize_hadamard_domain(Context& ctx, const DeviceQuantizedMatrix& w, ui
 }
 
 bool detail::gemm_half_out() {
-  static const bool on = [] {
-    const char* h = std::getenv("GLQ_CUDA_GEMM_HALF_OUT");
-    return !(h && std::string(h) == "0");
-  }();
+  static const bool on = !detail::env_is("GLQ_CUDA_GEMM_HALF_OUT", "0");
   return on;
 }
 

@@ -354,10 +354,7 @@ std::atomic<int> g_rope_in_attention{-1}, g_attention_threads{0}, g_attention_ch
 bool rope_in_attention_enabled() {
   const int forced = g_rope_in_attention.load();
   if (forced >= 0) return forced != 0;
-  static const bool on = [] {
-    const char* v = std::getenv("GLQ_CUDA_ROPE_IN_ATTENTION");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = !detail::env_is("GLQ_CUDA_ROPE_IN_ATTENTION", "0");
   return on;
 }
 
@@ -367,8 +364,7 @@ int attention_forced_threads() {
   const int forced = g_attention_threads.load();
   if (forced) return forced;
   static const int env = [] {
-    const char* v = std::getenv("GLQ_CUDA_ATTN_THREADS");
-    const int n = v ? std::atoi(v) : 0;
+    const int n = detail::env_int("GLQ_CUDA_ATTN_THREADS", 0);
     return n == 128 || n == 256 || n == 512 ? n : 0;
   }();
   return env;
@@ -392,8 +388,7 @@ int attention_fixed_chunk() {
   const int forced = g_attention_chunk.load();
   if (forced) return forced;
   static const int env = [] {
-    const char* v = std::getenv("GLQ_CUDA_ATTN_CHUNK");
-    const int n = v ? std::atoi(v) : 0;
+    const int n = detail::env_int("GLQ_CUDA_ATTN_CHUNK", 0);
     return n == 32 || n == 64 || n == 128 || n == 256 ? n : 0;
   }();
   return env;
@@ -413,34 +408,6 @@ void attention_opt_in_t() {
   (void)opted_in;
 }
 
-template <int LK, int T, int CK>
-void launch_attention_t(dim3 grid, cudaStream_t stream, const float* qkv, int ld, int heads, int kv_heads,
-                        int head_dim, __half* kc, __half* vc, const float* inv_freq, const int* tok_pos,
-                        const int* tok_slot, size_t slot_stride, float scale, int chunks, int fixed_chunk,
-                        float* pm, float* pl, float* pa, unsigned* done, float* out) {
-  const size_t smem = attention_smem(LK, T, std::min(heads / kv_heads, kAttnGroup), CK);
-  attention_opt_in_t<LK, T, CK>();
-  attention_kernel<LK, T, CK><<<grid, T, smem, stream>>>(qkv, ld, heads, kv_heads, head_dim, kc, vc, inv_freq,
-                                                         tok_pos, tok_slot, slot_stride, scale, chunks, fixed_chunk,
-                                                         pm, pl, pa, done, out);
-  GLQ_CUDA_CHECK_LAUNCH("attention_kernel");
-}
-
-// Blocks of 128 and 256 threads take chunks of up to 64 keys; of 512, up to 64 or (`long_chunks`)
-// up to kAttnMaxChunk.
-template <int LK, typename... A>
-void launch_attention_lk(int threads, bool long_chunks, A... args) {
-  switch (threads) {
-    case 128: launch_attention_t<LK, 128, 64>(args...); break;
-    case 256: launch_attention_t<LK, 256, 64>(args...); break;
-    default:
-      if (long_chunks)
-        launch_attention_t<LK, 512, kAttnMaxChunk>(args...);
-      else
-        launch_attention_t<LK, 512, 64>(args...);
-  }
-}
-
 // Lanes per key row: ceil(head_dim / 8) rounded up to a power of two.
 int attention_lanes(int head_dim) {
   int lk = 1;
@@ -448,25 +415,44 @@ int attention_lanes(int head_dim) {
   return lk;
 }
 
-template <int LK>
-void attention_opt_in_lk() {
-  attention_opt_in_t<LK, 128, 64>();
-  attention_opt_in_t<LK, 256, 64>();
-  attention_opt_in_t<LK, 512, 64>();
-  attention_opt_in_t<LK, 512, kAttnMaxChunk>();
+// The attention kernels there are, in one place: f.template operator()<LK, T, CK>() for
+// head_dim's lanes per key row LK and the block shape: 128 or 256 threads with chunks of up to 64
+// keys, 512 with up to 64 or (`long_chunks`) up to kAttnMaxChunk.
+struct AttentionShape {
+  int threads;
+  bool long_chunks;
+};
+constexpr AttentionShape kAttentionShapes[] = {{128, false}, {256, false}, {512, false}, {512, true}};
+
+template <typename F>
+void with_attention_kernel(int head_dim, AttentionShape shape, F&& f) {
+  const auto by_shape = [&]<int LK>() {
+    switch (shape.threads) {
+      case 128: f.template operator()<LK, 128, 64>(); break;
+      case 256: f.template operator()<LK, 256, 64>(); break;
+      default:
+        if (shape.long_chunks)
+          f.template operator()<LK, 512, kAttnMaxChunk>();
+        else
+          f.template operator()<LK, 512, 64>();
+    }
+  };
+  switch (attention_lanes(head_dim)) {
+    case 1: by_shape.template operator()<1>(); break;
+    case 2: by_shape.template operator()<2>(); break;
+    case 4: by_shape.template operator()<4>(); break;
+    case 8: by_shape.template operator()<8>(); break;
+    case 16: by_shape.template operator()<16>(); break;
+    default: by_shape.template operator()<32>(); break;
+  }
 }
 
-// Every attention kernel of head_dim's lanes opts into its shared memory now: a step of a kind
-// first met while a graph is being captured must not change a kernel's attributes then.
+// Every attention kernel of head_dim's lanes opts into its shared memory now (the engine's
+// constructor): a step of a kind first met while a graph is being captured must not change a
+// kernel's attributes then.
 void attention_opt_in(int head_dim) {
-  switch (attention_lanes(head_dim)) {
-    case 1: attention_opt_in_lk<1>(); break;
-    case 2: attention_opt_in_lk<2>(); break;
-    case 4: attention_opt_in_lk<4>(); break;
-    case 8: attention_opt_in_lk<8>(); break;
-    case 16: attention_opt_in_lk<16>(); break;
-    default: attention_opt_in_lk<32>(); break;
-  }
+  for (const AttentionShape& shape : kAttentionShapes)
+    with_attention_kernel(head_dim, shape, [&]<int LK, int T, int CK>() { attention_opt_in_t<LK, T, CK>(); });
 }
 
 // ---- Prefill attention on the tensor cores --------------------------------------------------
@@ -650,10 +636,7 @@ void launch_prefill_hd(dim3 grid, cudaStream_t stream, const float* qkv, int ld,
 
 // The tensor-core prefill takes head_dim 16, 32, 64 and 128 (GLQ_CUDA_PREFILL_ATTENTION=0: never).
 bool prefill_attention_supported(int head_dim) {
-  static const bool enabled = [] {
-    const char* v = std::getenv("GLQ_CUDA_PREFILL_ATTENTION");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool enabled = !detail::env_is("GLQ_CUDA_PREFILL_ATTENTION", "0");
   return enabled && (head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128);
 }
 
@@ -671,20 +654,21 @@ void launch_prefill_attention(int n, cudaStream_t stream, const float* qkv, int 
 
 // grid.x: the chunks of kAttnMinChunk keys that cover the cache (the most any length takes);
 // kind: attention_kind; fixed_chunk: attention_fixed_chunk().
-template <typename... A>
+// The kernels opted into their shared memory when the engine was built (attention_opt_in).
 void launch_attention(dim3 grid, int kind, int fixed_chunk, cudaStream_t stream, const float* qkv, int ld, int heads,
-                      int kv_heads, int head_dim, A... rest) {
+                      int kv_heads, int head_dim, __half* kc, __half* vc, const float* inv_freq, const int* tok_pos,
+                      const int* tok_slot, size_t slot_stride, float scale, int chunks, float* pm, float* pl, float* pa,
+                      unsigned* done, float* out) {
   const int forced = attention_forced_threads();
   const int t = forced ? forced : kind == 1 && !fixed_chunk ? 256 : 512;
   const bool long_chunks = t == 512 && (fixed_chunk ? fixed_chunk > 64 : kind == 2);
-  switch (attention_lanes(head_dim)) {
-    case 1: launch_attention_lk<1>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 2: launch_attention_lk<2>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 4: launch_attention_lk<4>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 8: launch_attention_lk<8>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    case 16: launch_attention_lk<16>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-    default: launch_attention_lk<32>(t, long_chunks, grid, stream, qkv, ld, heads, kv_heads, head_dim, rest...); break;
-  }
+  with_attention_kernel(head_dim, {t, long_chunks}, [&]<int LK, int T, int CK>() {
+    const size_t smem = attention_smem(LK, T, std::min(heads / kv_heads, kAttnGroup), CK);
+    attention_kernel<LK, T, CK><<<grid, T, smem, stream>>>(qkv, ld, heads, kv_heads, head_dim, kc, vc, inv_freq,
+                                                           tok_pos, tok_slot, slot_stride, scale, chunks, fixed_chunk,
+                                                           pm, pl, pa, done, out);
+  });
+  GLQ_CUDA_CHECK_LAUNCH("attention_kernel");
 }
 
 // Greedy sampling: token = argmax(logits) (lowest id on ties; NaN never wins); appends it to
@@ -1387,7 +1371,7 @@ void Engine::enqueue_tokens(int n, bool single, HeadRows head_rows, int gather) 
       launch_attention(dim3(b.chunks, c.kv_heads * attn_groups, n), attn_kind_, fixed_chunk, stream, qkv, ld_qkv,
                        c.heads, c.kv_heads, c.head_dim, kc, vc,
                        rope_in_attention ? b.inv_freq.as<const float>() : nullptr, tok_pos, tok_slot, b.slot_stride,
-                       1.0f / std::sqrt(float(c.head_dim)), b.chunks, fixed_chunk, b.part_m.as<float>(),
+                       1.0f / std::sqrt(float(c.head_dim)), b.chunks, b.part_m.as<float>(),
                        b.part_l.as<float>(), b.part_acc.as<float>(), b.attn_done.as<unsigned>(), b.attn.as<float>());
     }
     // h += attention · Wo^T

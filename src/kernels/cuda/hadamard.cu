@@ -1149,10 +1149,7 @@ constexpr int kRowKernelMaxBatch = 16;
 // so that the whole vector's loads are in flight at once.
 int row_threads(int b, bool staged) {
   // GLQ_CUDA_STAGED_ROW_THREADS (default 1024): threads of a staged row block, for tuning runs.
-  static const int staged_threads = [] {
-    const char* v = std::getenv("GLQ_CUDA_STAGED_ROW_THREADS");
-    return v ? std::clamp(std::atoi(v) / 32 * 32, 128, 1024) : 1024;
-  }();
+  static const int staged_threads = std::clamp(env_int("GLQ_CUDA_STAGED_ROW_THREADS", 1024) / 32 * 32, 128, 1024);
   if (staged) return std::max(staged_threads, b / 4);  // fwht_padded needs b/4 threads
   return std::min(1024, std::max(128, b / 4));
 }
@@ -1172,10 +1169,7 @@ constexpr int kSplitFwhtBlocks = 32;
 constexpr int kSplitFwhtMaxLogFewVectors = 4;
 
 TransformShape row_shape(const TransformShape& t, int batch) {
-  static const int blocks = [] {
-    const char* v = std::getenv("GLQ_CUDA_SPLIT_FWHT");
-    return v ? std::max(0, std::atoi(v)) : kSplitFwhtBlocks;
-  }();
+  static const int blocks = std::max(0, env_int("GLQ_CUDA_SPLIT_FWHT", kSplitFwhtBlocks));
   if (t.a != 1 || t.log2b < 11 || (1 << t.log2b) != t.n || batch <= 0) return t;
   const bool few = batch >= 2 && batch <= 8;  // measured there (9-16 vectors were not)
   const int cap = few ? 4 * blocks : blocks;
@@ -1207,10 +1201,7 @@ void launch_prepare_rows(const DeviceInfo& info, const PrepareParams& params, in
 // Row groups per block: all of them (one block per vector) for large batches, where the grid
 // is full anyway and the G blocks of a split vector would read it G times; one otherwise.
 int many_per_block(const TransformShape& t, int batch) {
-  static const int split_below = [] {
-    const char* v = std::getenv("GLQ_CUDA_TRANSFORM_SPLIT_BELOW");
-    return v ? std::atoi(v) : 256;
-  }();
+  static const int split_below = env_int("GLQ_CUDA_TRANSFORM_SPLIT_BELOW", 256);
   return batch < split_below ? 1 : many_split(t.a).groups;
 }
 
@@ -1222,10 +1213,7 @@ size_t many_smem(const TransformShape& t, int per_block) {
 // Many vectors, input side: the row-group kernel of steps 1-3 where the shape allows
 // (GLQ_CUDA_TRANSFORM_MANY=0 turns it off, for comparison).
 bool many_shape(const DeviceInfo& info, const TransformShape& t, int batch) {
-  static const bool enabled = [] {
-    const char* v = std::getenv("GLQ_CUDA_TRANSFORM_MANY");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool enabled = !env_is("GLQ_CUDA_TRANSFORM_MANY", "0");
   if (!enabled || batch <= kRowKernelMaxBatch) return false;
   if ((t.a << t.log2b) != t.n || t.a > kManyMaxA || t.log2b < 5 || t.log2b > 15) return false;
   return many_smem(t, many_per_block(t, batch)) <= dynamic_limit(info);
@@ -1272,10 +1260,7 @@ bool wide_shape(const DeviceInfo& info, const TransformShape& t) {
 // is not split when y and ỹ overlap (in place), nor the input side when x and x̃ do.
 // GLQ_CUDA_WIDE_SPLIT=0: one block per vector.
 int wide_splits(const DeviceInfo& info, const TransformShape& t, int batch, bool input) {
-  static const bool on = [] {
-    const char* v = std::getenv("GLQ_CUDA_WIDE_SPLIT");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = !env_is("GLQ_CUDA_WIDE_SPLIT", "0");
   if (!on || t.a == 1) return 1;
   const int R = wide_rows(t.a), G = (t.a + R - 1) / R;
   if (!input) return batch < info.sm_count ? G : 1;
@@ -1356,10 +1341,7 @@ void launch_prepare(const DeviceInfo& info, const PrepareParams& p, int batch, c
 // 61.9 us for 4096x14336 at 64 vectors and 16 slices, 28.5 against 29.6 for 4096x4096 (H100).
 // GLQ_CUDA_FINISH_PARTS_ROWS=0: the whole-vector kernel, for comparisons.
 bool finish_parts_rows() {
-  static const bool on = [] {
-    const char* v = std::getenv("GLQ_CUDA_FINISH_PARTS_ROWS");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = !env_is("GLQ_CUDA_FINISH_PARTS_ROWS", "0");
   return on;
 }
 

@@ -615,10 +615,7 @@ void set_smem_attributes() {
 // (batch·C ≤ 2 blocks per SM, C ≤ 8), on sm_90 only. GLQ_CUDA_TRANSFORM_CLUSTER=N caps C (1:
 // one block per vector, as before).
 int tc_cluster_cap() {
-  static const int v = [] {
-    const char* e = std::getenv("GLQ_CUDA_TRANSFORM_CLUSTER");
-    return e ? std::clamp(std::atoi(e), 1, 8) : 8;
-  }();
+  static const int v = std::clamp(env_int("GLQ_CUDA_TRANSFORM_CLUSTER", 8), 1, 8);
   return v;
 }
 
@@ -631,10 +628,7 @@ bool tc_clusters_available(const DeviceInfo& info) {
 }
 
 int tc_cluster(const DeviceInfo& info, int batch) {
-  static const int per_sm = [] {
-    const char* e = std::getenv("GLQ_CUDA_TRANSFORM_CLUSTER_PER_SM");
-    return e ? std::clamp(std::atoi(e), 1, 8) : 2;
-  }();
+  static const int per_sm = std::clamp(env_int("GLQ_CUDA_TRANSFORM_CLUSTER_PER_SM", 2), 1, 8);
   if (!tc_clusters_available(info) || batch <= 0) return 1;
   int c = 1;
   while (2 * c <= tc_cluster_cap() && size_t(batch) * 2 * c <= size_t(per_sm * info.sm_count)) c *= 2;
@@ -739,10 +733,7 @@ bool launch_finish_tc(const DeviceInfo& info, const FinishParams& p, int batch, 
 }
 
 bool tc_finish_half_parts(const DeviceInfo& info, const FinishParams& f, int batch) {
-  static const bool on = [] {
-    const char* e = std::getenv("GLQ_CUDA_HALF_PARTS");
-    return !(e && std::string(e) == "0");
-  }();
+  static const bool on = !env_is("GLQ_CUDA_HALF_PARTS", "0");
   if (!on || batch < kTilesMinBatch) return false;
   FinishParams h = f;  // the same slices, in fp16
   h.yt_half = reinterpret_cast<const uint16_t*>(f.yt);

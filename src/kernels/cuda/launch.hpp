@@ -12,6 +12,7 @@
 
 #include "glq/error.hpp"
 #include "glq/kernels/cuda.hpp"
+#include "kernels/cuda/env.hpp"
 #include "kernels/cuda/transform_kernels.cuh"
 
 namespace glq::cuda::detail {
@@ -58,20 +59,6 @@ inline bool aligned_to(const void* ptr, uintptr_t bytes) { return (reinterpret_c
 inline bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
   const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
   return pa < pb + b_bytes && pb < pa + a_bytes;
-}
-// A switch from the environment: 0 or 1 where $var is "0" or "1", else -1 (unset: the default).
-inline int env_switch(const char* var) {
-  const char* v = std::getenv(var);
-  if (!v) return -1;
-  const std::string s(v);
-  return s == "0" ? 0 : s == "1" ? 1 : -1;
-}
-// The batch from which a kernel is chosen: `def`, or $min_var if set; never if $off_var is "0".
-inline int env_min_batch(const char* off_var, const char* min_var, int def) {
-  const char* off = std::getenv(off_var);
-  if (off && std::string(off) == "0") return std::numeric_limits<int>::max();
-  const char* m = std::getenv(min_var);
-  return m ? std::max(1, std::atoi(m)) : def;
 }
 // Signs (±1) as the bits of TransformShape::sign_bits, on the device.
 DeviceMemory sign_bits_to_device(const std::vector<float>& sign);

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "glq/kernels/cuda.hpp"
+#include "kernels/cuda/env.hpp"
 
 namespace glq::cuda::detail {
 
@@ -40,10 +41,7 @@ bool compiled_for_sm90(Kernel* kernel) {
 }
 
 inline bool pdl_enabled(const DeviceInfo& info) {
-  static const bool env_off = [] {
-    const char* v = std::getenv("GLQ_CUDA_PDL");
-    return v && std::strcmp(v, "0") == 0;
-  }();
+  static const bool env_off = env_is("GLQ_CUDA_PDL", "0");
   return info.cc_major >= 9 && !env_off;
 }
 

@@ -319,8 +319,8 @@ QgemvPlan plan_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int
   const int per_sm = std::max(1, std::min(2, int(228 * 1024 / (smem_max + 1024))));
   // GLQ_QGEMV_WAVES (default 1): how many waves of blocks to aim for (more blocks, less work
   // each). GLQ_QGEMV_MIN_SPLIT (default 1): the fewest column ranges. For tuning runs.
-  static const int waves = [] { const char* v = std::getenv("GLQ_QGEMV_WAVES"); return v ? std::max(1, std::atoi(v)) : 1; }();
-  static const int min_split = [] { const char* v = std::getenv("GLQ_QGEMV_MIN_SPLIT"); return v ? std::max(1, std::atoi(v)) : 1; }();
+  static const int waves = std::max(1, env_int("GLQ_QGEMV_WAVES", 1));
+  static const int min_split = std::max(1, env_int("GLQ_QGEMV_MIN_SPLIT", 1));
   const int cap = per_sm * info.sm_count * waves;
   double best = -1;
   for (int n = min_split; n <= std::max(min_split, std::min(32, G / 32)); ++n) {
@@ -343,7 +343,7 @@ QgemvPlan plan_qgemv(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int
   }
   // GLQ_QGEMV_TILES_PER_WARP (default 1): row tiles each warp walks in turn (fewer blocks, each
   // filling its tables once for more work). For tuning runs.
-  static const int tiles_per_warp = [] { const char* v = std::getenv("GLQ_QGEMV_TILES_PER_WARP"); return v ? std::max(1, std::atoi(v)) : 1; }();
+  static const int tiles_per_warp = std::max(1, env_int("GLQ_QGEMV_TILES_PER_WARP", 1));
   plan.blocks_x = (bx + tiles_per_warp - 1) / tiles_per_warp;
   plan.smem = size_t(tables_bytes) + size_t(plan.kb_groups) * per_group;
   if (plan.smem > info.smem_optin)
@@ -361,10 +361,7 @@ namespace {
 // kernel (qmma.cu) for 5 to 8 (2x faster at batch 8). GLQ_QGEMV_KERNEL=cores or =mma forces
 // one, for comparisons.
 bool use_cores(int batch) {
-  static const int forced = [] {
-    const char* v = std::getenv("GLQ_QGEMV_KERNEL");
-    return !v ? 0 : std::string(v) == "cores" ? 1 : std::string(v) == "mma" ? 2 : 0;
-  }();
+  static const int forced = env_is("GLQ_QGEMV_KERNEL", "cores") ? 1 : env_is("GLQ_QGEMV_KERNEL", "mma") ? 2 : 0;
   return forced ? forced == 1 : batch <= kCoresMaxBatch;
 }
 

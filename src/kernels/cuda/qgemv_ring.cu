@@ -723,7 +723,7 @@ RingPlan plan_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
   const int G = w.groups, tiles = w.rows / 8;
   plan.blocks_x = (tiles + kRingWarps - 1) / kRingWarps;
   // GLQ_QGEMV_RING_SMS: SMs the shape is planned for (default: all), for tuning runs.
-  static const int sms_env = [] { const char* v = std::getenv("GLQ_QGEMV_RING_SMS"); return v ? std::atoi(v) : 0; }();
+  static const int sms_env = env_int("GLQ_QGEMV_RING_SMS", 0);
   const int sms = std::max(1, sms_env > 0 ? std::min(sms_env, info.sm_count) : info.sm_count);
   long best = std::numeric_limits<long>::max();
   for (int n = 1; n <= std::max(1, std::min(64, G / 32)); ++n) {
@@ -838,10 +838,7 @@ namespace {
 // Largest mixing order the fused output transform takes (GLQ_FUSED_FINISH_MAX_A, default
 // kFusedFinishMaxA): its one block does all a·n mixing terms alone.
 int fused_finish_max_a() {
-  static const int v = [] {
-    const char* e = std::getenv("GLQ_FUSED_FINISH_MAX_A");
-    return e ? std::atoi(e) : kFusedFinishMaxA;
-  }();
+  static const int v = env_int("GLQ_FUSED_FINISH_MAX_A", kFusedFinishMaxA);
   return v;
 }
 
@@ -902,11 +899,7 @@ void launch_qgemv_ring(const DeviceInfo& info, const DeviceQuantizedMatrix& w, c
 bool qgemv_ring_fused_enabled() {
   // GLQ_FUSED_FINISH=1 turns it on; GLQ_QGEMV_KERNEL=mma sends launch_qgemv's few vectors to the
   // tensor-core kernel instead.
-  static const bool on = [] {
-    const char* v = std::getenv("GLQ_FUSED_FINISH");
-    const char* k = std::getenv("GLQ_QGEMV_KERNEL");
-    return v && std::strcmp(v, "1") == 0 && !(k && std::strcmp(k, "mma") == 0);
-  }();
+  static const bool on = env_is("GLQ_FUSED_FINISH", "1") && !env_is("GLQ_QGEMV_KERNEL", "mma");
   return on;
 }
 

@@ -652,10 +652,7 @@ struct QmmaPlan {
 // GLQ_QMMA_SHIFT=hfma: at batch ≤ 8, apply scales and shifts to A with HFMA2 (the path of larger
 // batches) instead of the shift mma and per-stage scaling of C. For comparisons.
 bool plain_for(int nt) {
-  static const bool hfma = [] {
-    const char* v = std::getenv("GLQ_QMMA_SHIFT");
-    return v && std::string(v) == "hfma";
-  }();
+  static const bool hfma = env_is("GLQ_QMMA_SHIFT", "hfma");
   return nt == 1 && !hfma;
 }
 
@@ -696,10 +693,7 @@ QmmaPlan plan_qmma(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
   // At most 16 vectors per chunk (blockIdx.z): at batch 64, chunks of 32 (NT = 4, 64 fp32
   // accumulators per lane) took 178 us against 110 us with chunks of 16 (H100, same run).
   // GLQ_QMMA_MAX_NT=4 allows chunks of 32, for comparisons.
-  static const int max_nt = [] {
-    const char* v = std::getenv("GLQ_QMMA_MAX_NT");
-    return v && std::atoi(v) == 4 ? 4 : 2;
-  }();
+  static const int max_nt = env_int("GLQ_QMMA_MAX_NT", 2) == 4 ? 4 : 2;
   plan.nt = batch <= 8 ? 1 : batch <= 16 || max_nt == 2 ? 2 : 4;
   plan.nz = (batch + 8 * plan.nt - 1) / (8 * plan.nt);
   const int nvec = std::min(batch, 8 * plan.nt);
@@ -714,14 +708,8 @@ QmmaPlan plan_qmma(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int b
   const bool xr = plain_for(plan.nt) && !fuse;  // the kernel's kXr
   // GLQ_QMMA_SPLIT=N: N column ranges (or the most the shape allows) where it fits;
   // GLQ_QMMA_SLABS=S: S row slabs of 64 rows per block. For tuning.
-  static const int force_split = [] {
-    const char* v = std::getenv("GLQ_QMMA_SPLIT");
-    return v ? std::atoi(v) : 0;
-  }();
-  static const int force_sr = [] {
-    const char* v = std::getenv("GLQ_QMMA_SLABS");
-    return v ? std::atoi(v) : 0;
-  }();
+  static const int force_split = env_int("GLQ_QMMA_SPLIT", 0);
+  static const int force_sr = env_int("GLQ_QMMA_SLABS", 0);
   const int split_cap = parts ? max_parts(batch) : 64;
   double best = -1;
   for (int sr : {1, 2, 4, 8, 16}) {

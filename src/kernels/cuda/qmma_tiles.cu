@@ -976,10 +976,7 @@ void set_tiles_registers(int on) { g_tiles_registers.store(on < 0 ? -1 : on != 0
 bool tiles_registers(const DeviceInfo& info) {
   const int forced = g_tiles_registers.load();
   if (forced >= 0) return forced != 0;
-  static const int env = [] {
-    const char* v = std::getenv("GLQ_CUDA_TILES_RS");
-    return v ? int(std::atoi(v) != 0) : -1;
-  }();
+  static const int env = env_switch("GLQ_CUDA_TILES_RS");  // 0, 1, or -1: by the architecture
   return env >= 0 ? env != 0 : info.cc_major == 9;
 }
 
@@ -1006,10 +1003,7 @@ struct TilesSplit {
 // 28672x4096), while clusters of 8 of 16 ranges (2 slices instead of 16) lose 1.5-2.5 us
 // (4096x4096, 4096x14336): the output transform reads the slices from L2 at little cost.
 int tiles_cluster(const DeviceInfo& info, int ranges, int row_blocks) {
-  static const int cap = [] {
-    const char* v = std::getenv("GLQ_CUDA_TILES_CLUSTER");
-    return v ? std::clamp(std::atoi(v), 1, 8) : 8;
-  }();
+  static const int cap = std::clamp(env_int("GLQ_CUDA_TILES_CLUSTER", 8), 1, 8);
   static const bool sm90_code = compiled_for_sm90(qmma_tiles_kernel<0>) && compiled_for_sm90(qmma_tiles_rs_kernel<0>);
   if (info.cc_major < 9 || !sm90_code || ranges < 2 || ranges > cap) return 1;
   // Clusters of each size that fit at once, per kernel variant, found once (thread-safe static
@@ -1047,10 +1041,7 @@ TilesSplit tiles_split(const DeviceInfo& info, int rows, int cols) {
   // Two blocks per SM: at most 2·SMs blocks in all (one wave: a few blocks of a second wave
   // cost as much as the first, 58.7 against 44.6 us for 14336x4096 at 64 vectors on an H100),
   // column ranges of at least 4 steps (GLQ_CUDA_QMMA_TILES_PARTS=N asks for N ranges instead).
-  static const int forced = [] {
-    const char* v = std::getenv("GLQ_CUDA_QMMA_TILES_PARTS");
-    return v ? std::max(0, std::atoi(v)) : 0;  // 0: the default
-  }();
+  static const int forced = std::max(0, env_int("GLQ_CUDA_QMMA_TILES_PARTS", 0));  // 0: the default
   const int want = forced ? forced : std::max(1, 2 * std::max(1, info.sm_count) / row_blocks);
   const int parts = std::clamp(want, 1, std::max(1, steps / 4));
   const int per = (steps + parts - 1) / parts;
@@ -1125,10 +1116,7 @@ bool qgemm_supported(const DeviceInfo& info, const DeviceQuantizedMatrix& w, int
   // Opt-in: on an H100 it was measured slower than the dequantization + cuBLAS (docs/cuda.md),
   // but it needs no rows·cols·2-byte scratch for the dequantized weights.
   const int forced = g_qgemm.load();
-  static const bool env_on = [] {
-    const char* v = std::getenv("GLQ_CUDA_QGEMM");
-    return v && std::string(v) == "1";
-  }();
+  static const bool env_on = env_is("GLQ_CUDA_QGEMM", "1");
   if (forced == 0 || (forced < 0 && !env_on)) return false;
   if (info.cc_major < 8 || batch < 1 || w.codes.empty() || w.codes.size() > 2) return false;
   if (w.codebooks[0] != codec::Codebook::E8P16) return false;
