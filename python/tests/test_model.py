@@ -189,6 +189,10 @@ def test_quantize_finetune(tiny_model_dir, calib_file, tmp_path):
     assert biased["finetune"]["bias"] is True
     names = [name for name, _, bias in glq.checkpoint_linears(tmp_path / "biased") if bias is not None]
     assert len(names) == len(glq.checkpoint_linears(tmp_path / "biased"))
+    staged = glq.quantize(tiny_model_dir, bits=3, calib=calib_file, out=tmp_path / "staged", calib_seqs=4,
+                          seq_len=48, finetune_epochs=1, finetune_lr=0.002, finetune_stage_gains=True, progress=False)
+    assert staged["finetune"]["stage_gains"] is True and biased["finetune"]["stage_gains"] is False
+    assert np.isfinite(glq.load(tmp_path / "staged").logits([1, 2, 3])).all()
 
 
 def test_quantize_errors(tiny_model_dir, calib_file, tmp_path):
