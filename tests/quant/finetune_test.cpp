@@ -124,11 +124,28 @@ TEST(Finetune, ForwardMatchesTheModel) {
     }
 }
 
+// The gradient g (finetune_loss_double's, all factors at their start) against central differences
+// of the loss at the parameters `at`.
+void expect_central_differences(const model::Model& student, const std::vector<int32_t>& tok, const std::vector<float>& h,
+                                const std::vector<float>& teacher_norm, const std::vector<double>& g,
+                                const std::vector<int64_t>& at, bool tuned_bias, bool stage_gains) {
+  const double eps = 1e-5;
+  for (int64_t i : at) {
+    const double fp = model::finetune_loss_double(student, tok, h, teacher_norm, i, eps, nullptr, tuned_bias, stage_gains);
+    const double fm = model::finetune_loss_double(student, tok, h, teacher_norm, i, -eps, nullptr, tuned_bias, stage_gains);
+    const double num = (fp - fm) / (2 * eps);
+    EXPECT_LT(std::abs(num - g[size_t(i)]) / (std::abs(num) + 1e-6), 1e-4)
+        << "parameter " << i << " of " << g.size() << ": analytic " << g[size_t(i)] << ", numeric " << num
+        << " (tuned biases " << tuned_bias << ", stage gains " << stage_gains << ")";
+  }
+}
+
 // With `tuned` the tuned biases are parameters too (after the gains); `bias`: the model has biases
 // of its own.
 TEST(Finetune, GradientMatchesCentralDifferences) {
   for (bool tuned : {false, true})
     for (bool bias : {false, true}) {
+      SCOPED_TRACE(bias ? "a model with biases of its own" : "a model without biases");
       auto teacher = tiny_model("grad_t", 2, true, bias);
       auto student = tiny_model("grad_s", 2, true, bias);
       perturb(*student, 0.3f, 9);
@@ -146,19 +163,11 @@ TEST(Finetune, GradientMatchesCentralDifferences) {
         EXPECT_NEAR(f0, model::finetune_loss_double(*student, tok, h, teacher->final_norm(), -1, 0, nullptr), 1e-12);
       }
       // Every 7th parameter (all kinds of gain and bias are hit: each block is longer than 7) and the last.
-      const double eps = 1e-5;
-      int checked = 0;
-      for (int64_t i = 0; i < n; i += (i + 7 < n ? 7 : std::max<int64_t>(1, n - 1 - i))) {
-        const double fp = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, eps, nullptr, tuned);
-        const double fm = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, -eps, nullptr, tuned);
-        const double num = (fp - fm) / (2 * eps);
-        const double err = std::abs(num - g[size_t(i)]) / (std::abs(num) + 1e-6);
-        EXPECT_LT(err, 1e-4) << "parameter " << i << ": analytic " << g[size_t(i)] << ", numeric " << num << " (bias " << bias
-                             << ", tuned biases " << tuned << ")";
-        ++checked;
-        if (i == n - 1) break;
-      }
-      EXPECT_GT(checked, tuned ? 100 : 50);
+      std::vector<int64_t> at;
+      for (int64_t i = 0; i < n - 1; i += 7) at.push_back(i);
+      at.push_back(n - 1);
+      EXPECT_GT(at.size(), tuned ? 100u : 50u);
+      expect_central_differences(*student, tok, h, teacher->final_norm(), g, at, tuned, false);
     }
 }
 
@@ -181,18 +190,15 @@ TEST(Finetune, StageGainsGradientMatchesCentralDifferences) {
     EXPECT_EQ(n, model::finetune_parameter_count(*student, bias) + rows);
     // All gains 1: the model as it is (up to float rounding: the stages are dequantized apart).
     EXPECT_NEAR(f0, model::finetune_loss_double(*student, tok, h, teacher->final_norm(), -1, 0, nullptr), 1e-5 * f0);
-    const double eps = 1e-5;
-    int checked = 0;
     // Every 5th parameter of the later-stage gains (the last rows block) and every 11th before.
+    std::vector<int64_t> at;
+    int later = 0;
     for (int64_t i = 0; i < n; i += i >= n - rows ? 5 : 11) {
-      const double fp = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, eps, nullptr, bias, true);
-      const double fm = model::finetune_loss_double(*student, tok, h, teacher->final_norm(), i, -eps, nullptr, bias, true);
-      const double num = (fp - fm) / (2 * eps);
-      EXPECT_LT(std::abs(num - g[size_t(i)]) / (std::abs(num) + 1e-6), 1e-4)
-          << "parameter " << i << " of " << n << ": analytic " << g[size_t(i)] << ", numeric " << num << " (bias " << bias << ")";
-      checked += i >= n - rows;
+      at.push_back(i);
+      later += i >= n - rows;
     }
-    EXPECT_GT(checked, 20);
+    EXPECT_GT(later, 20);
+    expect_central_differences(*student, tok, h, teacher->final_norm(), g, at, bias, true);
   }
 }
 
