@@ -24,6 +24,16 @@ namespace {
 using quant_test::TempDir;
 namespace fs = std::filesystem;
 
+// Progress that interrupts a run when it starts writing the checkpoint (its tuning done and kept
+// in OUT.partial/).
+QuantizeProgress stopped_at_assembly() {
+  QuantizeProgress p;
+  p.note = [](const std::string& m) {
+    if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
+  };
+  return p;
+}
+
 QuantizeSettings small_settings(double bits) {
   QuantizeSettings s;
   s.bits = bits;
@@ -372,11 +382,7 @@ TEST(QuantizePipeline, FinetuneBiasesAreStoredAndLoaded) {
   const std::string gains = f.dir.file("gains");
   const QuantizeResult g = quantize_model_files(f.model, f.calib, gains, s);
   s.finetune_bias = true;
-  QuantizeProgress stop_at_assembly;
-  stop_at_assembly.note = [&](const std::string& m) {
-    if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
-  };
-  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stop_at_assembly), std::runtime_error);
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stopped_at_assembly()), std::runtime_error);
   QuantizeSettings without = s;
   without.finetune_bias = false;
   EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, without), Error) << "a different tuning is not resumed";
@@ -430,11 +436,7 @@ TEST(QuantizePipeline, FinetuneStageGainsScaleEachStage) {
   s.finetune_lr = 0.002;
   s.finetune_windows = 4;
   s.finetune_stage_gains = true;
-  QuantizeProgress stop_at_assembly;
-  stop_at_assembly.note = [&](const std::string& m) {
-    if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
-  };
-  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stop_at_assembly), std::runtime_error);
+  EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stopped_at_assembly()), std::runtime_error);
   QuantizeSettings without = s;
   without.finetune_stage_gains = false;
   EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, without), Error) << "a different tuning is not resumed";
