@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 
 #include "glq/error.hpp"
@@ -25,10 +26,11 @@ using quant_test::TempDir;
 namespace fs = std::filesystem;
 
 // Progress that interrupts a run when it starts writing the checkpoint (its tuning done and kept
-// in OUT.partial/).
-QuantizeProgress stopped_at_assembly() {
+// in OUT.partial/); `watch` sees every note before that.
+QuantizeProgress stopped_at_assembly(std::function<void(const std::string&)> watch = {}) {
   QuantizeProgress p;
-  p.note = [](const std::string& m) {
+  p.note = [watch = std::move(watch)](const std::string& m) {
+    if (watch) watch(m);
     if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
   };
   return p;
@@ -311,13 +313,11 @@ TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
   s.finetune_epochs = 3;
   s.finetune_lr = 0.01;
   s.finetune_windows = 4;
-  QuantizeProgress stop_at_assembly;
   bool tuned = false, validated = false;
-  stop_at_assembly.note = [&](const std::string& m) {
+  const QuantizeProgress stop_at_assembly = stopped_at_assembly([&](const std::string& m) {
     if (m.rfind("finetune: held-out KL", 0) == 0) tuned = true;
     if (m.find("12 training and 2 validation windows; held-out KL") != std::string::npos) validated = true;
-    if (m == "writing the checkpoint") throw std::runtime_error("interrupted");
-  };
+  });
   EXPECT_THROW(quantize_model_files(f.model, f.calib, f.out, s, stop_at_assembly), std::runtime_error);
   EXPECT_TRUE(tuned);
   EXPECT_TRUE(validated) << "8 calibration + 4 extra training windows, 2 validation windows beyond them";
