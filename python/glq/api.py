@@ -168,6 +168,7 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
              keep_head_16bit: bool = True, dtype_16bit: str = "float16", resume: bool = True,
              overwrite: bool = False, finetune_epochs: int = 0, finetune_lr: float = 1e-3,
              finetune_windows: int = -1, finetune_bias: bool = False, finetune_stage_gains: bool = False,
+             finetune_extra_only: bool = False,
              progress: Union[bool, Callable[[dict], None]] = True) -> dict:
     """Quantizes a model (GGUF file or Hugging Face directory) into a GLQ checkpoint at `out`.
 
@@ -181,7 +182,8 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
     has a "finetune" entry with the held-out KL before and after); finetune_lr: Adam's step;
     finetune_windows: training windows besides the calibration's (-1: 3 per calibration window);
     finetune_bias: the tuning also fits an output bias per row of every quantized linear;
-    finetune_stage_gains: a gain per stage of each row of a two-stage (3- or 4-bit) linear.
+    finetune_stage_gains: a gain per stage of each row of a two-stage (3- or 4-bit) linear;
+    finetune_extra_only: train on the extra windows alone, not on the calibration windows.
     progress: True prints progress to stderr, a callable receives each event as a dict
     ({"event": "note"|"step"|"layer", ...}), False is silent. Ctrl-C stops the run; the layers
     already done stay in OUT.partial/ and a later call with the same settings resumes there.
@@ -200,7 +202,7 @@ def quantize(model_path: PathLike, bits: float = 2, calib: Optional[PathLike] = 
                          calib_seqs, seq_len, seed, -1.0 if damp is None else float(damp), rht, ldlq,
                          keep_head_16bit, dtype_16bit, resume, overwrite, int(finetune_epochs),
                          float(finetune_lr), int(finetune_windows), bool(finetune_bias),
-                         bool(finetune_stage_gains), cb)
+                         bool(finetune_stage_gains), bool(finetune_extra_only), cb)
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ void bind_quantize(py::module_& m) {
       [](const std::string& model_path, const std::string& calib_path, const std::string& out_dir, double bits,
          int calib_seqs, int seq_len, uint64_t seed, double damp, bool rht, bool ldlq, bool keep_head_16bit,
          const std::string& dtype_16bit, bool resume, bool overwrite, int finetune_epochs, double finetune_lr,
-         int finetune_windows, bool finetune_bias, bool finetune_stage_gains, py::object progress) {
+         int finetune_windows, bool finetune_bias, bool finetune_stage_gains, bool finetune_extra_only,
+         py::object progress) {
         model::QuantizeSettings s;
         s.bits = bits;
         s.calib_seqs = calib_seqs;
@@ -60,6 +61,7 @@ void bind_quantize(py::module_& m) {
         s.finetune_windows = finetune_windows;
         s.finetune_bias = finetune_bias;
         s.finetune_stage_gains = finetune_stage_gains;
+        s.finetune_extra_only = finetune_extra_only;
         model::QuantizeProgress p;
         p.note = [&](const std::string& message) {
           py::gil_scoped_acquire gil;
@@ -122,7 +124,7 @@ void bind_quantize(py::module_& m) {
       py::arg("rht") = true, py::arg("ldlq") = true, py::arg("keep_head_16bit") = true,
       py::arg("dtype_16bit") = "float16", py::arg("resume") = true, py::arg("overwrite") = false,
       py::arg("finetune_epochs") = 0, py::arg("finetune_lr") = 1e-3, py::arg("finetune_windows") = -1, py::arg("finetune_bias") = false,
-      py::arg("finetune_stage_gains") = false,
+      py::arg("finetune_stage_gains") = false, py::arg("finetune_extra_only") = false,
       py::arg("progress") = py::none(),
       "Quantizes a GGUF file or Hugging Face directory into a GLQ checkpoint directory; returns the report.");
 }

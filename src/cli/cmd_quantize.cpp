@@ -89,7 +89,8 @@ int run_quantize(QuantizeArgs& a) {
              list_decode > 1 ? fmt::format("{} candidates", list_decode) : std::string("off"),
              a.s.finetune_epochs > 0 ? fmt::format(", finetune {} epochs at lr {:g}{}", a.s.finetune_epochs, a.s.finetune_lr,
                                                       std::string(a.s.finetune_bias ? " with biases" : "") +
-                                                          (a.s.finetune_stage_gains ? ", a gain per stage" : ""))
+                                                          (a.s.finetune_stage_gains ? ", a gain per stage" : "") +
+                                                          (a.s.finetune_extra_only ? ", on the extra windows only" : ""))
                                         : "");
   const model::QuantizeResult r = model::quantize_model_files(a.model, a.calib, a.out, a.s, p);
 
@@ -207,6 +208,9 @@ GLQ_COMMAND("quantize", "quantize a model (GGUF file or Hugging Face directory) 
   app.add_flag("--finetune-stage-gains", a->s.finetune_stage_gains,
                "the tuning fits a gain per stage of each row of a two-stage linear (3 and 4 bits: the first stage's "
                "scale and the second's) instead of one on both; no bits more");
+  app.add_flag("--finetune-extra-only", a->s.finetune_extra_only,
+               "the tuning trains on the extra windows (--finetune-windows) alone, not on the calibration windows, "
+               "which the quantizer already fits far better than other text");
   app.add_flag("--keep-head-fp16,!--quantize-head", a->s.keep_head_16bit,
                "keep lm_head in 16 bits (default: on); --quantize-head quantizes it at ceil(bits)")
       ->capture_default_str();

@@ -524,6 +524,8 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     throw_unsupported("--finetune-epochs tunes against the 16-bit output head; it cannot be combined with --quantize-head");
   if (ft && !(s.finetune_lr > 0 && std::isfinite(s.finetune_lr)))
     throw_invalid(fmt::format("--finetune-lr must be positive, got {}", s.finetune_lr));
+  if (ft && s.finetune_extra_only && extra.empty())
+    throw_invalid("--finetune-extra-only needs extra tuning windows (--finetune-windows 0 leaves none)");
   if (ft && calibration.size() + validation.size() < 2)
     throw_invalid(fmt::format("--finetune-epochs needs at least 2 calibration windows, got {}", calibration.size()));
   for (const auto* set : {&validation, &extra})
@@ -561,6 +563,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
                                   {"extra", extra.size()}};
   if (ft && s.finetune_bias) manifest["finetune"]["bias"] = true;
   if (ft && s.finetune_stage_gains) manifest["finetune"]["stage_gains"] = true;
+  if (ft && s.finetune_extra_only) manifest["finetune"]["extra_only"] = true;
   const fs::path manifest_path = partial / "manifest.json";
   if (fs::exists(manifest_path)) {
     const nlohmann::json old = read_json_file(manifest_path);
@@ -829,7 +832,12 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
       FinetuneProgress fp;
       fp.note = progress.note;
       fp.step = progress.step;
-      std::vector<std::vector<int32_t>> train = calibration;
+      std::vector<std::vector<int32_t>> train;
+      if (s.finetune_extra_only) {
+        hidden_fp.clear();  // the calibration windows' teacher states: not trained on
+      } else {
+        train = calibration;
+      }
       train.insert(train.end(), extra.begin(), extra.end());
       for (auto& h : hidden_extra) hidden_fp.push_back(std::move(h));
       fr = finetune(model, train, hidden_fp, validation, hidden_val, final_norm_fp, fs_, fp);
@@ -839,6 +847,7 @@ QuantizeResult quantize_model(Model& model, const std::vector<std::vector<int32_
     result.finetune = {{"epochs", s.finetune_epochs},      {"lr", s.finetune_lr},
                        {"bias", s.finetune_bias},           {"stage_gains", s.finetune_stage_gains},
                        {"extra_windows", extra.size()},     {"validation_windows", validation.size()},
+                       {"training_windows", (s.finetune_extra_only ? 0 : calibration.size()) + extra.size()},
                        {"epochs_run", fr.epochs_run},       {"best_epoch", fr.best_epoch},
                        {"heldout_kl_before", fr.kl_before}, {"heldout_kl_after", fr.kl_after}};
     result.finetune_seconds = fr.seconds;

@@ -369,6 +369,39 @@ TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
   EXPECT_THROW(quantize_model_files(f.model, f.calib, f.dir.file("head"), head), Error);
 }
 
+// --finetune-extra-only: the tuning trains on the extra windows alone (the calibration windows
+// are left out of its training set, and the setting is part of what a resumed run must share).
+TEST(QuantizePipeline, FinetuneExtraOnlyLeavesTheCalibrationWindowsOut) {
+  Fixture f({.layers = 2}, 12000);
+  QuantizeSettings s = small_settings(2);
+  s.calib_seqs = 8;
+  s.finetune_epochs = 1;
+  s.finetune_lr = 0.01;
+  s.finetune_windows = 4;
+  s.finetune_extra_only = true;
+  bool four = false;
+  QuantizeProgress watch;
+  watch.note = [&](const std::string& m) {
+    if (m.find("4 training and 2 validation windows; held-out KL") != std::string::npos) four = true;
+  };
+  const QuantizeResult r = quantize_model_files(f.model, f.calib, f.out, s, watch);
+  EXPECT_TRUE(four) << "4 extra training windows, the 8 calibration windows left out";
+  ASSERT_FALSE(r.finetune.is_null());
+  EXPECT_EQ(r.finetune["training_windows"], 4);
+  EXPECT_EQ(r.finetune["extra_windows"], 4);
+
+  s.finetune_windows = 0;
+  s.overwrite = true;
+  try {
+    quantize_model_files(f.model, f.calib, f.dir.file("none"), s);
+    ADD_FAILURE() << "tuning on no windows was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("--finetune-extra-only"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(f.dir.file("none")));
+  EXPECT_FALSE(fs::exists(f.dir.file("none") + ".partial")) << "refused before any work folder";
+}
+
 // --finetune-bias: every quantized linear of the checkpoint carries its tuned bias (counted in the
 // linears' bytes), the loaded model runs with it, and a tuning with biases is not resumed by a run
 // without (nor the reverse).
