@@ -21,11 +21,21 @@
 
 #include "glq/codec/quantized_matrix.hpp"
 #include "glq/error.hpp"
+#include "glq/kernels/cpu.hpp"
 #include "glq/transform/hadamard.hpp"
+#include "glq/util/thread_pool.hpp"
 
 namespace glq::model {
 
 namespace {
+
+// fn(begin, end) over chunks of [0, n) on the process's worker pool (`--threads`; OpenBLAS has
+// its own). Each index is computed exactly as one thread would, and nothing is summed across
+// chunks, so the tuning's results do not depend on the number of threads.
+template <typename F>
+void par(int64_t n, int64_t grain, F&& fn) {
+  ThreadPool::global().parallel_for(n, [&](int64_t begin, int64_t end, int) { fn(begin, end); }, grain);
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -98,15 +108,20 @@ void rope(S* x, int T, int heads, int hd, const std::vector<float>& inv_freq, bo
   }
 }
 
-// v (count, n) ← rows of T(s ∘ v) (forward) or s ∘ Tᵀ v (transpose), float arithmetic.
-template <typename S>
-void out_transform(const transform::HadamardPlan& plan, const std::vector<float>& sign, S* v, int count, bool forward) {
+// v (count, n) ← rows of T(s ∘ v) (forward) or s ∘ Tᵀ v (transpose), float arithmetic, with the
+// CPU kernels' transform for this machine's ISA (as the engine applies it), rows over the pool.
+void out_transform(const transform::HadamardPlan& plan, const std::vector<float>& sign, float* v, int count, bool forward) {
   const int n = plan.n;
-  std::vector<float> f(static_cast<size_t>(count) * n);
-  for (size_t i = 0; i < f.size(); ++i) f[i] = float(v[i]) * (forward ? sign[i % size_t(n)] : 1.0f);
-  if (forward) transform::hadamard_forward_batch(plan, f.data(), count);
-  else transform::hadamard_transpose_batch(plan, f.data(), count);
-  for (size_t i = 0; i < f.size(); ++i) v[i] = S(forward ? f[i] : f[i] * sign[i % size_t(n)]);
+  const cpu::Isa isa = cpu::detect_isa();
+  par(count, 8, [&](int64_t c0, int64_t c1) {
+    if (forward)
+      for (int64_t c = c0; c < c1; ++c)
+        for (int i = 0; i < n; ++i) v[size_t(c) * n + i] *= sign[size_t(i)];
+    cpu::hadamard_rows(plan, !forward, v + size_t(c0) * n, c1 - c0, isa);
+    if (!forward)
+      for (int64_t c = c0; c < c1; ++c)
+        for (int i = 0; i < n; ++i) v[size_t(c) * n + i] *= sign[size_t(i)];
+  });
 }
 
 // The same in double precision (the gradient tests: their central differences need a loss
@@ -296,20 +311,25 @@ struct Net {
     if (two) gemm(false, true, T, l.rows, l.cols, S(1), X, l.cols, l.w2.data(), l.cols, S(0), Z + n, l.rows);
     if (l.rht) out_transform(l.plan_out, l.sign_out, Z, two ? 2 * T : T, true);
     const S* gam = theta + l.off;
-    for (size_t i = 0; i < n; ++i) Y[i] = Z[i] * gam[i % size_t(l.rows)];
+    const size_t R = size_t(l.rows);
+    for (int t = 0; t < T; ++t)
+      for (size_t r = 0; r < R; ++r) Y[size_t(t) * R + r] = Z[size_t(t) * R + r] * gam[r];
     if (two) {
       const S* gam2 = theta + l.off2;
-      for (size_t i = 0; i < n; ++i) Y[i] += Z[n + i] * gam2[i % size_t(l.rows)];
+      for (int t = 0; t < T; ++t)
+        for (size_t r = 0; r < R; ++r) Y[size_t(t) * R + r] += Z[n + size_t(t) * R + r] * gam2[r];
     }
     if (l.rht) out_transform(l.plan_out, l.sign_out, Y, T, false);
     if (!l.bias.empty())
-      for (size_t i = 0; i < n; ++i) Y[i] += l.bias[i % size_t(l.rows)];
+      for (int t = 0; t < T; ++t)
+        for (size_t r = 0; r < R; ++r) Y[size_t(t) * R + r] += l.bias[r];
     if (probing) {
       for (size_t i = 0; i < n; ++i) l.probe_sq += double(Y[i]) * double(Y[i]);
       l.probe_n += double(n);
     }
     if (l.boff >= 0)
-      for (size_t i = 0; i < n; ++i) Y[i] += l.bscale * theta[l.boff + int64_t(i % size_t(l.rows))];
+      for (int t = 0; t < T; ++t)
+        for (size_t r = 0; r < R; ++r) Y[size_t(t) * R + r] += l.bscale * theta[l.boff + int64_t(r)];
   }
 
   // The biases' units: each linear's output RMS over the window x0 (T tokens) with the factors
@@ -337,23 +357,27 @@ struct Net {
     const bool two = !l.w2.empty();
     const size_t n = size_t(T) * l.rows;
     if (l.boff >= 0)
-      for (int t = 0; t < T; ++t)
-        for (int r = 0; r < l.rows; ++r) grad[l.boff + r] += l.bscale * dY[size_t(t) * l.rows + r];
+      par(l.rows, 16, [&](int64_t r0, int64_t r1) {
+        for (int t = 0; t < T; ++t)
+          for (int64_t r = r0; r < r1; ++r) grad[l.boff + r] += l.bscale * dY[size_t(t) * l.rows + r];
+      });
     if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, true);
     std::vector<S> d2(two ? n : 0);  // A dY ∘ γ₂
     const S* gam2 = two ? theta + l.off2 : nullptr;
     S* gg2 = two ? grad + l.off2 : nullptr;
-    for (int t = 0; t < T; ++t)
-      for (int r = 0; r < l.rows; ++r) {
-        const size_t i = size_t(t) * l.rows + r;
-        const S d = dY[i];
-        gg[r] += d * Z[i];
-        dY[i] = d * gam[r];
-        if (two) {
-          gg2[r] += d * Z[n + i];
-          d2[i] = d * gam2[r];
+    par(l.rows, 16, [&](int64_t r0, int64_t r1) {  // each row's sums over t in the same order
+      for (int t = 0; t < T; ++t)
+        for (int64_t r = r0; r < r1; ++r) {
+          const size_t i = size_t(t) * l.rows + r;
+          const S d = dY[i];
+          gg[r] += d * Z[i];
+          dY[i] = d * gam[r];
+          if (two) {
+            gg2[r] += d * Z[n + i];
+            d2[i] = d * gam2[r];
+          }
         }
-      }
+    });
     if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, false);
     gemm(false, false, T, l.cols, l.rows, S(1), dY, l.rows, l.w.data(), l.cols, add ? S(1) : S(0), dX, l.cols);
     if (two) {
@@ -406,16 +430,18 @@ struct Net {
       const int kh = h / group;
       S* P = c.P.data() + size_t(h) * T * T;
       gemm(false, true, T, T, hd, sc, c.q.data() + h * hd, qd, c.k.data() + kh * hd, kvd, S(0), P, T);
-      for (int t = 0; t < T; ++t) {
-        S* row = P + size_t(t) * T;
-        S mx = row[0];
-        for (int j = 1; j <= t; ++j) mx = std::max(mx, row[j]);
-        S sum = 0;
-        for (int j = 0; j <= t; ++j) sum += (row[j] = std::exp(row[j] - mx));
-        const S inv = S(1) / sum;
-        for (int j = 0; j <= t; ++j) row[j] *= inv;
-        for (int j = t + 1; j < T; ++j) row[j] = S(0);
-      }
+      par(T, 8, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          S* row = P + size_t(t) * T;
+          S mx = row[0];
+          for (int64_t j = 1; j <= t; ++j) mx = std::max(mx, row[j]);
+          S sum = 0;
+          for (int64_t j = 0; j <= t; ++j) sum += (row[j] = std::exp(row[j] - mx));
+          const S inv = S(1) / sum;
+          for (int64_t j = 0; j <= t; ++j) row[j] *= inv;
+          for (int64_t j = t + 1; j < T; ++j) row[j] = S(0);
+        }
+      });
       gemm(false, false, T, hd, T, S(1), P, T, c.v.data() + kh * hd, kvd, S(0), c.attn.data() + h * hd, qd);
     }
     c.zo.resize(z_size(Y.lin[int(LinearKind::O)], T));
@@ -434,7 +460,9 @@ struct Net {
     lin_forward(Y.lin[int(LinearKind::Gate)], theta, a.data(), T, c.zg.data(), c.g.data());
     lin_forward(Y.lin[int(LinearKind::Up)], theta, a.data(), T, c.zu.data(), c.u.data());
     c.act.resize(Tf);
-    for (size_t i = 0; i < Tf; ++i) c.act[i] = c.g[i] / (S(1) + std::exp(-c.g[i])) * c.u[i];
+    par(int64_t(Tf), 256, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) c.act[size_t(i)] = c.g[size_t(i)] / (S(1) + std::exp(-c.g[size_t(i)])) * c.u[size_t(i)];
+    });
     c.zd.resize(z_size(Y.lin[int(LinearKind::Down)], T));
     lin_forward(Y.lin[int(LinearKind::Down)], theta, c.act.data(), T, c.zd.data(), yo.data());
     for (size_t i = 0; i < Td; ++i) x[i] += yo[i];
@@ -449,11 +477,13 @@ struct Net {
     std::vector<S> dact(Tf);
     lin_backward(Y.lin[int(LinearKind::Down)], theta, c.zd.data(), dy.data(), T, dact.data(), false, grad);
     std::vector<S> dg(Tf), du(Tf);
-    for (size_t i = 0; i < Tf; ++i) {
-      const S g = c.g[i], s = S(1) / (S(1) + std::exp(-g));
-      du[i] = dact[i] * g * s;
-      dg[i] = dact[i] * c.u[i] * s * (S(1) + g * (S(1) - s));
-    }
+    par(int64_t(Tf), 256, [&](int64_t i0, int64_t i1) {
+      for (size_t i = size_t(i0); i < size_t(i1); ++i) {
+        const S g = c.g[i], s = S(1) / (S(1) + std::exp(-g));
+        du[i] = dact[i] * g * s;
+        dg[i] = dact[i] * c.u[i] * s * (S(1) + g * (S(1) - s));
+      }
+    });
     std::vector<S> da(Td);
     lin_backward(Y.lin[int(LinearKind::Gate)], theta, c.zg.data(), dg.data(), T, da.data(), false, grad);
     lin_backward(Y.lin[int(LinearKind::Up)], theta, c.zu.data(), du.data(), T, da.data(), true, grad);
@@ -472,14 +502,16 @@ struct Net {
       const S* P = c.P.data() + size_t(h) * T * T;
       gemm(false, true, T, T, hd, S(1), dattn.data() + h * hd, qd, c.v.data() + kh * hd, kvd, S(0), dP.data(), T);
       gemm(true, false, T, hd, T, S(1), P, T, dattn.data() + h * hd, qd, S(1), dv.data() + kh * hd, kvd);
-      for (int t = 0; t < T; ++t) {
-        S* dr = dP.data() + size_t(t) * T;
-        const S* pr = P + size_t(t) * T;
-        S dot = 0;
-        for (int j = 0; j <= t; ++j) dot += dr[j] * pr[j];
-        for (int j = 0; j <= t; ++j) dr[j] = pr[j] * (dr[j] - dot);
-        for (int j = t + 1; j < T; ++j) dr[j] = S(0);
-      }
+      par(T, 8, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          S* dr = dP.data() + size_t(t) * T;
+          const S* pr = P + size_t(t) * T;
+          S dot = 0;
+          for (int64_t j = 0; j <= t; ++j) dot += dr[j] * pr[j];
+          for (int64_t j = 0; j <= t; ++j) dr[j] = pr[j] * (dr[j] - dot);
+          for (int64_t j = t + 1; j < T; ++j) dr[j] = S(0);
+        }
+      });
       gemm(false, false, T, hd, T, sc, dP.data(), T, c.k.data() + kh * hd, kvd, S(0), dq.data() + h * hd, qd);
       gemm(true, false, T, hd, T, sc, dP.data(), T, c.q.data() + h * hd, qd, S(1), dk.data() + kh * hd, kvd);
     }
@@ -509,34 +541,39 @@ struct Net {
     {
       const std::vector<S> ts = to_s<S>(teacher, Td);
       rms_forward(ts.data(), T, d, eps, nt.data(), rt.data());
-      for (size_t i = 0; i < Td; ++i) at[i] = nt[i] * gf_fp[i % size_t(d)];
+      for (int t = 0; t < T; ++t)
+        for (int i = 0; i < d; ++i) at[size_t(t) * d + i] = nt[size_t(t) * d + i] * gf_fp[size_t(i)];
     }
     std::vector<S> daf(grad ? Td : 0);
     const int chunk = 32;
     std::vector<S> ls(size_t(chunk) * V), lt(size_t(chunk) * V);
+    std::vector<double> row_kl(static_cast<size_t>(chunk));
     double kl = 0;
     for (int t0 = 0; t0 < T; t0 += chunk) {
       const int n = std::min(chunk, T - t0);
       gemm(false, true, n, V, d, S(1), af.data() + size_t(t0) * d, d, head.data(), d, S(0), ls.data(), V);
       gemm(false, true, n, V, d, S(1), at.data() + size_t(t0) * d, d, head.data(), d, S(0), lt.data(), V);
-      for (int r = 0; r < n; ++r) {
-        S* s = ls.data() + size_t(r) * V;
-        const S* tt = lt.data() + size_t(r) * V;
-        const S ms = *std::max_element(s, s + V), mt = *std::max_element(tt, tt + V);
-        double zs = 0, zt = 0;
-        for (int v = 0; v < V; ++v) {
-          zs += std::exp(double(s[v] - ms));
-          zt += std::exp(double(tt[v] - mt));
+      par(n, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          S* s = ls.data() + size_t(r) * V;
+          const S* tt = lt.data() + size_t(r) * V;
+          const S ms = *std::max_element(s, s + V), mt = *std::max_element(tt, tt + V);
+          double zs = 0, zt = 0;
+          for (int v = 0; v < V; ++v) {
+            zs += std::exp(double(s[v] - ms));
+            zt += std::exp(double(tt[v] - mt));
+          }
+          const double lzs = std::log(zs) + ms, lzt = std::log(zt) + mt;
+          double row = 0;
+          for (int v = 0; v < V; ++v) {
+            const double lpt = tt[v] - lzt, lps = s[v] - lzs, pt = std::exp(lpt);
+            row += pt * (lpt - lps);
+            if (grad) s[v] = S((std::exp(lps) - pt) / T);
+          }
+          row_kl[size_t(r)] = row;
         }
-        const double lzs = std::log(zs) + ms, lzt = std::log(zt) + mt;
-        double row = 0;
-        for (int v = 0; v < V; ++v) {
-          const double lpt = tt[v] - lzt, lps = s[v] - lzs, pt = std::exp(lpt);
-          row += pt * (lpt - lps);
-          if (grad) s[v] = S((std::exp(lps) - pt) / T);
-        }
-        kl += row;
-      }
+      });
+      for (int r = 0; r < n; ++r) kl += row_kl[size_t(r)];  // in row order, as one thread would
       if (grad) gemm(false, false, n, d, V, S(1), ls.data(), V, head.data(), d, S(0), daf.data() + size_t(t0) * d, d);
     }
     if (!grad) return kl / T;

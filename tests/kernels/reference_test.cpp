@@ -119,5 +119,33 @@ TEST(QmatmulVsCodec, TransformsMatchHadamardReference) {
   }
 }
 
+// hadamard_rows: every row of a batch transformed as the reference transforms one vector, both
+// directions, on the sizes of SmolLM2's linears and awkward ones.
+TEST(QmatmulVsCodec, HadamardRowsMatchTheReferenceRowByRow) {
+  for (int n : {8, 24, 192, 576, 1008, 1536}) {
+    const auto plan = transform::make_hadamard_plan(n);
+    for (int batch : {1, 3, 17}) {
+      const auto x = test::random_input(static_cast<size_t>(batch) * n, 5 + n + batch);
+      for (bool transpose : {false, true}) {
+        std::vector<float> ref(x);
+        for (int b = 0; b < batch; ++b) {
+          float* row = ref.data() + static_cast<size_t>(b) * n;
+          if (transpose) transform::hadamard_transpose(plan, row);
+          else transform::hadamard_forward(plan, row);
+        }
+        for (Isa isa : kIsas) {
+          if (!isa_supported(isa)) continue;
+          std::vector<float> a(x);
+          hadamard_rows(plan, transpose, a.data(), batch, isa);
+          EXPECT_LT(test::max_error_over_rms(a, ref), 1e-5)
+              << isa_name(isa) << " n " << n << " batch " << batch << (transpose ? " transpose" : "");
+        }
+      }
+    }
+  }
+  float x[8] = {};
+  EXPECT_THROW(hadamard_rows(transform::HadamardPlan{}, false, x, 1, Isa::Scalar), std::exception) << "an empty plan";
+}
+
 }  // namespace
 }  // namespace glq::cpu

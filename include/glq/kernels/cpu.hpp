@@ -72,5 +72,8 @@ bool qmatmul_float_tiles(const codec::QuantizedMatrix& q, int batch, Isa isa);
 void transform_input(const codec::QuantizedMatrix& q, float* x, int batch, Isa isa);
 // y ← sign_out ∘ (T_out^T y) for each of `batch` rows of length q.rows (in place).
 void transform_output(const codec::QuantizedMatrix& q, float* y, int batch, Isa isa);
+// x ← T x (or T^T x with `transpose`) for each of `batch` rows of length plan.n (in place, no
+// signs): the ISA's transform, as transform_input / transform_output apply it.
+void hadamard_rows(const transform::HadamardPlan& plan, bool transpose, float* x, int64_t batch, Isa isa);
 
 }  // namespace glq::cpu

@@ -202,6 +202,14 @@ void transform_output(const codec::QuantizedMatrix& q, float* y, int batch, Isa 
   }
 }
 
+void hadamard_rows(const transform::HadamardPlan& plan, bool transpose, float* x, int64_t batch, Isa isa) {
+  require_supported(isa);
+  if (plan.n <= 0 || plan.a * plan.b != plan.n)
+    throw_invalid("hadamard_rows: the Hadamard plan is not initialised (n = " + std::to_string(plan.n) + ")");
+  std::vector<float> tmp(static_cast<size_t>(plan.n));
+  for (int64_t b = 0; b < batch; ++b) hadamard(isa, plan, transpose, x + b * plan.n, tmp.data());
+}
+
 bool qmatmul_float_tiles(const codec::QuantizedMatrix& q, int batch, Isa isa) {
   if (q.bits < 2 || q.bits > 4) return false;
   if (isa == Isa::Avx512) return batch >= kFloatTileMinBatch[q.bits - 2];
