@@ -110,9 +110,9 @@ void rope(S* x, int T, int heads, int hd, const std::vector<float>& inv_freq, bo
 
 // v (count, n) ← rows of T(s ∘ v) (forward) or s ∘ Tᵀ v (transpose), float arithmetic, with the
 // CPU kernels' transform for this machine's ISA (as the engine applies it), rows over the pool.
-void out_transform(const transform::HadamardPlan& plan, const std::vector<float>& sign, float* v, int count, bool forward) {
+void out_transform(const transform::HadamardPlan& plan, const std::vector<float>& sign, float* v, int count, bool forward,
+                   cpu::Isa isa) {
   const int n = plan.n;
-  const cpu::Isa isa = cpu::detect_isa();
   par(count, 8, [&](int64_t c0, int64_t c1) {
     if (forward)
       for (int64_t c = c0; c < c1; ++c)
@@ -126,7 +126,8 @@ void out_transform(const transform::HadamardPlan& plan, const std::vector<float>
 
 // The same in double precision (the gradient tests: their central differences need a loss
 // without float rounding): T = Q ⊗ H_b/√b with the plan's Q, its transpose Qᵀ ⊗ H_b/√b.
-void out_transform(const transform::HadamardPlan& plan, const std::vector<float>& sign, double* v, int count, bool forward) {
+void out_transform(const transform::HadamardPlan& plan, const std::vector<float>& sign, double* v, int count, bool forward,
+                   cpu::Isa /*isa*/) {
   const int n = plan.n, a = plan.a, b = plan.b;
   const double inv = 1.0 / std::sqrt(double(b));
   std::vector<double> tmp(static_cast<size_t>(n));
@@ -206,6 +207,8 @@ struct Net {
   struct Cache {
     std::vector<S> n1, r1, zq, zk, zv, q, k, v, P, attn, zo, n2, r2, zg, zu, g, u, act, zd;
   };
+
+  cpu::Isa isa = cpu::detect_isa();  // the output transforms' code (read once, not per call)
 
   // Builds the network from the model; quantized linears are dequantized.
   Net(const Model& m, const std::vector<float>& teacher_final_norm, bool with_bias, bool stage_gains) {
@@ -309,7 +312,7 @@ struct Net {
     const size_t n = size_t(T) * l.rows;
     gemm(false, true, T, l.rows, l.cols, S(1), X, l.cols, l.w.data(), l.cols, S(0), Z, l.rows);
     if (two) gemm(false, true, T, l.rows, l.cols, S(1), X, l.cols, l.w2.data(), l.cols, S(0), Z + n, l.rows);
-    if (l.rht) out_transform(l.plan_out, l.sign_out, Z, two ? 2 * T : T, true);
+    if (l.rht) out_transform(l.plan_out, l.sign_out, Z, two ? 2 * T : T, true, isa);
     const S* gam = theta + l.off;
     const size_t R = size_t(l.rows);
     for (int t = 0; t < T; ++t)
@@ -319,7 +322,7 @@ struct Net {
       for (int t = 0; t < T; ++t)
         for (size_t r = 0; r < R; ++r) Y[size_t(t) * R + r] += Z[n + size_t(t) * R + r] * gam2[r];
     }
-    if (l.rht) out_transform(l.plan_out, l.sign_out, Y, T, false);
+    if (l.rht) out_transform(l.plan_out, l.sign_out, Y, T, false, isa);
     if (!l.bias.empty())
       for (int t = 0; t < T; ++t)
         for (size_t r = 0; r < R; ++r) Y[size_t(t) * R + r] += l.bias[r];
@@ -361,7 +364,7 @@ struct Net {
         for (int t = 0; t < T; ++t)
           for (int64_t r = r0; r < r1; ++r) grad[l.boff + r] += l.bscale * dY[size_t(t) * l.rows + r];
       });
-    if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, true);
+    if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, true, isa);
     std::vector<S> d2(two ? n : 0);  // A dY ∘ γ₂
     const S* gam2 = two ? theta + l.off2 : nullptr;
     S* gg2 = two ? grad + l.off2 : nullptr;
@@ -378,10 +381,10 @@ struct Net {
           }
         }
     });
-    if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, false);
+    if (l.rht) out_transform(l.plan_out, l.sign_out, dY, T, false, isa);
     gemm(false, false, T, l.cols, l.rows, S(1), dY, l.rows, l.w.data(), l.cols, add ? S(1) : S(0), dX, l.cols);
     if (two) {
-      if (l.rht) out_transform(l.plan_out, l.sign_out, d2.data(), T, false);
+      if (l.rht) out_transform(l.plan_out, l.sign_out, d2.data(), T, false, isa);
       gemm(false, false, T, l.cols, l.rows, S(1), d2.data(), l.rows, l.w2.data(), l.cols, S(1), dX, l.cols);
     }
   }

@@ -304,6 +304,16 @@ TEST(QuantizePipeline, ValidationWindowsAreDisjointFromTheCalibration) {
   EXPECT_TRUE(make_windows_after(tokens, 98, 3, 10, 42).empty()) << "100 slots hold 98 + 2, not 98 + 3";
 }
 
+// Settings of the tuning tests: 8 calibration windows and 4 extra ones.
+QuantizeSettings tuning_settings(int bits, int epochs, double lr) {
+  QuantizeSettings s = small_settings(bits);
+  s.calib_seqs = 8;
+  s.finetune_epochs = epochs;
+  s.finetune_lr = lr;
+  s.finetune_windows = 4;
+  return s;
+}
+
 TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
   Fixture f({.layers = 2}, 12000);
   QuantizeSettings s = small_settings(2);
@@ -373,11 +383,7 @@ TEST(QuantizePipeline, FinetuneTunesScalesAndNormsAndResumes) {
 // are left out of its training set, and the setting is part of what a resumed run must share).
 TEST(QuantizePipeline, FinetuneExtraOnlyLeavesTheCalibrationWindowsOut) {
   Fixture f({.layers = 2}, 12000);
-  QuantizeSettings s = small_settings(2);
-  s.calib_seqs = 8;
-  s.finetune_epochs = 1;
-  s.finetune_lr = 0.01;
-  s.finetune_windows = 4;
+  QuantizeSettings s = tuning_settings(2, 1, 0.01);
   s.finetune_extra_only = true;
   bool four = false;
   QuantizeProgress watch;
@@ -407,11 +413,7 @@ TEST(QuantizePipeline, FinetuneExtraOnlyLeavesTheCalibrationWindowsOut) {
 // without (nor the reverse).
 TEST(QuantizePipeline, FinetuneBiasesAreStoredAndLoaded) {
   Fixture f({.layers = 2}, 12000);
-  QuantizeSettings s = small_settings(2);
-  s.calib_seqs = 8;
-  s.finetune_epochs = 2;
-  s.finetune_lr = 0.002;
-  s.finetune_windows = 4;
+  QuantizeSettings s = tuning_settings(2, 2, 0.002);
   const std::string gains = f.dir.file("gains");
   const QuantizeResult g = quantize_model_files(f.model, f.calib, gains, s);
   s.finetune_bias = true;
